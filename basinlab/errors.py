@@ -1,0 +1,25 @@
+"""Errors that the command line turns into one line on stderr and an exit status."""
+
+
+class BasinlabError(Exception):
+    """Bad input from the user: exit status 2, one line, no traceback (unless --debug)."""
+
+    exit_code = 2
+
+
+class ConfigError(BasinlabError):
+    """An option, config file, model config or regime that is not allowed."""
+
+
+class DataError(BasinlabError):
+    """A dataset folder that is missing, incomplete or corrupt."""
+
+
+class CheckpointError(BasinlabError):
+    """A checkpoint that cannot be read safely."""
+
+
+class NonFiniteLossError(Exception):
+    """Training produced NaN/inf loss: exit status 3, the last good checkpoint is kept."""
+
+    exit_code = 3
