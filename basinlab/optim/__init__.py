@@ -1,0 +1,48 @@
+"""Optimizers by name, optimisation regimes (settings by training position) and lr schedules."""
+
+from .factory import (
+    OptimizerSpec,
+    all_param_group_keys,
+    create_optimizer,
+    optimizer_class,
+    optimizer_name_of,
+    optimizer_names,
+    optimizer_spec,
+    register_optimizer,
+)
+from .regime import (
+    DATA_REGIME_KEYS,
+    REGIME_CONFIG_KEYS,
+    DataRegime,
+    Regime,
+    batch_size_rule,
+    fixed_regime,
+    one_phase_regime,
+    pop_regime_config,
+    regime_from_model_config,
+)
+from .schedules import Schedule, make_schedule, register_schedule, schedule_names
+
+__all__ = [
+    "OptimizerSpec",
+    "all_param_group_keys",
+    "create_optimizer",
+    "optimizer_class",
+    "optimizer_name_of",
+    "optimizer_names",
+    "optimizer_spec",
+    "register_optimizer",
+    "DATA_REGIME_KEYS",
+    "REGIME_CONFIG_KEYS",
+    "DataRegime",
+    "Regime",
+    "batch_size_rule",
+    "fixed_regime",
+    "one_phase_regime",
+    "pop_regime_config",
+    "regime_from_model_config",
+    "Schedule",
+    "make_schedule",
+    "register_schedule",
+    "schedule_names",
+]
