@@ -1,0 +1,16 @@
+"""Model zoo and registry: ``create_model(name, num_classes, dataset, **config)``.
+
+Families live in their own modules and register themselves on import:
+resnet (CIFAR 6n+2 and ImageNet v1.5), wide_resnet, vgg, alexnet, mnist, keskar (F1, C1, C3).
+
+Every model carries ``description`` (one line), ``regime`` (default optimisation schedule, list
+format), ``default_epochs`` (the length that regime was designed for) and takes a ``norm``
+config key (see basinlab.nn.norms.NormSpec).
+"""
+
+from basinlab.models.registry import create_model, get_model_factory, is_model_name, list_models, register_model
+
+# Imported for their registrations.
+from basinlab.models import alexnet, keskar, mnist, resnet, vgg, wide_resnet  # noqa: E402,F401
+
+__all__ = ["create_model", "get_model_factory", "is_model_name", "list_models", "register_model"]

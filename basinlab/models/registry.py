@@ -1,0 +1,163 @@
+"""Model registry: names -> factories ``f(num_classes, dataset, **config) -> nn.Module``.
+
+A model name is either a registered name or alias (``resnet20``, ``wrn``), or the user's own
+factory without editing the package:
+
+* ``path/to/file.py:factory``  loaded from the file (importlib.util.spec_from_file_location)
+* ``package.module:factory``   imported from sys.path
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from typing import Callable
+
+from torch import nn
+
+from basinlab.errors import ConfigError
+
+__all__ = ["register_model", "list_models", "create_model", "get_model_factory", "is_model_name"]
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_ALIASES: dict[str, str] = {}
+_USER_FILES: dict[tuple[str, float], object] = {}
+
+
+def register_model(name: str | None = None, *, aliases=()):
+    """Decorator registering a factory under ``name`` (default: its function name) and aliases."""
+
+    def decorator(factory):
+        canonical = (name or factory.__name__).lower()
+        for key in (canonical, *[a.lower() for a in aliases]):
+            if key in _MODELS or key in _ALIASES:
+                raise ValueError(f"model name {key!r} is already registered")
+        _MODELS[canonical] = factory
+        for alias in aliases:
+            _ALIASES[alias.lower()] = canonical
+        return factory
+
+    return decorator
+
+
+def list_models(include_aliases: bool = False) -> list[str]:
+    """Sorted registered names (and their aliases when asked)."""
+    names = set(_MODELS)
+    if include_aliases:
+        names |= set(_ALIASES)
+    return sorted(names)
+
+
+def is_model_name(name: str) -> bool:
+    """True for a registered name or alias (user ``file:factory`` specs are not checked here)."""
+    return isinstance(name, str) and (name.lower() in _MODELS or name.lower() in _ALIASES)
+
+
+def get_model_factory(name: str) -> tuple[str, Callable[..., nn.Module]]:
+    """(canonical name, factory) for a registered name, an alias or a user ``target:factory``."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"model name must be a non-empty string, got {name!r}")
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key in _MODELS:
+        return key, _MODELS[key]
+    if ":" in name:
+        return name, _load_user_factory(name.strip())
+    raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())} "
+                      f"(or your own as 'path/to/file.py:factory' or 'package.module:factory')")
+
+
+def create_model(name: str, num_classes: int, dataset: str, **config) -> nn.Module:
+    """Build model ``name`` for ``num_classes`` classes of ``dataset`` with its ``config`` keys.
+
+    The engine strips regime keys (``regime``, ``regime_*``, ``data_regime``) before calling.
+    Unknown config keys raise ConfigError naming the model's allowed keys.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if not isinstance(dataset, str) or not dataset:
+        raise ConfigError(f"dataset must be a non-empty name, got {dataset!r}")
+    label, factory = get_model_factory(name)
+    model = _call_factory(label, factory, num_classes, dataset, config)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model {label!r} returned {type(model).__name__}, not a torch.nn.Module")
+    if not getattr(model, "description", None):
+        # Lazy modules (nn.LazyLinear) have no size until their first forward.
+        params = sum(p.numel() for p in model.parameters() if not nn.parameter.is_lazy(p))
+        lazy = " + lazy layers" if any(nn.parameter.is_lazy(p) for p in model.parameters()) else ""
+        model.description = f"{label} ({type(model).__name__}), {params / 1e6:.2f}M params{lazy}"
+    return model
+
+
+def _signature(factory) -> tuple[bool, list[str], bool]:
+    """(takes num_classes and dataset positionally, config keys it names, takes **kwargs).
+
+    Factories in the convNet style, ``def model(**kwargs)``, get both as keywords instead.
+    """
+    params = list(inspect.signature(factory).parameters.values())
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in params)
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    by_position = len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
+    consumed = positional[:2] if by_position else []
+    keys = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p not in consumed and p.name not in ("num_classes", "dataset")]
+    return by_position, keys, open_ended
+
+
+def _call_factory(label: str, factory, num_classes: int, dataset: str, config: dict) -> nn.Module:
+    by_position, keys, open_ended = _signature(factory)
+    if not open_ended:
+        for key in config:
+            if key not in keys:
+                allowed = ", ".join(keys) or "none"
+                raise ConfigError(f"unknown config key {key!r} for model {label!r}; allowed: {allowed}")
+    if by_position:
+        return factory(num_classes, dataset, **config)
+    named = inspect.signature(factory).parameters
+    given = {k: v for k, v in (("num_classes", num_classes), ("dataset", dataset))
+             if open_ended or k in named}
+    return factory(**given, **config)
+
+
+def _load_user_factory(spec: str):
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr.isidentifier():
+        raise ConfigError(f"bad model {spec!r}: expected 'path/to/file.py:factory' or 'package.module:factory'")
+    looks_like_file = target.endswith(".py") or "/" in target or os.sep in target
+    module = _load_file(target) if looks_like_file else _import(target)
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(f"bad model {spec!r}: {target!r} has no callable {attr!r}")
+    return factory
+
+
+def _import(module_name: str):
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import model module {module_name!r}: {exc}") from exc
+
+
+def _load_file(path: str):
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(path):
+        raise ConfigError(f"model file {path!r} does not exist")
+    cache_key = (path, os.path.getmtime(path))
+    if cache_key in _USER_FILES:  # load a file once, so its classes stay the same objects
+        return _USER_FILES[cache_key]
+    digest = hashlib.sha1(path.encode()).hexdigest()[:10]
+    module_name = f"basinlab_user_model_{digest}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look modules up here
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        raise ConfigError(f"cannot load model file {path!r}: {type(exc).__name__}: {exc}") from exc
+    _USER_FILES[cache_key] = module
+    return module

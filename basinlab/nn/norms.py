@@ -1,0 +1,200 @@
+"""Normalisation layers chosen by name: the norm modes of the Online Normalization paper.
+
+Every conv model takes a ``norm`` setting (a mode name, a dict, or a :class:`NormSpec`) and
+builds each of its normalisation layers with ``spec.make(channels)``, so one option swaps the
+normaliser of a whole network:
+
+=========  ===============================================================================
+batch      BatchNorm2d / BatchNorm1d (eps 1e-5, momentum 0.1)
+group      GroupNorm(g, C), g = the largest divisor of C not above ``gn_groups``
+layer      per-sample statistics over (C, H, W), per-channel affine: GroupNorm(1, C);
+           on 1-D features LayerNorm(C)
+instance   InstanceNorm2d(affine, no running stats): per-sample statistics in eval too;
+           undefined on 1-D features (one element per channel)
+online     basinlab.nn.online_norm.OnlineNorm2d / OnlineNorm1d (afwd, abkw, ecm)
+none       nn.Identity (convs have no bias, so only the FC layers keep one)
+=========  ===============================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+
+from torch import nn
+
+from basinlab.errors import ConfigError
+
+NORM_MODES = ("batch", "group", "layer", "instance", "online", "none")
+ECM_MODES = ("ls", "ac", "none")
+
+# The reference command lines spell some fields differently; accept their spelling too.
+_KEY_ALIASES = {"norm_mode": "mode", "norm": "mode", "gn_num_groups": "gn_groups",
+                "alpha_fwd": "afwd", "alpha_bkw": "abkw"}
+
+# Per-dataset defaults of the Online Normalization reference (its cifar10/cifar100/imagenet
+# mains): decays matched to the batch size 128 / 256 and 8 or 32 groups for GroupNorm.
+_DATASET_DEFAULTS = {
+    "cifar10": {"afwd": 1023 / 1024, "abkw": 127 / 128, "gn_groups": 8},
+    "cifar100": {"afwd": 511 / 512, "abkw": 15 / 16, "gn_groups": 8},
+    "imagenet": {"afwd": 0.999, "abkw": 0.99, "gn_groups": 32},
+}
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    """Which normaliser to build and its settings; immutable and validated on creation."""
+
+    mode: str = "batch"          # batch|group|layer|instance|online|none
+    afwd: float = 0.999          # online: forward (statistics) decay
+    abkw: float = 0.99           # online: backward (control process) decay
+    ecm: str = "ls"              # online: error compensation ls|ac|none
+    gn_groups: int = 8           # group: number of groups (capped to a divisor of C)
+    eps: float = 1e-5
+
+    def __post_init__(self):
+        if self.mode not in NORM_MODES:
+            raise ConfigError(f"unknown norm mode {self.mode!r}; allowed: {', '.join(NORM_MODES)}")
+        if self.ecm not in ECM_MODES:
+            raise ConfigError(f"unknown norm ecm {self.ecm!r}; allowed: {', '.join(ECM_MODES)}")
+        for key in ("afwd", "abkw"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+                raise ConfigError(f"norm {key} must be a number in (0, 1), got {value!r}")
+        if isinstance(self.gn_groups, bool) or not isinstance(self.gn_groups, int) or self.gn_groups < 1:
+            raise ConfigError(f"norm gn_groups must be an integer >= 1, got {self.gn_groups!r}")
+        if not isinstance(self.eps, (int, float)) or not self.eps > 0:
+            raise ConfigError(f"norm eps must be a positive number, got {self.eps!r}")
+
+    @classmethod
+    def defaults_for(cls, dataset: str | None) -> dict:
+        """Field defaults the reference used for ``dataset`` (ImageNet-like when unknown)."""
+        key = (dataset or "").lower().replace("-", "").replace("_", "")
+        if key.startswith("cifar100"):
+            return dict(_DATASET_DEFAULTS["cifar100"])
+        if key.startswith(("cifar", "mnist", "fashionmnist", "svhn")):
+            return dict(_DATASET_DEFAULTS["cifar10"])
+        if dataset is None:
+            return {}
+        return dict(_DATASET_DEFAULTS["imagenet"])
+
+    @classmethod
+    def parse(cls, value: "str | dict | NormSpec | None", dataset: str | None = None) -> "NormSpec":
+        """Build a spec from a mode name, a dict of fields, a spec, or None (the default).
+
+        Fields the user does not give take the reference's defaults for ``dataset`` when one is
+        given (e.g. online decays 1023/1024 and 127/128 on CIFAR-10), else the class defaults.
+        """
+        if isinstance(value, NormSpec):
+            return value
+        fields = cls.defaults_for(dataset)
+        if value is None:
+            return cls(**fields)
+        if isinstance(value, str):
+            return cls(**fields, mode=value.strip().lower())
+        if isinstance(value, dict):
+            fields.update(_normalise_keys(value))
+            if isinstance(fields.get("mode"), str):
+                fields["mode"] = fields["mode"].strip().lower()
+            return cls(**fields)
+        raise ConfigError(f"norm must be a mode name, a dict or a NormSpec, got {type(value).__name__}; "
+                          f"modes: {', '.join(NORM_MODES)}")
+
+    def make(self, num_features: int, dim: int = 2) -> nn.Module:
+        """A fresh normalisation layer for ``num_features`` channels.
+
+        dim=2: after a conv, input (N, C, H, W); dim=1: after a linear layer, input (N, C).
+        """
+        if dim not in (1, 2):
+            raise ValueError(f"dim must be 1 or 2, got {dim}")
+        builder = getattr(self, f"_make_{self.mode}")
+        layer = builder(num_features, dim)
+        init_norm_(layer)
+        return layer
+
+    # One builder per mode keeps each rule next to its reason.
+    def _make_batch(self, c: int, dim: int) -> nn.Module:
+        cls = nn.BatchNorm2d if dim == 2 else nn.BatchNorm1d
+        return cls(c, eps=self.eps, momentum=0.1)
+
+    def _make_group(self, c: int, dim: int) -> nn.Module:
+        return nn.GroupNorm(group_count(c, self.gn_groups), c, eps=self.eps)
+
+    def _make_layer(self, c: int, dim: int) -> nn.Module:
+        # GroupNorm(1, C) normalises each sample over (C, H, W) with a per-channel affine; the
+        # reference's LayerNorm([C, H, W]) had a per-element affine and crashed at init.
+        if dim == 2:
+            return nn.GroupNorm(1, c, eps=self.eps)
+        return nn.LayerNorm(c, eps=self.eps)
+
+    def _make_instance(self, c: int, dim: int) -> nn.Module:
+        if dim == 1:
+            raise ConfigError("norm 'instance' is not defined for 1-D features (one value per channel); "
+                              "use batch, group, layer, online or none for this model")
+        # No running statistics: per-sample statistics at eval as in training (the reference's mode).
+        return nn.InstanceNorm2d(c, eps=self.eps, affine=True, track_running_stats=False)
+
+    def _make_online(self, c: int, dim: int) -> nn.Module:
+        # Imported here so that the other modes never depend on the online module.
+        from basinlab.nn import online_norm
+
+        cls = online_norm.OnlineNorm2d if dim == 2 else online_norm.OnlineNorm1d
+        return cls(c, alpha_fwd=self.afwd, alpha_bkw=self.abkw, eps=self.eps, ecm=self.ecm)
+
+    def _make_none(self, c: int, dim: int) -> nn.Module:
+        return nn.Identity()
+
+    def to_dict(self) -> dict:
+        """Plain dict of the fields (for logging the resolved config)."""
+        return dataclasses.asdict(self)
+
+
+def _normalise_keys(value: dict) -> dict:
+    allowed = [f.name for f in dataclasses.fields(NormSpec)]
+    out = {}
+    for key, item in value.items():
+        name = _KEY_ALIASES.get(str(key).replace("-", "_"), str(key).replace("-", "_"))
+        if name not in allowed:
+            raise ConfigError(f"unknown norm key {key!r}; allowed: {', '.join(allowed)}")
+        out[name] = item
+    return out
+
+
+def group_count(num_channels: int, groups: int) -> int:
+    """The largest divisor of ``num_channels`` not above ``groups`` (GroupNorm needs C % g == 0).
+
+    e.g. 8 groups on 16/32/64 channels stay 8; 32 groups on 48 channels become 24.
+    """
+    for g in range(min(groups, num_channels), 0, -1):
+        if num_channels % g == 0:
+            return g
+    return 1
+
+
+def _online_types() -> tuple:
+    # Only look at the online module if something imported it: no online layer can exist otherwise.
+    module = sys.modules.get("basinlab.nn.online_norm")
+    if module is None:
+        return ()
+    return tuple(t for t in vars(module).values()
+                 if isinstance(t, type) and issubclass(t, nn.Module) and t.__name__.startswith("OnlineNorm"))
+
+
+def is_norm_module(module: nn.Module) -> bool:
+    """True for any normalisation layer a NormSpec can build (and PyTorch's other norms)."""
+    base = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+    return isinstance(module, base + _online_types())
+
+
+def init_norm_(module: nn.Module) -> nn.Module:
+    """Set γ = 1 and β = 0 in every normalisation layer of ``module`` (itself included)."""
+    for m in module.modules():
+        if not is_norm_module(m):
+            continue
+        weight, bias = getattr(m, "weight", None), getattr(m, "bias", None)
+        if isinstance(weight, nn.Parameter):
+            nn.init.ones_(weight)
+        if isinstance(bias, nn.Parameter):
+            nn.init.zeros_(bias)
+    return module
