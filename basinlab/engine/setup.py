@@ -1,0 +1,88 @@
+"""Turning a config into the pieces of a run: device, model options, regime, criterion."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..config import TrainConfig
+from ..errors import ConfigError
+from ..optim import one_phase_regime, regime_from_model_config
+
+REGIME_KEYS = ("regime", "data_regime")
+
+
+def pick_device(name: str) -> torch.device:
+    """auto: CUDA, else Apple MPS, else CPU. An explicit device that is absent is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps; got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {name}: MPS is not available on this machine")
+    return device
+
+
+def norm_config(cfg: TrainConfig) -> dict | None:
+    """The `norm` model option from --norm-mode/--afwd/--abkw/--ecm/--gn-num-groups, if any is given."""
+    given = {"mode": cfg.norm_mode, "afwd": cfg.afwd, "abkw": cfg.abkw, "ecm": cfg.ecm,
+             "gn_groups": cfg.gn_num_groups}
+    given = {k: v for k, v in given.items() if v is not None}
+    return given or None
+
+
+def split_model_config(cfg: TrainConfig) -> tuple[dict, dict]:
+    """Separate the model's own options from regime options ('regime', 'regime_*', 'data_regime')."""
+    model_config, regime_config = {}, {}
+    for key, value in cfg.model_config.items():
+        target = regime_config if key in REGIME_KEYS or key.startswith("regime_") else model_config
+        target[key] = value
+    if cfg.depth is not None:
+        model_config["depth"] = cfg.depth
+    norm = norm_config(cfg)
+    if norm is not None:
+        base = model_config.get("norm") or {}
+        base = {"mode": base} if isinstance(base, str) else (base.to_dict() if hasattr(base, "to_dict") else dict(base))
+        model_config["norm"] = {**base, **norm}
+    return model_config, regime_config
+
+
+def build_regime(cfg: TrainConfig, model: nn.Module, regime_config: dict) -> tuple[Regime, list[str]]:
+    """The optimisation regime of a run and log lines saying where it came from and what overrode it.
+
+    Order: the model config's regime keys, else the model's own `regime`, else the command-line flags.
+    Explicit --lr/--momentum/--wd override a model regime (and the log says so). --optimizer or
+    --lr-milestones replace a model regime by the one-phase regime the flags describe.
+    """
+    if "data_regime" in regime_config:
+        model.data_regime = regime_config.pop("data_regime")
+    source = "the model config" if regime_config else f"model {cfg.model}"
+    regime = regime_from_model_config(dict(regime_config), default=getattr(model, "regime", None))
+    if regime is not None and (cfg.optimizer is not None or cfg.lr_milestones is not None):
+        notes = [f"--optimizer/--lr-milestones given: replacing the regime of {source} by a one-phase regime"]
+        regime, source = None, "the command line"
+    else:
+        notes = []
+    if regime is None:
+        optimizer = cfg.optimizer or "SGD"
+        momentum = cfg.momentum if cfg.momentum is not None else (0.9 if optimizer.upper() in ("SGD", "NAG") else None)
+        regime = one_phase_regime(optimizer=optimizer, lr=cfg.lr if cfg.lr is not None else 0.1,
+                                  momentum=momentum, weight_decay=cfg.weight_decay or 0.0,
+                                  milestones=cfg.lr_milestones, multiplier=cfg.lr_multiplier)
+        return regime, notes + ["regime from the command line flags"]
+    regime, changes = regime.overridden(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return regime, notes + [f"regime from {source}"] + [f"override: {line}" for line in changes]
+
+
+def make_criterion(model: nn.Module, label_smoothing: float) -> nn.Module:
+    criterion = getattr(model, "criterion", None)
+    if criterion is not None:
+        return criterion
+    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)

@@ -1,0 +1,316 @@
+"""The training loop. Read `fit` top to bottom: setup, then per epoch train, validate, record, save.
+
+Everything a method changes is either a step strategy (how a batch becomes an update) or a callback
+(what runs around steps and epochs), so this loop is the only loop.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .. import data as data_lib
+from ..config import TrainConfig
+from ..errors import ConfigError, NonFiniteLossError
+from ..models import create_model
+from ..optim import DataRegime, optimizer_name_of
+from .checkpoint import load_checkpoint, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .evaluate import Meter, evaluate
+from .run import RunFolder
+from .setup import build_regime, make_criterion, pick_device, split_model_config
+from .steps import STRATEGIES, StepStrategy
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM arrived; a resumable checkpoint was written. Exit status 128 + signal."""
+
+    def __init__(self, signum: int, run_dir: Path):
+        self.signum, self.run_dir = signum, run_dir
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name}; resume with: basinlab train --resume {run_dir}")
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, *, callbacks=(), strategy: StepStrategy | None = None):
+        self.cfg = cfg
+        self.callbacks = list(callbacks)
+        self.strategy = strategy
+        self.stop_signal: int | None = None
+        self.epoch = 0               # epoch being trained (0-based)
+        self.batch_in_epoch = 0      # next batch index within the epoch
+        self.global_step = 0         # optimizer steps taken (strategies may step less than once per batch)
+        self.best = {"val_acc1": -math.inf, "epoch": -1}
+        self.nonfinite_skipped = 0
+
+    # ------------------------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        cfg = self.cfg
+        resume_state = self._read_resume_checkpoint()
+        self.device = pick_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.run = RunFolder.open(cfg, resume=resume_state is not None)
+        self.log = self.run.log
+        model_config, regime_config = split_model_config(cfg)
+        self.train_loader, self.val_loader = data_lib.build_loaders(
+            cfg.dataset, cfg.datasets_dir or data_lib.default_datasets_dir(),
+            batch_size=cfg.batch_size or 128, eval_batch_size=cfg.eval_batch_size, device=self.device,
+            seed=cfg.seed, train_limit=cfg.train_limit, val_limit=cfg.val_limit, workers=cfg.data_workers,
+            augment=cfg.augment, download=cfg.download)
+        self.model = create_model(cfg.model, self.train_loader.num_classes, cfg.dataset, **model_config)
+        self.model.to(self.device)
+        self.data_regime = DataRegime(getattr(self.model, "data_regime", None) or [])
+        self.epochs = cfg.epochs or getattr(self.model, "default_epochs", None) or 10
+        self.regime, notes = build_regime(cfg, self.model, regime_config)
+        self.criterion = make_criterion(self.model, cfg.label_smoothing).to(self.device)
+        self.eval_criterion = getattr(self.model, "criterion", None) or nn.CrossEntropyLoss()
+        self._setup_precision()
+        self.optimizer = None
+        self._apply_regime()
+        if self.strategy is None:
+            self.strategy = STRATEGIES["plain"]()
+        self.strategy.setup(self)
+        self.train_model = torch.compile(self.model) if cfg.compile else self.model
+        if resume_state is not None:
+            self._load_state(resume_state)
+        self.run.write_config(cfg)
+        self._log_setup(notes)
+
+    def _read_resume_checkpoint(self):
+        if not self.cfg.resume:
+            return None
+        return load_checkpoint(resolve_checkpoint(self.cfg.resume), map_location="cpu")
+
+    def _setup_precision(self) -> None:
+        cfg, cuda = self.cfg, self.device.type == "cuda"
+        if cfg.amp != "none" and not cuda:
+            raise ConfigError(f"--amp {cfg.amp} needs a CUDA device (this run uses {self.device})")
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
+        has_conv = any(isinstance(m, nn.Conv2d) for m in self.model.modules())
+        self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and cuda and has_conv)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def _log_setup(self, notes: list[str]) -> None:
+        n_params = sum(p.numel() for p in self.model.parameters())
+        description = getattr(self.model, "description", type(self.model).__name__)
+        self.log.info(f"model {self.cfg.model}: {description} ({n_params:,} parameters)")
+        self.log.info(f"data {self.cfg.dataset}: {self.train_loader.num_examples} train / "
+                      f"{self.val_loader.num_examples} val examples, batch {self.train_loader.batch_size}")
+        self.log.info(f"device {self.device}, amp {self.cfg.amp}, channels_last {self.channels_last}, "
+                      f"step {self.strategy.name}, {self.epochs} epochs")
+        for line in self.regime.describe():
+            self.log.info(f"regime: {line}")
+        for line in notes:
+            self.log.info(line)
+
+    # ------------------------------------------------------------------------------------ helpers for strategies
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def forward(self, x, y, model=None):
+        """Loss and logits of a batch in train mode, under autocast."""
+        model = model or self.train_model
+        with self.autocast():
+            logits = model(self.prepare(x))
+            loss = self.criterion(logits, y)
+        return loss.float(), logits
+
+    def check_loss(self, loss: torch.Tensor) -> bool:
+        """True when the loss is finite. Otherwise stop (NonFiniteLossError) or, with skip, count it."""
+        if bool(torch.isfinite(loss)):
+            return True
+        if self.cfg.nan_policy == "skip":
+            self.nonfinite_skipped += 1
+            return False
+        raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at epoch {self.epoch + 1}, step "
+                                 f"{self.batch_in_epoch + 1} of {len(self.train_loader)}; the last good checkpoint "
+                                 f"and the records so far are kept in {self.run.path}")
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def optimizer_step(self) -> None:
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+
+    def _apply_regime(self) -> None:
+        self.optimizer = self.regime.apply(self.optimizer, self.model.parameters(), self.epoch,
+                                           self.batch_in_epoch, self.global_step,
+                                           steps_per_epoch=len(self.train_loader))
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    # ------------------------------------------------------------------------------------ the loop
+    def fit(self):
+        if not hasattr(self, "model"):
+            self.setup()
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        with self._signal_handlers():
+            while self.epoch < self.epochs:
+                self._apply_data_regime()
+                for cb in self.callbacks:
+                    cb.on_epoch_start(self, self.epoch)
+                train = self.train_epoch()
+                row = self.end_epoch(train)
+                self.log.epoch(row)
+        for cb in self.callbacks:
+            cb.on_fit_end(self)
+        self.run.close()
+        return self.run.result(self)
+
+    def train_epoch(self) -> dict:
+        """Train from the current position to the end of the epoch; return its metrics."""
+        self.model.train()
+        loader = self.train_loader
+        if self.batch_in_epoch == 0:
+            self.meter, self.epoch_seconds = Meter(self.device), 0.0
+        start = time.perf_counter()
+        bar = self.log.progress(len(loader), self.epoch, self.epochs, initial=self.batch_in_epoch)
+        for x, y in loader.epoch(self.epoch, start_batch=self.batch_in_epoch):
+            self._apply_regime()
+            result = self.strategy.train_step(self, x, y)
+            if result.logits is not None:
+                self.meter.update(result.loss, result.logits.float(), y)
+            self.batch_in_epoch += 1
+            for cb in self.callbacks:
+                cb.on_step_end(self, result)
+            bar.step(result, self)
+            if self.stop_signal is not None or self._due_step_checkpoint():
+                self.epoch_seconds += time.perf_counter() - start
+                start = time.perf_counter()
+                self.save_checkpoint()
+                if self.stop_signal is not None:
+                    bar.close()
+                    raise TrainingInterrupted(self.stop_signal, self.run.path)
+        bar.close()
+        self.epoch_seconds += time.perf_counter() - start
+        self.meter.reduce()
+        return self.meter.result()
+
+    def _due_step_checkpoint(self) -> bool:
+        every = self.cfg.save_every_steps
+        return bool(every) and self.global_step % every == 0 and self.batch_in_epoch < len(self.train_loader)
+
+    def end_epoch(self, train: dict) -> dict:
+        """Validate, assemble the results row, let callbacks extend it, write records and checkpoints."""
+        val = evaluate(self.train_model, self.val_loader, self.eval_criterion, autocast=self.autocast,
+                       prepare=self.prepare)
+        row = {"epoch": self.epoch + 1, "lr": self.lr,
+               "train_loss": train["loss"], "train_acc1": train["acc1"], "train_acc5": train["acc5"],
+               "val_loss": val["loss"], "val_acc1": val["acc1"], "val_acc5": val["acc5"],
+               "epoch_time_s": self.epoch_seconds,
+               "train_images_per_s": train["count"] / max(self.epoch_seconds, 1e-9)}
+        if self.cfg.nan_policy == "skip":
+            row["nonfinite_skipped"] = self.nonfinite_skipped
+        row.update(self.strategy.epoch_metrics(self))
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, row)
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        is_best = row["val_acc1"] > self.best["val_acc1"]
+        if is_best:
+            self.best = {"val_acc1": row["val_acc1"], "epoch": row["epoch"]}
+        self.run.record_epoch(row)
+        self.save_checkpoint(best=is_best)
+        return row
+
+    def _apply_data_regime(self) -> None:
+        settings = self.data_regime.settings_at(self.epoch)
+        if "batch_size" in settings and self.cfg.batch_size is None:
+            self.train_loader.batch_size = settings["batch_size"]
+        if "input_size" in settings:
+            self.train_loader.set_input_size(settings["input_size"])
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "format": "basinlab-checkpoint/1",
+            "config": self.cfg.to_dict(),
+            "num_classes": self.train_loader.num_classes,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "optimizer_name": optimizer_name_of(self.optimizer),
+            "strategy": self.strategy.state_dict(),
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "global_step": self.global_step,
+            "batch_size": self.train_loader.batch_size,
+            "meter": self.meter.state_dict() if self.batch_in_epoch else None,
+            "epoch_seconds": self.epoch_seconds if self.batch_in_epoch else 0.0,
+            "best": dict(self.best), "nonfinite_skipped": self.nonfinite_skipped,
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "rng": rng_state(),
+        }
+
+    def _load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
+        self.global_step = state["global_step"]
+        self.train_loader.batch_size = state["batch_size"]
+        self.optimizer = None
+        self._apply_regime()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._apply_regime()  # param groups follow the regime, not the stored values
+        self.strategy.load_state_dict(state["strategy"])
+        for cb, cb_state in zip(self.callbacks, state["callbacks"]):
+            cb.load_state_dict(cb_state)
+        self.best, self.nonfinite_skipped = state["best"], state["nonfinite_skipped"]
+        if state["meter"] is not None:
+            self.meter = Meter(self.device)
+            self.meter.load_state_dict(state["meter"])
+            self.epoch_seconds = state["epoch_seconds"]
+        if self.scaler and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.run.resume_records(self.epoch)
+        where = f"epoch {self.epoch + 1}, step {self.batch_in_epoch}" if self.batch_in_epoch else f"the start of epoch {self.epoch + 1}"
+        self.run.log.info(f"resumed from {self.cfg.resume} at {where} (global step {self.global_step})")
+
+    def save_checkpoint(self, best: bool = False) -> None:
+        if not self.run.is_main:
+            return
+        state = self.state_dict()
+        save_checkpoint(state, self.run.path / "last.pt")
+        if best:
+            save_checkpoint(state, self.run.path / "best.pt")
+        if self.cfg.save_all and self.batch_in_epoch == 0:
+            save_checkpoint(state, self.run.path / f"epoch_{self.epoch}.pt")
+
+    # ------------------------------------------------------------------------------------ signals
+    @contextlib.contextmanager
+    def _signal_handlers(self):
+        """SIGINT/SIGTERM: finish the current step, write a resumable checkpoint, then stop."""
+        def request_stop(signum, frame):
+            self.stop_signal = signum
+        try:
+            previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread: leave signals alone
+            previous = {}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
