@@ -1,0 +1,104 @@
+"""Datasets and loaders: `build_loaders(name, datasets_dir, ...)` gives (train, val) loaders.
+
+Small datasets (mnist5k, mnist, fashion-mnist, cifar10, cifar100, tiny-imagenet) live on the
+training device as uint8 tensors and are augmented a batch at a time (memory.py); image folders
+(imagenet, imagefolder) are decoded by DataLoader workers (stream.py). Both loaders share the
+interface of loader.Loader: deterministic in (seed, epoch, batch), resumable at any batch,
+sharded for data-parallel runs.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, DataError
+from .catalog import DATASETS, NO_AUGMENT, DatasetInfo, dataset_info, list_datasets
+from .formats import download as _download
+from .formats import read_arrays, scan_image_folder
+from .loader import Loader
+from .memory import MemoryLoader
+from .stream import StreamLoader
+
+__all__ = ["DATASETS", "DatasetInfo", "Loader", "MemoryLoader", "StreamLoader", "build_loaders",
+           "default_datasets_dir", "list_datasets"]
+
+
+def default_datasets_dir() -> Path:
+    """$BASINLAB_DATASETS, else ~/.cache/basinlab/datasets."""
+    return Path(os.environ.get("BASINLAB_DATASETS") or "~/.cache/basinlab/datasets").expanduser()
+
+
+def _check_count(what: str, value, *, allow_none: bool = False, minimum: int = 1) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{what} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_options(batch_size, eval_batch_size, train_limit, val_limit, workers, input_size,
+                   rank, world_size) -> None:
+    _check_count("batch size", batch_size)
+    _check_count("eval batch size", eval_batch_size, allow_none=True)
+    _check_count("train limit", train_limit, allow_none=True)
+    _check_count("val limit", val_limit, allow_none=True)
+    _check_count("input size", input_size, allow_none=True)
+    _check_count("data workers", workers, minimum=0)
+    _check_count("world size", world_size)
+    _check_count("rank", rank, minimum=0)
+    if rank >= world_size:
+        raise ConfigError(f"rank {rank} is outside world size {world_size}")
+
+
+def _read_or_download(name: str, root: Path, download: bool):
+    try:
+        return read_arrays(name, root)
+    except DataError:
+        if not download or not DATASETS[name].downloadable:
+            raise
+    _download(name, root)
+    return read_arrays(name, root)
+
+
+def build_loaders(name: str, datasets_dir=None, *, batch_size: int, eval_batch_size: int | None = None,
+                  device="cpu", seed: int = 0, train_limit: int | None = None, val_limit: int | None = None,
+                  workers: int = 0, augment: bool = True, input_size: int | None = None,
+                  download: bool = False, rank: int = 0, world_size: int = 1) -> tuple[Loader, Loader]:
+    """(train loader, val loader) of dataset `name` under `datasets_dir` (default: default_datasets_dir()).
+
+    batch sizes are global (split over `world_size` ranks); limits keep the first N examples;
+    `workers` only matters for streamed datasets; `input_size` resizes (in memory) or sets the crop
+    size (streamed, default 224).
+    """
+    info = dataset_info(name)
+    _check_options(batch_size, eval_batch_size, train_limit, val_limit, workers, input_size, rank, world_size)
+    root = Path(datasets_dir).expanduser() if datasets_dir is not None else default_datasets_dir()
+    common = dict(device=torch.device(device), seed=seed, rank=rank, world_size=world_size)
+    sizes = dict(train=batch_size, val=eval_batch_size or batch_size)
+    if info.in_memory:
+        return _memory_loaders(info, root, sizes, train_limit, val_limit, augment, input_size, download, common)
+    return _stream_loaders(info, root, sizes, train_limit, val_limit, augment, input_size, workers, common)
+
+
+def _memory_loaders(info, root, sizes, train_limit, val_limit, augment, input_size, download, common):
+    data = _read_or_download(info.name, root, download)
+    loaders = []
+    for split, limit, train in ((data.train, train_limit, True), (data.val, val_limit, False)):
+        loader = MemoryLoader(info.name, split.images[:limit], split.labels[:limit],
+                              num_classes=data.num_classes, mean=info.mean, std=info.std,
+                              batch_size=sizes["train" if train else "val"], train=train,
+                              augmentation=info.augmentation if augment else NO_AUGMENT, **common)
+        loader.set_input_size(input_size)
+        loaders.append(loader)
+    return tuple(loaders)
+
+
+def _stream_loaders(info, root, sizes, train_limit, val_limit, augment, input_size, workers, common):
+    folder = scan_image_folder(info.name, root)
+    size = input_size or info.input_shape[-1]
+    return tuple(
+        StreamLoader(info.name, samples[:limit], num_classes=len(folder.classes), mean=info.mean, std=info.std,
+                     batch_size=sizes["train" if train else "val"], train=train, augment=augment,
+                     input_size=size, workers=workers, **common)
+        for samples, limit, train in ((folder.train, train_limit, True), (folder.val, val_limit, False)))

@@ -1,0 +1,142 @@
+"""The loader interface shared by in-memory and streamed loaders: batch plan, sharding, seeding.
+
+Randomness is a pure function of (seed, epoch, batch) or (seed, epoch, example): every epoch and
+every batch can be regenerated from scratch, so resuming mid-epoch needs no saved RNG state and
+results do not depend on the number of data workers.
+"""
+from __future__ import annotations
+
+import abc
+import hashlib
+import math
+import operator
+from typing import Iterator
+
+import torch
+
+from ..errors import ConfigError
+
+
+def derive_seed(*parts) -> int:
+    """A stable 63-bit seed from a tuple of ints/strings (Python's hash() is salted per process)."""
+    # operator.index makes numpy integers hash like Python ints (their repr differs).
+    parts = tuple(p if isinstance(p, str) else operator.index(p) for p in parts)
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def make_generator(*parts) -> torch.Generator:
+    """A CPU generator (portable across devices) seeded from `parts`."""
+    return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+def normalise(images: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float32 (x / 255 - mean) / std, with scale = 1/(255 std) and shift = -mean/std."""
+    return torch.addcmul(shift, images.float(), scale)
+
+
+def normalise_constants(mean, std, device) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
+    std = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
+    return ((1 / (255 * std)).float().to(device), (-mean / std).float().to(device))
+
+
+class Loader(abc.ABC):
+    """Yields (float32 images, int64 labels) on the device, one epoch at a time.
+
+    Training loaders shuffle and drop the last short batch; `batch_size` is the global batch and
+    rank r of W yields rows [r*b/W, (r+1)*b/W) of every global batch. Eval loaders keep order and
+    give rank r the examples i with i % W == r, in batches of ceil(b/W), so ranks may see one batch
+    more or fewer than each other: reduce sums once after the loop, not per batch.
+    """
+
+    def __init__(self, dataset_name: str, *, num_classes: int, num_examples: int,
+                 native_shape: tuple[int, int, int], batch_size: int, train: bool, device,
+                 seed: int = 0, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} is outside world size {world_size}")
+        self.dataset_name = dataset_name
+        self.num_classes = num_classes
+        self.num_examples = num_examples
+        self.native_shape = tuple(native_shape)
+        self.train = train
+        self.device = torch.device(device)
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.input_size: int | None = None
+        self.batch_size = batch_size
+
+    # ------------------------------------------------------------------------- settings
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        """Settable between epochs (data regimes); validated so a bad regime fails loudly."""
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"batch size must be a positive integer, got {value!r}")
+        if self.train and value % self.world_size:
+            raise ConfigError(f"batch size {value} is not divisible by the world size {self.world_size}")
+        if self.train and value > self.num_examples:
+            raise ConfigError(f"batch size {value} exceeds the {self.num_examples} training examples of "
+                              f"'{self.dataset_name}' (the last short batch is dropped, so no batch would remain)")
+        self._batch_size = value
+
+    def set_input_size(self, size: int | None) -> None:
+        """Square input size of the images produced; None restores the default."""
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+            raise ConfigError(f"input size must be a positive integer or None, got {size!r}")
+        self.input_size = size
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        channels = self.native_shape[0]
+        if self.input_size is None:
+            return self.native_shape
+        return (channels, self.input_size, self.input_size)
+
+    # ------------------------------------------------------------------------- batch plan
+    def _local_eval_count(self) -> int:
+        return len(range(self.rank, self.num_examples, self.world_size))
+
+    def _local_eval_batch(self) -> int:
+        return math.ceil(self.batch_size / self.world_size)
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        if self.train:
+            return self.num_examples // self.batch_size
+        return math.ceil(self._local_eval_count() / self._local_eval_batch())
+
+    def shard_bounds(self) -> tuple[int, int]:
+        """This rank's rows of a global training batch."""
+        b, w = self.batch_size, self.world_size
+        return self.rank * b // w, (self.rank + 1) * b // w
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """The example order of a training epoch (identical on every rank)."""
+        return torch.randperm(self.num_examples, generator=make_generator("order", self.seed, epoch))
+
+    def index_batches(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
+        """(batch number, CPU int64 example indices of this rank) for batches start_batch.. of an epoch."""
+        if self.train:
+            order = self.permutation(epoch)
+            lo, hi = self.shard_bounds()
+            for j in range(start_batch, len(self)):
+                yield j, order[j * self.batch_size + lo: j * self.batch_size + hi]
+        else:
+            mine = torch.arange(self.rank, self.num_examples, self.world_size)
+            size = self._local_eval_batch()
+            for j in range(start_batch, len(self)):
+                yield j, mine[j * size:(j + 1) * size]
+
+    @abc.abstractmethod
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(float32 images, int64 labels) on the device for batches start_batch.. of `epoch`."""
+
+    def __repr__(self) -> str:
+        kind = "train" if self.train else "eval"
+        return (f"{type(self).__name__}({self.dataset_name!r}, {kind}, {self.num_examples} examples, "
+                f"batch {self.batch_size}, shape {self.input_shape}, rank {self.rank}/{self.world_size})")

@@ -1,0 +1,142 @@
+"""Exact resume after SIGKILL and SIGTERM, and the non-finite loss policy."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from basinlab.cli import main
+
+# 16 steps per epoch, a checkpoint every 3 steps: kills land mid-epoch.
+RUN = ["--train-limit", "512", "--val-limit", "128", "--batch-size", "32", "--epochs", "2", "--quiet",
+       "--save-every-steps", "3"]
+TIME_COLUMNS = ["epoch_time_s", "train_images_per_s"]
+
+
+def start(tmp_path, name, *extra):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "basinlab", "train", *RUN, "--results-dir", str(tmp_path),
+                             "--save", name, *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for_checkpoint(proc, path, timeout=180):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no checkpoint written in time"
+        time.sleep(0.02)
+
+
+def final_weights(run_dir):
+    return torch.load(run_dir / "last.pt", weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run to compare against."""
+    folder = tmp_path_factory.mktemp("ref")
+    proc = start(folder, "ref")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return folder / "ref"
+
+
+def assert_same_run(run_dir, reference):
+    ref_w, got_w = final_weights(reference), final_weights(run_dir)
+    assert ref_w.keys() == got_w.keys()
+    for key in ref_w:
+        assert torch.equal(ref_w[key], got_w[key]), f"{key} differs after resume"
+    ref = pd.read_csv(reference / "results.csv").drop(columns=TIME_COLUMNS)
+    got = pd.read_csv(run_dir / "results.csv").drop(columns=TIME_COLUMNS)
+    assert list(got["epoch"]) == [1, 2]  # each epoch exactly once
+    pd.testing.assert_frame_equal(ref, got)
+
+
+def resume(run_dir):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "basinlab", "train", "--resume", str(run_dir), "--quiet"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, reference):
+    proc = start(tmp_path, "killed")
+    wait_for_checkpoint(proc, tmp_path / "killed" / "last.pt")
+    time.sleep(0.3)  # land somewhere after the checkpoint, mid-step
+    proc.kill()
+    proc.wait()
+    state = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
+    assert (state["epoch"], state["batch_in_epoch"]) != (2, 0), "run finished before the kill"
+    resume(tmp_path / "killed")
+    assert_same_run(tmp_path / "killed", reference)
+
+
+def test_sigterm_writes_resumable_checkpoint(tmp_path, reference):
+    proc = start(tmp_path, "term")
+    wait_for_checkpoint(proc, tmp_path / "term" / "last.pt")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "resume with: basinlab train --resume" in err
+    state = torch.load(tmp_path / "term" / "last.pt", weights_only=True)
+    assert state["batch_in_epoch"] > 0 or state["epoch"] > 0
+    resume(tmp_path / "term")
+    assert_same_run(tmp_path / "term", reference)
+
+
+def test_resume_refuses_changed_options(tmp_path, reference, capsys):
+    assert main(["train", "--resume", str(reference), "--lr", "0.5"]) == 2
+    assert "--lr cannot change when resuming" in capsys.readouterr().err
+
+
+NAN_MODEL = '''
+import torch, torch.nn as nn
+
+class Fragile(nn.Module):
+    """Produces a NaN loss from its {bad}th training forward on."""
+    def __init__(self, num_classes):
+        super().__init__()
+        self.fc = nn.Linear(784, num_classes)
+        self.calls = 0
+    def forward(self, x):
+        out = self.fc(x.flatten(1))
+        if self.training:
+            self.calls += 1
+            if self.calls {op} {bad}:
+                out = out * float("nan")
+        return out
+
+def fragile(num_classes, dataset):
+    return Fragile(num_classes)
+'''
+
+
+def test_nan_loss_stops_with_exit_3_and_keeps_records(tmp_path, capsys):
+    model = tmp_path / "fragile.py"
+    model.write_text(NAN_MODEL.format(bad=20, op=">="))
+    code = main(["train", "--model", f"{model}:fragile", "--train-limit", "512", "--val-limit", "64",
+                 "--batch-size", "32", "--epochs", "3", "--quiet", "--results-dir", str(tmp_path), "--save", "nan"])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "non-finite loss" in err and "epoch 2, step 4 of 16" in err
+    run = tmp_path / "nan"
+    assert list(pd.read_csv(run / "results.csv")["epoch"]) == [1]
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_nan_policy_skip_counts_batches(tmp_path):
+    model = tmp_path / "fragile.py"
+    model.write_text(NAN_MODEL.format(bad=5, op="=="))
+    code = main(["train", "--model", f"{model}:fragile", "--train-limit", "512", "--val-limit", "64",
+                 "--batch-size", "32", "--epochs", "1", "--quiet", "--results-dir", str(tmp_path), "--save", "skip",
+                 "--nan-policy", "skip"])
+    assert code == 0
+    frame = pd.read_csv(tmp_path / "skip" / "results.csv")
+    assert frame["nonfinite_skipped"].tolist() == [1]
+    assert torch.isfinite(final_weights(tmp_path / "skip")["fc.weight"]).all()
