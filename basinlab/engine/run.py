@@ -151,7 +151,11 @@ class RunFolder:
                 if main:
                     shutil.rmtree(path)
         if is_main_process():
-            (path / "plots").mkdir(parents=True, exist_ok=True)
+            try:
+                (path / "plots").mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"cannot create run folder {path}: {exc.strerror} "
+                                  f"(--results-dir must be a folder you can write to)") from None
         folder = cls(path, is_main_process(), cfg.quiet)
         if folder.is_main:
             atomic_write_text(path / "env.yaml", yaml.safe_dump(environment_facts(), sort_keys=False))
