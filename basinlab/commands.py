@@ -1,7 +1,7 @@
 """Subcommands of the methods, each registered by its own module's `add_commands(subparsers)`."""
 from __future__ import annotations
 
-import importlib
+from .plugins import import_plugins
 
 COMMAND_MODULES = (
     "basinlab.asgd.cli",           # basinlab stability
@@ -11,11 +11,5 @@ COMMAND_MODULES = (
 
 
 def add_method_commands(sub) -> None:
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
+    for module in import_plugins(COMMAND_MODULES):
         module.add_commands(sub)

@@ -6,33 +6,28 @@ server, does so in its own configure and says so in its errors).
 """
 from __future__ import annotations
 
-import importlib
-
 from .config import TrainConfig
 from .engine.steps import PlainStep
 from .errors import ConfigError
+from .plugins import import_plugins
 
 METHOD_MODULES = (
     "basinlab.asgd.method",        # --server ssgd|asgd|msgd
     "basinlab.engine.flat",        # --smoothout, --ghost-batch, --sam, --asam
-    "basinlab.analysis.monitor",   # --log-sharpness-every, --log-lowrank
+    "basinlab.analysis.monitor",   # --log-sharpness-every
+    "basinlab.tuning.method",      # --log-lowrank, AdaS epoch updates
 )
 
 
 def build_method(cfg: TrainConfig):
     """Return (step strategy, callbacks) for a run."""
     strategy, owner, callbacks = None, None, []
-    for name in METHOD_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # method not built in this version
-                continue
-            raise
+    for module in import_plugins(METHOD_MODULES):
         found, more = module.configure(cfg)
+        name = getattr(module, "METHOD_NAME", module.__name__)  # e.g. "--server (asynchronous SGD)"
         if found is not None:
             if strategy is not None:
-                raise ConfigError(f"{owner} and {name.rsplit('.', 1)[-1]} options cannot be combined in one run")
-            strategy, owner = found, name.rsplit(".", 1)[-1]
+                raise ConfigError(f"{owner} and {name} options cannot be combined in one run")
+            strategy, owner = found, name
         callbacks.extend(more)
     return strategy or PlainStep(), callbacks

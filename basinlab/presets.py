@@ -4,22 +4,15 @@ Each method keeps its presets next to its code (a PRESETS dict in the modules be
 """
 from __future__ import annotations
 
-import importlib
-
 from .errors import ConfigError
+from .plugins import import_plugins
 
 PRESET_MODULES = ("basinlab.nn.presets", "basinlab.asgd.presets", "basinlab.engine.flat_presets")
 
 
 def all_presets() -> dict[str, dict]:
     presets: dict[str, dict] = {}
-    for name in PRESET_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
+    for module in import_plugins(PRESET_MODULES):
         presets.update(module.PRESETS)
     return presets
 
