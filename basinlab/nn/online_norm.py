@@ -1,0 +1,603 @@
+"""Online Normalization (Chiley et al., NeurIPS 2019, arXiv 1905.05894) without a per-sample loop.
+
+Per channel c and sample t of the ordered stream of training samples (D = H*W elements each):
+
+    forward      y_t  = (x_t - mu_{t-1}) / sqrt(var_{t-1} + eps)
+                 mu_t = a mu_{t-1} + (1-a) m_t
+                 var_t = a var_{t-1} + (1-a) s2_t + a (1-a) (m_t - mu_{t-1})^2
+    backward     xt'_t = y'_t - (1-b) v_{t-1} y_t ;          v_t = v_{t-1} + mean_D(xt'_t * y_t)
+    (control)    x'_t  = xt'_t / sqrt(var_{t-1}+eps) - (1-b) u_{t-1} ;  u_t = u_{t-1} + mean_D(x'_t)
+
+with a = ``alpha_fwd``, b = ``alpha_bkw``, m_t / s2_t the spatial mean / population variance of x_t.
+Sample n of a batch uses the statistics left by sample n-1, so a batch of B gives exactly what B
+batches of one give (with frozen weights). The state (mu, var, u, v) lives in float32 (or float64)
+buffers that are carried across batches and epochs and saved in ``state_dict``.
+
+How it is computed (see ``_OnlineNormFunction``): every recurrence is a first-order linear scan over
+the [B, C] per-(sample, channel) statistics, so there is no per-sample loop; the full tensor is only
+touched by BatchNorm-like passes:
+
+* full-tensor work: forward = mean, (x - m), its norm (exact two-pass variance), then y written in
+  place of that temporary; backward = one fused kernel giving r*y', sum_D(y') and sum_D(y' y) (the
+  inference-mode batch-norm backward on the [1, B*C, D] view), then two in-place passes for x'.
+* constant decay (mu, var, u): closed form in float64 on the rows [s0; inputs],
+  state_k = a^k (s0 + sum_{j<k} scale inp_j a^-(j+1)) = one cumsum and two multiplications. The
+  negative powers are used only when a^B >= 1e-250 (decided from a and B alone), so they stay below
+  1e250: no overflow. Otherwise (a = 0, or a tiny a with a long batch) the cached (B+1)x(B+1)
+  lower-triangular matrix of non-negative powers a^(k-1-j) is applied with one matmul (in float64
+  when float32 matmuls may use TF32/bf16). The closed form is preferred because it needs no BLAS:
+  a 129x129 matmul costs as much on one thread and, with MKL threads on a loaded machine, far more.
+* time-varying decay (v: A_n = 1 - (1-b) E[y_n^2], which can be <= 0 or exactly 0): on CPU the
+  closed form with p_t = A_0...A_t (cumprod in float64), state_t = p_t (s0 + sum_{j<=t} c_j / p_j),
+  used only when every |p_t| lies in [1e-250, 1e250] (checked on the data: one host sync, free on
+  CPU); otherwise, and on other devices, a Hillis-Steele log-depth scan of the affine maps
+  V -> A V + c (products and sums only, any sign or size of A, log2 B vectorised steps).
+  No logarithms anywhere. Batches longer than ``_CHUNK`` are scanned chunk by chunk.
+* the affine (and ECM) are ordinary autograd. The affine is written as an inference-mode batch norm
+  with unit statistics over the [1, B*C, D] view (``_unit_bn``/``_affine``): exactly w y + b, with
+  one fused kernel forward and one backward. ECM 'ls' needs mean_{C,H,W}(z^2) per sample for
+  z = w y + b: the normaliser also returns E_D[y] and Var_D[y] per (sample, channel) (known exactly
+  from its statistics), so E_D[z^2] = w^2 Var_D[y] + (w E_D[y] + b)^2 costs no pass over the
+  tensor, and the affine and the per-sample scale fold into the same single per-(n, c) map. The
+  gradients reaching E_D[y] and Var_D[y] are added to y' inside the normaliser's backward.
+  ECM 'ac' is hardtanh(-5, 5) (== clamp), in place on the affine output.
+
+The backward buffers (u, v) advance inside the autograd backward, i.e. once per backward pass through
+the layer: a training-mode forward that is never backpropagated (``torch.no_grad()``, or an input and
+layer that need no input gradient) updates mu/var but not u/v; backpropagating the same graph twice
+(``retain_graph=True``) advances u/v twice; activation checkpointing that re-runs the forward would
+advance mu/var twice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+__all__ = ["OnlineNorm1d", "OnlineNorm2d"]
+
+_ECM_MODES = ("ls", "ac", "none")
+_LS_EPS = 1e-5  # layer scaling: z / sqrt(mean(z^2) + 1e-5)
+_AC_BOUND = 5.0  # activation clamping: clamp(z, -5, 5)
+_CHUNK = 256  # longest batch scanned with one matrix; longer batches go chunk by chunk
+
+_MATRICES: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+_MATRICES_MAX = 32
+
+
+def _decay_matrix(n: int, alpha: float, scale: float, device, dtype) -> torch.Tensor:
+    """(n+1) x (n+1) matrix M with [s_prev; inp_0..inp_{n-1}] -> [state before sample 0..n-1; final].
+
+    Row k (k = 0..n) is the state after k samples of state_t = alpha state_{t-1} + scale inp_t:
+    M[k, 0] = alpha^k and M[k, j+1] = scale alpha^(k-1-j) for j < k (0 above the diagonal).
+    Built in float64 from non-negative powers only (no alpha^-n), cached per key (LRU).
+    """
+    key = (n, alpha, scale, device, dtype)
+    mat = _MATRICES.get(key)
+    if mat is not None:
+        _MATRICES.move_to_end(key)
+        return mat
+    with torch.inference_mode(False), torch.no_grad():  # a plain tensor, usable anywhere
+        k = torch.arange(n + 1, dtype=torch.float64)
+        expo = k[:, None] - 1.0 - k[None, :n]  # k-1-j
+        body = torch.where(expo >= 0, torch.pow(float(alpha), expo.clamp(min=0.0)) * scale, 0.0)
+        first = torch.pow(float(alpha), k)[:, None]
+        mat = torch.cat([first, body], dim=1).to(device=device, dtype=dtype)
+    _MATRICES[key] = mat
+    while len(_MATRICES) > _MATRICES_MAX:
+        _MATRICES.popitem(last=False)
+    return mat
+
+
+def _exact_matmul(mat: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """mat @ rhs, in float64 when float32 matmuls may run in reduced precision (TF32 / bf16 modes)."""
+    if (
+        rhs.dtype == torch.float32
+        and rhs.device.type != "mps"  # no float64 there
+        and (
+            torch.get_float32_matmul_precision() != "highest"
+            or (rhs.is_cuda and torch.backends.cuda.matmul.allow_tf32)
+        )
+    ):
+        return (mat.double() @ rhs.double()).to(rhs.dtype)
+    return mat @ rhs
+
+
+_POWERS: "OrderedDict[tuple, tuple]" = OrderedDict()
+_PRODUCT_RANGE = (1e-250, 1e250)  # float64 partial products kept well inside the normal range
+
+
+def _decay_powers(n: int, alpha: float, scale: float, device):
+    """Cached float64 columns for the closed-form constant-decay scan, or None if out of range.
+
+    Returns (pext, qext), both [n+1, 1]: pext[k] = alpha^k, qext[0] = 1 and
+    qext[j+1] = scale alpha^-(j+1). Used only when alpha^n >= 1e-250, so that the negative powers
+    stay below 1e250 (no overflow, no underflow).
+    """
+    key = (n, alpha, scale, device)
+    pw = _POWERS.get(key)
+    if pw is None:
+        if not (alpha > 0.0 and n * math.log(alpha) > math.log(_PRODUCT_RANGE[0])):
+            return None
+        with torch.inference_mode(False), torch.no_grad():
+            k = torch.arange(n + 1, dtype=torch.float64)
+            pext = torch.pow(float(alpha), k)
+            qext = float(scale) / pext
+            qext[0] = 1.0
+            pw = (pext.unsqueeze(1).to(device), qext.unsqueeze(1).to(device))
+        _POWERS[key] = pw
+        while len(_POWERS) > _MATRICES_MAX:
+            _POWERS.popitem(last=False)
+    else:
+        _POWERS.move_to_end(key)
+    return pw
+
+
+def _const_decay_scan(inp: torch.Tensor, s0: torch.Tensor, alpha: float, scale: float):
+    """state_t = alpha state_{t-1} + scale inp_t over dim 0 of inp [B, C], state_{-1} = s0 [C].
+
+    Returns (prev [B, C] with prev[t] = state_{t-1}, final state [C]).
+    Closed form in float64 on [s0; inp]: state after k samples
+    = alpha^k (s0 + sum_{j<k} scale inp_j alpha^-(j+1)), used when alpha^B stays far from
+    underflow (every realistic decay and batch); otherwise the cached matrix of non-negative powers.
+    Batches longer than ``_CHUNK`` go chunk by chunk, carrying the state.
+    """
+    n = inp.shape[0]
+    if n > _CHUNK:
+        prevs = []
+        state = s0
+        for start in range(0, n, _CHUNK):
+            prev, state = _const_decay_scan(inp[start : start + _CHUNK], state, alpha, scale)
+            prevs.append(prev)
+        return torch.cat(prevs, dim=0), state
+    rows = torch.cat([s0.unsqueeze(0), inp], dim=0)  # [n+1, C]
+    pw = None if inp.device.type == "mps" else _decay_powers(n, alpha, scale, inp.device)
+    if pw is not None:
+        pext, qext = pw
+        out = torch.cumsum(rows * qext, dim=0).mul_(pext).to(inp.dtype)
+    else:
+        out = _exact_matmul(_decay_matrix(n, alpha, scale, inp.device, inp.dtype), rows)
+    return out[:n], out[n]
+
+
+def _affine_scan(a: torch.Tensor, c: torch.Tensor, s0: torch.Tensor):
+    """state_t = a_t state_{t-1} + c_t over dim 0 of a, c [B, C], state_{-1} = s0 [C].
+
+    Returns (prev [B, C] with prev[t] = state_{t-1}, final state [C]). a_t may be <= 0 or 0.
+    On CPU the cheap product form (``_affine_scan_products``) is used when its range check passes,
+    otherwise (and on other devices, where the check would synchronise) the log-depth scan.
+    Batches longer than ``_CHUNK`` are scanned chunk by chunk, carrying the state.
+    """
+    n = a.shape[0]
+    if n > _CHUNK:
+        prevs = []
+        state = s0
+        for start in range(0, n, _CHUNK):
+            prev, state = _affine_scan(a[start : start + _CHUNK], c[start : start + _CHUNK], state)
+            prevs.append(prev)
+        return torch.cat(prevs, dim=0), state
+    if a.device.type == "cpu":
+        out = _affine_scan_products(a, c, s0)
+        if out is not None:
+            return out
+    return _affine_scan_doubling(a, c, s0)
+
+
+def _affine_scan_products(a: torch.Tensor, c: torch.Tensor, s0: torch.Tensor):
+    """Closed form in float64: with p_t = a_0 ... a_t, state_t = p_t (s0 + sum_{j<=t} c_j / p_j).
+
+    Only valid while every partial product is a normal float64 far from under/overflow (no zero
+    a_t, no long runs of tiny or huge |a_t|): then p_t / p_j carries a relative error of at most
+    ~(t + j) 2^-53 and every term keeps the accuracy of the sequential recurrence. Returns None when
+    the range check fails (the caller then uses the doubling scan, which has no such limit).
+    """
+    n = a.shape[0]
+    p = torch.cumprod(torch.cat([_ones_row(a), a], dim=0), dim=0)  # [n+1, C] float64, p[0] = 1
+    lo, hi = torch.aminmax(p.abs())
+    if not (lo.item() > _PRODUCT_RANGE[0] and hi.item() < _PRODUCT_RANGE[1]):
+        return None
+    rows = torch.cat([s0.unsqueeze(0), c], dim=0)
+    out = torch.cumsum(rows / p, dim=0).mul_(p).to(a.dtype)
+    return out[:n], out[n]
+
+
+def _ones_row(like: torch.Tensor) -> torch.Tensor:
+    return _zeros_ones(like.shape[1], like.device, torch.float64)[1].unsqueeze(0)
+
+
+def _affine_scan_doubling(a: torch.Tensor, c: torch.Tensor, s0: torch.Tensor):
+    """Hillis-Steele inclusive scan of the affine maps (a, c): after the step with offset k every
+    element holds the composition of the (up to 2k) maps ending at it. The initial state is folded
+    into element 0 first, so the scanned offsets are the states themselves. Exact up to rounding
+    (products and sums only, no logarithms or divisions, any sign or size of a_t); log2(B) steps.
+    """
+    n = a.shape[0]
+    c = c.clone()
+    c[0].addcmul_(a[0], s0)
+    k = 1
+    while k < n:
+        new_c = torch.addcmul(c[k:], a[k:], c[:-k])
+        if 2 * k < n:  # the multipliers of the last step are never used
+            a = torch.cat([a[:k], a[k:] * a[:-k]], dim=0)
+        c = torch.cat([c[:k], new_c], dim=0)
+        k *= 2
+    return torch.cat([s0.unsqueeze(0), c[:-1]], dim=0), c[-1]
+
+
+_CONSTS: "OrderedDict[tuple, tuple]" = OrderedDict()
+
+
+def _zeros_ones(n: int, device, dtype):
+    """Cached constant (zeros(n), ones(n)) used as unit statistics for F.batch_norm-based ops."""
+    key = (n, device, dtype)
+    pair = _CONSTS.get(key)
+    if pair is None:
+        with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable anywhere
+            pair = (
+                torch.zeros(n, device=device, dtype=dtype),
+                torch.ones(n, device=device, dtype=dtype),
+            )
+        _CONSTS[key] = pair
+        while len(_CONSTS) > _MATRICES_MAX:
+            _CONSTS.popitem(last=False)
+    else:
+        _CONSTS.move_to_end(key)
+    return pair
+
+
+_FUSED_SUMS = [True]
+
+
+def _scaled_grad_and_sums(g3: torch.Tensor, y3: torch.Tensor, r: torch.Tensor):
+    """(r * g, sum_D g*y, sum_D g) for [B, C, D] tensors g, y and per-row scales r [B, C].
+
+    One fused kernel where available: the inference-mode batch-norm backward on the [1, B*C, D]
+    view with unit statistics (mean 0, var 1, eps 0) and weight r returns exactly these (input,
+    weight and bias gradients); falls back to mul + vecdot + sum.
+    """
+    bsz, ch, dsz = g3.shape
+    if dsz == 1:  # (N, C) inputs: the sums are the elements themselves
+        return g3 * r.unsqueeze(2), (g3 * y3).view(bsz, ch), g3.reshape(bsz, ch).clone()
+    if _FUSED_SUMS[0]:
+        try:
+            zeros, ones = _zeros_ones(bsz * ch, g3.device, g3.dtype)
+            gx, sgy_y, sgy = torch.ops.aten.native_batch_norm_backward(
+                g3.reshape(1, bsz * ch, dsz), y3.reshape(1, bsz * ch, dsz), r.reshape(-1),
+                zeros, ones, None, None, False, 0.0, [True, True, True],
+            )
+            return gx.view(bsz, ch, dsz), sgy_y.view(bsz, ch), sgy.view(bsz, ch)
+        except (RuntimeError, NotImplementedError, AttributeError):
+            _FUSED_SUMS[0] = False
+    return g3 * r.unsqueeze(2), torch.linalg.vecdot(g3, y3, dim=2), g3.sum(dim=2)
+
+
+def _compute_dtype(x_dtype: torch.dtype, state_dtype: torch.dtype) -> torch.dtype:
+    if x_dtype == torch.float64 or state_dtype == torch.float64:
+        return torch.float64
+    return torch.float32
+
+
+class _OnlineNormFunction(torch.autograd.Function):
+    """Online normalisation without affine: x -> (y, E_D[y], Var_D[y]).
+
+    The per-(sample, channel) mean and variance of y are returned (exact by construction, from the
+    forward statistics) so that layer scaling can be computed from them by ordinary autograd
+    without another pass over the tensor; their gradients are folded into y' in the backward.
+    Forward updates the buffers (mu, var), backward the buffers (u, v).
+    """
+
+    @staticmethod
+    def forward(ctx, x, mu, var, u, v, alpha_fwd: float, alpha_bkw: float, eps: float):
+        ctx.set_materialize_grads(False)
+        cdtype = _compute_dtype(x.dtype, mu.dtype)
+        shape = x.shape
+        bsz, ch = shape[0], shape[1]
+        x3 = (x if x.dtype == cdtype else x.to(cdtype)).reshape(bsz, ch, -1)
+        dsz = x3.shape[2]
+        m = x3.mean(dim=2)  # [B, C]
+        if dsz > 1:
+            d = x3 - m.unsqueeze(2)  # the only full-size temporary; becomes y below
+            s2 = torch.linalg.vector_norm(d, dim=2).square_().div_(dsz)  # exact two-pass variance
+        else:
+            d = None
+            s2 = torch.zeros_like(m)
+
+        mu_prev, mu_last = _const_decay_scan(m, mu, alpha_fwd, 1.0 - alpha_fwd)
+        dm = m - mu_prev  # m_t - mu_{t-1}
+        w = torch.addcmul(s2, dm, dm, value=alpha_fwd)  # var input: s2 + a (m - mu_prev)^2
+        var_prev, var_last = _const_decay_scan(w, var, alpha_fwd, 1.0 - alpha_fwd)
+        r = var_prev.add_(eps).rsqrt_()  # 1 / sqrt(var_{t-1} + eps)
+        ey = dm.mul_(r)  # E_D[y_t]
+        vy = s2.mul_(r).mul_(r)  # Var_D[y_t]
+
+        if d is not None:  # y = (x - m) r + (m - mu_prev) r, computed in place of the temporary
+            y = d.mul_(r.unsqueeze(2)).add_(ey.unsqueeze(2)).view(shape)
+        else:
+            y = ey.reshape(shape).clone()
+
+        mu.copy_(mu_last)
+        var.copy_(var_last)
+
+        ctx.in_dtype = x.dtype
+        ctx.alpha_bkw = float(alpha_bkw)
+        ctx.state = (u, v)
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(y, r, ey, vy)
+        return y, ey, vy
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy, g_ey, g_vy):
+        y, r, ey, vy = ctx.saved_tensors
+        u, v = ctx.state
+        beta = ctx.alpha_bkw
+        c = 1.0 - beta
+        cdtype = y.dtype
+        bsz, ch = y.shape[0], y.shape[1]
+        y3 = y.view(bsz, ch, -1)
+        dsz = y3.shape[2]
+
+        if gy is not None:
+            g3 = (gy if gy.dtype == cdtype else gy.to(cdtype)).reshape(bsz, ch, -1)
+            gx, sgyy, sgy = _scaled_grad_and_sums(g3, y3, r)  # r y', sum_D(y' y), sum_D(y')
+            egy = sgy.div_(dsz)  # E_D[y']
+            egyy = sgyy.div_(dsz)  # E_D[y' y]
+        else:
+            gx = None
+            egy = torch.zeros_like(ey)
+            egyy = torch.zeros_like(ey)
+        # Gradients reaching E_D[y] and Var_D[y] are gradients w.r.t. y of the form k1 y + k0 per
+        # (n, c): dE[y]/dy_i = 1/D, dVar[y]/dy_i = 2 (y_i - E[y]) / D. They are added to y', which
+        # moves E[y'] by g_ey / D and E[y' y] by k1 Var[y] + (g_ey / D) E[y].
+        k1 = k0 = None
+        if g_vy is not None or g_ey is not None:
+            g_ey_d = torch.zeros_like(ey) if g_ey is None else g_ey.to(cdtype) / dsz
+            k1 = torch.zeros_like(ey) if g_vy is None else g_vy.to(cdtype) * (2.0 / dsz)
+            k0 = torch.addcmul(g_ey_d, k1, ey, value=-1.0)
+            egy.add_(g_ey_d)
+            egyy.addcmul_(k1, vy).addcmul_(g_ey_d, ey)
+
+        # v_t = (1 - c E[y^2]) v_{t-1} + E[y' y]: time-varying decay
+        decay = torch.addcmul(vy, ey, ey).mul_(-c).add_(1.0)
+        v_prev, v_last = _affine_scan(decay, egyy, v)
+        cv = v_prev.mul_(c)  # (1-b) v_{t-1}
+        # E_D[g_t] with g_t = xt'_t / sigma_{t-1},  xt'_t = y'_t - (1-b) v_{t-1} y_t
+        eg = torch.addcmul(egy, cv, ey, value=-1.0).mul_(r)
+        # u_t = b u_{t-1} + E[g_t]: constant decay
+        u_prev, u_last = _const_decay_scan(eg, u, beta, 1.0)
+
+        # x' = r y' + r (k1 - (1-b) v_{t-1}) y + (r k0 - (1-b) u_{t-1})
+        coef_y = (cv.neg_() if k1 is None else k1.sub_(cv)).mul_(r).unsqueeze(2)
+        const = u_prev.mul_(-c)
+        if k0 is not None:
+            const.addcmul_(k0, r)
+        if gx is not None:
+            gx.addcmul_(y3, coef_y).add_(const.unsqueeze(2))
+        else:
+            gx = torch.mul(y3, coef_y).add_(const.unsqueeze(2))
+
+        v.copy_(v_last)
+        u.copy_(u_last)
+        return gx.view(y.shape).to(ctx.in_dtype), None, None, None, None, None, None, None
+
+
+def _unit_bn(inp: torch.Tensor, weight, bias) -> torch.Tensor:
+    """Per-channel (dim 1) ``inp * weight + bias`` by ordinary autograd, as inference-mode batch
+    norm with unit statistics (mean 0, var 1, eps 0: the normaliser is exactly the identity).
+
+    Same values as the plain expression, but forward and backward (input, weight and bias
+    gradients) are single fused kernels instead of four tensor passes.
+    """
+    zeros, ones = _zeros_ones(inp.shape[1], inp.device, inp.dtype)
+    return torch.batch_norm(inp, weight, bias, zeros, ones, False, 0.0, 0.0, False)
+
+
+def _affine(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, clamp: bool = False):
+    """Per-channel affine ``w y + b`` by ordinary autograd (``_unit_bn``), laid out as one
+    "channel" per (sample, channel) pair: the CPU batch-norm kernels are much faster over many
+    short rows than over few long ones (C = 16 of N*H*W = 131072 elements each).
+
+    ``clamp``: ECM 'ac' applied in place to the fresh affine output (hardtanh == clamp to
+    [-5, 5]; the affine's backward does not need its output), saving a full-size allocation.
+    """
+    n, ch = y.shape[0], y.shape[1]
+    if y.numel() == n * ch:
+        z = _unit_bn(y, weight, bias)
+    else:
+        w = weight.expand(n, ch).reshape(-1)
+        b = bias.expand(n, ch).reshape(-1)
+        z = _unit_bn(y.reshape(1, n * ch, -1), w, b)
+    if clamp:
+        z = F.hardtanh(z, -_AC_BOUND, _AC_BOUND, inplace=True)
+    return z.view(y.shape)
+
+
+def _layer_scale(z: torch.Tensor) -> torch.Tensor:
+    """ECM 'ls' from z itself: z / sqrt(mean over all but dim 0 of z^2 + 1e-5) (eval mode)."""
+    n = z.shape[0]
+    if z.numel() == 0:
+        return z
+    zf = z.reshape(1, n, -1)
+    per = zf.shape[2]
+    ms = torch.linalg.vector_norm(zf, dim=2).view(n).square() / per
+    return _unit_bn(zf, torch.rsqrt(ms + _LS_EPS), None).view(z.shape)
+
+
+def _scaled_affine(y, ey, vy, weight, bias) -> torch.Tensor:
+    """ECM 'ls' after the affine, by ordinary autograd: z = w y + b, out = z / sqrt(mean z^2 + 1e-5).
+
+    The per-sample mean of z^2 over (C, H, W) is computed exactly from the per-(n, c) mean and
+    variance of y: E_D[z^2] = w^2 Var_D[y] + (w E_D[y] + b)^2 (no cancellation), so no pass over the
+    tensor is needed; then z * s for the per-sample s is a per-(n, c) affine map of y, done as one
+    inference-mode batch norm on the [1, N*C, D] view (fused forward and backward).
+    """
+    n, ch = y.shape[0], y.shape[1]
+    if weight is None:
+        ez2 = torch.addcmul(vy, ey, ey)
+    else:
+        zm = torch.addcmul(bias, ey, weight)  # E_D[z]
+        ez2 = torch.addcmul(zm * zm, vy, weight * weight)
+    s = torch.rsqrt(ez2.mean(dim=1, keepdim=True) + _LS_EPS)  # [N, 1]
+    if y.numel() == n * ch:  # one element per (n, c): plain ops beat a kernel over N*C channels
+        return y * s.view((n, 1) + (1,) * (y.dim() - 2)) if weight is None else (
+            torch.addcmul(bias, y.reshape(n, ch), weight) * s
+        ).view(y.shape)
+    if weight is None:
+        scale, shift = s.expand(n, ch).reshape(-1), None
+    else:
+        scale, shift = (s * weight).reshape(-1), (s * bias).reshape(-1)
+    return _unit_bn(y.reshape(1, n * ch, -1), scale, shift).view(y.shape)
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_enabled()
+
+
+class _OnlineNormNd(nn.Module):
+    _expected_dims: tuple = ()
+
+    def __init__(
+        self,
+        num_features: int,
+        alpha_fwd: float = 0.999,
+        alpha_bkw: float = 0.99,
+        eps: float = 1e-5,
+        affine: bool = True,
+        ecm: str = "ls",
+    ):
+        super().__init__()
+        if num_features <= 0:
+            raise ValueError(f"num_features must be positive, got {num_features}")
+        if not 0.0 <= alpha_fwd <= 1.0 or not 0.0 <= alpha_bkw <= 1.0:
+            raise ValueError(f"decay factors must lie in [0, 1], got {alpha_fwd}, {alpha_bkw}")
+        if eps <= 0.0:
+            raise ValueError(f"eps must be positive, got {eps}")
+        ecm = "none" if ecm in (None, "") else str(ecm).lower()
+        if ecm not in _ECM_MODES:
+            raise ValueError(f"ecm must be one of {_ECM_MODES}, got {ecm!r}")
+        self.num_features = int(num_features)
+        self.alpha_fwd = float(alpha_fwd)
+        self.alpha_bkw = float(alpha_bkw)
+        self.eps = float(eps)
+        self.affine = bool(affine)
+        self.ecm = ecm
+        if self.affine:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        # forward statistics (mu, var) and backward control state (u, v); never reset implicitly
+        self.register_buffer("mu", torch.zeros(num_features))
+        self.register_buffer("var", torch.ones(num_features))
+        self.register_buffer("u", torch.zeros(num_features))
+        self.register_buffer("v", torch.zeros(num_features))
+
+    def reset_online_state(self) -> None:
+        """Restart the statistics explicitly: mu = 0, var = 1, u = v = 0."""
+        with torch.no_grad():
+            self.mu.zero_()
+            self.var.fill_(1.0)
+            self.u.zero_()
+            self.v.zero_()
+
+    def reset_parameters(self) -> None:
+        self.reset_online_state()
+        if self.affine:
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
+
+    def _apply(self, fn, *args, **kwargs):
+        # keep the state at least float32 under .half() / .bfloat16() (mixed precision)
+        super()._apply(fn, *args, **kwargs)
+        for name in ("mu", "var", "u", "v"):
+            buf = self._buffers.get(name)
+            if buf is not None and buf.is_floating_point() and buf.element_size() < 4:
+                self._buffers[name] = buf.float()
+        return self
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, alpha_fwd={self.alpha_fwd}, alpha_bkw={self.alpha_bkw}, "
+            f"eps={self.eps}, affine={self.affine}, ecm={self.ecm!r}"
+        )
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() not in self._expected_dims:
+            raise ValueError(
+                f"{type(self).__name__} expects a {' or '.join(map(str, self._expected_dims))}-D "
+                f"input, got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.num_features:
+            raise ValueError(
+                f"{type(self).__name__}({self.num_features}) got {x.shape[1]} channels "
+                f"(input shape {tuple(x.shape)})"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"{type(self).__name__} needs a floating-point input, got {x.dtype}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        if _autocast_enabled(x.device.type):
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                return self._forward(x)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        in_dtype = x.dtype
+        cdtype = _compute_dtype(in_dtype, self.mu.dtype)
+        ch = self.num_features
+        bshape = (1, ch) + (1,) * (x.dim() - 2)
+        weight = bias = None
+        if self.affine:
+            weight = self.weight if self.weight.dtype == cdtype else self.weight.to(cdtype)
+            bias = self.bias if self.bias.dtype == cdtype else self.bias.to(cdtype)
+
+        if self.training and x.shape[0] > 0:  # (an empty batch changes nothing: eval path)
+            y, ey, vy = _OnlineNormFunction.apply(
+                x, self.mu, self.var, self.u, self.v, self.alpha_fwd, self.alpha_bkw, self.eps
+            )
+            if self.ecm == "ls":
+                return _scaled_affine(y, ey, vy, weight, bias).to(in_dtype)
+            z = y
+        else:  # frozen statistics, ordinary autograd
+            xc = x.to(cdtype)
+            z = (xc - self.mu.to(cdtype).view(bshape)) * torch.rsqrt(
+                self.var.to(cdtype) + self.eps
+            ).view(bshape)
+        clamp = self.ecm == "ac"  # ECM 'ac' == clamp(z, -5, 5), as hardtanh (one-kernel backward)
+        if weight is not None:
+            z = _affine(z, weight, bias, clamp=clamp)
+        elif clamp:
+            z = F.hardtanh(z, -_AC_BOUND, _AC_BOUND)
+        if self.ecm == "ls":  # eval mode
+            z = _layer_scale(z)
+        return z if z.dtype == in_dtype else z.to(in_dtype)
+
+
+class OnlineNorm2d(_OnlineNormNd):
+    """Online Normalization for (N, C, H, W) inputs; see the module docstring for the algorithm.
+
+    Args: num_features C; alpha_fwd (forward decay of mu/var); alpha_bkw (decay of the backward
+    control process u/v); eps; affine (per-channel gamma/beta); ecm: error compensation after the
+    affine, 'ls' (layer scaling, default), 'ac' (clamp to [-5, 5]) or 'none'.
+    Buffers mu, var, u, v are float32 (float64 after ``.double()``) and are part of ``state_dict``.
+    """
+
+    _expected_dims = (4,)
+
+
+class OnlineNorm1d(_OnlineNormNd):
+    """Online Normalization for (N, C) inputs (also (N, C, L), normalised over L like a channel)."""
+
+    _expected_dims = (2, 3)
