@@ -1,4 +1,5 @@
-"""Asynchronous SGD: stability theory of delayed gradients (see shared/specs/02-async-sgd.md)."""
+"""Asynchronous SGD: a simulated parameter server and the stability theory of delayed gradients
+(see shared/specs/02-async-sgd.md)."""
 from .stability import (
     KINDS,
     StabilityInputError,
@@ -11,9 +12,17 @@ from .stability import (
     stability_table,
     stability_threshold,
 )
+from .schedule import SCHEDULES, make_scheduler
+from .server import MODES, ParameterServer, ParameterServerStep, resolve_delay
 
 __all__ = [
     "KINDS",
+    "MODES",
+    "ParameterServer",
+    "ParameterServerStep",
+    "SCHEDULES",
+    "make_scheduler",
+    "resolve_delay",
     "StabilityInputError",
     "adjusted_lr",
     "characteristic_polynomial",

@@ -1,0 +1,68 @@
+"""`basinlab stability`: the table of stable learning rates under gradient delay (spec 02-async-sgd.md)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ConfigError
+from .stability import KINDS, adjusted_lr, stability_table
+
+DEFAULT_DELAYS = [0, 1, 4, 16, 32]
+DEFAULT_MOMENTA = [0.0, 0.5, 0.9, 0.99]
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("stability", help="largest stable eta*lambda_max by gradient delay and momentum (A-SGD)")
+    p.add_argument("--delays", nargs="+", type=int, default=DEFAULT_DELAYS, metavar="TAU",
+                   help=f"delays in server updates (default {' '.join(map(str, DEFAULT_DELAYS))})")
+    p.add_argument("--momentum", nargs="+", type=float, default=DEFAULT_MOMENTA, metavar="GAMMA",
+                   help=f"momenta in [0, 1) (default {' '.join(map(str, DEFAULT_MOMENTA))})")
+    p.add_argument("--kind", nargs="+", choices=KINDS, default=list(KINDS),
+                   help="standard: momentum at the server (asgd); shifted: per-worker momentum (msgd)")
+    p.add_argument("--raw", action="store_true",
+                   help="thresholds on eta*lambda_max instead of the effective eta/(1-gamma)*lambda_max")
+    p.add_argument("--csv", help="also write the table to this CSV file")
+    p.set_defaults(func=cmd_stability)
+
+
+def _column_name(kind: str, momentum: float) -> str:
+    return "gamma=0" if kind == "none" else f"{kind} {momentum:g}"
+
+
+def build_table(delays, momenta, kinds, raw: bool = False):
+    """The thresholds (stability_table) plus the --adjust-lr factor sin(pi/(4 tau + 2)) by delay."""
+    table = stability_table(delays, momenta, kinds, effective=not raw)
+    table.columns = [_column_name(kind, m) for kind, m in table.columns]
+    table["adjust-lr factor"] = [adjusted_lr(1.0, d) for d in table.index]
+    return table
+
+
+def format_table(table) -> str:
+    """An aligned, pipe-separated table (also valid Markdown); values to 3 significant digits."""
+    header = ["tau", *table.columns]
+    rows = [[str(d), *(f"{v:#.3g}".rstrip(".") for v in values)] for d, values in zip(table.index, table.to_numpy())]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells):
+        return "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def cmd_stability(args) -> int:
+    if len(set(args.delays)) != len(args.delays) or len(set(args.momentum)) != len(args.momentum):
+        raise ConfigError("--delays and --momentum must not repeat a value")
+    table = build_table(args.delays, args.momentum, args.kind, raw=args.raw)
+    what = "eta*lambda_max" if args.raw else "eta*lambda_max/(1-gamma)"
+    print(f"largest stable {what} by delay tau (linear stability; below it a minimum with top Hessian "
+          f"eigenvalue lambda_max can be kept)")
+    print(format_table(table))
+    print("adjust-lr factor: eta_tau / eta_0 = sin(pi/(4 tau + 2)), what `basinlab train --adjust-lr` applies")
+    if args.csv:
+        path = Path(args.csv)
+        out = table.copy()
+        out.index.name = "delay"
+        out.columns = [c.replace(" ", "_").replace("-", "_").replace("=", "") for c in out.columns]
+        out.to_csv(path)
+        print(f"wrote {path}")
+    return 0
