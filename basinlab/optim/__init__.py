@@ -22,6 +22,7 @@ from .regime import (
     regime_from_model_config,
 )
 from .schedules import Schedule, make_schedule, register_schedule, schedule_names
+from . import adas  # noqa: F401,E402  (registers the AdaS optimizer)
 
 __all__ = [
     "OptimizerSpec",

@@ -26,10 +26,19 @@ normalisation affine parameters, linear layers) are handled by ``non_conv``:
   for BatchNorm parameters after a conv; the reference's final linear layer followed a separate
   recurrence driven by the last conv's output S, which this option approximates by the last conv.
 
-The engine calls :meth:`AdaS.epoch_step` once at the end of every epoch. Per-group state (``R``,
-the previous ``Gbar``, the epoch count) lives in the param-group dicts, so ``state_dict()`` /
-``load_state_dict()`` round-trip it with the momentum buffers. An lr schedule or a regime that
-rewrites ``lr`` on every group after epoch 0 would override AdaS: AdaS is its own schedule.
+The engine calls :meth:`AdaS.epoch_step` once at the end of every epoch (``basinlab.tuning.method``
+does it for every run whose optimizer is AdaS). Per-group state (``R``, the previous ``Gbar``, the
+epoch count) lives in the param-group dicts, so ``state_dict()`` / ``load_state_dict()`` round-trip
+it with the momentum buffers.
+
+Living with a regime: basinlab's :class:`~basinlab.optim.Regime` writes ``lr`` into every group
+before each step, multiplied by the group's ``lr_scale`` when it has one. So :meth:`epoch_step`
+sets each layer's ``lr = R`` AND ``lr_scale = R / lr0`` (``lr0`` = the lr the group started with).
+Under a constant regime (AdaS's own setting: ``--optimizer AdaS --lr 0.03``) the regime then
+re-applies exactly ``R``; under a regime with a schedule the layer gets ``schedule(t) * R / lr0``
+(AdaS's ratio on top of the schedule), which is the only composition that keeps both meaningful.
+
+Registered as ``'AdaS'`` in :mod:`basinlab.optim.factory` at import (``--optimizer AdaS``).
 """
 
 from __future__ import annotations
@@ -122,10 +131,13 @@ class AdaS(torch.optim.SGD):
             g["adas_G"] = float(G)
             g["adas_epochs"] += 1
             g["lr"] = float(R)
+            g["lr_scale"] = float(R) / g["adas_init_lr"]  # survives the regime's per-step lr writes
         for g in self.param_groups:
             link = g.get("adas_follow", -1)
             if link is not None and link >= 0:
                 g["lr"] = float(groups[link]["lr"])
+                if "lr_scale" in groups[link]:
+                    g["lr_scale"] = groups[link]["lr_scale"]
         return self.layer_lrs()
 
     def _gbar(self, metrics, groups) -> np.ndarray:
@@ -233,3 +245,12 @@ def _split_groups(params, non_conv: str) -> tuple[list[dict], list[int]]:
         groups = list(head.values()) + groups
         links = [link] * len(head) + links
     return groups, links
+
+
+def _register() -> None:
+    from basinlab.optim.factory import register_optimizer
+
+    register_optimizer("AdaS", AdaS)
+
+
+_register()

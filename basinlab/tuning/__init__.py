@@ -6,6 +6,14 @@
   (:func:`basinlab.lowrank.knowledge_gain_zero_fraction`);
 - :func:`lr_range_test` / :func:`plot_lr_range`: Smith's LR range test with the steepest, valley
   and min/10 suggestions; model, optimizer and RNG states are restored afterwards.
+
+On the engine (imported on demand, they pull in the trainer):
+
+- :mod:`basinlab.tuning.method`: ``--log-lowrank`` (lowrank.csv) and AdaS's per-epoch update;
+- :mod:`basinlab.tuning.autohyper`: ``run_autohyper`` (``basinlab autohyper train``), with the seed's
+  YAML read by :mod:`basinlab.tuning.seed_config`;
+- :mod:`basinlab.tuning.lr_range_run`: ``run_lr_range`` (``basinlab lr-range``);
+- :mod:`basinlab.tuning.schedules`: the ``cosine_restarts`` and ``one_cycle`` regime schedules.
 """
 
 from basinlab.tuning.lr_range import (
