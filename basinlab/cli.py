@@ -10,13 +10,8 @@ import types
 import typing
 from pathlib import Path
 
-from .config import FIELDS, RUN_CONTROL, TrainConfig, load_yaml, make_config
+from .config import FIELDS, TrainConfig, load_yaml, make_config
 from .errors import BasinlabError, ConfigError, NonFiniteLossError
-
-# Options that may change when a run is resumed (they do not change what is computed).
-RESUMABLE = RUN_CONTROL | {"device", "data_workers", "print_freq", "save_every_steps", "save_all", "compile",
-                           "nan_policy", "datasets_dir"}
-
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports usage errors as our one-line errors (exit 2)."""
@@ -57,35 +52,22 @@ def train_options(args: argparse.Namespace) -> dict:
 def build_train_config(args: argparse.Namespace) -> TrainConfig:
     """--config file, then the command line on top; on --resume, the checkpoint's config."""
     given = train_options(args)
-    if given.get("resume"):
-        return resume_config(given)
-    base = load_yaml(args.config) if getattr(args, "config", None) else {}
+    base = load_yaml(args.config) if getattr(args, "config", None) and not given.get("resume") else {}
     return make_config(base, **given)
-
-
-def resume_config(given: dict) -> TrainConfig:
-    from .engine.checkpoint import load_checkpoint, resolve_checkpoint
-    state = load_checkpoint(resolve_checkpoint(given["resume"]))
-    changed = sorted(k for k, v in given.items() if k not in RESUMABLE and state["config"].get(k) != v)
-    if changed:
-        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
-        raise ConfigError(f"{flags} cannot change when resuming (the run would not be the same run); "
-                          f"allowed on resume: --epochs, --device, --quiet and other run controls")
-    values = {k: v for k, v in state["config"].items() if k in FIELDS}
-    values.update(given)
-    values["preset"] = None  # the stored config is already resolved
-    values["overwrite"] = False
-    return make_config(values)
 
 
 # ---------------------------------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
+    from .engine.launch import launch_requested, record_errors, relaunch_with_torchrun
+    if launch_requested(args):  # --nproc K: this process only starts torchrun and waits
+        return relaunch_with_torchrun(args, build_train_config)
+    from .engine.run import is_main_process
     from .engine.trainer import Trainer
     from .methods import build_method
     cfg = build_train_config(args)
     strategy, callbacks = build_method(cfg)
-    run = Trainer(cfg, strategy=strategy, callbacks=callbacks).fit()
-    if not cfg.quiet:
+    run = record_errors(Trainer(cfg, strategy=strategy, callbacks=callbacks).fit)()
+    if not cfg.quiet and is_main_process():
         best = run.best or {}
         print(f"run folder: {run.path} (best val top-1 {best.get('val_acc1', float('nan')):.2f}% "
               f"at epoch {best.get('epoch')})")
@@ -108,14 +90,29 @@ def cmd_list(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .engine.inspect import evaluate_checkpoint
+    noisy = args.noise is not None
+    extra = {}
+    if noisy:
+        extra = dict(noise=args.noise, noise_type=args.noise_type, noise_adapt=args.noise_adapt,
+                     noise_samples=args.noise_samples, noise_include_bn=args.noise_include_bn, seed=args.seed)
     result = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, split=args.split,
                                  datasets_dir=args.datasets_dir, batch_size=args.batch_size,
-                                 limit=args.limit, device=args.device)
-    print(f"{args.split}: loss {result['loss']:.4f} top1 {result['acc1']:.2f}% top5 {result['acc5']:.2f}% "
-          f"({result['count']} examples)")
+                                 limit=args.limit, device=args.device, **extra)
+    if not noisy:
+        print(f"{args.split}: loss {result['loss']:.4f} top1 {result['acc1']:.2f}% top5 {result['acc5']:.2f}% "
+              f"({result['count']} examples)")
+    else:
+        print(f"{args.split} under noise A={args.noise:g} ({args.noise_type}, adapt {args.noise_adapt}, "
+              f"{result['samples']} draws): loss {result['loss']:.4f} +- {result['loss_std']:.4f} "
+              f"top1 {result['acc1']:.2f}% +- {result['acc1_std']:.2f} top5 {result['acc5']:.2f}% "
+              f"+- {result['acc5_std']:.2f} ({result['count']} examples)")
     if args.output:
         import pandas as pd
-        pd.DataFrame([{"split": args.split, **result}]).to_csv(args.output, index=False)
+        row = {k: v for k, v in result.items() if k != "draws"}
+        if noisy:
+            row.update(noise=args.noise, noise_type=args.noise_type, noise_adapt=args.noise_adapt,
+                       noise_include_bn=args.noise_include_bn, seed=args.seed)
+        pd.DataFrame([{"split": args.split, **row}]).to_csv(args.output, index=False)
     return 0
 
 
@@ -159,6 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, help="first N examples only")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--output", help="also write the result to this CSV")
+    ev.add_argument("--noise", type=float, metavar="A",
+                    help="evaluate under fresh weight noise of strength A per batch (the SmoothOut seed's --ss)")
+    ev.add_argument("--noise-type", choices=("uniform", "normal"), default="uniform",
+                    help="noise distribution: U(-A, A) or N(0, A^2) before adaptation")
+    ev.add_argument("--noise-adapt", choices=("none", "weight", "filter"), default="none",
+                    help="noise scale: absolute, relative to |w|, or per filter norm (AdaSmoothOut)")
+    ev.add_argument("--noise-samples", type=int, default=1, metavar="K",
+                    help="passes over the split with fresh noise; mean and std over them")
+    ev.add_argument("--noise-include-bn", action="store_true",
+                    help="also perturb norm-layer affine parameters (the seed's evaluate.py did)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the noise")
     ev.set_defaults(func=cmd_evaluate)
 
     plot = sub.add_parser("plot", help="overlay the curves of several runs in one PNG")

@@ -1,0 +1,104 @@
+"""Flat-minima training: ghost batches, SmoothOut / AdaSmoothOut, SAM and ASAM.
+
+`configure(cfg)` turns the options of the "flat minima" section of TrainConfig into a step strategy:
+
+    --ghost-batch M [--lr-scale-batch sqrt|linear]     GhostBatchStep (gradient over chunks of M)
+    --smoothout A [--smoothout-noise/-adapt/-schedule/-include-bn, --no-denoise, --ghost-batch M]
+                                                       GhostBatchStep with weight noise
+    --sam RHO | --asam RHO [--asam-eta, --ghost-batch M]
+                                                       SharpnessAwareStep (both passes over the chunks)
+
+The strategies live in flat_smoothout.py and flat_sam.py (chunking in flat_chunks.py); the noise
+models in noise.py.
+"""
+from __future__ import annotations
+
+import math
+
+from ..config import FIELDS, TrainConfig
+from ..errors import ConfigError
+from .flat_sam import SharpnessAwareStep, asam_perturbation, sam_perturbation
+from .flat_chunks import LR_SCALINGS, lr_scale_factor
+from .flat_smoothout import SCHEDULES, GhostBatchStep, strength_coefficient
+from .noise import NoiseModel
+
+__all__ = ["configure", "GhostBatchStep", "SharpnessAwareStep", "sam_perturbation", "asam_perturbation",
+           "strength_coefficient", "lr_scale_factor"]
+
+# Options that only mean something with their main option.
+_SMOOTHOUT_DETAILS = ("smoothout_noise", "smoothout_adapt", "smoothout_schedule", "smoothout_include_bn", "denoise")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _given(cfg: TrainConfig, name: str) -> bool:
+    return getattr(cfg, name) != FIELDS[name].default
+
+
+def _check_details(cfg: TrainConfig) -> None:
+    """Refuse detail options whose main option is missing (they would silently do nothing)."""
+    if cfg.smoothout is None:
+        for name in _SMOOTHOUT_DETAILS:
+            if _given(cfg, name):
+                raise ConfigError(f"{_flag(name)} needs --smoothout A (the noise strength); "
+                                  f"add --smoothout or drop {_flag(name)}")
+    if cfg.asam is None and _given(cfg, "asam_eta"):
+        raise ConfigError("--asam-eta needs --asam RHO; add --asam or drop --asam-eta")
+    if cfg.lr_scale_batch is not None and cfg.ghost_batch is None:
+        raise ConfigError("--lr-scale-batch needs --ghost-batch M (it scales lr by batch/M); "
+                          "add --ghost-batch or drop --lr-scale-batch")
+
+
+def _check_combinations(cfg: TrainConfig) -> None:
+    sharpness = "--sam" if cfg.sam is not None else "--asam" if cfg.asam is not None else None
+    if cfg.server:
+        used = "--smoothout" if cfg.smoothout is not None else sharpness or "--ghost-batch"
+        raise ConfigError(f"{used} cannot be combined with --server {cfg.server}: the simulated parameter "
+                          f"server has its own step; run flat-minima methods without --server")
+    if cfg.sam is not None and cfg.asam is not None:
+        raise ConfigError("--sam and --asam cannot be combined; choose one (ASAM is SAM with adaptive scaling)")
+    if sharpness and cfg.smoothout is not None:
+        raise ConfigError(f"--smoothout and {sharpness} cannot be combined in one run; choose one flat-minima method")
+
+
+def _positive_number(value, flag: str, allow_zero: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{flag} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def _check_values(cfg: TrainConfig) -> None:
+    if cfg.ghost_batch is not None and (isinstance(cfg.ghost_batch, bool) or not isinstance(cfg.ghost_batch, int)
+                                        or cfg.ghost_batch <= 0):
+        raise ConfigError(f"--ghost-batch must be a positive integer (samples per chunk), got {cfg.ghost_batch!r}")
+    if cfg.lr_scale_batch is not None and cfg.lr_scale_batch not in LR_SCALINGS:
+        raise ConfigError(f"--lr-scale-batch must be one of {', '.join(LR_SCALINGS)}; got {cfg.lr_scale_batch!r}")
+    if cfg.smoothout_schedule not in SCHEDULES:
+        raise ConfigError(f"--smoothout-schedule must be one of {', '.join(SCHEDULES)}; got {cfg.smoothout_schedule!r}")
+    for name in ("sam", "asam"):
+        if getattr(cfg, name) is not None:
+            _positive_number(getattr(cfg, name), _flag(name))
+    _positive_number(cfg.asam_eta, "--asam-eta", allow_zero=True)
+
+
+def configure(cfg: TrainConfig):
+    """(step strategy or None, callbacks) for the flat-minima options of `cfg`."""
+    _check_details(cfg)
+    if cfg.smoothout is None and cfg.ghost_batch is None and cfg.sam is None and cfg.asam is None:
+        return None, []
+    _check_combinations(cfg)
+    _check_values(cfg)
+    if cfg.sam is not None or cfg.asam is not None:
+        adaptive = cfg.asam is not None
+        return SharpnessAwareStep(cfg.asam if adaptive else cfg.sam, adaptive=adaptive, eta=cfg.asam_eta,
+                                  ghost_batch=cfg.ghost_batch, lr_scale=cfg.lr_scale_batch), []
+    noise = None
+    if cfg.smoothout is not None:
+        noise = NoiseModel(cfg.smoothout, cfg.smoothout_noise, cfg.smoothout_adapt)
+    return GhostBatchStep(cfg.ghost_batch, noise, schedule=cfg.smoothout_schedule,
+                          include_norm=cfg.smoothout_include_bn, denoise=cfg.denoise,
+                          lr_scale=cfg.lr_scale_batch, seed=cfg.seed), []

@@ -1,0 +1,120 @@
+"""SAM (Foret et al. 2021) and ASAM (Kwon et al. 2021): the gradient at w + eps applied at w.
+
+    SAM   eps = rho g / ||g||
+    ASAM  eps = rho T^2 g / ||T g||,   T = |w| + eta  (elementwise)
+
+g is the batch gradient at w (first pass). The second pass computes the gradient at w + eps; the
+weights are then copied back to w exactly and the optimizer steps with that gradient. Buffers
+(BatchNorm running statistics, online-norm state) advance once per batch, from the first pass only:
+the second pass starts from the buffers the first pass started from (so online normalisation sees the
+same statistics in both passes) and the first pass's buffers are put back after it. Both directions
+are scale-invariant in g, so they are computed from the (possibly fp16-scaled) gradients as they are.
+With --ghost-batch, both passes accumulate their gradient over the same chunks (ghost batch norm in both).
+"""
+from __future__ import annotations
+
+import torch
+
+from .flat_chunks import accumulate_gradient, check_ghost_batch, describe_chunks, scale_regime_lr
+from .steps import StepResult, StepStrategy
+
+
+def global_norm(tensors) -> torch.Tensor:
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors))) if tensors else torch.zeros(())
+
+
+def sam_perturbation(grads, rho: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(eps = rho g / ||g||, ||g||) for the list of gradients g."""
+    norm = global_norm(grads)
+    return torch._foreach_mul(grads, rho / norm), norm
+
+
+def asam_perturbation(params, grads, rho: float, eta: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(eps = rho T^2 g / ||T g|| with T = |w| + eta, ||g||)."""
+    scale = torch._foreach_abs([p.detach() for p in params])
+    torch._foreach_add_(scale, eta)
+    scaled = torch._foreach_mul(scale, grads)            # T g
+    norm = global_norm(scaled)
+    torch._foreach_mul_(scaled, scale)                   # T^2 g
+    torch._foreach_mul_(scaled, rho / norm)
+    return scaled, global_norm(grads)
+
+
+class SharpnessAwareStep(StepStrategy):
+    """Two forward/backward passes per update: at w for the direction, at w + eps for the gradient."""
+
+    def __init__(self, rho: float, adaptive: bool = False, eta: float = 0.01, *, ghost_batch: int | None = None,
+                 lr_scale: str | None = None):
+        self.rho, self.adaptive, self.eta = float(rho), adaptive, float(eta)
+        self.ghost_batch, self.lr_scale = ghost_batch, lr_scale
+        self.name = "asam" if adaptive else "sam"
+        self._norm_sum = None  # [sum of ||g||, steps] of the current epoch, on the device
+
+    def setup(self, trainer) -> None:
+        batch = trainer.train_loader.batch_size
+        check_ghost_batch(self.ghost_batch, batch)
+        scale_regime_lr(trainer, self.lr_scale, self.ghost_batch)
+        self._norm_sum = torch.zeros(2, dtype=torch.float64, device=trainer.device)
+        extra = f", eta {self.eta:g}" if self.adaptive else ""
+        trainer.log.info(f"step {self.name}: rho {self.rho:g}{extra}; two passes per update, each a "
+                         f"{describe_chunks(self.ghost_batch, batch)}; buffers (BN running statistics, "
+                         "online-norm state) advance on the first pass only")
+
+    def train_step(self, trainer, x, y):
+        buffers = list(trainer.model.buffers())
+        before = [b.clone() for b in buffers]  # the state the second pass starts from as well
+        loss, logits = accumulate_gradient(trainer, x, y, self.ghost_batch)
+        if logits is None:
+            return StepResult(loss, None, skipped=True)
+        params = [p for p in trainer.model.parameters() if p.grad is not None]
+        eps, grad_norm = self._perturbation(params)
+        if not bool(torch.isfinite(global_norm(eps))):
+            trainer.optimizer_step()  # overflowed (fp16) or zero gradient: a plain step, the scaler decides
+            return StepResult(loss, logits)
+        if not self._second_pass(trainer, x, y, params, eps, buffers, before):
+            return StepResult(loss, None, skipped=True)
+        trainer.optimizer_step()
+        self._record(trainer, grad_norm)
+        return StepResult(loss, logits)
+
+    def _perturbation(self, params):
+        grads = [p.grad for p in params]
+        if self.adaptive:
+            return asam_perturbation(params, grads, self.rho, self.eta)
+        return sam_perturbation(grads, self.rho)
+
+    def _second_pass(self, trainer, x, y, params, eps, buffers, before) -> bool:
+        """Gradient at w + eps into .grad, from the buffers the first pass started with; then the weights
+        go back to w and the buffers to their values after the first pass."""
+        after_first = [b.clone() for b in buffers]
+        clean = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            torch._foreach_add_([p.detach() for p in params], eps)
+            for buffer, value in zip(buffers, before):
+                buffer.copy_(value)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        try:
+            _, logits = accumulate_gradient(trainer, x, y, self.ghost_batch)
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_([p.detach() for p in params], clean)
+                for buffer, value in zip(buffers, after_first):
+                    buffer.copy_(value)
+        return logits is not None
+
+    def _record(self, trainer, grad_norm: torch.Tensor) -> None:
+        if trainer.scaler is not None:  # report the norm of the unscaled gradient
+            grad_norm = grad_norm / trainer.scaler.get_scale()
+        self._norm_sum += torch.stack([grad_norm.double(), grad_norm.new_ones((), dtype=torch.float64)])
+
+    def epoch_metrics(self, trainer) -> dict:
+        total, steps = self._norm_sum.tolist()
+        self._norm_sum.zero_()
+        return {"sam_grad_norm": total / steps if steps else float("nan")}
+
+    def state_dict(self) -> dict:
+        return {"norm_sum": self._norm_sum.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "norm_sum" in state:
+            self._norm_sum.copy_(state["norm_sum"])

@@ -1,0 +1,111 @@
+"""Ghost batches and SmoothOut: one optimizer update from several gradient chunks of a batch.
+
+Per update, for each chunk (ghost batch) of M samples: [SmoothOut: save the clean weights, add fresh
+noise] -> forward -> backward of the chunk loss times M/B (so the accumulated gradient is the batch
+mean) -> [SmoothOut: copy the clean weights back]; then one optimizer step on the clean weights. The
+result is exactly "clean weights minus the step computed from the noisy gradient". Each chunk's forward
+normalises with its own batch statistics (ghost batch norm); running statistics and online-norm state
+advance once per chunk, as in plain training with batches of M.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+from ..data.loader import derive_seed
+from ..errors import ConfigError
+from .flat_chunks import accumulate_gradient, check_ghost_batch, describe_chunks, scale_regime_lr
+from .noise import NoiseModel, WeightNoise, noise_generator, perturbed_parameters
+from .steps import StepResult, StepStrategy
+
+SCHEDULES = ("constant", "anneal", "tanh")
+ANNEAL_INDEX = 0.55  # the reference's --anneal-index default
+TANH_SCALE = 10.0    # the reference's --tanh-scale default
+
+
+def strength_coefficient(schedule: str, step: int, total_steps: int) -> float:
+    """The factor c of the noise strength at optimizer step `step` (0-based) of `total_steps`.
+
+    constant: 1; anneal: (1 + t)^(-0.55/2) (the reference took the square root of (1+t)^-0.55);
+    tanh: (1 + tanh(10 (t/T - 1/2))) / 2, ramping from ~0 to ~1 over the run. t counts optimizer
+    updates, as the reference did (epoch * updates per epoch + update in epoch).
+    """
+    if schedule == "constant":
+        return 1.0
+    if schedule == "anneal":
+        return (1.0 + step) ** (-ANNEAL_INDEX / 2)
+    if schedule == "tanh":
+        return 0.5 * (1.0 + math.tanh(TANH_SCALE * (step / max(total_steps, 1) - 0.5)))
+    raise ConfigError(f"--smoothout-schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}")
+
+
+class GhostBatchStep(StepStrategy):
+    """Gradient accumulation over ghost batches, optionally with SmoothOut weight noise."""
+
+    def __init__(self, ghost_batch: int | None = None, noise: NoiseModel | None = None, *,
+                 schedule: str = "constant", include_norm: bool = False, denoise: bool = True,
+                 lr_scale: str | None = None, seed: int = 0):
+        self.ghost_batch, self.noise_model = ghost_batch, noise
+        self.schedule, self.include_norm, self.denoise = schedule, include_norm, denoise
+        self.lr_scale, self.seed = lr_scale, seed
+        self.name = "ghost-batch" if noise is None else ("adasmoothout" if noise.adapt == "filter" else "smoothout")
+        self.noise: WeightNoise | None = None
+        self.coef = 1.0
+        self.total_steps = 1
+
+    # ------------------------------------------------------------------------------------ setup
+    def setup(self, trainer) -> None:
+        batch = trainer.train_loader.batch_size
+        check_ghost_batch(self.ghost_batch, batch)
+        self.total_steps = trainer.epochs * len(trainer.train_loader)
+        scale_regime_lr(trainer, self.lr_scale, self.ghost_batch)
+        if self.noise_model is not None and self.noise_model.strength > 0:
+            params = perturbed_parameters(trainer.model, self.include_norm)
+            # each data-parallel rank draws its own noise for its own chunks
+            rank = getattr(getattr(trainer, "dist", None), "rank", 0)
+            generator = noise_generator(params, derive_seed("smoothout", self.seed, rank))
+            self.noise = WeightNoise(params, self.noise_model, generator)
+        trainer.log.info(self.describe(batch))
+
+    def describe(self, batch: int) -> str:
+        text = f"step {self.name}: {describe_chunks(self.ghost_batch, batch)}"
+        if self.noise_model is None:
+            return text
+        count = len(self.noise.params) if self.noise else 0
+        norm = "included" if self.include_norm else "excluded"
+        return (f"{text}; {self.noise_model.describe()}, schedule {self.schedule}, "
+                f"{count} parameter tensors perturbed (norm-layer affine {norm}), "
+                f"denoise {'on' if self.denoise else 'off (noise stays in the weights)'}")
+
+    # ------------------------------------------------------------------------------------ the step
+    def train_step(self, trainer, x, y):
+        if self.noise_model is not None:
+            self.coef = strength_coefficient(self.schedule, trainer.global_step, self.total_steps)
+        loss, logits = accumulate_gradient(trainer, x, y, self.ghost_batch,
+                                           self._noisy if self.noise is not None else None)
+        if logits is None:
+            return StepResult(loss, None, skipped=True)
+        trainer.optimizer_step()
+        return StepResult(loss, logits)
+
+    @contextlib.contextmanager
+    def _noisy(self):
+        """Fresh noise on the weights for one chunk; the clean weights come back after it (denoise)."""
+        self.noise.perturb(self.coef, keep_clean=self.denoise)
+        try:
+            yield
+        finally:
+            if self.denoise:
+                self.noise.restore()
+
+    # ------------------------------------------------------------------------------------ records
+    def epoch_metrics(self, trainer) -> dict:
+        return {} if self.noise_model is None else {"smoothout_c": self.coef}
+
+    def state_dict(self) -> dict:
+        return {"generator": self.noise.generator.get_state() if self.noise else None, "coef": self.coef}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.noise is not None and state.get("generator") is not None:
+            self.noise.generator.set_state(state["generator"])
+        self.coef = state.get("coef", self.coef)

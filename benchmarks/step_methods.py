@@ -1,0 +1,132 @@
+"""Step time of the flat-minima strategies relative to plain SGD, measured in one run.
+
+    python benchmarks/step_methods.py [--rounds 5] [--steps 4] [--threads 1] [--device cpu]
+
+For each model (CIFAR ResNet-20 on a synthetic CIFAR batch of 128, the MNIST convnet on a synthetic
+MNIST batch of 128) a real Trainer is set up per method (same seed, so the same initial weights) and
+the methods' steps are timed in interleaved rounds, so that a busy machine slows every method alike;
+each method's time is its fastest round, in CPU seconds of this process on CPU (so that other
+processes on a shared machine do not count) and in wall seconds on CUDA. Prints seconds per
+step and the ratio to plain SGD (targets: SmoothOut <= 1.1, SAM <= 2.2), and the cost of the noise
+alone (draw + add + restore of every perturbed weight), the only work SmoothOut adds per chunk.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from basinlab.config import make_config  # noqa: E402
+from basinlab.engine.trainer import Trainer  # noqa: E402
+from basinlab.methods import build_method  # noqa: E402
+
+METHODS = {
+    "plain SGD": {},
+    "SmoothOut (uniform)": {"smoothout": 0.005},
+    "AdaSmoothOut (filter)": {"smoothout": 0.02, "smoothout_adapt": "filter"},
+    "SAM": {"sam": 0.05},
+    "ASAM": {"asam": 0.5},
+}
+MODELS = {
+    "resnet20, CIFAR batch 128": ("resnet20", {"in_channels": 3}, (3, 32, 32)),
+    "mnist convnet, MNIST batch 128": ("mnist", {}, (1, 28, 28)),
+}
+TARGETS = {"SmoothOut (uniform)": 1.1, "AdaSmoothOut (filter)": 1.1, "SAM": 2.2, "ASAM": 2.2}
+
+
+def make_trainer(folder: str, name: str, model: str, model_config: dict, device: str, options: dict) -> Trainer:
+    cfg = make_config(results_dir=folder, save=name, quiet=True, model=model, model_config=model_config,
+                      dataset="mnist5k", train_limit=256, val_limit=64, batch_size=128, device=device,
+                      optimizer="SGD", lr=0.01, momentum=0.9, **options)
+    strategy, callbacks = build_method(cfg)
+    trainer = Trainer(cfg, strategy=strategy, callbacks=callbacks)
+    trainer.setup()
+    trainer.model.train()
+    return trainer
+
+
+def clock(device: torch.device):
+    """CPU time of this process on CPU (other processes on a shared machine do not count), else wall time."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return time.perf_counter()
+    return time.process_time()
+
+
+def time_steps(trainer: Trainer, x, y, steps: int) -> float:
+    """Seconds per step over `steps` steps."""
+    start = clock(trainer.device)
+    for _ in range(steps):
+        trainer.strategy.train_step(trainer, x, y)
+    return (clock(trainer.device) - start) / steps
+
+
+def bench_model(label: str, model: str, model_config: dict, shape, args) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(128, *shape, generator=gen).to(args.device)
+    y = torch.randint(0, 10, (128,), generator=gen).to(args.device)
+    with tempfile.TemporaryDirectory() as folder:
+        trainers = {m: make_trainer(folder, f"m{i}", model, model_config, args.device, opts)
+                    for i, (m, opts) in enumerate(METHODS.items())}
+        for trainer in trainers.values():
+            time_steps(trainer, x, y, 1)  # warm-up: allocations, kernels
+        times = {m: [] for m in METHODS}
+        order = list(trainers)
+        for _ in range(args.rounds):
+            for method in order:
+                times[method].append(time_steps(trainers[method], x, y, args.steps))
+            order.reverse()  # no method always runs first
+        for trainer in trainers.values():
+            trainer.run.close()
+        noise_cost = time_noise(trainers["SmoothOut (uniform)"], trainers["AdaSmoothOut (filter)"],
+                                rounds=args.rounds)
+    return {m: min(t) for m, t in times.items()}, noise_cost
+
+
+def time_noise(*trainers, rounds: int) -> dict:
+    """Seconds of one perturb + restore (fastest of `rounds`) for each SmoothOut trainer's noise model."""
+    out = {}
+    for trainer in trainers:
+        noise = trainer.strategy.noise
+        best = float("inf")
+        for _ in range(rounds):
+            start = clock(trainer.device)
+            noise.perturb(1.0)
+            noise.restore()
+            best = min(best, clock(trainer.device) - start)
+        out[trainer.strategy.noise_model.adapt] = best
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=2, help="steps per method per round")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine is shared)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, device {args.device}, {args.threads} thread(s), "
+          f"{args.rounds} rounds x {args.steps} steps per method, fastest round")
+    for label, (model, model_config, shape) in MODELS.items():
+        best, noise_cost = bench_model(label, model, model_config, shape, args)
+        base = best["plain SGD"]
+        print(f"\n{label}")
+        for method, seconds in best.items():
+            target = TARGETS.get(method)
+            note = f"  (target <= {target})" if target else ""
+            print(f"  {method:24s} {seconds * 1e3:8.1f} ms/step   ratio {seconds / base:5.2f}{note}")
+        for adapt, seconds in noise_cost.items():
+            print(f"  noise alone, adapt {adapt:7s} {seconds * 1e3:8.2f} ms per chunk "
+                  f"= {seconds / base:.4f} of a plain step")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
