@@ -10,7 +10,12 @@ Reports
     relative-change rule, tol 1e-3, would have stopped);
 side by side with ratios.  The reference lambda_max is Lanczos run to convergence (tol 1e-10).
 
+and the throughput of loss-landscape grids (grid points per second) with one data pass per point
+versus G points per pass (torch.func.vmap over stacked parameter sets), measured in one run with
+interleaved repetitions (the ratios are what to read on a shared machine).
+
 Usage:  python3 benchmarks/sharpness.py [--batches 3] [--batch-size 64] [--model auto|inline]
+                                        [--only all|hessian|landscape] [--grid-examples 1024]
 """
 from __future__ import annotations
 
@@ -126,6 +131,42 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
+def landscape_throughput(model, device, examples: int, batch_size: int, groups, points: int, repeats: int):
+    """Grid points per second of GridEvaluator for each group size G (G=1: one data pass per point)."""
+    from basinlab.analysis.data import MeasurementData
+    from basinlab.analysis.landscape import GridEvaluator, displaced_parameters, filter_normalized_direction
+
+    data = {"val": MeasurementData([(x.to(device), y.to(device))
+                                    for x, y in synthetic_data(examples // batch_size, batch_size, seed=7)])}
+    gen = torch.Generator().manual_seed(0)
+    d1, d2 = (filter_normalized_direction(model, gen) for _ in range(2))
+    origin = {k: v.detach().clone() for k, v in model.named_parameters()}
+    grid = [displaced_parameters(origin, [d1, d2], (0.05 * i, -0.05 * i)) for i in range(points)]
+    crit = nn.CrossEntropyLoss()
+    seconds = {g: [] for g in groups}
+    for _ in range(repeats):  # interleaved, so machine load affects every G alike
+        for g in groups:
+            with GridEvaluator(model, crit, data, points_per_pass=g) as ev:
+                start = time.perf_counter()
+                ev.evaluate(grid)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds[g].append(time.perf_counter() - start)
+    return {g: points / min(t) for g, t in seconds.items()}
+
+
+def report_landscape(model, device, args) -> None:
+    groups = [1, 2, 4, 8]
+    rates = landscape_throughput(model, device, args.grid_examples, 256, groups, points=8, repeats=args.repeats)
+    print(f"\n== 2-D landscape grid: {args.grid_examples} evaluation examples in batches of 256, 8 grid points, "
+          f"best of {args.repeats} interleaved repeats ==")
+    print(f"{'points per pass G':>18s} {'points/s':>10s} {'vs G=1':>8s}")
+    for g in groups:
+        print(f"{g:18d} {rates[g]:10.2f} {rates[g] / rates[1]:8.2f}")
+    best = max(rates, key=rates.get)
+    print(f"fastest here: G={best}; a 51x51 grid (2,601 points) at that rate: {2601 / rates[best] / 60:.1f} min")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=["auto", "basinlab", "inline"], default="auto")
@@ -136,6 +177,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", choices=["all", "hessian", "landscape"], default="all")
+    ap.add_argument("--grid-examples", type=int, default=1024, help="evaluation examples of the landscape grid")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the landscape timings")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -162,6 +206,9 @@ def main(argv=None):
         loss = sum(crit(model(x), y).item() * len(x) for x, y in data) / sum(len(x) for x, _ in data)
 
     print(f"model: {desc}; {n_params:,} parameters; device {device}; torch threads {torch.get_num_threads()}")
+    if args.only == "landscape":
+        report_landscape(model, device, args)
+        return
     print(f"data: {args.batches} synthetic batches x {args.batch_size}; train steps {args.train_steps}; "
           f"loss {loss:.4f}")
 
@@ -252,6 +299,8 @@ def main(argv=None):
         print(f"HVPs to 1e-3: Lanczos {lz_oracle} vs power iteration {pw_oracle} "
               f"({pw_oracle / lz_oracle:.1f}x fewer with Lanczos); PyHessian's fixed 100 HVPs = "
               f"{100 / lz_oracle:.1f}x Lanczos's count.")
+    if args.only == "all":
+        report_landscape(model, device, args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,151 @@
+"""`basinlab sharpness` and `basinlab landscape interpolate|directions`."""
+from __future__ import annotations
+
+import re
+
+from ..errors import ConfigError
+
+DEFAULT_INTERPOLATION = "-1:0.1:2.01"   # Keskar et al.: from 1 beyond A to 1 beyond B, 31 points
+DEFAULT_DIRECTIONS = "-1:0.05:1.01"     # Li et al.: [-1, 1] around the model, 41 points
+
+# argparse takes "-1:0.1:2.01" for an unknown option; values that start like a number are values here
+_NUMBER_LIKE = re.compile(r"^-(\d|\.\d)")
+
+
+def _data_options(parser, default_split) -> None:
+    parser.add_argument("--split", nargs="+", choices=("train", "val"), default=default_split,
+                        help="data splits to evaluate (training data is never augmented)")
+    parser.add_argument("--limit", type=int, help="first N examples of each split (default: the run's "
+                                                  "--train-limit/--val-limit)")
+    parser.add_argument("-b", "--batch-size", type=int, default=256, help="evaluation batch size")
+    parser.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run folder")
+    parser.add_argument("--datasets-dir", help="folder holding the dataset (default: the run's)")
+    parser.add_argument("--device", default="auto")
+
+
+def _landscape_options(parser, default_alpha, output) -> None:
+    parser.add_argument("--alpha", default=default_alpha,
+                        help=f"start:step:stop (stop exclusive), one number or a comma list (default {default_alpha})")
+    _data_options(parser, ["train", "val"])
+    parser.add_argument("--bn-recalibrate", action="store_true",
+                        help="re-estimate BatchNorm running statistics on training batches at every point")
+    parser.add_argument("--bn-batches", type=int, default=10, help="training batches for --bn-recalibrate")
+    parser.add_argument("-o", "--output", default=output, help="output prefix: PREFIX.csv, PREFIX.png, PREFIX.json")
+    parser.add_argument("--overwrite", action="store_true", help="discard points of an earlier run of PREFIX.csv")
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser._negative_number_matcher = _NUMBER_LIKE
+
+
+def add_commands(sub) -> None:
+    _add_sharpness(sub)
+    _add_landscape(sub)
+
+
+def _add_sharpness(sub) -> None:
+    sharp = sub.add_parser("sharpness", help="Hessian eigenvalues, trace, spectrum or Keskar sharpness of a checkpoint")
+    sharp.add_argument("checkpoint", help="checkpoint file or run folder (best.pt, see --which)")
+    sharp.add_argument("--measure", nargs="+", default=["hessian"], metavar="hessian|trace|spectrum|keskar",
+                       help="what to measure (several allowed); default hessian")
+    sharp.add_argument("--top-k", type=int, default=1, help="hessian: number of top eigenvalues")
+    sharp.add_argument("--method", choices=("lanczos", "power"), default="lanczos", help="hessian: eigen-solver")
+    sharp.add_argument("--max-iter", type=int, default=100,
+                       help="hessian: HVP budget (power: per eigenvalue); trace: most Rademacher samples")
+    sharp.add_argument("--tol", type=float, help="relative tolerance (hessian 1e-4, trace 1e-3)")
+    sharp.add_argument("--iterations", type=int, default=100, help="spectrum: Lanczos steps per start vector")
+    sharp.add_argument("--n-vectors", type=int, default=1, help="spectrum: random start vectors")
+    sharp.add_argument("--epsilon", type=float, nargs="+", default=[1e-3, 5e-4], help="keskar: box sizes")
+    sharp.add_argument("--subspace-dim", type=int, help="keskar: random subspace dimension (default: full space)")
+    sharp.add_argument("--keskar-iter", type=int, default=10, help="keskar: L-BFGS-B iterations")
+    sharp.add_argument("--split", choices=("train", "val"), default="train",
+                       help="data of the measured loss (default train, as Keskar; no augmentation)")
+    sharp.add_argument("--batches", type=int, help="first N batches of the split only (training order of epoch 0)")
+    sharp.add_argument("--limit", type=int, help="first N examples of the split (default: the run's limit)")
+    sharp.add_argument("-b", "--batch-size", type=int, default=128)
+    sharp.add_argument("--seed", type=int, default=0, help="seed of the random vectors and subspace")
+    sharp.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run folder")
+    sharp.add_argument("--datasets-dir", help="folder holding the dataset (default: the run's)")
+    sharp.add_argument("--device", default="auto")
+    sharp.add_argument("-o", "--output", default="sharpness.csv", help="CSV of the results")
+    sharp.set_defaults(func=cmd_sharpness)
+
+
+def _add_landscape(sub) -> None:
+    land = sub.add_parser("landscape", help="loss-landscape views: interpolation between two models, random directions")
+    from ..cli import ArgumentParser  # usage errors as one-line ConfigErrors, like every basinlab command
+    views = land.add_subparsers(dest="view", required=True, parser_class=ArgumentParser)
+    interp = views.add_parser("interpolate", help="loss and accuracy along (1-alpha) A + alpha B")
+    interp.add_argument("checkpoint_a", help="model A (alpha = 0): checkpoint file or run folder")
+    interp.add_argument("checkpoint_b", help="model B (alpha = 1)")
+    _landscape_options(interp, DEFAULT_INTERPOLATION, "interpolation")
+    interp.set_defaults(func=cmd_interpolate)
+
+    dirs = views.add_parser("directions", help="1-D/2-D plots along filter-normalised random directions")
+    dirs.add_argument("checkpoint", help="checkpoint file or run folder")
+    _landscape_options(dirs, DEFAULT_DIRECTIONS, "directions")
+    dirs.add_argument("--beta", help="second direction's range: makes a 2-D grid (resumable)")
+    dirs.add_argument("--seed", type=int, default=0, help="seed of the directions")
+    dirs.add_argument("--include-bias-bn", action="store_true",
+                      help="also move biases and normalisation parameters (default: held fixed, as Li et al.)")
+    dirs.add_argument("--points-per-pass", type=int, default=1,
+                      help="grid points evaluated together in one data pass (torch.func.vmap); "
+                           "slower than 1 on CPU (benchmarks/sharpness.py)")
+    dirs.set_defaults(func=cmd_directions)
+
+
+def cmd_sharpness(args) -> int:
+    from .measure import MeasureOptions, measure_checkpoint, parse_measures
+    from .data import check_count
+    for name in ("top_k", "max_iter", "iterations", "n_vectors", "keskar_iter", "subspace_dim"):
+        check_count(getattr(args, name), "--" + name.replace("_", "-"))
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be a non-negative integer, got {args.seed}")
+    options = MeasureOptions(top_k=args.top_k, method=args.method, max_iter=args.max_iter, tol=args.tol,
+                             iterations=args.iterations, n_vectors=args.n_vectors, epsilons=tuple(args.epsilon),
+                             subspace_dim=args.subspace_dim, keskar_iter=args.keskar_iter, seed=args.seed)
+    measure_checkpoint(args.checkpoint, parse_measures(args.measure), split=args.split, batches=args.batches,
+                       limit=args.limit, batch_size=args.batch_size, device=args.device, which=args.which,
+                       datasets_dir=args.datasets_dir, options=options, output=args.output)
+    return 0
+
+
+def _common(args) -> dict:
+    from .data import check_count
+    check_count(args.batch_size, "--batch-size")
+    check_count(args.bn_batches, "--bn-batches")
+    return dict(splits=args.split, limit=args.limit, batch_size=args.batch_size, bn_recalibrate=args.bn_recalibrate,
+                bn_batches=args.bn_batches, which=args.which, device=args.device, datasets_dir=args.datasets_dir,
+                output=args.output, overwrite=args.overwrite, quiet=args.quiet)
+
+
+def cmd_interpolate(args) -> int:
+    from .landscape import parse_range
+    from .views import interpolate_checkpoints
+    alphas = parse_range(args.alpha, "--alpha")
+    frame, csv, png = interpolate_checkpoints(args.checkpoint_a, args.checkpoint_b, alphas, **_common(args))
+    print(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"wrote {csv} and {png}")
+    return 0
+
+
+def cmd_directions(args) -> int:
+    from .data import check_count
+    from .landscape import parse_range
+    from .views import random_directions
+    alphas = parse_range(args.alpha, "--alpha")
+    betas = parse_range(args.beta, "--beta") if args.beta is not None else None
+    check_count(args.points_per_pass, "--points-per-pass")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be a non-negative integer, got {args.seed}")
+    frame, csv, png = random_directions(args.checkpoint, alphas, betas, seed=args.seed,
+                                        include_bias_bn=args.include_bias_bn, points_per_pass=args.points_per_pass,
+                                        **_common(args))
+    if betas is None:
+        print(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    else:
+        for split in args.split:
+            column = frame[f"{split}_loss"]
+            centre = frame[(frame["alpha"] == 0) & (frame["beta"] == 0)][f"{split}_loss"]
+            at = f", {centre.iloc[0]:.4f} at the model" if len(centre) else ""
+            print(f"{split} loss over {len(frame)} points: {column.min():.4f} to {column.max():.4f}{at}")
+    print(f"wrote {csv} and {png}")
+    return 0

@@ -1,0 +1,191 @@
+"""`basinlab sharpness`: Hessian and Keskar sharpness of a checkpoint, as printed lines, a CSV and a PNG.
+
+The measured function is the mean loss of the checkpoint's model (eval mode: BatchNorm running
+statistics, no dropout) over the chosen data: by default the whole *training* split without
+augmentation (Keskar et al. measured training loss; the SmoothOut reference used the test set).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from .. import sharpness
+from ..engine.evaluate import evaluate
+from ..engine.inspect import model_from_checkpoint
+from ..engine.setup import pick_device
+from ..errors import ConfigError
+from .data import measurement_data
+
+MEASURES = ("hessian", "trace", "spectrum", "keskar")
+COLUMNS = ["measure", "quantity", "value", "std_error", "hvp_count", "converged", "epsilon", "subspace_dim",
+           "seconds", "split", "examples", "checkpoint"]
+
+
+@dataclass
+class MeasureOptions:
+    """Settings of the measurements (the command's flags)."""
+
+    top_k: int = 1
+    method: str = "lanczos"          # hessian: lanczos | power
+    max_iter: int = 100              # hessian: HVPs (Lanczos) or HVPs per eigenvalue (power); trace: samples
+    tol: float | None = None         # hessian default 1e-4, trace default 1e-3 (relative)
+    iterations: int = 100            # spectrum: Lanczos steps per start vector
+    n_vectors: int = 1               # spectrum: start vectors
+    epsilons: tuple = (1e-3, 5e-4)   # keskar box sizes
+    subspace_dim: int | None = None  # keskar: random subspace dimension (None: full space)
+    keskar_iter: int = 10            # keskar: L-BFGS-B iterations
+    seed: int = 0
+
+
+def model_and_criterion(path, device, which: str = "best"):
+    """(model in eval mode, its TrainConfig, evaluation criterion) of a checkpoint or run folder."""
+    if which not in ("best", "last"):
+        raise ConfigError(f"--which must be best or last, got {which!r}")
+    model, cfg, _ = model_from_checkpoint(path, device, which=f"{which}.pt")
+    return model, cfg, getattr(model, "criterion", None) or nn.CrossEntropyLoss()
+
+
+def _row(measure, quantity, value, **extra) -> dict:
+    return {"measure": measure, "quantity": quantity, "value": float(value), **extra}
+
+
+def _hessian(model, criterion, data, opt: MeasureOptions) -> list[dict]:
+    tol = 1e-4 if opt.tol is None else opt.tol
+    res = sharpness.hessian_eigenvalues(model, criterion, data, top_k=opt.top_k, max_iter=opt.max_iter, tol=tol,
+                                        seed=opt.seed, method=opt.method, return_vectors=False)
+    return [_row("hessian", f"lambda_{i + 1}", v, hvp_count=res.hvp_count, converged=res.converged)
+            for i, v in enumerate(res.values)]
+
+
+def _trace(model, criterion, data, opt: MeasureOptions) -> list[dict]:
+    tol = 1e-3 if opt.tol is None else opt.tol
+    res = sharpness.hessian_trace(model, criterion, data, max_iter=opt.max_iter, tol=tol, seed=opt.seed,
+                                  min_samples=min(10, max(opt.max_iter, 2)))
+    return [_row("trace", "trace", res.trace, std_error=res.std_error, hvp_count=res.n_samples)]
+
+
+def _spectrum(model, criterion, data, opt: MeasureOptions) -> tuple[list[dict], sharpness.SpectralDensity]:
+    density = sharpness.hessian_spectrum(model, criterion, data, iterations=opt.iterations,
+                                         n_vectors=opt.n_vectors, seed=opt.seed)
+    nodes = np.concatenate(density.nodes)
+    rows = [_row("spectrum", "trace_slq", density.trace, hvp_count=density.hvp_count),
+            _row("spectrum", "largest_ritz_value", nodes.max(), hvp_count=density.hvp_count),
+            _row("spectrum", "smallest_ritz_value", nodes.min(), hvp_count=density.hvp_count)]
+    return rows, density
+
+
+def _keskar(model, criterion, data, opt: MeasureOptions) -> list[dict]:
+    rows = []
+    for eps in opt.epsilons:
+        start = time.perf_counter()
+        value = sharpness.keskar_sharpness(model, criterion, data, epsilon=eps, subspace_dim=opt.subspace_dim,
+                                           max_iter=opt.keskar_iter, seed=opt.seed)
+        rows.append(_row("keskar", "epsilon_sharpness_pct", value, epsilon=eps, subspace_dim=opt.subspace_dim,
+                         seconds=time.perf_counter() - start))
+    return rows
+
+
+def run_measures(model, criterion, data, measures, opt: MeasureOptions, report=print):
+    """Rows (dicts) of every measure, the base loss first; plus the SLQ density when measured."""
+    unknown = [m for m in measures if m not in MEASURES]
+    if unknown or not measures:
+        raise ConfigError(f"--measure must be among {', '.join(MEASURES)}; got {', '.join(unknown) or 'nothing'}")
+    base = evaluate(model, data, criterion)
+    rows = [_row("loss", "loss", base["loss"]), _row("loss", "acc1", base["acc1"])]
+    report(f"loss {base['loss']:.6g}, top-1 {base['acc1']:.2f}% on {base['count']} examples")
+    density = None
+    for measure in dict.fromkeys(measures):
+        start = time.perf_counter()
+        if measure == "spectrum":
+            found, density = _spectrum(model, criterion, data, opt)
+        else:
+            found = {"hessian": _hessian, "trace": _trace, "keskar": _keskar}[measure](model, criterion, data, opt)
+        seconds = time.perf_counter() - start
+        for row in found:
+            row.setdefault("seconds", seconds)  # rows computed together share the measure's time
+            report(describe(row))
+        rows.extend(found)
+    return rows, density
+
+
+def describe(row: dict) -> str:
+    """One printed line per result."""
+    text = f"{row['quantity']} = {row['value']:.6g}"
+    if row["measure"] == "keskar":
+        space = f"subspace {row['subspace_dim']}" if row.get("subspace_dim") else "full space"
+        text = f"keskar sharpness (epsilon {row['epsilon']:g}, {space}) = {row['value']:.4g} %"
+    if not math.isnan(row.get("std_error", math.nan)):
+        text += f" +- {row['std_error']:.3g}"
+    if row.get("hvp_count") is not None:
+        text += f" ({row['hvp_count']} HVPs" + ("" if row.get("converged", True) else ", NOT converged") + ")"
+    return text + f" [{row['seconds']:.1f} s]"
+
+
+def measure_checkpoint(path, measures, *, split: str = "train", batches: int | None = None,
+                       limit: int | None = None, batch_size: int = 128, device="auto", which: str = "best",
+                       datasets_dir=None, options: MeasureOptions | None = None, output=None, report=print):
+    """Measure a checkpoint; write ``output`` (CSV) and, for the spectrum, ``<stem>_spectrum.{csv,png}``.
+
+    Returns the results as a DataFrame (columns ``COLUMNS``).
+    """
+    opt = options or MeasureOptions()
+    dev = pick_device(device)
+    model, cfg, criterion = model_and_criterion(path, dev, which)
+    data = measurement_data(cfg, split, batch_size=batch_size, batches=batches, limit=limit,
+                            datasets_dir=datasets_dir, device=dev).in_memory()
+    report(f"{path}: {cfg.model} on {cfg.dataset} {split} split, {data.num_examples} examples in "
+           f"{len(data)} batches (no augmentation)")
+    rows, density = run_measures(model, criterion, data, measures, opt, report)
+    frame = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    frame["split"], frame["examples"], frame["checkpoint"] = split, data.num_examples, str(path)
+    for column in ("hvp_count", "subspace_dim"):  # integers with gaps, not floats
+        frame[column] = frame[column].astype("Int64")
+    if output is not None:
+        output = Path(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(output, index=False)
+        report(f"wrote {output}")
+        if density is not None:
+            for written in write_spectrum(density, output.with_name(f"{output.stem}_spectrum")):
+                report(f"wrote {written}")
+    return frame
+
+
+def write_spectrum(density: sharpness.SpectralDensity, stem: Path) -> list[Path]:
+    """The SLQ nodes and weights (CSV) and the smoothed density on a log scale (PNG)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    nodes = pd.DataFrame([{"vector": i, "node": t, "weight": w}
+                          for i, (ts, ws) in enumerate(zip(density.nodes, density.weights))
+                          for t, w in zip(ts, ws)])
+    csv_path, png_path = stem.with_suffix(".csv"), stem.with_suffix(".png")
+    nodes.to_csv(csv_path, index=False)
+    grid, values = density.density()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.semilogy(grid, np.maximum(values, 1e-12))
+    ax.set_ylim(bottom=max(values.max() * 1e-8, 1e-12))
+    ax.set_xlabel("eigenvalue")
+    ax.set_ylabel("density (Gaussian-smoothed SLQ)")
+    ax.set_title(f"Hessian spectrum: {density.n_params:,} parameters, {density.hvp_count} HVPs")
+    ax.grid(alpha=0.3)
+    fig.savefig(png_path, dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return [csv_path, png_path]
+
+
+def parse_measures(values) -> list[str]:
+    """``--measure hessian trace`` or ``--measure hessian,trace``."""
+    out = []
+    for value in values:
+        out.extend(part for part in str(value).split(",") if part)
+    bad = [m for m in out if m not in MEASURES]
+    if bad or not out:
+        raise ConfigError(f"--measure must be among {', '.join(MEASURES)} (several allowed); got {', '.join(bad) or 'nothing'}")
+    return out

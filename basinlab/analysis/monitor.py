@@ -1,0 +1,110 @@
+"""`basinlab train --log-sharpness-every k [--log-trace] [--sharpness-batches N]`.
+
+Every k epochs the top Hessian eigenvalue (and, with --log-trace, the Hutchinson trace) of the training
+loss is measured on the first N training batches of epoch 0 without augmentation (the same batches at
+every measurement, so the values are comparable across epochs) and added to results.csv as
+``lambda_max``, ``lr_times_lambda_max`` (, ``hessian_trace``) and, for a parameter-server run, the
+linear stability threshold on ``lr * lambda_max`` for its delay and momentum (``stability_threshold``).
+Other epochs get NaN in these columns. The measurement leaves weights, modes, buffers, gradients and
+every random generator as they were: a run is bit-identical with and without the monitor.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..engine.callbacks import Callback
+from ..errors import ConfigError
+
+LAMBDA_SETTINGS = {"max_iter": 100, "tol": 1e-3, "method": "lanczos"}
+TRACE_SETTINGS = {"max_iter": 50, "tol": 1e-2}
+
+
+def _positive_int(value, flag: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
+    return value
+
+
+def configure(cfg):
+    """(None, [SharpnessMonitor]) when --log-sharpness-every is set, else (None, [])."""
+    if cfg.log_sharpness_every is None:
+        if cfg.log_trace:
+            raise ConfigError("--log-trace needs --log-sharpness-every K (the epochs at which to measure)")
+        return None, []
+    every = _positive_int(cfg.log_sharpness_every, "--log-sharpness-every")
+    batches = _positive_int(cfg.sharpness_batches, "--sharpness-batches")
+    return None, [SharpnessMonitor(every, batches, log_trace=cfg.log_trace, seed=cfg.seed)]
+
+
+def server_stability(cfg, optimizer) -> float | None:
+    """Stability threshold on lr * lambda_max of a parameter-server run (None for plain training).
+
+    Delay: 0 for ssgd, else --delay or workers - 1 (pure ASGD); momentum: the optimizer's; the
+    momentum is per worker (delayed) for msgd, hence the 'shifted' polynomial.
+    """
+    if not cfg.server:
+        return None
+    from ..asgd.stability import stability_threshold
+    delay = 0 if cfg.server == "ssgd" else (cfg.delay if cfg.delay is not None else cfg.workers - 1)
+    momentum = float(optimizer.param_groups[0].get("momentum", 0.0) or 0.0)
+    kind = "shifted" if cfg.server == "msgd" else "standard"
+    try:
+        return stability_threshold(delay, momentum, kind)
+    except ConfigError:  # e.g. momentum >= 1: no linear stability region to report
+        return math.nan
+
+
+class SharpnessMonitor(Callback):
+    """Adds lambda_max (and trace) columns to results.csv every ``every`` epochs."""
+
+    def __init__(self, every: int, batches: int, *, log_trace: bool = False, seed: int = 0):
+        self.every, self.batches, self.log_trace, self.seed = every, batches, log_trace, seed
+        self.data = None
+
+    def columns(self, cfg) -> list[str]:
+        names = ["lambda_max", "lr_times_lambda_max"]
+        if self.log_trace:
+            names.append("hessian_trace")
+        if cfg.server:
+            names.append("stability_threshold")
+        return names
+
+    def on_fit_start(self, trainer) -> None:
+        # built once, from the batch size at the start: the same examples at every measurement
+        from .data import first_training_batches
+        with torch.random.fork_rng(devices=_cuda_devices(trainer.device)):
+            self.data = first_training_batches(trainer.cfg, self.batches, trainer.train_loader.batch_size,
+                                               trainer.device)
+
+    def on_epoch_end(self, trainer, row: dict) -> None:
+        values = dict.fromkeys(self.columns(trainer.cfg), math.nan)
+        # every rank measures (same weights, same batches): none waits at a collective for rank 0
+        if (trainer.epoch + 1) % self.every == 0:
+            values.update(self.measure(trainer))
+            trainer.log.info(f"sharpness after epoch {trainer.epoch + 1}: " +
+                             ", ".join(f"{k} {v:.5g}" for k, v in values.items()))
+        row.update(values)
+
+    def measure(self, trainer) -> dict:
+        """The columns' values for the model as it is now (global and CUDA RNG states restored)."""
+        from ..sharpness import hessian_trace, lambda_max
+        if self.data is None:
+            self.on_fit_start(trainer)
+        model, criterion = trainer.model, trainer.criterion
+        with torch.random.fork_rng(devices=_cuda_devices(trainer.device)):
+            lam = lambda_max(model, criterion, self.data, seed=self.seed, **LAMBDA_SETTINGS)
+            out = {"lambda_max": lam, "lr_times_lambda_max": trainer.lr * lam}
+            if self.log_trace:
+                out["hessian_trace"] = hessian_trace(model, criterion, self.data, seed=self.seed,
+                                                     **TRACE_SETTINGS).trace
+        threshold = server_stability(trainer.cfg, trainer.optimizer)
+        if threshold is not None:
+            out["stability_threshold"] = threshold
+        return out
+
+
+def _cuda_devices(device) -> list:
+    device = torch.device(device)
+    return [device] if device.type == "cuda" else []
