@@ -124,8 +124,10 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-# Options that describe where/how a run is kept, not what is trained: not part of a run's identity.
-RUN_CONTROL = {"resume", "overwrite", "quiet", "debug", "save", "results_dir", "epochs"}
+# Options that may change when a run is resumed: they do not change what is computed.
+RESUMABLE = {"resume", "overwrite", "quiet", "debug", "save", "results_dir", "epochs", "device", "data_workers",
+             "print_freq", "save_every_steps", "save_all", "compile", "nan_policy", "datasets_dir", "nproc",
+             "dist_timeout"}
 
 
 def normalise_key(key: str) -> str:
@@ -183,14 +185,33 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 
 
 def make_config(base: dict | None = None, **overrides) -> TrainConfig:
-    """Build a validated TrainConfig from a preset/YAML mapping plus overrides (later wins)."""
+    """Build a validated TrainConfig from a preset/YAML mapping plus overrides (later wins).
+
+    With `resume`, the config stored in the checkpoint is the base and only RESUMABLE options may differ.
+    """
     values: dict = {}
     for layer in (base or {}), overrides:
         values.update(from_mapping(layer, where="options"))
+    if values.get("resume"):
+        return resume_config(values)
     preset = values.get("preset")
     if preset:
         from .presets import get_preset
         values = {**from_mapping(get_preset(preset), where=f"preset {preset}"), **values}
+    return validate(TrainConfig(**values))
+
+
+def resume_config(given: dict) -> TrainConfig:
+    """The checkpoint's config with the given run-control options on top; others must not change."""
+    from .engine.checkpoint import load_checkpoint, resolve_checkpoint
+    stored = load_checkpoint(resolve_checkpoint(given["resume"]))["config"]
+    changed = sorted(k for k, v in given.items() if k not in RESUMABLE and stored.get(k) != v)
+    if changed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        raise ConfigError(f"{flags} cannot change when resuming (the run would not be the same run); "
+                          f"allowed on resume: --epochs, --device, --quiet and other run controls")
+    values = {k: v for k, v in stored.items() if k in FIELDS}
+    values.update(given, preset=None, overwrite=False)
     return validate(TrainConfig(**values))
 
 

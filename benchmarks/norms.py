@@ -1,5 +1,6 @@
-"""Layer-level benchmark: forward + backward time of normalisation layers, float32 on CPU.
+"""Norm modes: forward + backward time of the layers, and ResNet-20 training throughput per mode (CPU).
 
+Part 1 (layers):
 Compares OnlineNorm2d (ecm 'ls' = the default, 'ac', 'none') with BatchNorm2d, GroupNorm,
 InstanceNorm2d, LayerNorm (= GroupNorm(1, C)) and the per-sample-loop reference
 (``basinlab.nn.online_norm_reference``, with 'ls') on [128, 16, 32, 32] and [128, 64, 8, 8], with
@@ -8,7 +9,10 @@ of each per round, input and parameter gradients reset) so that load from other 
 all of them alike; the table shows the median over the rounds and the ratio to BatchNorm2d. The slow
 reference loop gets fewer rounds, each paired with rounds of OnlineNorm2d 'ls' for its ratio.
 
-    python3 benchmarks/norms_layer.py [--rounds 60] [--ref-rounds 5] [--threads 2]
+Part 2 (training): ResNet-20 (CIFAR-10 shapes, batch 128) forward + backward + SGD step on a fixed
+batch with each --norm-mode, images/s and the ratio to batch norm (--training-steps 0 skips it).
+
+    python3 benchmarks/norms.py [--rounds 60] [--ref-rounds 5] [--threads 2] [--training-steps 6]
 
 Targets (checked for the default layer, ecm='ls', and for ecm='none'; 'ac' is shown too): OnlineNorm2d
 fwd+bwd <= 2.0x BatchNorm2d on both shapes; the per-sample loop >= 10x slower than OnlineNorm2d on
@@ -84,6 +88,30 @@ def _reference_step(ref: OnlineNormReference, x: torch.Tensor, grad: torch.Tenso
     return step
 
 
+def bench_training(steps: int, batch: int = 128) -> dict[str, float]:
+    """Images/s of ResNet-20 training steps with each norm mode (modes interleaved step by step)."""
+    from basinlab.models import create_model
+    torch.manual_seed(0)
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    runs = {}
+    for mode in ("batch", "online", "group", "layer", "instance", "none"):
+        model = create_model("resnet20", 10, "cifar10", norm=mode)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def step(model=model, opt=opt):
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        step()  # warm-up
+        runs[mode] = step
+    times = {mode: [] for mode in runs}
+    for _ in range(steps):
+        for mode, step in runs.items():
+            times[mode].append(_timed(step))
+    return {mode: batch / statistics.median(ts) for mode, ts in times.items()}
+
+
 def _timed(step) -> float:
     t0 = time.perf_counter()
     step()
@@ -116,7 +144,7 @@ def bench_shape(shape, rounds: int, ref_rounds: int, warmup: int = 5):
     return med, ref_speedup
 
 
-_CHILD = "BASINLAB_NORMS_LAYER_CHILD"
+_CHILD = "BASINLAB_NORMS_BENCH_CHILD"
 _STEADY_ENV = {"MALLOC_TRIM_THRESHOLD_": str(4 << 30), "MALLOC_MMAP_THRESHOLD_": str(4 << 30)}
 
 
@@ -139,6 +167,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ref-rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--allocator", choices=("both", "steady", "default"), default="both")
+    ap.add_argument("--training-steps", type=int, default=6, help="ResNet-20 steps per norm mode (0: skip)")
     args = ap.parse_args(argv)
     mode = os.environ.get(_CHILD)
     if mode is None:  # parent: run the measurement(s) in fresh processes
@@ -181,6 +210,10 @@ def main(argv=None) -> int:
               f"{'ok' if within else 'MISSED'}); per-sample loop / OnlineNorm2d ls = "
               f"{ref_speedup:.1f}x (target >= {need:g}: {'ok' if ref_speedup >= need else 'MISSED'})")
         ok &= within and ref_speedup >= need
+    if args.training_steps > 0:
+        rates = bench_training(args.training_steps)
+        print("ResNet-20 training, batch 128: " + ", ".join(
+            f"{mode} {rate:.0f} img/s ({rate / rates['batch']:.2f}x batch)" for mode, rate in rates.items()))
     print(f"load average {load0:.2f} before, {os.getloadavg()[0]:.2f} after; targets "
           f"{'met' if ok else 'NOT met'}")
     return 0 if ok else 1

@@ -98,6 +98,17 @@ class Loader(abc.ABC):
         return (channels, self.input_size, self.input_size)
 
     # ------------------------------------------------------------------------- batch plan
+    def use_evaluation_plan(self, batch_size: int | None = None) -> "Loader":
+        """Yield every example once, in stored order, without dropping a short last batch.
+
+        For measuring on training data (evaluate --split train, sharpness): the augmentation chosen at
+        construction is kept, so build the loader with augment=False for clean measurements.
+        """
+        self.train = False
+        if batch_size is not None:
+            self.batch_size = batch_size
+        return self
+
     def _local_eval_count(self) -> int:
         return len(range(self.rank, self.num_examples, self.world_size))
 

@@ -31,28 +31,49 @@ def model_from_checkpoint(path, device="cpu", which: str = "best.pt"):
     return model.to(device).eval(), cfg, state
 
 
-def loader_for(cfg, *, dataset=None, split="val", datasets_dir=None, batch_size=256, limit=None, device="cpu"):
-    """A deterministic, non-augmented loader over one split of the run's (or another) dataset."""
+def loader_for(cfg, *, dataset=None, split="val", datasets_dir=None, batch_size=256, limit=None, device="cpu",
+               training_order: bool = False):
+    """A non-augmented loader over one split of the run's (or another) dataset.
+
+    Every example once, in stored order, unless `training_order` (train split only): then the shuffled,
+    drop-last batches of the run's training epochs (without augmentation).
+    """
     name = dataset or cfg.dataset
+    evaluation = split == "val" or not training_order
     train, val = data_lib.build_loaders(
-        name, datasets_dir or cfg.datasets_dir or data_lib.default_datasets_dir(), batch_size=batch_size,
-        eval_batch_size=batch_size, device=device, seed=cfg.seed, augment=False,
-        train_limit=limit if split == "train" else None, val_limit=limit if split == "val" else None,
-        workers=cfg.data_workers)
-    return train if split == "train" else val
+        name, datasets_dir or cfg.datasets_dir or data_lib.default_datasets_dir(),
+        batch_size=1 if evaluation else batch_size, eval_batch_size=batch_size, device=device, seed=cfg.seed,
+        augment=False, train_limit=limit if split == "train" else None,
+        val_limit=limit if split == "val" else None, workers=cfg.data_workers)
+    if split == "val":
+        return val
+    return train.use_evaluation_plan(batch_size) if evaluation else train
 
 
 def evaluate_checkpoint(path, *, dataset=None, split="val", datasets_dir=None, batch_size=256, limit=None,
-                        device="auto") -> dict:
-    """Loss and top-1/top-5 of a checkpoint on a split (train data without augmentation)."""
+                        device="auto", noise=None, noise_type="uniform", noise_adapt="none", noise_samples=1,
+                        noise_include_bn=False, seed=0) -> dict:
+    """Loss and top-1/top-5 of a checkpoint on a split (train data without augmentation).
+
+    With `noise` (strength A): under fresh weight noise per batch, mean and std over `noise_samples`
+    draws (see basinlab.engine.noise.evaluate_under_noise); without it, plain evaluation.
+    """
     if batch_size <= 0:
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
+    noise_model = None
+    if noise is not None:
+        from .noise import EVALUATION_FLAGS, NoiseModel
+        noise_model = NoiseModel(noise, noise_type, noise_adapt, flags=EVALUATION_FLAGS)
     dev = pick_device(device)
     model, cfg, _ = model_from_checkpoint(path, dev)
     loader = loader_for(cfg, dataset=dataset, split=split, datasets_dir=datasets_dir, batch_size=batch_size,
                         limit=limit, device=dev)
     criterion = getattr(model, "criterion", None) or nn.CrossEntropyLoss()
-    return evaluate(model, loader, criterion)
+    if noise_model is None:
+        return evaluate(model, loader, criterion)
+    from .noise import evaluate_under_noise
+    return evaluate_under_noise(model, loader, criterion, noise_model, samples=noise_samples, seed=seed,
+                                include_norm=noise_include_bn)
 
 
 def export_safetensors(run, output=None, which: str = "best") -> Path:

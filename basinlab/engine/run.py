@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import platform
 import shutil
@@ -22,6 +23,10 @@ from ..config import TrainConfig, config_to_yaml
 from ..errors import ConfigError
 from ..records import ResultsTable, TensorBoardLog
 from .checkpoint import atomic_write_text
+
+# Plots are redrawn after an epoch at most this often (and always when the run ends): drawing costs
+# ~0.7 s, which dominated short runs and searches of many small trials.
+PLOT_INTERVAL_S = 30.0
 
 
 def default_run_name() -> str:
@@ -96,7 +101,8 @@ def environment_facts() -> dict:
     facts = {"basinlab": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
              "numpy": str(numpy.__version__), "pandas": str(pd.__version__), "platform": platform.platform(),
              "cuda": torch.version.cuda, "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-             "threads": torch.get_num_threads(), "command": " ".join(sys.argv),
+             "threads": torch.get_num_threads(), "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+             "command": " ".join(sys.argv),
              "started": dt.datetime.now().isoformat(timespec="seconds")}
     try:
         here = Path(__file__).resolve().parent
@@ -132,24 +138,29 @@ class RunFolder:
         self.path, self.is_main = path, is_main
         self.log = RunLog(path / "log.txt" if is_main else None, quiet)
         self.results = ResultsTable(path / "results.csv")
+        self.plots_due, self.last_plot = False, -math.inf
         self.tensorboard = TensorBoardLog(path / "tensorboard", enabled=is_main)
 
     @classmethod
-    def open(cls, cfg: TrainConfig, resume: bool) -> "RunFolder":
-        """Create the run folder; an existing one is never overwritten without --resume or --overwrite."""
+    def open(cls, cfg: TrainConfig, resume: bool, barrier=lambda: None) -> "RunFolder":
+        """Create the run folder; an existing one is never overwritten without --resume or --overwrite.
+
+        `barrier` waits for every rank of a distributed run: all ranks check the folder before rank 0
+        replaces or creates it, so no rank mistakes rank 0's new folder for an existing run.
+        """
         if resume:
             resume_path = Path(cfg.resume)
             path = resume_path if resume_path.is_dir() else resume_path.parent
         else:
             cfg.save = cfg.save or default_run_name()
             path = Path(cfg.results_dir) / cfg.save
-            main = is_main_process()
-            if path.exists() and any(path.iterdir()):
-                if not cfg.overwrite:
-                    raise ConfigError(f"run folder {path} already exists; use --resume {path} to continue it, "
-                                      f"--overwrite to replace it, or --save NAME for a new one")
-                if main:
-                    shutil.rmtree(path)
+            existing = path.exists() and any(path.iterdir())
+            if existing and not cfg.overwrite:
+                raise ConfigError(f"run folder {path} already exists; use --resume {path} to continue it, "
+                                  f"--overwrite to replace it, or --save NAME for a new one")
+            barrier()
+            if existing and is_main_process():
+                shutil.rmtree(path)
         if is_main_process():
             try:
                 (path / "plots").mkdir(parents=True, exist_ok=True)
@@ -173,12 +184,25 @@ class RunFolder:
             return
         self.results.append(row)
         self.tensorboard.epoch(row)
-        from ..records.plots import plot_run  # matplotlib import deferred to the first epoch's end
-        plot_run(self.results.frame(), self.path / "plots")
+        self.plots_due = True
+        if time.monotonic() - self.last_plot >= PLOT_INTERVAL_S:
+            self.draw_plots()
+
+    def draw_plots(self) -> None:
+        """Redraw plots/*.png from results.csv (after an epoch, at most every PLOT_INTERVAL_S, and at the end)."""
+        from ..records.plots import plot_run  # matplotlib import deferred to the first plot
+        if self.is_main and self.plots_due and self.results.rows:
+            plot_run(self.results.frame(), self.path / "plots")
+        self.plots_due, self.last_plot = False, time.monotonic()
 
     def close(self) -> None:
+        """Final plots, TensorBoard and log flushed: called on every exit of a run, errors included."""
+        self.draw_plots()
         self.tensorboard.close()
         self.log.close()
 
     def result(self, trainer) -> Run:
-        return Run(self.path, trainer.cfg, self.results.frame(), trainer.model, dict(trainer.best))
+        history = self.results.frame()
+        if not self.is_main and self.results.path.is_file():  # rank 0 wrote the rows (the trainer waited)
+            history = pd.read_csv(self.results.path)
+        return Run(self.path, trainer.cfg, history, trainer.model, dict(trainer.best))

@@ -20,9 +20,10 @@ from ..errors import ConfigError, NonFiniteLossError
 from ..models import create_model
 from ..optim import DataRegime, optimizer_name_of
 from .checkpoint import load_checkpoint, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .distributed import DataParallel
 from .evaluate import Meter, evaluate
-from .run import RunFolder
-from .setup import build_regime, make_criterion, pick_device, split_model_config
+from .run import RunFolder, default_run_name
+from .setup import build_regime, make_criterion, split_model_config
 from .steps import STRATEGIES, StepStrategy
 
 
@@ -42,6 +43,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.strategy = strategy
         self.stop_signal: int | None = None
+        self.should_stop = False     # a callback sets it (on_epoch_end, on_fit_start) to end fit()
         self.epoch = 0               # epoch being trained (0-based)
         self.batch_in_epoch = 0      # next batch index within the epoch
         self.global_step = 0         # optimizer steps taken (strategies may step less than once per batch)
@@ -51,18 +53,22 @@ class Trainer:
     # ------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
         cfg = self.cfg
+        self.dist = DataParallel(cfg)
+        self.device = self.dist.start()
         resume_state = self._read_resume_checkpoint()
-        self.device = pick_device(cfg.device)
         torch.manual_seed(cfg.seed)
-        self.run = RunFolder.open(cfg, resume=resume_state is not None)
+        if resume_state is None and not cfg.save:
+            cfg.save = self.dist.broadcast_object(default_run_name())  # one clock reading for all ranks
+        self.run = RunFolder.open(cfg, resume=resume_state is not None, barrier=self.dist.barrier)
         self.log = self.run.log
         model_config, regime_config = split_model_config(cfg)
         self.train_loader, self.val_loader = data_lib.build_loaders(
             cfg.dataset, cfg.datasets_dir or data_lib.default_datasets_dir(),
             batch_size=cfg.batch_size or 128, eval_batch_size=cfg.eval_batch_size, device=self.device,
             seed=cfg.seed, train_limit=cfg.train_limit, val_limit=cfg.val_limit, workers=cfg.data_workers,
-            augment=cfg.augment, download=cfg.download)
+            augment=cfg.augment, download=cfg.download, rank=self.dist.rank, world_size=self.dist.world_size)
         self.model = create_model(cfg.model, self.train_loader.num_classes, cfg.dataset, **model_config)
+        self.model = self.dist.convert_norms(self.model, self.log)
         self.model.to(self.device)
         self.data_regime = DataRegime(getattr(self.model, "data_regime", None) or [])
         self.epochs = cfg.epochs or getattr(self.model, "default_epochs", None) or 10
@@ -75,9 +81,10 @@ class Trainer:
         if self.strategy is None:
             self.strategy = STRATEGIES["plain"]()
         self.strategy.setup(self)
-        self.train_model = torch.compile(self.model) if cfg.compile else self.model
+        self.eval_model = torch.compile(self.model) if cfg.compile else self.model
         if resume_state is not None:
             self._load_state(resume_state)
+        self.train_model = self.dist.wrap(self.eval_model)  # DDP in distributed runs
         self.run.write_config(cfg)
         self._log_setup(notes)
 
@@ -109,6 +116,8 @@ class Trainer:
             self.log.info(f"regime: {line}")
         for line in notes:
             self.log.info(line)
+        if self.dist.active:
+            self.log.info(self.dist.describe(self.train_loader.batch_size))
 
     # ------------------------------------------------------------------------------------ helpers for strategies
     def autocast(self):
@@ -129,7 +138,10 @@ class Trainer:
 
     def check_loss(self, loss: torch.Tensor) -> bool:
         """True when the loss is finite. Otherwise stop (NonFiniteLossError) or, with skip, count it."""
-        if bool(torch.isfinite(loss)):
+        finite = bool(torch.isfinite(loss))
+        if self.cfg.nan_policy == "skip":
+            finite = self.dist.all_true(finite)  # every rank skips the batch, or none does
+        if finite:
             return True
         if self.cfg.nan_policy == "skip":
             self.nonfinite_skipped += 1
@@ -169,22 +181,26 @@ class Trainer:
             self.setup()
         for cb in self.callbacks:
             cb.on_fit_start(self)
-        with self._signal_handlers():
-            while self.epoch < self.epochs:
-                self._apply_data_regime()
-                for cb in self.callbacks:
-                    cb.on_epoch_start(self, self.epoch)
-                train = self.train_epoch()
-                row = self.end_epoch(train)
-                self.log.epoch(row)
-        for cb in self.callbacks:
-            cb.on_fit_end(self)
-        self.run.close()
+        try:
+            with self._signal_handlers():
+                while self.epoch < self.epochs and not self.should_stop:
+                    self._apply_data_regime()
+                    for cb in self.callbacks:
+                        cb.on_epoch_start(self, self.epoch)
+                    train = self.train_epoch()
+                    row = self.end_epoch(train)
+                    self.log.epoch(row)
+            for cb in self.callbacks:
+                cb.on_fit_end(self)
+        finally:  # records are complete whatever ends the run (NaN stop, signal, error)
+            self.run.close()
+        self.dist.finish()
         return self.run.result(self)
 
     def train_epoch(self) -> dict:
         """Train from the current position to the end of the epoch; return its metrics."""
         self.model.train()
+        self.dist.seed_process_rng(self.cfg.seed, self.epoch, self.batch_in_epoch)
         loader = self.train_loader
         if self.batch_in_epoch == 0:
             self.meter, self.epoch_seconds = Meter(self.device), 0.0
@@ -217,7 +233,8 @@ class Trainer:
 
     def end_epoch(self, train: dict) -> dict:
         """Validate, assemble the results row, let callbacks extend it, write records and checkpoints."""
-        val = evaluate(self.train_model, self.val_loader, self.eval_criterion, autocast=self.autocast,
+        self.dist.sync_buffers(self.model)  # validate (on every shard) the model rank 0 checkpoints
+        val = evaluate(self.eval_model, self.val_loader, self.eval_criterion, autocast=self.autocast,
                        prepare=self.prepare)
         row = {"epoch": self.epoch + 1, "lr": self.lr,
                "train_loss": train["loss"], "train_acc1": train["acc1"], "train_acc5": train["acc5"],
@@ -280,7 +297,8 @@ class Trainer:
         self.best, self.nonfinite_skipped = state["best"], state["nonfinite_skipped"]
         if state["meter"] is not None:
             self.meter = Meter(self.device)
-            self.meter.load_state_dict(state["meter"])
+            if self.run.is_main:  # the checkpoint holds rank 0's partial sums; other ranks restart theirs
+                self.meter.load_state_dict(state["meter"])
             self.epoch_seconds = state["epoch_seconds"]
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
