@@ -100,7 +100,7 @@ class TrainConfig:
     seed: int = opt(0, "random seed of everything (weights, data order, augmentation, dropout)")
     device: str = opt("auto", "auto|cpu|cuda|cuda:N|mps")
     amp: str = opt("none", "mixed precision on CUDA: none|bf16|fp16")
-    channels_last: str = opt("auto", "memory format: auto|on|off (auto: on for CUDA conv models)")
+    channels_last: str = opt("auto", "memory format: auto|on|off (auto: channels_last for conv models where faster)")
     compile: bool = opt(False, "torch.compile the model")
     data_workers: int = opt(4, "data loading processes for streamed (image-folder) datasets", "-j")
     # --- records -------------------------------------------------------------------------------
@@ -147,11 +147,11 @@ def from_mapping(values: dict, where: str = "config") -> dict:
     return out
 
 
-def load_yaml(path: str | Path) -> dict:
-    """Read a YAML config file safely (yaml.safe_load) into field-name keys."""
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
+    """A YAML file holding a mapping, read with yaml.safe_load (no tags that run code); {} if empty."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{what} not found: {path}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -162,7 +162,12 @@ def load_yaml(path: str | Path) -> dict:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of option names to values, got {type(data).__name__}")
-    return from_mapping(data, where=str(path))
+    return data
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a `basinlab train` YAML config into field-name keys (unknown options refused)."""
+    return from_mapping(read_yaml_mapping(path), where=str(path))
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:

@@ -18,6 +18,15 @@ def test_roundtrip_keeps_tensors_and_plain_data(tmp_path):
     assert back["epoch"] == 3 and back["config"] == {"lr": 0.1, "m": [1, 2]}
 
 
+def test_written_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        ckpt.atomic_write_text(tmp_path / "results.csv", "epoch\n1\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "results.csv").stat().st_mode & 0o777 == 0o644
+
+
 def test_crash_between_write_and_rename_keeps_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     ckpt.save_checkpoint({"model": {"w": torch.zeros(3)}, "epoch": 1}, path)

@@ -23,7 +23,7 @@ from .checkpoint import load_checkpoint, resolve_checkpoint, rng_state, save_che
 from .distributed import DataParallel
 from .evaluate import Meter, evaluate
 from .run import RunFolder, default_run_name
-from .setup import build_regime, make_criterion, split_model_config
+from .setup import build_regime, make_criterion, prefers_channels_last, split_model_config
 from .steps import STRATEGIES, StepStrategy
 
 
@@ -99,8 +99,8 @@ class Trainer:
             raise ConfigError(f"--amp {cfg.amp} needs a CUDA device (this run uses {self.device})")
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
-        has_conv = any(isinstance(m, nn.Conv2d) for m in self.model.modules())
-        self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and cuda and has_conv)
+        self.channels_last = cfg.channels_last == "on" or (
+            cfg.channels_last == "auto" and prefers_channels_last(self.model, self.device))
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
 

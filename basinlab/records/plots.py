@@ -21,6 +21,13 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def _log_scale_if_positive(ax, panel: str) -> None:
+    """Loss and lr span decades (and one diverging run would flatten the others): log scale when all > 0."""
+    values = [y for line in ax.get_lines() for y in line.get_ydata()]
+    if panel in ("loss", "lr") and values and min(values) > 0:
+        ax.set_yscale("log")
+
+
 def _series(frame: pd.DataFrame, column: str):
     values = frame[column]
     return 100.0 - values if column.endswith("acc1") else values
@@ -38,8 +45,7 @@ def plot_run(frame: pd.DataFrame, folder: str | Path) -> list[Path]:
                 ax.plot(frame["epoch"], _series(frame, column), marker=".", label=column.split("_")[0])
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
-        if name == "lr" and "lr" in frame and (frame["lr"] > 0).all():
-            ax.set_yscale("log")
+        _log_scale_if_positive(ax, name)
         ax.grid(alpha=0.3)
         if len(columns) > 1:
             ax.legend()
@@ -63,6 +69,8 @@ def plot_runs(runs: dict[str, pd.DataFrame], path: str | Path) -> Path:
             ax.set_xlabel("epoch")
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
+    for ax, (name, _, _) in zip(axes, PANELS):
+        _log_scale_if_positive(ax, name)
     axes[0].legend(fontsize=8)
     axes[2].legend(fontsize=8)
     path = Path(path)

@@ -15,8 +15,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from basinlab.config import read_yaml_mapping
 from basinlab.errors import ConfigError
 
 DEFAULTS = {  # the seed's example config ("Suggested Default"), except init_lr and early stopping
@@ -96,18 +95,7 @@ class Plan:
 # ---------------------------------------------------------------------------------------------- reading
 def read_seed_config(path: str | Path) -> dict:
     """The YAML mapping (yaml.safe_load) with defaults filled in; unknown keys are refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"autoHyper config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"malformed YAML in {path}{at}: {getattr(exc, 'problem', exc)}") from None
-    data = {} if data is None else data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of autoHyper keys to values, got {type(data).__name__}")
+    data = read_yaml_mapping(path, what="autoHyper config file")
     unknown = [k for k in data if k not in DEFAULTS]
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r} in {path}; allowed: {', '.join(DEFAULTS)}")
