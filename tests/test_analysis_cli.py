@@ -160,9 +160,10 @@ def test_monitor_adds_columns_and_leaves_training_bit_identical(tmp_path, monkey
     batches = [b for _, b in zip(range(2), train.epoch(0))]
     model, _, _ = model_from_checkpoint(logged.path / "epoch_2.pt")
     lam = hessian_eigenvalues(model, nn.CrossEntropyLoss(), batches, top_k=1, seed=0, **LAMBDA_SETTINGS).values[0]
-    assert history["lambda_max"][1] == lam
+    # the monitor measures the training model (channels_last on CPU), the direct call a contiguous copy
+    assert math.isclose(history["lambda_max"][1], lam, rel_tol=1e-6)
     trace = hessian_trace(model, nn.CrossEntropyLoss(), batches, seed=0, **TRACE_SETTINGS).trace
-    assert history["hessian_trace"][1] == trace
+    assert math.isclose(history["hessian_trace"][1], trace, rel_tol=1e-6)
 
 
 def test_monitor_configuration_errors():

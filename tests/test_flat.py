@@ -38,8 +38,10 @@ def quick(monkeypatch):
 
 
 def make_trainer(tmp_path, name="run", **options):
+    # contiguous memory format: the tests recompute steps independently with a plain (contiguous)
+    # model, and channels_last convolutions round differently
     settings = dict(results_dir=str(tmp_path), save=name, quiet=True, model="mnist", model_config=TINY,
-                    train_limit=64, val_limit=64, batch_size=32, augment=False, **SGD)
+                    train_limit=64, val_limit=64, batch_size=32, augment=False, channels_last="off", **SGD)
     settings.update(options)
     cfg = make_config(**settings)
     strategy, callbacks = build_method(cfg)
