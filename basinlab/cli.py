@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import types
-import typing
 from pathlib import Path
 
 from .config import FIELDS, TrainConfig, load_yaml, make_config

@@ -22,14 +22,6 @@ from basinlab.sharpness import hessian_eigenvalues, hessian_trace
 TINY = dict(model_config="{'width': 4, 'hidden': 16}", train_limit=96, val_limit=64, batch_size=32, quiet=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     run = basinlab.train(**TINY, epochs=1, results_dir=str(tmp_path_factory.mktemp("ck")), save="tiny")

@@ -20,15 +20,6 @@ SMALL = dict(dataset="mnist5k", quiet=True, val_limit=64)
 TINY_NET = "{'width': 4, 'hidden': 16}"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models on a shared machine run fastest on one thread; restored for other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ----------------------------------------------------------------------------------------------- helpers
 def quadratic(diag):
     """A parameter x and the gradient H x of 0.5 x^T H x with H = diag(diag)."""

@@ -27,14 +27,12 @@ TINY = {"dataset": "mnist5k", "network": "mnist", "optimizer": "SGD", "scheduler
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _fast():
-    # See tests/test_lowrank_log.py: one thread and no per-epoch PNGs of the engine.
+def _no_plots():
+    # The PNG plots of the engine are not what these tests check, and cost more than the tiny trials.
     import basinlab.records.plots as plots
-    n, plot_run = torch.get_num_threads(), plots.plot_run
-    torch.set_num_threads(1)
+    plot_run = plots.plot_run
     plots.plot_run = lambda *a, **k: None
     yield
-    torch.set_num_threads(n)
     plots.plot_run = plot_run
 
 

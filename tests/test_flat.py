@@ -28,13 +28,9 @@ SGD = dict(optimizer="SGD", lr=0.1, momentum=0.0, weight_decay=0.0)
 
 
 @pytest.fixture(autouse=True)
-def quick(monkeypatch):
-    """One thread (the machine is shared) and no PNG plots per epoch: they are not what is tested here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def no_plots(monkeypatch):
+    """No PNG plots: they are not what is tested here."""
     monkeypatch.setattr("basinlab.records.plots.plot_run", lambda frame, folder: [])
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_trainer(tmp_path, name="run", **options):

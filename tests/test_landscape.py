@@ -21,15 +21,6 @@ TINY = dict(model_config="{'width': 4, 'hidden': 16}", train_limit=128, val_limi
             quiet=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models on a shared 2-core machine: extra intra-op threads only add contention
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Two tiny MNIST convnets (different seeds) trained on 128 embedded digits."""

@@ -22,15 +22,6 @@ from basinlab.lowrank import (
 from basinlab.optim.adas import AdaS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: intra-op threads only add synchronisation (badly so on a busy 2-core machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------------------------------
 # An independent EVBMF: the objective exactly as written in the spec (with x - ln x), minimised
 # by brute force on a dense log grid, then the kept values recomputed from the formula.

@@ -16,15 +16,12 @@ TINY = ["--train-limit", "256", "--val-limit", "64", "-b", "32", "--quiet"]
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _fast():
-    # Tiny models: one thread avoids synchronisation costs on a loaded machine; the per-epoch
-    # PNG plots of the engine are not what these tests check, and cost more than the training.
+def _no_plots():
+    # The PNG plots of the engine are not what these tests check, and cost more than the training.
     import basinlab.records.plots as plots
-    n, plot_run = torch.get_num_threads(), plots.plot_run
-    torch.set_num_threads(1)
+    plot_run = plots.plot_run
     plots.plot_run = lambda *a, **k: None
     yield
-    torch.set_num_threads(n)
     plots.plot_run = plot_run
 
 

@@ -21,15 +21,6 @@ from basinlab.tuning.lr_range import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: intra-op threads only add synchronisation (badly so on a busy 2-core machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def blobs(n=512, dim=10, classes=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     centres = 3 * torch.randn(classes, dim, generator=g)

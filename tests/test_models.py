@@ -12,7 +12,6 @@ from basinlab.models import create_model, list_models, register_model
 from basinlab.models import registry
 from basinlab.nn import NORM_MODES, is_norm_module
 
-torch.set_num_threads(1)  # tiny forwards: thread start-up costs more than it saves
 
 EXPECTED = {"resnet", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet18", "resnet34",
             "resnet50", "resnet101", "resnet152", "wide_resnet", "vgg11", "vgg13", "vgg16", "vgg19",

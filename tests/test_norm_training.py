@@ -16,14 +16,6 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAL = Path.home() / ".cache" / "shared-data"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def learnable_cifar(tmp_path_factory):
     """CIFAR-10 pickle batches whose class is the position of a bright square on noise: a spatial signal

@@ -21,15 +21,6 @@ TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 STATE = ("mu", "var", "u", "v")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: intra-op threads only add synchronisation (and stalls on a loaded machine)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| relative to max |b| (the scale of the quantity)."""
     a, b = a.detach().double(), b.detach().double()

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import math
 import os
 import platform
 import shutil
@@ -138,7 +137,7 @@ class RunFolder:
         self.path, self.is_main = path, is_main
         self.log = RunLog(path / "log.txt" if is_main else None, quiet)
         self.results = ResultsTable(path / "results.csv")
-        self.plots_due, self.last_plot = False, -math.inf
+        self.plots_due, self.last_plot = False, time.monotonic()  # short runs: drawn once, at the end
         self.tensorboard = TensorBoardLog(path / "tensorboard", enabled=is_main)
 
     @classmethod

@@ -6,7 +6,7 @@ import torch.nn as nn
 
 from ..config import TrainConfig
 from ..errors import ConfigError
-from ..optim import one_phase_regime, regime_from_model_config
+from ..optim import Regime, one_phase_regime, regime_from_model_config
 
 REGIME_KEYS = ("regime", "data_regime")
 
