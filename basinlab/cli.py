@@ -81,8 +81,10 @@ def cmd_list(args) -> int:
     for name, info in DATASETS.items():
         print(f"  {name:14s} {getattr(info, 'description', '')}")
     print("presets:")
-    for name, preset in all_presets().items():
-        print(f"  {name:26s} {preset.get('_about', '')}")
+    presets = all_presets()
+    width = max(map(len, presets), default=0)
+    for name, preset in presets.items():
+        print(f"  {name:{width}s}  {preset.get('_about', '')}")
     return 0
 
 
