@@ -33,13 +33,17 @@ touched by BatchNorm-like passes:
   CPU); otherwise, and on other devices, a Hillis-Steele log-depth scan of the affine maps
   V -> A V + c (products and sums only, any sign or size of A, log2 B vectorised steps).
   No logarithms anywhere. Batches longer than ``_CHUNK`` are scanned chunk by chunk.
-* the affine (and ECM) are ordinary autograd. The affine is written as an inference-mode batch norm
-  with unit statistics over the [1, B*C, D] view (``_unit_bn``/``_affine``): exactly w y + b, with
-  one fused kernel forward and one backward. ECM 'ls' needs mean_{C,H,W}(z^2) per sample for
+* the affine (and ECM 'ac') are ordinary autograd. The affine is written as an inference-mode batch
+  norm with unit statistics over the [1, B*C, D] view (``_unit_bn``/``_affine``): exactly w y + b,
+  with one fused kernel forward and one backward. ECM 'ls' needs mean_{C,H,W}(z^2) per sample for
   z = w y + b: the normaliser also returns E_D[y] and Var_D[y] per (sample, channel) (known exactly
   from its statistics), so E_D[z^2] = w^2 Var_D[y] + (w E_D[y] + b)^2 costs no pass over the
-  tensor, and the affine and the per-sample scale fold into the same single per-(n, c) map. The
-  gradients reaching E_D[y] and Var_D[y] are added to y' inside the normaliser's backward.
+  tensor, and the affine and the per-sample scale fold into the same single per-(n, c) map
+  (``_RowAffine``, a Function with a hand-written [B, C] backward through the per-sample scale,
+  which is cheaper than autograd's graph of many tiny nodes). Its backward already reduces
+  sum_D(z') and sum_D(z' y), from which the sums of y' = scale z' follow, so it hands them to the
+  normaliser's backward (``_Handoff``) and the normaliser skips its own fused reduction pass.
+  The gradients reaching E_D[y] and Var_D[y] are added to y' inside the normaliser's backward.
   ECM 'ac' is hardtanh(-5, 5) (== clamp), in place on the affine output.
 
 The backward buffers (u, v) advance inside the autograd backward, i.e. once per backward pass through
@@ -292,7 +296,9 @@ class _OnlineNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, mu, var, u, v, alpha_fwd: float, alpha_bkw: float, eps: float):
+    def forward(
+        ctx, x, mu, var, u, v, alpha_fwd: float, alpha_bkw: float, eps: float, handoff=None
+    ):
         ctx.set_materialize_grads(False)
         cdtype = _compute_dtype(x.dtype, mu.dtype)
         shape = x.shape
@@ -326,8 +332,12 @@ class _OnlineNormFunction(torch.autograd.Function):
         ctx.in_dtype = x.dtype
         ctx.alpha_bkw = float(alpha_bkw)
         ctx.state = (u, v)
+        ctx.handoff = None
         if ctx.needs_input_grad[0]:
             ctx.save_for_backward(y, r, ey, vy)
+            if handoff is not None:
+                handoff.active = True
+                ctx.handoff = handoff
         return y, ey, vy
 
     @staticmethod
@@ -342,7 +352,13 @@ class _OnlineNormFunction(torch.autograd.Function):
         y3 = y.view(bsz, ch, -1)
         dsz = y3.shape[2]
 
-        if gy is not None:
+        handoff = ctx.handoff
+        sums = handoff.take(gy) if handoff is not None else None
+        if sums is not None:  # y' came straight from _RowAffine, which already reduced it
+            gx = gy.view(bsz, ch, dsz).mul_(r.unsqueeze(2))  # a fresh tensor nobody else holds
+            egy = sums[0].div_(dsz)
+            egyy = sums[1].div_(dsz)
+        elif gy is not None:
             g3 = (gy if gy.dtype == cdtype else gy.to(cdtype)).reshape(bsz, ch, -1)
             gx, sgyy, sgy = _scaled_grad_and_sums(g3, y3, r)  # r y', sum_D(y' y), sum_D(y')
             egy = sgy.div_(dsz)  # E_D[y']
@@ -383,7 +399,89 @@ class _OnlineNormFunction(torch.autograd.Function):
 
         v.copy_(v_last)
         u.copy_(u_last)
-        return gx.view(y.shape).to(ctx.in_dtype), None, None, None, None, None, None, None
+        return gx.view(y.shape).to(ctx.in_dtype), None, None, None, None, None, None, None, None
+
+
+class _Handoff:
+    """Passes the reductions of y' from ``_RowAffine``'s backward to ``_OnlineNormFunction``'s.
+
+    With ECM 'ls' the normaliser output y feeds only the per-(n, c) map z = scale y + shift, so
+    y' = scale z' and the sums the normaliser's backward needs are already known from the map's own
+    parameter gradients: sum_D(y') = scale sum_D(z'), sum_D(y' y) = scale sum_D(z' y). Reusing
+    them saves a full fused pass over the tensor. Used only if the gradient that reaches the
+    normaliser is the very tensor the map produced (identity check); anything else (e.g. y also
+    used elsewhere, so autograd summed gradients) falls back to reducing y' again.
+    """
+
+    __slots__ = ("active", "grad", "sums")
+
+    def __init__(self):
+        self.active = False  # set by the normaliser's forward when it will run a backward
+        self.grad = None
+        self.sums = None
+
+    def put(self, grad, sums):
+        if self.active:
+            self.grad, self.sums = grad, sums
+
+    def take(self, grad):
+        sums = self.sums if (grad is not None and grad is self.grad) else None
+        self.grad = self.sums = None  # never keep the gradient alive longer than needed
+        return sums
+
+
+class _RowAffine(torch.autograd.Function):
+    """ECM 'ls' after the affine with a hand-written backward: (y, E_D[y], Var_D[y], w, b) ->
+    out = s_n (w y + b), s_n = 1 / sqrt(mean_C E_D[(w y + b)^2] + 1e-5) (see ``_scaled_affine``).
+
+    Forward: a few [B, C] ops, then one fused inference-mode batch norm on the [1, B*C, D] view
+    with per-(n, c) scale s w and shift s b. Backward: one fused kernel for (scale z', sum_D z' y,
+    sum_D z'), then the chain rule through s by hand on [B, C] tensors (cheaper than autograd's
+    graph of many tiny nodes); the y' sums are handed to the normaliser (``_Handoff``).
+    weight and bias are both None or both tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, y, ey, vy, weight, bias, handoff):
+        bsz, ch = y.shape[0], y.shape[1]
+        if weight is None:
+            ez2 = torch.addcmul(vy, ey, ey)
+            zm = None
+        else:
+            zm = torch.addcmul(bias, ey, weight)  # E_D[z]
+            ez2 = torch.addcmul(zm * zm, vy, weight * weight)  # E_D[z^2], no cancellation
+        s = ez2.mean(dim=1, keepdim=True).add_(_LS_EPS).rsqrt_()  # [B, 1]
+        if weight is None:
+            scale, shift = s.expand(bsz, ch).contiguous(), None
+        else:
+            scale, shift = s * weight, (s * bias).view(-1)
+        ctx.save_for_backward(y, ey, vy, weight, bias, zm, s, scale)
+        ctx.handoff = handoff
+        return _unit_bn(y.reshape(1, bsz * ch, -1), scale.view(-1), shift).view(y.shape)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gz):
+        y, ey, vy, weight, bias, zm, s, scale = ctx.saved_tensors
+        bsz, ch = y.shape[0], y.shape[1]
+        g3 = gz.reshape(bsz, ch, -1)
+        gy, gscale, gshift = _scaled_grad_and_sums(g3, y.view(bsz, ch, -1), scale)
+        gy = gy.view(y.shape)
+        ctx.handoff.put(gy, (gshift * scale, gscale * scale))  # sum_D(y'), sum_D(y' y)
+        # out = s (w y + b): gradient reaching s, then through s = (mean_C E[z^2] + eps)^-1/2
+        if weight is None:
+            g_s = gscale.sum(dim=1, keepdim=True)
+        else:
+            g_s = (gscale * weight).add_(gshift * bias).sum(dim=1, keepdim=True)
+        g_ez2 = g_s.mul_(s * s * s).mul_(-0.5 / ch)  # [B, 1], d/d E_D[z^2]_(n, c) for every c
+        if weight is None:
+            return gy, (2.0 * ey) * g_ez2, g_ez2.expand(bsz, ch).contiguous(), None, None, None
+        g_zm = (2.0 * zm) * g_ez2  # through E_D[z^2] = E[z]^2 + w^2 Var[y]
+        g_vy = (weight * weight) * g_ez2
+        g_ey = g_zm * weight
+        g_w = (gscale * s).add_(ey * g_zm).add_((2.0 * vy * weight) * g_ez2).sum(dim=0)
+        g_b = (gshift * s).add_(g_zm).sum(dim=0)
+        return gy, g_ey, g_vy, g_w, g_b, None
 
 
 def _unit_bn(inp: torch.Tensor, weight, bias) -> torch.Tensor:
@@ -428,8 +526,11 @@ def _layer_scale(z: torch.Tensor) -> torch.Tensor:
     return _unit_bn(zf, torch.rsqrt(ms + _LS_EPS), None).view(z.shape)
 
 
-def _scaled_affine(y, ey, vy, weight, bias) -> torch.Tensor:
-    """ECM 'ls' after the affine, by ordinary autograd: z = w y + b, out = z / sqrt(mean z^2 + 1e-5).
+def _scaled_affine(y, ey, vy, weight, bias, handoff=None) -> torch.Tensor:
+    """ECM 'ls' after the affine: z = w y + b, out = z / sqrt(mean z^2 + 1e-5).
+
+    With ``handoff`` (training, D > 1) this is ``_RowAffine`` (same formulas, hand-written
+    backward, y' sums handed to the normaliser); otherwise ordinary autograd as below.
 
     The per-sample mean of z^2 over (C, H, W) is computed exactly from the per-(n, c) mean and
     variance of y: E_D[z^2] = w^2 Var_D[y] + (w E_D[y] + b)^2 (no cancellation), so no pass over the
@@ -437,6 +538,8 @@ def _scaled_affine(y, ey, vy, weight, bias) -> torch.Tensor:
     inference-mode batch norm on the [1, N*C, D] view (fused forward and backward).
     """
     n, ch = y.shape[0], y.shape[1]
+    if handoff is not None and y.numel() != n * ch:
+        return _RowAffine.apply(y, ey, vy, weight, bias, handoff)
     if weight is None:
         ez2 = torch.addcmul(vy, ey, ey)
     else:
@@ -564,11 +667,13 @@ class _OnlineNormNd(nn.Module):
             bias = self.bias if self.bias.dtype == cdtype else self.bias.to(cdtype)
 
         if self.training and x.shape[0] > 0:  # (an empty batch changes nothing: eval path)
+            handoff = _Handoff() if self.ecm == "ls" else None
             y, ey, vy = _OnlineNormFunction.apply(
-                x, self.mu, self.var, self.u, self.v, self.alpha_fwd, self.alpha_bkw, self.eps
+                x, self.mu, self.var, self.u, self.v, self.alpha_fwd, self.alpha_bkw, self.eps,
+                handoff,
             )
             if self.ecm == "ls":
-                return _scaled_affine(y, ey, vy, weight, bias).to(in_dtype)
+                return _scaled_affine(y, ey, vy, weight, bias, handoff).to(in_dtype)
             z = y
         else:  # frozen statistics, ordinary autograd
             xc = x.to(cdtype)
