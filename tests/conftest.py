@@ -11,3 +11,9 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_run_plots(monkeypatch):
+    """Skip the engine's PNG plots where they are not what is tested (they cost more than tiny runs)."""
+    monkeypatch.setattr("basinlab.records.plots.plot_run", lambda *args, **kwargs: [])

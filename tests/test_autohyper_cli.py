@@ -26,14 +26,7 @@ TINY = {"dataset": "mnist5k", "network": "mnist", "optimizer": "SGD", "scheduler
         "search_kwargs": {"min_lr": 0.1, "max_lr": 0.2, "num_points": 3, "exit_window_rel": 0.3}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _no_plots():
-    # The PNG plots of the engine are not what these tests check, and cost more than the tiny trials.
-    import basinlab.records.plots as plots
-    plot_run = plots.plot_run
-    plots.plot_run = lambda *a, **k: None
-    yield
-    plots.plot_run = plot_run
+pytestmark = pytest.mark.usefixtures("no_run_plots")
 
 
 def write_config(tmp_path, name="config.yaml", **changes):

@@ -27,10 +27,7 @@ TINY = "{'dropout': 0.0, 'width': 4, 'hidden': 16}"
 SGD = dict(optimizer="SGD", lr=0.1, momentum=0.0, weight_decay=0.0)
 
 
-@pytest.fixture(autouse=True)
-def no_plots(monkeypatch):
-    """No PNG plots: they are not what is tested here."""
-    monkeypatch.setattr("basinlab.records.plots.plot_run", lambda frame, folder: [])
+pytestmark = pytest.mark.usefixtures("no_run_plots")
 
 
 def make_trainer(tmp_path, name="run", **options):

@@ -15,14 +15,7 @@ from basinlab.optim.adas import AdaS
 TINY = ["--train-limit", "256", "--val-limit", "64", "-b", "32", "--quiet"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _no_plots():
-    # The PNG plots of the engine are not what these tests check, and cost more than the training.
-    import basinlab.records.plots as plots
-    plot_run = plots.plot_run
-    plots.plot_run = lambda *a, **k: None
-    yield
-    plots.plot_run = plot_run
+pytestmark = pytest.mark.usefixtures("no_run_plots")
 
 
 def train(tmp_path, name, *extra):
