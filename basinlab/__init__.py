@@ -1,31 +1,23 @@
-"""basinlab: train CNN image classifiers and study the minima they find."""
+"""basinlab: train CNN image classifiers and study the minima they find.
+
+    import basinlab
+    run = basinlab.train(epochs=2)            # the options of `basinlab train`, underscores for dashes
+    basinlab.load_run(run.path).history
+
+The API (basinlab.api) is loaded on first use, so `import basinlab` costs nothing.
+"""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from basinlab._version import __version__
+
+_API = ("train", "load_run", "make_config", "evaluate_checkpoint", "export_safetensors", "model_from_checkpoint")
 
 
-def train(config=None, *, callbacks=(), strategy=None, **options):
-    """Train with the same options as `basinlab train` (keyword names = long flags with underscores).
-
-    Returns a Run with `.path`, `.config`, `.history` (pandas DataFrame, one row per epoch) and `.model`.
-    """
-    from .config import TrainConfig, load_yaml, make_config
-    from .engine.trainer import Trainer
-    from .methods import build_method
-    if isinstance(config, TrainConfig):
-        cfg = config.replace(**options) if options else config
-    else:
-        base = load_yaml(config) if config is not None else {}
-        cfg = make_config(base, **options)
-    method_strategy, method_callbacks = build_method(cfg)
-    trainer = Trainer(cfg, strategy=strategy or method_strategy, callbacks=[*method_callbacks, *callbacks])
-    return trainer.fit()
+def __getattr__(name):
+    if name in _API:
+        from basinlab import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'basinlab' has no attribute {name!r}")
 
 
-def load_run(path):
-    """Config, history DataFrame and checkpoint paths of a run folder."""
-    from .runs import load_run as _load_run
-    return _load_run(path)
-
-
-__all__ = ["train", "load_run", "__version__"]
+__all__ = [*_API, "__version__"]

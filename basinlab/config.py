@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from basinlab.errors import ConfigError
 
 
 def opt(default, help, *flags, **argparse_kwargs):
@@ -69,20 +69,20 @@ class TrainConfig:
     abkw: float | None = opt(None, "online norm backward decay", "--decay-factor-backward")
     ecm: str | None = opt(None, "online norm error compensation: ls|ac|none")
     gn_num_groups: int | None = opt(None, "groups of group norm")
-    # --- asynchronous SGD (basinlab.asgd) --------------------------------------------------------
+    # --- asynchronous SGD (basinlab.methods.asgd) --------------------------------------------------------
     server: str | None = opt(None, "simulated parameter server: ssgd|asgd|msgd (default: plain training)")
     workers: int = opt(1, "simulated workers of the parameter server", "--workers-num")
     delay: int | None = opt(None, "server delay d in updates (asgd default: workers-1, pure ASGD)")
     schedule: str = opt("round_robin", "which worker computes next: round_robin|random|normal")
     adjust_lr: bool = opt(False, "scale the regime's lr for the delay: eta*sin(pi/(4d+2))")
-    # --- flat minima (basinlab.engine.flat) --------------------------------------------------------
+    # --- flat minima (basinlab.methods.flat.method) --------------------------------------------------------
     smoothout: float | None = opt(None, "SmoothOut noise strength A (weight noise each step)")
     smoothout_noise: str = opt("uniform", "SmoothOut noise: uniform|normal")
     smoothout_adapt: str = opt("none", "SmoothOut noise scale: none|weight|filter (filter = AdaSmoothOut)")
     smoothout_schedule: str = opt("constant", "SmoothOut strength schedule: constant|anneal|tanh")
     smoothout_include_bn: bool = opt(False, "also perturb BatchNorm affine parameters")
     denoise: bool = opt(True, "remove the SmoothOut noise before the optimizer step (--no-denoise keeps it)")
-    ghost_batch: int | None = opt(None, "accumulate gradients over chunks of this many samples (ghost batches)")
+    ghost_batch: int | None = opt(None, "accumulate gradients over chunks of this many samples, one step per batch (ghost batches: each chunk normalised on its own)")
     sam: float | None = opt(None, "SAM with radius rho")
     asam: float | None = opt(None, "ASAM with radius rho")
     asam_eta: float = opt(0.01, "ASAM's eta in T_w = |w| + eta")
@@ -124,6 +124,25 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+# How `basinlab train --help` groups the options (every field in exactly one group; tests check it).
+OPTION_GROUPS = (
+    ("general", ("preset", "debug")),
+    ("model", ("model", "model_config", "depth")),
+    ("data", ("dataset", "datasets_dir", "download", "train_limit", "val_limit", "augment", "data_workers")),
+    ("optimisation", ("epochs", "batch_size", "eval_batch_size", "optimizer", "lr", "momentum", "weight_decay",
+                      "lr_milestones", "lr_multiplier", "label_smoothing", "grad_clip", "ghost_batch")),
+    ("normalisation (norm layers, Online Normalization)", ("norm_mode", "afwd", "abkw", "ecm", "gn_num_groups")),
+    ("asynchronous SGD (basinlab.methods.asgd)", ("server", "workers", "delay", "schedule", "adjust_lr")),
+    ("flat minima: SmoothOut, SAM, ASAM (basinlab.methods.flat)", (
+        "smoothout", "smoothout_noise", "smoothout_adapt", "smoothout_schedule", "smoothout_include_bn", "denoise",
+        "sam", "asam", "asam_eta", "lr_scale_batch")),
+    ("measurements during training (basinlab.analysis.monitor, basinlab.tuning.method)", (
+        "log_sharpness_every", "log_trace", "sharpness_batches", "log_lowrank")),
+    ("records", ("results_dir", "save", "resume", "overwrite", "save_every_steps", "save_all", "nan_policy",
+                 "print_freq", "quiet")),
+    ("machine", ("seed", "device", "amp", "channels_last", "compile", "nproc", "sync_bn", "dist_timeout")),
+)
 # Options that may change when a run is resumed: they do not change what is computed.
 RESUMABLE = {"resume", "overwrite", "quiet", "debug", "save", "results_dir", "epochs", "device", "data_workers",
              "print_freq", "save_every_steps", "save_all", "compile", "nan_policy", "datasets_dir", "nproc",
@@ -173,7 +192,8 @@ def load_yaml(path: str | Path) -> dict:
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check values that do not depend on the model or dataset; normalise model_config to a dict."""
     cfg.model_config = parse_literal_dict(cfg.model_config)
-    for name in ("epochs", "batch_size", "eval_batch_size", "train_limit", "val_limit", "save_every_steps"):
+    for name in ("epochs", "batch_size", "eval_batch_size", "train_limit", "val_limit", "save_every_steps",
+                 "ghost_batch"):
         value = getattr(cfg, name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
@@ -189,34 +209,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-def make_config(base: dict | None = None, **overrides) -> TrainConfig:
-    """Build a validated TrainConfig from a preset/YAML mapping plus overrides (later wins).
-
-    With `resume`, the config stored in the checkpoint is the base and only RESUMABLE options may differ.
-    """
-    values: dict = {}
-    for layer in (base or {}), overrides:
-        values.update(from_mapping(layer, where="options"))
-    if values.get("resume"):
-        return resume_config(values)
-    preset = values.get("preset")
-    if preset:
-        from .presets import get_preset
-        values = {**from_mapping(get_preset(preset), where=f"preset {preset}"), **values}
-    return validate(TrainConfig(**values))
-
-
-def resume_config(given: dict) -> TrainConfig:
-    """The checkpoint's config with the given run-control options on top; others must not change."""
-    from .engine.checkpoint import load_checkpoint, resolve_checkpoint
-    stored = load_checkpoint(resolve_checkpoint(given["resume"]))["config"]
-    changed = sorted(k for k, v in given.items() if k not in RESUMABLE and stored.get(k) != v)
-    if changed:
-        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
-        raise ConfigError(f"{flags} cannot change when resuming (the run would not be the same run); "
-                          f"allowed on resume: --epochs, --device, --quiet and other run controls")
-    values = {k: v for k, v in stored.items() if k in FIELDS}
-    values.update(given, preset=None, overwrite=False)
+def validated_config(values: dict) -> TrainConfig:
+    """A TrainConfig from field-name values, checked by `validate` (presets and resume are the API's:
+    basinlab.api.make_config)."""
     return validate(TrainConfig(**values))
 
 

@@ -1,19 +1,21 @@
 """Named presets: the seeds' experiments as option sets. Options given with a preset override it.
 
-Each method keeps its presets next to its code (a PRESETS dict in the modules below).
+Each method keeps its presets next to its code; this is the one list of them.
 """
 from __future__ import annotations
 
-from .errors import ConfigError
-from .plugins import import_plugins
+from basinlab.errors import ConfigError
+from basinlab.methods.asgd import presets as asgd_presets
+from basinlab.methods.flat import presets as flat_presets
+from basinlab.nn import presets as online_norm_presets
 
-PRESET_MODULES = ("basinlab.nn.presets", "basinlab.asgd.presets", "basinlab.engine.flat_presets")
+PRESET_TABLES = (online_norm_presets.PRESETS, asgd_presets.PRESETS, flat_presets.PRESETS)
 
 
 def all_presets() -> dict[str, dict]:
     presets: dict[str, dict] = {}
-    for module in import_plugins(PRESET_MODULES):
-        presets.update(module.PRESETS)
+    for table in PRESET_TABLES:
+        presets.update(table)
     return presets
 
 

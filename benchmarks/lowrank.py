@@ -1,4 +1,4 @@
-"""Cost of the low-rank metrics (basinlab.lowrank.model_metrics) relative to one training epoch.
+"""Cost of the low-rank metrics (basinlab.metrics.lowrank.model_metrics) relative to one training epoch.
 
 For CIFAR-style ResNet-18 and ResNet-34 (``basinlab.models.create_model(name, 10, 'cifar10')``;
 built inline when the model zoo is not importable) on this machine:
@@ -25,7 +25,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from basinlab.lowrank import _as_matrix, _svals_many, metric_layers, model_metrics, unfoldings  # noqa: E402
+from basinlab.metrics.lowrank import _as_matrix, _svals_many, metric_layers, model_metrics, unfoldings  # noqa: E402
 
 CIFAR_TRAIN = 50_000
 BATCH = 128

@@ -1,4 +1,4 @@
-"""Benchmark of basinlab.sharpness on a small CNN with synthetic data (a script, not a test).
+"""Benchmark of basinlab.metrics.sharpness on a small CNN with synthetic data (a script, not a test).
 
 Reports
   * HVP throughput (Hessian-vector products per second) over the measured batches, with and
@@ -30,7 +30,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from basinlab.sharpness import (  # noqa: E402
+from basinlab.metrics.sharpness import (  # noqa: E402
     _HessianOperator,
     _measurement_mode,
     hessian_eigenvalues,

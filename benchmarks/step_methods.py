@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from basinlab.config import make_config  # noqa: E402
+from basinlab.api import make_config  # noqa: E402
 from basinlab.engine.trainer import Trainer  # noqa: E402
 from basinlab.methods import build_method  # noqa: E402
 

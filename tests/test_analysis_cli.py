@@ -10,14 +10,16 @@ from torch import nn
 
 import basinlab
 from basinlab.analysis.measure import COLUMNS
-from basinlab.analysis.monitor import LAMBDA_SETTINGS, TRACE_SETTINGS, configure, server_stability
-from basinlab.asgd.stability import stability_threshold
+from basinlab.analysis.monitor import LAMBDA_SETTINGS, TRACE_SETTINGS, SharpnessMonitor, configure, server_stability
+from basinlab.engine.steps import PlainStep
+from basinlab.methods.asgd.server import ParameterServerStep
+from basinlab.methods.asgd.stability import stability_threshold
 from basinlab.cli import main
-from basinlab.config import make_config
+from basinlab.api import make_config
 from basinlab.data import build_loaders
 from basinlab.engine.inspect import model_from_checkpoint
 from basinlab.errors import ConfigError
-from basinlab.sharpness import hessian_eigenvalues, hessian_trace
+from basinlab.metrics.sharpness import hessian_eigenvalues, hessian_trace
 
 TINY = dict(model_config="{'width': 4, 'hidden': 16}", train_limit=96, val_limit=64, batch_size=32, quiet=True)
 
@@ -177,7 +179,9 @@ def test_monitor_configuration_errors():
     ("msgd", 5, None, 0.5, stability_threshold(4, 0.5, "shifted")),
 ])
 def test_stability_threshold_column_follows_the_server(server, workers, delay, momentum, expected):
-    cfg = SimpleNamespace(server=server, workers=workers, delay=delay)
+    strategy = ParameterServerStep(server, workers, delay)
     optimizer = SimpleNamespace(param_groups=[{"lr": 0.1, "momentum": momentum}])
-    assert math.isclose(server_stability(cfg, optimizer), expected, rel_tol=1e-8)
-    assert server_stability(SimpleNamespace(server=None), optimizer) is None
+    assert math.isclose(server_stability(strategy, optimizer), expected, rel_tol=1e-8)
+    assert server_stability(PlainStep(), optimizer) is None
+    assert "stability_threshold" in SharpnessMonitor(1, 1).columns(strategy)
+    assert "stability_threshold" not in SharpnessMonitor(1, 1).columns(PlainStep())

@@ -1,4 +1,4 @@
-"""The simulated parameter server (basinlab.asgd.server) and `basinlab stability` (spec 02-async-sgd.md)."""
+"""The simulated parameter server (basinlab.methods.asgd.server) and `basinlab stability` (spec 02-async-sgd.md)."""
 import math
 import re
 
@@ -10,10 +10,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 import basinlab
-from basinlab.asgd import ParameterServer, stability_threshold
-from basinlab.asgd.method import configure
+from basinlab.methods.asgd import ParameterServer, stability_threshold
+from basinlab.methods.asgd.method import configure
 from basinlab.cli import main
-from basinlab.config import make_config
+from basinlab.api import make_config
 from basinlab.errors import ConfigError
 
 SMALL = dict(dataset="mnist5k", quiet=True, val_limit=64)

@@ -16,7 +16,6 @@ from basinlab.optim import Regime
 from basinlab.tuning import autohyper as ah
 from basinlab.tuning.callbacks import TrainLossEarlyStop
 from basinlab.tuning.seed_config import plan_from_config, read_seed_config
-from basinlab.tuning import schedules  # noqa: F401
 
 # Seed 0 on these 256 digits: Z(0.1) = 0.5, Z(0.141) = 0, so the search takes 2-3 trials.
 TINY = {"dataset": "mnist5k", "network": "mnist", "optimizer": "SGD", "scheduler": "None", "init_lr": "auto",
@@ -40,15 +39,15 @@ def autohyper(config, output, *extra):
 
 
 class CountingTrain:
-    """basinlab.train wrapped to record the options of every training it starts."""
+    """autoHyper's train_trial wrapped to record the options of every training it starts."""
 
     def __init__(self, monkeypatch):
-        self.calls, real = [], basinlab.train
+        self.calls, real = [], ah.train_trial
 
-        def counted(*args, **options):
+        def counted(options, callbacks=()):
             self.calls.append(options)
-            return real(*args, **options)
-        monkeypatch.setattr(basinlab, "train", counted)
+            return real(options, callbacks)
+        monkeypatch.setattr(ah, "train_trial", counted)
 
 
 @pytest.fixture(scope="module")

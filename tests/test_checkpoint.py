@@ -7,6 +7,7 @@ import torch
 
 from basinlab.engine import checkpoint as ckpt
 from basinlab.errors import CheckpointError
+from basinlab.utils import io
 
 
 def test_roundtrip_keeps_tensors_and_plain_data(tmp_path):
@@ -21,7 +22,7 @@ def test_roundtrip_keeps_tensors_and_plain_data(tmp_path):
 def test_written_files_follow_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
-        ckpt.atomic_write_text(tmp_path / "results.csv", "epoch\n1\n")
+        io.atomic_write_text(tmp_path / "results.csv", "epoch\n1\n")
     finally:
         os.umask(old)
     assert (tmp_path / "results.csv").stat().st_mode & 0o777 == 0o644
@@ -33,7 +34,7 @@ def test_crash_between_write_and_rename_keeps_previous_checkpoint(tmp_path, monk
 
     def crash(src, dst):
         raise OSError("simulated crash before rename")
-    monkeypatch.setattr(ckpt.os, "replace", crash)
+    monkeypatch.setattr(io.os, "replace", crash)
     with pytest.raises(OSError):
         ckpt.save_checkpoint({"model": {"w": torch.ones(3)}, "epoch": 2}, path)
     monkeypatch.undo()
@@ -50,7 +51,7 @@ def test_crash_during_write_keeps_previous_checkpoint(tmp_path):
         fh.write(b"PK\x03\x04 truncated")
         raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
-        ckpt.atomic_write(path, half_write)
+        io.atomic_write(path, half_write)
     assert ckpt.load_checkpoint(path)["epoch"] == 1
 
 

@@ -1,7 +1,8 @@
 """The config schema: literal-only model configs, YAML files, validation messages."""
 import pytest
 
-from basinlab.config import config_to_yaml, load_yaml, make_config, parse_literal_dict
+from basinlab.api import make_config
+from basinlab.config import config_to_yaml, load_yaml, parse_literal_dict
 from basinlab.errors import ConfigError
 
 

@@ -17,7 +17,8 @@ import torch
 import yaml
 
 from basinlab.cli import build_parser, main
-from basinlab.config import make_config
+from basinlab.api import make_config
+from basinlab.methods import build_method
 from basinlab.engine.distributed import DataParallel, ProcessPlace, check_with_device, select_device
 from basinlab.engine.evaluate import evaluate
 from basinlab.engine.inspect import loader_for, model_from_checkpoint
@@ -210,9 +211,12 @@ def test_device_and_option_checks():
     with pytest.raises(ConfigError, match="must divide the per-process batch 64/2 = 32"):
         check_with_device(make_config(ghost_batch=12, batch_size=64), 2, torch.device("cpu"))
     check_with_device(make_config(ghost_batch=16, batch_size=64), 2, torch.device("cpu"))
-    with pytest.raises(ConfigError, match="would drift apart"):
-        DataParallel(make_config(smoothout=0.01, denoise=False), place)
-    DataParallel(make_config(ghost_batch=16, smoothout=0.01), place)  # each rank draws its own noise
+    with pytest.raises(ConfigError, match="would drift apart"):  # each method checks its own options
+        build_method(make_config(smoothout=0.01, denoise=False), world_size=2)
+    build_method(make_config(ghost_batch=16, smoothout=0.01), world_size=2)  # each rank draws its own noise
+    with pytest.raises(ConfigError, match="cannot run in a 2-process job"):
+        build_method(make_config(server="asgd", workers=4), world_size=2)
+    DataParallel(make_config(server="asgd", workers=4), ProcessPlace())  # one process: fine
     with pytest.raises(ConfigError, match="--dist-timeout"):
         DataParallel(make_config(dist_timeout=0), place)
 

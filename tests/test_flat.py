@@ -14,11 +14,11 @@ import torch.nn.functional as F
 
 import basinlab
 from basinlab.cli import main
-from basinlab.config import make_config
+from basinlab.api import make_config
 from basinlab.engine.callbacks import Callback
 from basinlab.engine.evaluate import evaluate
-from basinlab.engine.flat import asam_perturbation, configure, lr_scale_factor, sam_perturbation, strength_coefficient
-from basinlab.engine.noise import NoiseModel, WeightNoise, evaluate_under_noise, perturbed_parameters
+from basinlab.methods.flat.method import asam_perturbation, configure, lr_scale_factor, sam_perturbation, strength_coefficient
+from basinlab.methods.flat.noise import NoiseModel, WeightNoise, evaluate_under_noise, perturbed_parameters
 from basinlab.engine.trainer import Trainer
 from basinlab.errors import ConfigError
 from basinlab.methods import build_method

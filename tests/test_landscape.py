@@ -14,7 +14,8 @@ from basinlab.analysis.landscape import (GridEvaluator, filter_normalized_direct
                                         recalibrate_bn)
 from basinlab.analysis.views import interpolate_checkpoints, random_directions
 from basinlab.engine.evaluate import evaluate
-from basinlab.engine.inspect import evaluate_checkpoint, model_from_checkpoint
+from basinlab.api import evaluate_checkpoint
+from basinlab.engine.inspect import model_from_checkpoint
 from basinlab.errors import ConfigError
 
 TINY = dict(model_config="{'width': 4, 'hidden': 16}", train_limit=128, val_limit=64, batch_size=32, epochs=1,

@@ -1,4 +1,4 @@
-"""EVBMF and the low-rank layer metrics (basinlab.lowrank), and the AdaS optimizer built on them."""
+"""EVBMF and the low-rank layer metrics (basinlab.metrics.lowrank), and the AdaS optimizer built on them."""
 
 import copy
 import math
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from basinlab.errors import ConfigError
-from basinlab.lowrank import (
+from basinlab.metrics.lowrank import (
     evbmf,
     evbmf_batched,
     evbmf_fit,

@@ -8,7 +8,7 @@ import torch
 import basinlab
 from basinlab.cli import main
 from basinlab.engine.inspect import model_from_checkpoint
-from basinlab.lowrank import model_metrics
+from basinlab.metrics.lowrank import model_metrics
 from basinlab.optim import create_optimizer, fixed_regime, optimizer_spec
 from basinlab.optim.adas import AdaS
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import basinlab
-from basinlab.config import make_config
+from basinlab.api import make_config
 from basinlab.nn.online_norm import OnlineNorm2d
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

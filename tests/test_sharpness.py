@@ -9,7 +9,7 @@ from torch import nn
 from torch.func import functional_call
 
 from basinlab.errors import ConfigError
-from basinlab.sharpness import (
+from basinlab.metrics.sharpness import (
     hessian_eigenvalues,
     hessian_spectrum,
     hessian_trace,

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from basinlab.asgd import (
+from basinlab.methods.asgd import (
     StabilityInputError,
     adjusted_lr,
     closed_form_threshold,

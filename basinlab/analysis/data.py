@@ -12,8 +12,8 @@ import itertools
 
 import torch
 
-from ..engine.inspect import loader_for
-from ..errors import ConfigError
+from basinlab.engine.inspect import loader_for
+from basinlab.errors import ConfigError
 
 SPLITS = ("train", "val")
 

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine.checkpoint import atomic_write_text
-from ..engine.evaluate import evaluate, topk_correct
-from ..errors import ConfigError
+from basinlab.utils.io import atomic_write_text
+from basinlab.engine.evaluate import evaluate, topk_correct
+from basinlab.errors import ConfigError
 
 MAX_POINTS = 1_000_000   # a range longer than this is a typo, not a plot
 

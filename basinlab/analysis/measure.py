@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from .. import sharpness
-from ..engine.evaluate import evaluate
-from ..engine.inspect import model_from_checkpoint
-from ..engine.setup import pick_device
-from ..errors import ConfigError
-from .data import measurement_data
+from basinlab.metrics import sharpness
+from basinlab.engine.evaluate import evaluate
+from basinlab.engine.inspect import model_from_checkpoint
+from basinlab.engine.setup import pick_device
+from basinlab.errors import ConfigError
+from basinlab.analysis.data import measurement_data
 
 MEASURES = ("hessian", "trace", "spectrum", "keskar")
 COLUMNS = ["measure", "quantity", "value", "std_error", "hvp_count", "converged", "epsilon", "subspace_dim",

@@ -4,7 +4,8 @@ Every k epochs the top Hessian eigenvalue (and, with --log-trace, the Hutchinson
 loss is measured on the first N training batches of epoch 0 without augmentation (the same batches at
 every measurement, so the values are comparable across epochs) and added to results.csv as
 ``lambda_max``, ``lr_times_lambda_max`` (, ``hessian_trace``) and, for a parameter-server run, the
-linear stability threshold on ``lr * lambda_max`` for its delay and momentum (``stability_threshold``).
+linear stability threshold on ``lr * lambda_max`` for its delay and momentum (``stability_threshold``,
+asked of the step strategy: any strategy with a ``stability_threshold(optimizer)`` method gets the column).
 Other epochs get NaN in these columns. The measurement leaves weights, modes, buffers, gradients and
 every random generator as they were: a run is bit-identical with and without the monitor.
 """
@@ -14,8 +15,8 @@ import math
 
 import torch
 
-from ..engine.callbacks import Callback
-from ..errors import ConfigError
+from basinlab.engine.callbacks import Callback
+from basinlab.errors import ConfigError
 
 LAMBDA_SETTINGS = {"max_iter": 100, "tol": 1e-3, "method": "lanczos"}
 TRACE_SETTINGS = {"max_iter": 50, "tol": 1e-2}
@@ -27,7 +28,10 @@ def _positive_int(value, flag: str) -> int:
     return value
 
 
-def configure(cfg):
+METHOD_NAME = "--log-sharpness-every (sharpness monitor)"
+
+
+def configure(cfg, world_size: int = 1):
     """(None, [SharpnessMonitor]) when --log-sharpness-every is set, else (None, [])."""
     if cfg.log_sharpness_every is None:
         if cfg.log_trace:
@@ -38,22 +42,10 @@ def configure(cfg):
     return None, [SharpnessMonitor(every, batches, log_trace=cfg.log_trace, seed=cfg.seed)]
 
 
-def server_stability(cfg, optimizer) -> float | None:
-    """Stability threshold on lr * lambda_max of a parameter-server run (None for plain training).
-
-    Delay: 0 for ssgd, else --delay or workers - 1 (pure ASGD); momentum: the optimizer's; the
-    momentum is per worker (delayed) for msgd, hence the 'shifted' polynomial.
-    """
-    if not cfg.server:
-        return None
-    from ..asgd.stability import stability_threshold
-    delay = 0 if cfg.server == "ssgd" else (cfg.delay if cfg.delay is not None else cfg.workers - 1)
-    momentum = float(optimizer.param_groups[0].get("momentum", 0.0) or 0.0)
-    kind = "shifted" if cfg.server == "msgd" else "standard"
-    try:
-        return stability_threshold(delay, momentum, kind)
-    except ConfigError:  # e.g. momentum >= 1: no linear stability region to report
-        return math.nan
+def server_stability(strategy, optimizer) -> float | None:
+    """The strategy's stability threshold on lr * lambda_max (None for a strategy without delays)."""
+    threshold = getattr(strategy, "stability_threshold", None)
+    return None if threshold is None else threshold(optimizer)
 
 
 class SharpnessMonitor(Callback):
@@ -63,23 +55,23 @@ class SharpnessMonitor(Callback):
         self.every, self.batches, self.log_trace, self.seed = every, batches, log_trace, seed
         self.data = None
 
-    def columns(self, cfg) -> list[str]:
+    def columns(self, strategy) -> list[str]:
         names = ["lambda_max", "lr_times_lambda_max"]
         if self.log_trace:
             names.append("hessian_trace")
-        if cfg.server:
+        if hasattr(strategy, "stability_threshold"):
             names.append("stability_threshold")
         return names
 
     def on_fit_start(self, trainer) -> None:
         # built once, from the batch size at the start: the same examples at every measurement
-        from .data import first_training_batches
+        from basinlab.analysis.data import first_training_batches
         with torch.random.fork_rng(devices=_cuda_devices(trainer.device)):
             self.data = first_training_batches(trainer.cfg, self.batches, trainer.train_loader.batch_size,
                                                trainer.device)
 
     def on_epoch_end(self, trainer, row: dict) -> None:
-        values = dict.fromkeys(self.columns(trainer.cfg), math.nan)
+        values = dict.fromkeys(self.columns(trainer.strategy), math.nan)
         # every rank measures (same weights, same batches): none waits at a collective for rank 0
         if (trainer.epoch + 1) % self.every == 0:
             values.update(self.measure(trainer))
@@ -89,7 +81,7 @@ class SharpnessMonitor(Callback):
 
     def measure(self, trainer) -> dict:
         """The columns' values for the model as it is now (global and CUDA RNG states restored)."""
-        from ..sharpness import hessian_trace, lambda_max
+        from basinlab.metrics.sharpness import hessian_trace, lambda_max
         if self.data is None:
             self.on_fit_start(trainer)
         model, criterion = trainer.model, trainer.criterion
@@ -99,7 +91,7 @@ class SharpnessMonitor(Callback):
             if self.log_trace:
                 out["hessian_trace"] = hessian_trace(model, criterion, self.data, seed=self.seed,
                                                      **TRACE_SETTINGS).trace
-        threshold = server_stability(trainer.cfg, trainer.optimizer)
+        threshold = server_stability(trainer.strategy, trainer.optimizer)
         if threshold is not None:
             out["stability_threshold"] = threshold
         return out

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError, DataError
-from .catalog import DATASETS, NO_AUGMENT, DatasetInfo, dataset_info, list_datasets
-from .formats import download as _download
-from .formats import read_arrays, scan_image_folder
-from .loader import Loader
-from .memory import MemoryLoader
-from .stream import StreamLoader
+from basinlab.errors import ConfigError, DataError
+from basinlab.data.catalog import DATASETS, NO_AUGMENT, DatasetInfo, dataset_info, list_datasets
+from basinlab.data.formats import download as _download
+from basinlab.data.formats import read_arrays, scan_image_folder
+from basinlab.data.loader import Loader
+from basinlab.data.memory import MemoryLoader
+from basinlab.data.stream import StreamLoader
 
 __all__ = ["DATASETS", "DatasetInfo", "Loader", "MemoryLoader", "StreamLoader", "build_loaders",
            "default_datasets_dir", "list_datasets"]

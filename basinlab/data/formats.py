@@ -19,8 +19,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..errors import DataError
-from .catalog import DATASETS, data_error
+from basinlab.errors import DataError
+from basinlab.data.catalog import DATASETS, data_error
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import torch
 
-from ..errors import ConfigError
+from basinlab.errors import ConfigError
 
 
 def derive_seed(*parts) -> int:

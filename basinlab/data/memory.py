@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .catalog import PAD_CROP_FLIP
-from .loader import Loader, make_generator, normalise, normalise_constants
+from basinlab.data.catalog import PAD_CROP_FLIP
+from basinlab.data.loader import Loader, make_generator, normalise, normalise_constants
 
 PAD = 4
 

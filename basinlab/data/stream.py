@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..errors import DataError
-from .formats import decode_rgb
-from .loader import Loader, derive_seed, normalise, normalise_constants
+from basinlab.errors import DataError
+from basinlab.data.formats import decode_rgb
+from basinlab.data.loader import Loader, derive_seed, normalise, normalise_constants
 
 SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)

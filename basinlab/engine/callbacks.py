@@ -1,13 +1,28 @@
-"""Callbacks: things that run around training (measurements, extra logs), not part of the update."""
+"""Callbacks: things that run around training (measurements, extra logs, gradient edits), not the update.
+
+A callback's checkpointed state is stored under its `state_key` (class name, plus `key` where a run
+has two callbacks of one class), so a resumed run with other or reordered callbacks gives each one
+its own state back, as Lightning's `Callback.state_key` does.
+"""
 from __future__ import annotations
 
 
 class Callback:
     """Override the hooks you need. `row` is the results.csv row of the epoch: add columns to it."""
 
+    key: str | None = None  # tells apart two callbacks of one class in a checkpoint
+
+    @property
+    def state_key(self) -> str:
+        name = type(self).__qualname__
+        return f"{name}[{self.key}]" if self.key else name
+
     def on_fit_start(self, trainer) -> None: ...
 
     def on_epoch_start(self, trainer, epoch: int) -> None: ...
+
+    def on_before_optimizer_step(self, trainer, optimizer) -> None:
+        """The gradients of this update are final (unscaled, clipped); edit them here if you must."""
 
     def on_step_end(self, trainer, result) -> None: ...
 

@@ -7,61 +7,16 @@ in it runs.
 """
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from basinlab.config import FIELDS, RESUMABLE
+from basinlab.errors import CheckpointError, ConfigError
+from basinlab.utils.io import atomic_write
 
 CHECKPOINT_NAMES = ("last.pt", "best.pt")
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call write(file_object) on a temp file beside `path`, fsync it, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; records are for collaborators too
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
@@ -110,3 +65,19 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resume_values(given: dict) -> dict:
+    """The option values of a resumed run: the checkpoint's config with the given run controls on top.
+
+    Options that change what is computed must not differ from the stored ones (ConfigError).
+    """
+    stored = load_checkpoint(resolve_checkpoint(given["resume"]))["config"]
+    changed = sorted(k for k, v in given.items() if k not in RESUMABLE and stored.get(k) != v)
+    if changed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        raise ConfigError(f"{flags} cannot change when resuming (the run would not be the same run); "
+                          f"allowed on resume: --epochs, --device, --quiet and other run controls")
+    values = {k: v for k, v in stored.items() if k in FIELDS}
+    values.update(given, preset=None, overwrite=False)
+    return values

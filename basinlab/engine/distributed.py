@@ -24,11 +24,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import TrainConfig
-from ..data.loader import derive_seed
-from ..errors import ConfigError
-from .launch import DEFAULT_BATCH, check_global_batch, check_options
-from .setup import pick_device
+from basinlab.config import TrainConfig
+from basinlab.data.loader import derive_seed
+from basinlab.errors import ConfigError
+from basinlab.engine.launch import DEFAULT_BATCH, check_global_batch, check_options
+from basinlab.engine.setup import pick_device
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,11 @@ class ProcessPlace:
             raise ConfigError(f"RANK {place.rank} / LOCAL_RANK {place.local_rank} do not fit WORLD_SIZE "
                               f"{place.world_size} / LOCAL_WORLD_SIZE {place.local_world_size}; launch with torchrun")
         return place
+
+
+def current_world_size() -> int:
+    """Processes in this job (1 outside torchrun): what methods check their options against."""
+    return ProcessPlace.from_environ().world_size
 
 
 # ---------------------------------------------------------------------------------------------- checks

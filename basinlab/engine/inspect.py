@@ -6,19 +6,18 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .. import data as data_lib
-from ..config import FIELDS, make_config
-from ..errors import ConfigError
-from ..models import create_model
-from .checkpoint import load_checkpoint, resolve_checkpoint
-from .evaluate import evaluate
-from .setup import pick_device, split_model_config
+import basinlab.data as data_lib
+from basinlab.config import FIELDS, validated_config
+from basinlab.errors import ConfigError
+from basinlab.models import create_model
+from basinlab.engine.checkpoint import load_checkpoint, resolve_checkpoint
+from basinlab.engine.setup import pick_device, split_model_config
 
 
 def config_from_state(state: dict):
     values = {k: v for k, v in state["config"].items() if k in FIELDS}
     values.update(preset=None, resume=None)
-    return make_config(values)
+    return validated_config(values)
 
 
 def model_from_checkpoint(path, device="cpu", which: str = "best.pt"):
@@ -50,30 +49,17 @@ def loader_for(cfg, *, dataset=None, split="val", datasets_dir=None, batch_size=
     return train.use_evaluation_plan(batch_size) if evaluation else train
 
 
-def evaluate_checkpoint(path, *, dataset=None, split="val", datasets_dir=None, batch_size=256, limit=None,
-                        device="auto", noise=None, noise_type="uniform", noise_adapt="none", noise_samples=1,
-                        noise_include_bn=False, seed=0) -> dict:
-    """Loss and top-1/top-5 of a checkpoint on a split (train data without augmentation).
-
-    With `noise` (strength A): under fresh weight noise per batch, mean and std over `noise_samples`
-    draws (see basinlab.engine.noise.evaluate_under_noise); without it, plain evaluation.
-    """
+def prepare_evaluation(path, *, dataset=None, split="val", datasets_dir=None, batch_size=256, limit=None,
+                       device="auto"):
+    """(model in eval mode, loader over the split without augmentation, criterion) of a checkpoint."""
     if batch_size <= 0:
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
-    noise_model = None
-    if noise is not None:
-        from .noise import EVALUATION_FLAGS, NoiseModel
-        noise_model = NoiseModel(noise, noise_type, noise_adapt, flags=EVALUATION_FLAGS)
     dev = pick_device(device)
     model, cfg, _ = model_from_checkpoint(path, dev)
     loader = loader_for(cfg, dataset=dataset, split=split, datasets_dir=datasets_dir, batch_size=batch_size,
                         limit=limit, device=dev)
     criterion = getattr(model, "criterion", None) or nn.CrossEntropyLoss()
-    if noise_model is None:
-        return evaluate(model, loader, criterion)
-    from .noise import evaluate_under_noise
-    return evaluate_under_noise(model, loader, criterion, noise_model, samples=noise_samples, seed=seed,
-                                include_norm=noise_include_bn)
+    return model, loader, criterion
 
 
 def export_safetensors(run, output=None, which: str = "best") -> Path:

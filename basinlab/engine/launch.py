@@ -10,28 +10,22 @@ import signal
 import subprocess
 import sys
 
-from ..config import FIELDS, TrainConfig
-from ..errors import ConfigError
+from basinlab.config import FIELDS, TrainConfig
+from basinlab.errors import ConfigError
 
 DEFAULT_BATCH = 128  # the trainer's batch size when neither the options nor the model give one
 
 
 def check_options(cfg: TrainConfig, world_size: int) -> None:
-    """Refuse what cannot run (or would silently differ) with `world_size` processes."""
+    """Refuse engine options that cannot run (or would silently differ) with `world_size` processes.
+
+    Each method refuses its own options in its `configure(cfg, world_size)` (basinlab.methods)."""
     if isinstance(cfg.dist_timeout, bool) or not isinstance(cfg.dist_timeout, int) or cfg.dist_timeout <= 0:
         raise ConfigError(f"--dist-timeout must be a positive number of seconds, got {cfg.dist_timeout!r}")
     if cfg.nproc is not None and (isinstance(cfg.nproc, bool) or not isinstance(cfg.nproc, int) or cfg.nproc < 1):
         raise ConfigError(f"--nproc must be a positive integer (processes on this machine), got {cfg.nproc!r}")
-    if world_size <= 1:
-        return
-    if cfg.server:
-        raise ConfigError(f"--server {cfg.server} simulates its asynchronous workers inside one process and "
-                          f"cannot run in a {world_size}-process job; run it without torchrun/--nproc")
-    if cfg.batch_size is not None:
+    if world_size > 1 and cfg.batch_size is not None:
         check_global_batch(cfg.batch_size, world_size)
-    if cfg.smoothout is not None and not cfg.denoise:
-        raise ConfigError(f"--no-denoise with --smoothout leaves each process's own noise in its weights, so the "
-                          f"{world_size} model copies would drift apart; keep --denoise or run one process")
 
 
 def check_global_batch(batch_size: int, world_size: int) -> None:
@@ -89,12 +83,15 @@ def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
             "-m", "basinlab", "train", *argv]
 
 
-def relaunch_with_torchrun(args, build_config) -> int:
-    """Check the options here (bad input: exit 2 before any process starts), then run torchrun."""
+def relaunch_with_torchrun(args, checked_config) -> int:
+    """Check the options here (bad input: exit 2 before any process starts), then run torchrun.
+
+    `checked_config(args, world_size)` builds the config and runs the methods' checks for that many processes.
+    """
     nproc = args.nproc
     argv = argv_from_args(args)
     without = type(args)(**{k: v for k, v in vars(args).items() if k != "nproc"})
-    check_options(build_config(without), nproc)
+    check_options(checked_config(without, nproc), nproc)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(threads_per_process(nproc)))  # torchrun would force 1
     return run_forwarding_signals(torchrun_command(nproc, argv), env)

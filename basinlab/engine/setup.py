@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..config import TrainConfig
-from ..errors import ConfigError
-from ..optim import Regime, one_phase_regime, regime_from_model_config
+from basinlab.config import TrainConfig
+from basinlab.errors import ConfigError
+from basinlab.optim import Regime, one_phase_regime, regime_from_model_config
 
 REGIME_KEYS = ("regime", "data_regime")
 
@@ -39,7 +39,7 @@ def prefers_channels_last(model: nn.Module, device: torch.device) -> bool:
     """
     if device.type not in ("cpu", "cuda") or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
         return False
-    from ..nn.online_norm import OnlineNorm2d
+    from basinlab.nn.online_norm import OnlineNorm2d
     return device.type == "cuda" or not any(isinstance(m, OnlineNorm2d) for m in model.modules())
 
 

@@ -1,18 +1,24 @@
 """Step strategies: how one batch becomes one optimizer update.
 
-The trainer owns the loop; a strategy owns the update. Plain SGD is below; SmoothOut, SAM and the
-asynchronous parameter server are other strategies built from the same trainer helpers:
+The trainer owns the loop; a strategy owns the update. Plain SGD (with optional gradient accumulation
+over micro-batches) is below; SmoothOut, SAM and the asynchronous parameter server are other
+strategies built from the same trainer helpers:
 
     loss, logits = trainer.forward(x, y)       # autocast, criterion
     trainer.check_loss(loss)                   # NaN/inf policy: raise, or False to skip the batch
     trainer.backward(loss)                     # grad scaling under fp16
-    trainer.optimizer_step()                   # unscale, clip, step, zero grads
+    trainer.optimizer_step()                   # unscale, clip, callbacks' on_before_optimizer_step, step
+
+`accumulate_gradient` runs the first three over the chunks of a batch.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
+
+from basinlab.errors import ConfigError
 
 
 @dataclass
@@ -45,17 +51,78 @@ class StepStrategy:
 
 
 class PlainStep(StepStrategy):
-    """Forward, backward, step: ordinary (mini-batch) SGD with whatever optimizer the regime names."""
+    """Forward, backward, step: ordinary (mini-batch) SGD with whatever optimizer the regime names.
+
+    With `ghost_batch` M the batch gradient is accumulated over chunks of M samples (gradient
+    accumulation; each chunk is normalised on its own: ghost batch norm) before the one step.
+    """
 
     name = "plain"
+    around_chunk = None  # subclasses: a context manager factory entered around each chunk (SmoothOut)
+
+    def __init__(self, ghost_batch: int | None = None):
+        self.ghost_batch = ghost_batch
+        if ghost_batch is not None:
+            self.name = "ghost-batch"
+
+    def setup(self, trainer) -> None:
+        if self.ghost_batch is not None:
+            batch = trainer.train_loader.batch_size
+            check_ghost_batch(self.ghost_batch, batch)
+            trainer.log.info(f"step {self.name}: {describe_chunks(self.ghost_batch, batch)}")
 
     def train_step(self, trainer, x, y):
-        loss, logits = trainer.forward(x, y)
-        if not trainer.check_loss(loss):
-            return StepResult(loss.detach(), None, skipped=True)
-        trainer.backward(loss)
+        loss, logits = accumulate_gradient(trainer, x, y, self.ghost_batch, self.around_chunk)
+        if logits is None:
+            return StepResult(loss, None, skipped=True)
         trainer.optimizer_step()
-        return StepResult(loss.detach(), logits.detach())
+        return StepResult(loss, logits)
 
 
 STRATEGIES: dict[str, type[StepStrategy]] = {"plain": PlainStep}
+
+
+# ---------------------------------------------------------------------------------------------- accumulation
+def _gradient_sync(trainer, last: bool):
+    # Under DistributedDataParallel only the last chunk's backward all-reduces.
+    no_sync = getattr(trainer.train_model, "no_sync", None)
+    return no_sync() if no_sync is not None and not last else contextlib.nullcontext()
+
+
+def accumulate_gradient(trainer, x, y, chunk: int | None, around_chunk=None):
+    """Forward/backward of `x` in chunks of `chunk` samples (the last may be shorter) into .grad.
+
+    Each chunk's loss is weighted by its share of the batch, so the accumulated gradient is the
+    batch mean. `around_chunk()` (optional) gives a context manager entered around each chunk's
+    forward and backward (SmoothOut adds and removes its noise there). Returns (mean loss, logits)
+    of the batch, or (the non-finite loss, None) after zeroing the gradients when the batch is skipped.
+    """
+    size = chunk or x.shape[0]
+    pieces = list(zip(x.split(size), y.split(size)))
+    losses, outputs = [], []
+    for index, (xc, yc) in enumerate(pieces):
+        weight = xc.shape[0] / x.shape[0]
+        with _gradient_sync(trainer, last=index == len(pieces) - 1), \
+                (around_chunk() if around_chunk else contextlib.nullcontext()):
+            loss, logits = trainer.forward(xc, yc)
+            finite = trainer.check_loss(loss)
+            if finite:
+                trainer.backward(loss * weight if weight != 1.0 else loss)
+        if not finite:
+            trainer.optimizer.zero_grad(set_to_none=True)
+            return loss.detach(), None
+        if len(pieces) == 1:  # the common case: no copies
+            return loss.detach(), logits.detach()
+        losses.append(loss.detach() * weight)
+        outputs.append(logits.detach())
+    return torch.stack(losses).sum(), torch.cat(outputs)
+
+
+def check_ghost_batch(ghost_batch: int | None, batch: int) -> None:
+    if ghost_batch is not None and ghost_batch > batch:
+        raise ConfigError(f"--ghost-batch {ghost_batch} is larger than the batch size {batch}; allowed: 1 to {batch}")
+
+
+def describe_chunks(ghost_batch: int | None, batch: int) -> str:
+    chunk = ghost_batch or batch
+    return f"gradient over chunks of {chunk} samples ({-(-batch // chunk)} per batch of {batch})"

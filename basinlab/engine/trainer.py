@@ -14,17 +14,17 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .. import data as data_lib
-from ..config import TrainConfig
-from ..errors import ConfigError, NonFiniteLossError
-from ..models import create_model
-from ..optim import DataRegime, optimizer_name_of
-from .checkpoint import load_checkpoint, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .distributed import DataParallel
-from .evaluate import Meter, evaluate
-from .run import RunFolder, default_run_name
-from .setup import build_regime, make_criterion, prefers_channels_last, split_model_config
-from .steps import STRATEGIES, StepStrategy
+import basinlab.data as data_lib
+from basinlab.config import TrainConfig
+from basinlab.errors import ConfigError, NonFiniteLossError
+from basinlab.models import create_model
+from basinlab.optim import DataRegime, optimizer_name_of
+from basinlab.engine.checkpoint import load_checkpoint, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state
+from basinlab.engine.distributed import DataParallel
+from basinlab.engine.evaluate import Meter, evaluate
+from basinlab.records.run_folder import RunFolder, default_run_name
+from basinlab.engine.setup import build_regime, make_criterion, prefers_channels_last, split_model_config
+from basinlab.engine.steps import STRATEGIES, StepStrategy
 
 
 class TrainingInterrupted(Exception):
@@ -41,6 +41,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, *, callbacks=(), strategy: StepStrategy | None = None):
         self.cfg = cfg
         self.callbacks = list(callbacks)
+        _check_state_keys(self.callbacks)
         self.strategy = strategy
         self.stop_signal: int | None = None
         self.should_stop = False     # a callback sets it (on_epoch_end, on_fit_start) to end fit()
@@ -153,13 +154,22 @@ class Trainer:
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
-    def optimizer_step(self) -> None:
+    def optimizer_step(self, step=None) -> None:
+        """One update from the gradients in .grad: unscale (fp16), clip, callbacks, step, zero grads.
+
+        `step` replaces `optimizer.step()` for a strategy with its own update rule (msgd's shifted
+        momentum); everything around it (clipping, the callbacks' seam, the step count) stays here.
+        """
         if self.scaler:
-            self.scaler.unscale_(self.optimizer)
+            self.scaler.unscale_(self.optimizer)  # clipping and callbacks see true gradients
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        if self.scaler:
-            self.scaler.step(self.optimizer)
+        for cb in self.callbacks:
+            cb.on_before_optimizer_step(self, self.optimizer)
+        if step is not None:
+            step()
+        elif self.scaler:
+            self.scaler.step(self.optimizer)  # skips the step when the fp16 gradients overflowed
             self.scaler.update()
         else:
             self.optimizer.step()
@@ -272,7 +282,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "optimizer_name": optimizer_name_of(self.optimizer),
             "strategy": self.strategy.state_dict(),
-            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
             "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "global_step": self.global_step,
             "batch_size": self.train_loader.batch_size,
             "meter": self.meter.state_dict() if self.batch_in_epoch else None,
@@ -292,8 +302,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self._apply_regime()  # param groups follow the regime, not the stored values
         self.strategy.load_state_dict(state["strategy"])
-        for cb, cb_state in zip(self.callbacks, state["callbacks"]):
-            cb.load_state_dict(cb_state)
+        self._load_callback_states(state["callbacks"])
         self.best, self.nonfinite_skipped = state["best"], state["nonfinite_skipped"]
         if state["meter"] is not None:
             self.meter = Meter(self.device)
@@ -306,6 +315,23 @@ class Trainer:
         self.run.resume_records(self.epoch)
         where = f"epoch {self.epoch + 1}, step {self.batch_in_epoch}" if self.batch_in_epoch else f"the start of epoch {self.epoch + 1}"
         self.run.log.info(f"resumed from {self.cfg.resume} at {where} (global step {self.global_step})")
+
+    def _load_callback_states(self, stored) -> None:
+        """Give each callback the state stored under its state_key; say which could not be placed."""
+        if isinstance(stored, list):  # checkpoints before state keys: by position, when the list fits
+            if len(stored) != len(self.callbacks):
+                self.log.info(f"note: the checkpoint holds {len(stored)} callback states by position and this run "
+                              f"has {len(self.callbacks)} callbacks; every callback starts fresh")
+                return
+            stored = {cb.state_key: s for cb, s in zip(self.callbacks, stored)}
+        for cb in self.callbacks:
+            if cb.state_key in stored:
+                cb.load_state_dict(stored[cb.state_key])
+            else:
+                self.log.info(f"note: no stored state for callback {cb.state_key}; it starts fresh")
+        unplaced = sorted(set(stored) - {cb.state_key for cb in self.callbacks})
+        if unplaced:
+            self.log.info(f"note: the checkpoint holds state of callbacks this run does not have: {', '.join(unplaced)}")
 
     def save_checkpoint(self, best: bool = False) -> None:
         if not self.run.is_main:
@@ -332,3 +358,12 @@ class Trainer:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+
+def _check_state_keys(callbacks) -> None:
+    seen = set()
+    for cb in callbacks:
+        if cb.state_key in seen:
+            raise ConfigError(f"two callbacks share the state key {cb.state_key!r}; give each a distinct "
+                              f"`key` attribute so a checkpoint can tell their states apart")
+        seen.add(cb.state_key)

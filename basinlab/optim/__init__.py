@@ -1,6 +1,6 @@
 """Optimizers by name, optimisation regimes (settings by training position) and lr schedules."""
 
-from .factory import (
+from basinlab.optim.factory import (
     OptimizerSpec,
     all_param_group_keys,
     create_optimizer,
@@ -10,7 +10,7 @@ from .factory import (
     optimizer_spec,
     register_optimizer,
 )
-from .regime import (
+from basinlab.optim.regime import (
     DATA_REGIME_KEYS,
     REGIME_CONFIG_KEYS,
     DataRegime,
@@ -21,8 +21,8 @@ from .regime import (
     pop_regime_config,
     regime_from_model_config,
 )
-from .schedules import Schedule, make_schedule, register_schedule, schedule_names
-from . import adas  # noqa: F401,E402  (registers the AdaS optimizer)
+from basinlab.optim.schedules import Schedule, make_schedule, register_schedule, schedule_names
+from basinlab.optim import adas  # noqa: F401,E402  (registers the AdaS optimizer)
 
 __all__ = [
     "OptimizerSpec",

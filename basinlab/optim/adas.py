@@ -2,7 +2,7 @@
 per-layer learning rate follows the layer's knowledge-gain slope.
 
 For conv layer k after epoch t, with ``Gbar(t, k) = (S_in + S_out) / 2`` (knowledge gains of the
-layer's mode-3 and mode-4 unfoldings, :mod:`basinlab.lowrank`):
+layer's mode-3 and mode-4 unfoldings, :mod:`basinlab.metrics.lowrank`):
 
 - first epoch end: ``R(k) = beta * 0 + zeta * lr0`` (the reference seeds the "velocity" with the
   initial lr, so with ``zeta = 1`` epoch 1 runs at ``lr0`` again);
@@ -108,7 +108,7 @@ class AdaS(torch.optim.SGD):
 
         - None or an ``nn.Module``: the metrics are computed here from the optimizer's own conv
           weights (batched SVDs; the module is not needed, it is accepted for convenience);
-        - a DataFrame from :func:`basinlab.lowrank.model_metrics` (its conv rows, in order, must
+        - a DataFrame from :func:`basinlab.metrics.lowrank.model_metrics` (its conv rows, in order, must
           be this optimizer's conv weights: same count and, when it has a ``shape`` column, same
           shapes). Pass it when the engine computes the metrics anyway, to avoid doing the SVDs
           twice; the S values then use the DataFrame's ``p``;
@@ -143,7 +143,7 @@ class AdaS(torch.optim.SGD):
     def _gbar(self, metrics, groups) -> np.ndarray:
         n = len(groups)
         if metrics is None or isinstance(metrics, nn.Module):
-            from basinlab.lowrank import unfoldings, _as_matrix, _fits, _fit_metrics
+            from basinlab.metrics.lowrank import unfoldings, _as_matrix, _fits, _fit_metrics
 
             mats, ns, ps = [], [], []
             with torch.no_grad():

@@ -31,7 +31,7 @@ import torch
 
 from basinlab.errors import ConfigError
 
-from .factory import (
+from basinlab.optim.factory import (
     all_param_group_keys,
     apply_group_settings,
     check_settings,
@@ -39,7 +39,7 @@ from .factory import (
     optimizer_name_of,
     optimizer_spec,
 )
-from .schedules import LR_PARAMS, Schedule, make_schedule
+from basinlab.optim.schedules import LR_PARAMS, Schedule, make_schedule
 
 __all__ = [
     "Regime",

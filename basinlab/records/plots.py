@@ -9,7 +9,7 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..engine.checkpoint import atomic_write  # noqa: E402
+from basinlab.utils.io import atomic_write  # noqa: E402
 
 PANELS = (("loss", "loss", ("train_loss", "val_loss")),
           ("error", "top-1 error (%)", ("train_acc1", "val_acc1")),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..engine.checkpoint import atomic_write_text
+from basinlab.utils.io import atomic_write_text
 
 FIRST_COLUMNS = ["epoch", "lr", "train_loss", "train_acc1", "train_acc5", "val_loss", "val_acc1", "val_acc5",
                  "epoch_time_s", "train_images_per_s"]

@@ -3,7 +3,7 @@
 - :func:`autohyper_search`: autoHyper's initial-lr search (grid refinement on the response Z);
 - :func:`autohyper_search_lr_wd`: its joint (lr, weight decay) trust-region form;
 - :func:`response_Z`: a trial's response from its per-epoch zero-knowledge-gain fractions
-  (:func:`basinlab.lowrank.knowledge_gain_zero_fraction`);
+  (:func:`basinlab.metrics.lowrank.knowledge_gain_zero_fraction`);
 - :func:`lr_range_test` / :func:`plot_lr_range`: Smith's LR range test with the steepest, valley
   and min/10 suggestions; model, optimizer and RNG states are restored afterwards.
 
@@ -13,7 +13,7 @@ On the engine (imported on demand, they pull in the trainer):
 - :mod:`basinlab.tuning.autohyper`: ``run_autohyper`` (``basinlab autohyper train``), with the seed's
   YAML read by :mod:`basinlab.tuning.seed_config`;
 - :mod:`basinlab.tuning.lr_range_run`: ``run_lr_range`` (``basinlab lr-range``);
-- :mod:`basinlab.tuning.schedules`: the ``cosine_restarts`` and ``one_cycle`` regime schedules.
+- the ``cosine_restarts`` and ``one_cycle`` regime schedules the seed names live in :mod:`basinlab.optim.schedules`.
 """
 
 from basinlab.tuning.lr_range import (

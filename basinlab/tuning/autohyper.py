@@ -34,7 +34,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from basinlab.engine.checkpoint import atomic_write_text
+from basinlab.config import from_mapping, validated_config
+from basinlab.engine.checkpoint import resume_values
+from basinlab.engine.trainer import Trainer
+from basinlab.records.run_folder import load_run
+from basinlab.tuning.method import LowRankEpochEnd
+from basinlab.utils.io import atomic_write_text
 from basinlab.errors import ConfigError, NonFiniteLossError
 from basinlab.tuning.callbacks import SaveEvery, TrainLossEarlyStop
 from basinlab.tuning.search import autohyper_search, autohyper_search_lr_wd, response_Z
@@ -125,7 +130,6 @@ class AutoHyper:
 
     # ------------------------------------------------------------------------------------ one training
     def _train(self, folder: Path, options: dict, callbacks=()) -> Outcome:
-        import basinlab
         done = folder / DONE_FILE
         options = {**options, "results_dir": str(folder.parent), "save": folder.name, "device": self.device,
                    "datasets_dir": self.datasets_dir, "quiet": True}
@@ -133,19 +137,19 @@ class AutoHyper:
             _check_same_config(folder, options)
         if done.is_file():
             status = json.loads(done.read_text())["status"]
-            return Outcome(folder, status, basinlab.load_run(folder).history, reused=True)
+            return Outcome(folder, status, load_run(folder).history, reused=True)
         if (folder / "last.pt").is_file():
             options["resume"] = str(folder)
         else:
             options["overwrite"] = True
         try:
-            basinlab.train(callbacks=list(callbacks), **options)
+            train_trial(options, callbacks)
             stopped = any(getattr(cb, "stopped_at", None) is not None for cb in callbacks)
             status = "early-stopped" if stopped else "complete"
         except NonFiniteLossError:
             status = "diverged"
         atomic_write_text(done, json.dumps({"status": status}))
-        return Outcome(folder, status, basinlab.load_run(folder).history)
+        return Outcome(folder, status, load_run(folder).history)
 
     # ------------------------------------------------------------------------------------ records
     def _summary_row(self, entry, lr: float, wd: float | None, k: int, outcome: Outcome) -> dict:
@@ -236,12 +240,25 @@ def _wd_text(wd: float | None) -> str:
     return "" if wd is None else f" wd={fmt_lr(wd)}"
 
 
+def train_trial(options: dict, callbacks=()) -> None:
+    """One training of the search or of the final runs, through the engine.
+
+    The options are the fixed set a Plan writes (model, data, regime, epochs...), so no method's step
+    strategy is involved; the low-rank callback gives the response Z and drives AdaS.
+    """
+    cfg = _config(options)
+    Trainer(cfg, callbacks=[LowRankEpochEnd(log=cfg.log_lowrank), *callbacks]).fit()
+
+
+def _config(options: dict):
+    resume = options.get("resume")
+    return validated_config(resume_values(options) if resume else from_mapping(options, where="autoHyper options"))
+
+
 def _check_same_config(folder: Path, options: dict) -> None:
     """ConfigError when the run folder was made with other training options than these."""
-    from basinlab.config import make_config
-    from basinlab.runs import load_run
     stored = load_run(folder).config.to_dict()
-    wanted = make_config({}, **options).to_dict()
+    wanted = _config({k: v for k, v in options.items() if k != "resume"}).to_dict()
     changed = sorted(k for k in wanted if k not in _RUN_CONTROL and stored.get(k) != wanted[k])
     if changed:
         raise ConfigError(f"{folder} was trained with other options ({', '.join(changed)} differ); "

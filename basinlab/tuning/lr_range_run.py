@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 
 from basinlab.config import TrainConfig
-from basinlab.engine.checkpoint import atomic_write_text
-from basinlab.tuning import schedules  # noqa: F401  (regimes may name cosine_restarts / one_cycle)
+from basinlab.utils.io import atomic_write_text
 from basinlab.tuning.lr_range import LRRangeResult, lr_range_test, plot_lr_range
 
 

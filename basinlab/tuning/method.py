@@ -3,7 +3,7 @@
 :class:`LowRankEpochEnd` runs at every epoch end of every run (it is a no-op unless the run logs
 low-rank metrics or trains with AdaS):
 
-- it computes the low-rank metrics of every conv layer once (:func:`basinlab.lowrank.model_metrics`);
+- it computes the low-rank metrics of every conv layer once (:func:`basinlab.metrics.lowrank.model_metrics`);
 - with ``--log-lowrank`` it rewrites ``<run>/lowrank.csv`` (one row per epoch and conv layer: the
   metrics and the lr the layer trained with) and adds their means to results.csv
   (``lowrank_S_in_mean``, ``lowrank_S_out_mean``, ``lowrank_rank_in_mean``, ``lowrank_rank_out_mean``,
@@ -24,16 +24,18 @@ import numpy as np
 import pandas as pd
 
 from basinlab.engine.callbacks import Callback
-from basinlab.engine.checkpoint import atomic_write_text
-from basinlab.lowrank import knowledge_gain_zero_fraction, metric_layers, model_metrics
+from basinlab.utils.io import atomic_write_text
+from basinlab.metrics.lowrank import knowledge_gain_zero_fraction, metric_layers, model_metrics
 from basinlab.optim.adas import AdaS
-from basinlab.tuning import schedules  # noqa: F401  (registers cosine_restarts and one_cycle)
 
 LOWRANK_FILE = "lowrank.csv"
 MEAN_COLUMNS = ("S_in", "S_out", "rank_in", "rank_out", "cond_in", "cond_out")
 
 
-def configure(cfg):
+METHOD_NAME = "--log-lowrank (low-rank metrics)"
+
+
+def configure(cfg, world_size: int = 1):
     """(no step strategy, [the epoch-end callback]) for every run."""
     return None, [LowRankEpochEnd(log=bool(cfg.log_lowrank))]
 

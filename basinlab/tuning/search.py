@@ -3,7 +3,7 @@ deterministic state machines, independent of training.
 
 The caller supplies ``trial(lr) -> Z`` (or ``trial(lr, wd) -> Z``): train a freshly initialised
 network for a few epochs (autoHyper: 5) at that setting and return :func:`response_Z` of the
-per-epoch zero-knowledge-gain fractions (``basinlab.lowrank.knowledge_gain_zero_fraction``).
+per-epoch zero-knowledge-gain fractions (``basinlab.metrics.lowrank.knowledge_gain_zero_fraction``).
 ``Z = 1`` means no conv layer has learned anything (lr too small), ``Z -> 0`` as lr grows. The
 search itself draws no random numbers; seeding trials is the caller's business (a trial seeded
 from its lr makes the whole search reproducible).

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError
-from ..nn.norms import is_norm_module
+from basinlab.errors import ConfigError
+from basinlab.nn.norms import is_norm_module
 
 NOISE_TYPES = ("uniform", "normal")
 EVALUATION_FLAGS = ("--noise", "--noise-type", "--noise-adapt")
@@ -191,7 +191,7 @@ def evaluate_under_noise(model: nn.Module, loader, criterion, noise: NoiseModel,
     (`loss_std`, ... : sample standard deviation, 0 for one draw), `count`, `samples` and the
     per-draw results (`draws`). Strength 0 touches no weight: the result equals plain evaluation.
     """
-    from .evaluate import evaluate
+    from basinlab.engine.evaluate import evaluate
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ConfigError(f"--noise-samples must be an integer >= 1, got {samples!r}")
     params = perturbed_parameters(model, include_norm)

@@ -45,7 +45,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError
+from basinlab.errors import ConfigError
 
 __all__ = [
     "StabilityInputError",

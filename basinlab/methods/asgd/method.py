@@ -1,9 +1,12 @@
 """`configure(cfg)`: the parameter-server step strategy for --server, and the checks of its options."""
 from __future__ import annotations
 
-from ..errors import ConfigError
-from .schedule import SCHEDULES
-from .server import ParameterServerStep, resolve_delay
+from basinlab.errors import ConfigError
+from basinlab.methods.asgd.schedule import SCHEDULES
+from basinlab.methods.asgd.server import ParameterServerStep, resolve_delay
+
+
+METHOD_NAME = "--server (asynchronous SGD)"
 
 
 def _refuse_without_server(cfg) -> None:
@@ -22,10 +25,13 @@ def _refuse_without_server(cfg) -> None:
                           f"single-worker SGD)")
 
 
-def configure(cfg):
+def configure(cfg, world_size: int = 1):
     if cfg.server is None:
         _refuse_without_server(cfg)
         return None, []
+    if world_size > 1:
+        raise ConfigError(f"--server {cfg.server} simulates its asynchronous workers inside one process and "
+                          f"cannot run in a {world_size}-process job; run it without torchrun/--nproc")
     if cfg.schedule not in SCHEDULES:
         raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}; got {cfg.schedule!r}")
     resolve_delay(cfg.server, cfg.workers, cfg.delay)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from ..errors import ConfigError
+from basinlab.errors import ConfigError
 
 DEFAULT_INTERPOLATION = "-1:0.1:2.01"   # Keskar et al.: from 1 beyond A to 1 beyond B, 31 points
 DEFAULT_DIRECTIONS = "-1:0.05:1.01"     # Li et al.: [-1, 1] around the model, 41 points
@@ -71,7 +71,7 @@ def _add_sharpness(sub) -> None:
 
 def _add_landscape(sub) -> None:
     land = sub.add_parser("landscape", help="loss-landscape views: interpolation between two models, random directions")
-    from ..cli import ArgumentParser  # usage errors as one-line ConfigErrors, like every basinlab command
+    from basinlab.cli.options import ArgumentParser  # usage errors as one-line ConfigErrors, like every basinlab command
     views = land.add_subparsers(dest="view", required=True, parser_class=ArgumentParser)
     interp = views.add_parser("interpolate", help="loss and accuracy along (1-alpha) A + alpha B")
     interp.add_argument("checkpoint_a", help="model A (alpha = 0): checkpoint file or run folder")
@@ -93,8 +93,8 @@ def _add_landscape(sub) -> None:
 
 
 def cmd_sharpness(args) -> int:
-    from .measure import MeasureOptions, measure_checkpoint, parse_measures
-    from .data import check_count
+    from basinlab.analysis.measure import MeasureOptions, measure_checkpoint, parse_measures
+    from basinlab.analysis.data import check_count
     for name in ("top_k", "max_iter", "iterations", "n_vectors", "keskar_iter", "subspace_dim"):
         check_count(getattr(args, name), "--" + name.replace("_", "-"))
     if args.seed < 0:
@@ -109,7 +109,7 @@ def cmd_sharpness(args) -> int:
 
 
 def _common(args) -> dict:
-    from .data import check_count
+    from basinlab.analysis.data import check_count
     check_count(args.batch_size, "--batch-size")
     check_count(args.bn_batches, "--bn-batches")
     return dict(splits=args.split, limit=args.limit, batch_size=args.batch_size, bn_recalibrate=args.bn_recalibrate,
@@ -118,8 +118,8 @@ def _common(args) -> dict:
 
 
 def cmd_interpolate(args) -> int:
-    from .landscape import parse_range
-    from .views import interpolate_checkpoints
+    from basinlab.analysis.landscape import parse_range
+    from basinlab.analysis.views import interpolate_checkpoints
     alphas = parse_range(args.alpha, "--alpha")
     frame, csv, png = interpolate_checkpoints(args.checkpoint_a, args.checkpoint_b, alphas, **_common(args))
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -128,9 +128,9 @@ def cmd_interpolate(args) -> int:
 
 
 def cmd_directions(args) -> int:
-    from .data import check_count
-    from .landscape import parse_range
-    from .views import random_directions
+    from basinlab.analysis.data import check_count
+    from basinlab.analysis.landscape import parse_range
+    from basinlab.analysis.views import random_directions
     alphas = parse_range(args.alpha, "--alpha")
     betas = parse_range(args.beta, "--beta") if args.beta is not None else None
     check_count(args.points_per_pass, "--points-per-pass")

@@ -80,7 +80,7 @@ def _output_folder(args, root: Path) -> Path:
 
 # ---------------------------------------------------------------------------------------------- lr-range
 def _add_lr_range(sub) -> None:
-    from basinlab.cli import add_config_options
+    from basinlab.cli.options import add_config_options
     lr_range = sub.add_parser("lr-range", help="LR range test (Smith) on the model, data and optimizer of a train config")
     lr_range.add_argument("--config", help="YAML file of train options")
     add_config_options(lr_range)
@@ -95,7 +95,7 @@ def _add_lr_range(sub) -> None:
 
 
 def cmd_lr_range(args) -> int:
-    from basinlab.cli import build_train_config
+    from basinlab.cli.options import build_train_config
     from basinlab.tuning.lr_range_run import run_lr_range
     if getattr(args, "resume", None):
         raise ConfigError("lr-range starts from a fresh model; --resume is not allowed here")

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from .flat_chunks import accumulate_gradient, check_ghost_batch, describe_chunks, scale_regime_lr
-from .steps import StepResult, StepStrategy
+from basinlab.engine.steps import StepResult, StepStrategy, accumulate_gradient, check_ghost_batch, describe_chunks
+from basinlab.methods.flat.chunks import scale_regime_lr
 
 
 def global_norm(tensors) -> torch.Tensor:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ConfigError
-from .stability import KINDS, adjusted_lr, stability_table
+from basinlab.errors import ConfigError
+from basinlab.methods.asgd.stability import KINDS, adjusted_lr, stability_table
 
 DEFAULT_DELAYS = [0, 1, 4, 16, 32]
 DEFAULT_MOMENTA = [0.0, 0.5, 0.9, 0.99]

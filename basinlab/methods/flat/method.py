@@ -2,25 +2,27 @@
 
 `configure(cfg)` turns the options of the "flat minima" section of TrainConfig into a step strategy:
 
-    --ghost-batch M [--lr-scale-batch sqrt|linear]     GhostBatchStep (gradient over chunks of M)
+    --ghost-batch M                                    (the engine's PlainStep accumulates over chunks of M)
+    --ghost-batch M --lr-scale-batch sqrt|linear       GhostBatchStep (the same, with the regime's lr scaled)
     --smoothout A [--smoothout-noise/-adapt/-schedule/-include-bn, --no-denoise, --ghost-batch M]
                                                        GhostBatchStep with weight noise
     --sam RHO | --asam RHO [--asam-eta, --ghost-batch M]
                                                        SharpnessAwareStep (both passes over the chunks)
 
-The strategies live in flat_smoothout.py and flat_sam.py (chunking in flat_chunks.py); the noise
-models in noise.py.
+The strategies live in smoothout.py and sam.py (the lr rule in chunks.py); the noise models in noise.py.
 """
 from __future__ import annotations
 
 import math
 
-from ..config import FIELDS, TrainConfig
-from ..errors import ConfigError
-from .flat_sam import SharpnessAwareStep, asam_perturbation, sam_perturbation
-from .flat_chunks import LR_SCALINGS, lr_scale_factor
-from .flat_smoothout import SCHEDULES, GhostBatchStep, strength_coefficient
-from .noise import NoiseModel
+from basinlab.config import FIELDS, TrainConfig
+from basinlab.errors import ConfigError
+from basinlab.methods.flat.sam import SharpnessAwareStep, asam_perturbation, sam_perturbation
+from basinlab.methods.flat.chunks import LR_SCALINGS, lr_scale_factor
+from basinlab.methods.flat.smoothout import SCHEDULES, GhostBatchStep, strength_coefficient
+from basinlab.methods.flat.noise import NoiseModel
+
+METHOD_NAME = "--smoothout/--sam/--asam (flat minima)"
 
 __all__ = ["configure", "GhostBatchStep", "SharpnessAwareStep", "sam_perturbation", "asam_perturbation",
            "strength_coefficient", "lr_scale_factor"]
@@ -72,9 +74,6 @@ def _positive_number(value, flag: str, allow_zero: bool = False) -> float:
 
 
 def _check_values(cfg: TrainConfig) -> None:
-    if cfg.ghost_batch is not None and (isinstance(cfg.ghost_batch, bool) or not isinstance(cfg.ghost_batch, int)
-                                        or cfg.ghost_batch <= 0):
-        raise ConfigError(f"--ghost-batch must be a positive integer (samples per chunk), got {cfg.ghost_batch!r}")
     if cfg.lr_scale_batch is not None and cfg.lr_scale_batch not in LR_SCALINGS:
         raise ConfigError(f"--lr-scale-batch must be one of {', '.join(LR_SCALINGS)}; got {cfg.lr_scale_batch!r}")
     if cfg.smoothout_schedule not in SCHEDULES:
@@ -85,13 +84,22 @@ def _check_values(cfg: TrainConfig) -> None:
     _positive_number(cfg.asam_eta, "--asam-eta", allow_zero=True)
 
 
-def configure(cfg: TrainConfig):
+def _check_processes(cfg: TrainConfig, world_size: int) -> None:
+    if world_size > 1 and cfg.smoothout is not None and not cfg.denoise:
+        raise ConfigError(f"--no-denoise with --smoothout leaves each process's own noise in its weights, so the "
+                          f"{world_size} model copies would drift apart; keep --denoise or run one process")
+
+
+def configure(cfg: TrainConfig, world_size: int = 1):
     """(step strategy or None, callbacks) for the flat-minima options of `cfg`."""
     _check_details(cfg)
-    if cfg.smoothout is None and cfg.ghost_batch is None and cfg.sam is None and cfg.asam is None:
-        return None, []
+    if cfg.smoothout is None and cfg.sam is None and cfg.asam is None and cfg.lr_scale_batch is None:
+        if cfg.ghost_batch is not None and cfg.server:
+            _check_combinations(cfg)
+        return None, []  # plain training; a --ghost-batch alone is the engine's gradient accumulation
     _check_combinations(cfg)
     _check_values(cfg)
+    _check_processes(cfg, world_size)
     if cfg.sam is not None or cfg.asam is not None:
         adaptive = cfg.asam is not None
         return SharpnessAwareStep(cfg.asam if adaptive else cfg.sam, adaptive=adaptive, eta=cfg.asam_eta,

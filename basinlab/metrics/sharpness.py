@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError
+from basinlab.errors import ConfigError
 
 __all__ = [
     "SharpnessInputError",
@@ -626,7 +626,7 @@ def _eig_power(op: _HessianOperator, k, max_iter, tol, gen, which, return_vector
 def lambda_max(model: nn.Module, criterion: Callable, batches, *, max_iter: int = 100, tol: float = 1e-4,
                seed: int = 0, method: str = "lanczos", params=None) -> float:
     """The largest (algebraic) Hessian eigenvalue, e.g. for comparing ``eta * lambda_max`` with
-    :func:`basinlab.asgd.stability_threshold`."""
+    :func:`basinlab.methods.asgd.stability_threshold`."""
     res = hessian_eigenvalues(model, criterion, batches, top_k=1, max_iter=max_iter, tol=tol, seed=seed,
                               method=method, params=params, return_vectors=False)
     return float(res.values[0])

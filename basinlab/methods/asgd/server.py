@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..engine.steps import StepResult, StepStrategy
-from ..errors import ConfigError
-from .schedule import make_scheduler
-from .snapshots import FlatLayout, SnapshotPool, copy_all
-from .stability import adjusted_lr, closed_form_threshold
+from basinlab.engine.steps import StepResult, StepStrategy
+from basinlab.errors import ConfigError
+from basinlab.methods.asgd.schedule import make_scheduler
+from basinlab.methods.asgd.snapshots import FlatLayout, SnapshotPool, copy_all
+from basinlab.methods.asgd.stability import adjusted_lr, closed_form_threshold, stability_threshold
 
 MODES = ("ssgd", "asgd", "msgd")
 
@@ -328,7 +328,7 @@ class ParameterServerStep(StepStrategy):
         self._log_setup(trainer)
 
     def _check_msgd(self, trainer) -> None:
-        from ..optim import optimizer_name_of
+        from basinlab.optim import optimizer_name_of
         name = optimizer_name_of(trainer.optimizer)
         if name != "SGD":
             raise ConfigError(f"--server msgd applies shifted SGD momentum itself; the regime's optimizer is {name}: "
@@ -379,11 +379,21 @@ class ParameterServerStep(StepStrategy):
 
     def _msgd_update(self, trainer, worker: int) -> None:
         """The trainer's optimizer_step with the shifted momentum update in place of optimizer.step()."""
-        if trainer.cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.cfg.grad_clip)
-        self.server.shifted_momentum_step(worker, trainer.optimizer.param_groups)
-        trainer.optimizer.zero_grad(set_to_none=True)
-        trainer.global_step += 1
+        trainer.optimizer_step(step=lambda: self.server.shifted_momentum_step(worker, trainer.optimizer.param_groups))
+
+    def stability_threshold(self, optimizer) -> float:
+        """Linear stability threshold on lr * lambda_max for this run's delay and momentum (NaN: none).
+
+        Delay: 0 for ssgd, else the server's; the momentum is per worker (delayed) for msgd, hence the
+        'shifted' polynomial. The sharpness monitor reports it beside lr * lambda_max.
+        """
+        delay = 0 if self.mode == "ssgd" else self.delay
+        momentum = float(optimizer.param_groups[0].get("momentum", 0.0) or 0.0)
+        kind = "shifted" if self.mode == "msgd" else "standard"
+        try:
+            return stability_threshold(delay, momentum, kind)
+        except ConfigError:  # e.g. momentum >= 1: no linear stability region to report
+            return math.nan
 
     def epoch_metrics(self, trainer) -> dict:
         counts = self.server.take_delay_counts()

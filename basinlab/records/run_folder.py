@@ -18,10 +18,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from ..config import TrainConfig, config_to_yaml
-from ..errors import ConfigError
-from ..records import ResultsTable, TensorBoardLog
-from .checkpoint import atomic_write_text
+from basinlab.config import TrainConfig, config_to_yaml, load_yaml, validated_config
+from basinlab.errors import ConfigError
+from basinlab.records import ResultsTable, TensorBoardLog
+from basinlab.utils.io import atomic_write_text
 
 # Plots are redrawn after an epoch at most this often (and always when the run ends): drawing costs
 # ~0.7 s, which dominated short runs and searches of many small trials.
@@ -96,7 +96,7 @@ def environment_facts() -> dict:
     import numpy
     import torch
 
-    from .. import __version__
+    from basinlab._version import __version__
     facts = {"basinlab": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
              "numpy": str(numpy.__version__), "pandas": str(pd.__version__), "platform": platform.platform(),
              "cuda": torch.version.cuda, "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
@@ -189,7 +189,7 @@ class RunFolder:
 
     def draw_plots(self) -> None:
         """Redraw plots/*.png from results.csv (after an epoch, at most every PLOT_INTERVAL_S, and at the end)."""
-        from ..records.plots import plot_run  # matplotlib import deferred to the first plot
+        from basinlab.records.plots import plot_run  # matplotlib import deferred to the first plot
         if self.is_main and self.plots_due and self.results.rows:
             plot_run(self.results.frame(), self.path / "plots")
         self.plots_due, self.last_plot = False, time.monotonic()
@@ -205,3 +205,14 @@ class RunFolder:
         if not self.is_main and self.results.path.is_file():  # rank 0 wrote the rows (the trainer waited)
             history = pd.read_csv(self.results.path)
         return Run(self.path, trainer.cfg, history, trainer.model, dict(trainer.best))
+
+
+def load_run(path: str | Path) -> Run:
+    """The config, results.csv history and checkpoint paths of a run folder written by `basinlab train`."""
+    path = Path(path)
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(f"{path} is not a basinlab run folder (no config.yaml)")
+    cfg = validated_config(load_yaml(path / "config.yaml"))
+    results = path / "results.csv"
+    history = pd.read_csv(results) if results.is_file() and results.stat().st_size else pd.DataFrame()
+    return Run(path, cfg, history)

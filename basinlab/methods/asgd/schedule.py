@@ -17,8 +17,8 @@ import math
 
 import torch
 
-from ..data.loader import make_generator
-from ..errors import ConfigError
+from basinlab.data.loader import make_generator
+from basinlab.errors import ConfigError
 
 SCHEDULES = ("round_robin", "random", "normal")
 NORMAL_STD = 0.2          # compute-time spread relative to its mean

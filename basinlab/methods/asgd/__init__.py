@@ -1,6 +1,6 @@
 """Asynchronous SGD: a simulated parameter server and the stability theory of delayed gradients
 (see shared/specs/02-async-sgd.md)."""
-from .stability import (
+from basinlab.methods.asgd.stability import (
     KINDS,
     StabilityInputError,
     adjusted_lr,
@@ -12,8 +12,8 @@ from .stability import (
     stability_table,
     stability_threshold,
 )
-from .schedule import SCHEDULES, make_scheduler
-from .server import MODES, ParameterServer, ParameterServerStep, resolve_delay
+from basinlab.methods.asgd.schedule import SCHEDULES, make_scheduler
+from basinlab.methods.asgd.server import MODES, ParameterServer, ParameterServerStep, resolve_delay
 
 __all__ = [
     "KINDS",

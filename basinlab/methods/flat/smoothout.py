@@ -12,11 +12,11 @@ from __future__ import annotations
 import contextlib
 import math
 
-from ..data.loader import derive_seed
-from ..errors import ConfigError
-from .flat_chunks import accumulate_gradient, check_ghost_batch, describe_chunks, scale_regime_lr
-from .noise import NoiseModel, WeightNoise, noise_generator, perturbed_parameters
-from .steps import StepResult, StepStrategy
+from basinlab.data.loader import derive_seed
+from basinlab.errors import ConfigError
+from basinlab.engine.steps import PlainStep, check_ghost_batch, describe_chunks
+from basinlab.methods.flat.chunks import scale_regime_lr
+from basinlab.methods.flat.noise import NoiseModel, WeightNoise, noise_generator, perturbed_parameters
 
 SCHEDULES = ("constant", "anneal", "tanh")
 ANNEAL_INDEX = 0.55  # the reference's --anneal-index default
@@ -39,13 +39,15 @@ def strength_coefficient(schedule: str, step: int, total_steps: int) -> float:
     raise ConfigError(f"--smoothout-schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}")
 
 
-class GhostBatchStep(StepStrategy):
-    """Gradient accumulation over ghost batches, optionally with SmoothOut weight noise."""
+class GhostBatchStep(PlainStep):
+    """The engine's accumulation over ghost batches, with SmoothOut weight noise around each chunk
+    (and/or the --lr-scale-batch rule)."""
 
     def __init__(self, ghost_batch: int | None = None, noise: NoiseModel | None = None, *,
                  schedule: str = "constant", include_norm: bool = False, denoise: bool = True,
                  lr_scale: str | None = None, seed: int = 0):
-        self.ghost_batch, self.noise_model = ghost_batch, noise
+        super().__init__(ghost_batch)
+        self.noise_model = noise
         self.schedule, self.include_norm, self.denoise = schedule, include_norm, denoise
         self.lr_scale, self.seed = lr_scale, seed
         self.name = "ghost-batch" if noise is None else ("adasmoothout" if noise.adapt == "filter" else "smoothout")
@@ -81,12 +83,11 @@ class GhostBatchStep(StepStrategy):
     def train_step(self, trainer, x, y):
         if self.noise_model is not None:
             self.coef = strength_coefficient(self.schedule, trainer.global_step, self.total_steps)
-        loss, logits = accumulate_gradient(trainer, x, y, self.ghost_batch,
-                                           self._noisy if self.noise is not None else None)
-        if logits is None:
-            return StepResult(loss, None, skipped=True)
-        trainer.optimizer_step()
-        return StepResult(loss, logits)
+        return super().train_step(trainer, x, y)
+
+    @property
+    def around_chunk(self):
+        return self._noisy if self.noise is not None else None
 
     @contextlib.contextmanager
     def _noisy(self):

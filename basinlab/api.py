@@ -1,0 +1,74 @@
+"""The Python API: what `basinlab train`, `evaluate` and `export` do, callable from a script or notebook.
+
+    import basinlab
+    run = basinlab.train(model="resnet20", dataset="cifar10", epochs=5)
+    run.history        # one row per epoch (pandas)
+    basinlab.load_run(run.path).history
+
+Options are `basinlab train`'s long flags with underscores. This module is the only place that puts the
+pieces together: config (with presets and resume), the methods a config asks for, the engine.
+"""
+from __future__ import annotations
+
+from basinlab.config import TrainConfig, from_mapping, load_yaml, validated_config
+from basinlab.engine.checkpoint import resume_values
+from basinlab.engine.distributed import current_world_size
+from basinlab.engine.evaluate import evaluate
+from basinlab.engine.inspect import export_safetensors, model_from_checkpoint, prepare_evaluation
+from basinlab.engine.trainer import Trainer
+from basinlab.methods import build_method
+from basinlab.presets import get_preset
+from basinlab.records.run_folder import Run, load_run
+
+__all__ = ["train", "load_run", "make_config", "evaluate_checkpoint", "export_safetensors", "model_from_checkpoint"]
+
+
+def make_config(base: dict | None = None, **options) -> TrainConfig:
+    """A validated TrainConfig from a YAML/preset mapping plus options (later wins).
+
+    `preset` fills in the options it names (given options override it). With `resume`, the config
+    stored in the checkpoint is the base and only run controls (epochs, device, ...) may differ.
+    """
+    values: dict = {}
+    for layer in (base or {}), options:
+        values.update(from_mapping(layer, where="options"))
+    if values.get("resume"):
+        return validated_config(resume_values(values))
+    preset = values.get("preset")
+    if preset:
+        values = {**from_mapping(get_preset(preset), where=f"preset {preset}"), **values}
+    return validated_config(values)
+
+
+def train(config=None, *, callbacks=(), strategy=None, **options) -> Run:
+    """Train with the same options as `basinlab train` (keyword names = long flags with underscores).
+
+    `config` is a TrainConfig, a YAML file or None. `callbacks` run after the methods' own;
+    `strategy` replaces the step strategy the options would choose.
+    Returns a Run with `.path`, `.config`, `.history` (pandas DataFrame, one row per epoch) and `.model`.
+    """
+    if isinstance(config, TrainConfig):
+        cfg = config.replace(**options) if options else config
+    else:
+        cfg = make_config(load_yaml(config) if config is not None else {}, **options)
+    method_strategy, method_callbacks = build_method(cfg, current_world_size())
+    trainer = Trainer(cfg, strategy=strategy or method_strategy, callbacks=[*method_callbacks, *callbacks])
+    return trainer.fit()
+
+
+def evaluate_checkpoint(path, *, dataset=None, split="val", datasets_dir=None, batch_size=256, limit=None,
+                        device="auto", noise=None, noise_type="uniform", noise_adapt="none", noise_samples=1,
+                        noise_include_bn=False, seed=0) -> dict:
+    """Loss and top-1/top-5 of a checkpoint on a split (train data without augmentation).
+
+    With `noise` (strength A): under fresh weight noise per batch, mean and std over `noise_samples`
+    draws (basinlab.methods.flat.noise.evaluate_under_noise); without it, plain evaluation.
+    """
+    from basinlab.methods.flat.noise import EVALUATION_FLAGS, NoiseModel, evaluate_under_noise
+    noise_model = None if noise is None else NoiseModel(noise, noise_type, noise_adapt, flags=EVALUATION_FLAGS)
+    model, loader, criterion = prepare_evaluation(path, dataset=dataset, split=split, datasets_dir=datasets_dir,
+                                                  batch_size=batch_size, limit=limit, device=device)
+    if noise_model is None:
+        return evaluate(model, loader, criterion)
+    return evaluate_under_noise(model, loader, criterion, noise_model, samples=noise_samples, seed=seed,
+                                include_norm=noise_include_bn)

@@ -1,0 +1,50 @@
+"""The `basinlab` command: one module per group of subcommands, listed in COMMANDS.
+
+Exit statuses: 0 done, 2 bad input (one line on stderr), 3 non-finite loss, 128+N stopped by signal N.
+"""
+from __future__ import annotations
+
+import sys
+
+from basinlab.cli import analysis, asgd, runs, train, tuning
+from basinlab.cli.options import ArgumentParser
+from basinlab.errors import BasinlabError, NonFiniteLossError
+
+COMMANDS = (
+    train,      # train, list
+    runs,       # evaluate, plot, export
+    asgd,       # stability
+    analysis,   # sharpness, landscape
+    tuning,     # lr-range, autohyper
+)
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="basinlab", description="Train CNN image classifiers and study the minima they find.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    for module in COMMANDS:
+        module.add_commands(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except (BasinlabError, NonFiniteLossError) as exc:
+        if debug:
+            raise
+        print(f"basinlab: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - an interrupted run has its own exit status
+        code = getattr(exc, "exit_code", None)
+        if code is None or debug:
+            raise
+        print(f"basinlab: {exc}", file=sys.stderr)
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

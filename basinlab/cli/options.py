@@ -1,0 +1,64 @@
+"""The command line's shared pieces: an argparse that answers in one line, and the train options in groups."""
+from __future__ import annotations
+
+import argparse
+
+from basinlab.config import FIELDS, OPTION_GROUPS, TrainConfig, load_yaml
+from basinlab.errors import ConfigError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports usage errors as our one-line errors (exit 2)."""
+
+    def error(self, message):
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def _field_type(annotation):
+    """The Python type argparse should convert a field's value to."""
+    names = str(annotation)
+    for candidate, kind in (("bool", bool), ("int", int), ("float", float), ("list", list)):
+        if names.startswith(candidate) or names.startswith(f"{candidate} |"):
+            return kind
+    return str
+
+
+def _help(field) -> str:
+    text = field.metadata["help"]
+    if field.default is None or "default" in text:
+        return text
+    shown = ("on" if field.default else "off") if isinstance(field.default, bool) else field.default
+    return f"{text} (default: {shown})"
+
+
+def _add_field(parser, name: str, field) -> None:
+    long_flag = "--" + name.replace("_", "-")
+    flags = [long_flag, *field.metadata.get("flags", ())]
+    extra = dict(field.metadata.get("argparse", {}))
+    kind = _field_type(field.type)
+    if kind is bool:
+        extra["action"] = argparse.BooleanOptionalAction
+    elif kind is not list:
+        extra.setdefault("type", kind)
+    # defaults are suppressed so that only what the user typed is returned (it overrides files and presets)
+    parser.add_argument(*flags, dest=name, default=argparse.SUPPRESS, help=_help(field), **extra)
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field, shown in the groups of config.OPTION_GROUPS."""
+    for title, names in OPTION_GROUPS:
+        group = parser.add_argument_group(title)
+        for name in names:
+            _add_field(group, name, FIELDS[name])
+
+
+def train_options(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if k in FIELDS}
+
+
+def build_train_config(args: argparse.Namespace) -> TrainConfig:
+    """--config file, then the command line on top; on --resume, the checkpoint's config."""
+    from basinlab.api import make_config
+    given = train_options(args)
+    base = load_yaml(args.config) if getattr(args, "config", None) and not given.get("resume") else {}
+    return make_config(base, **given)

@@ -1,0 +1,1 @@
+"""Small shared helpers: atomic file writes, argument checks, figures (no global matplotlib backend)."""
