@@ -16,7 +16,7 @@ from basinlab.engine.distributed import current_world_size
 from basinlab.engine.evaluate import evaluate
 from basinlab.engine.inspect import export_safetensors, model_from_checkpoint, prepare_evaluation
 from basinlab.engine.trainer import Trainer
-from basinlab.methods import build_method
+from basinlab.methods.registry import build_method
 from basinlab.presets import get_preset
 from basinlab.records.run_folder import Run, load_run
 

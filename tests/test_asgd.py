@@ -10,7 +10,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 import basinlab
-from basinlab.methods.asgd import ParameterServer, stability_threshold
+from basinlab.methods.asgd.server import ParameterServer
+from basinlab.methods.asgd.stability import stability_threshold
 from basinlab.methods.asgd.method import configure
 from basinlab.cli import main
 from basinlab.api import make_config

@@ -18,7 +18,7 @@ import yaml
 
 from basinlab.cli import build_parser, main
 from basinlab.api import make_config
-from basinlab.methods import build_method
+from basinlab.methods.registry import build_method
 from basinlab.engine.distributed import DataParallel, ProcessPlace, check_with_device, select_device
 from basinlab.engine.evaluate import evaluate
 from basinlab.engine.inspect import loader_for, model_from_checkpoint

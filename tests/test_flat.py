@@ -21,7 +21,7 @@ from basinlab.methods.flat.method import asam_perturbation, configure, lr_scale_
 from basinlab.methods.flat.noise import NoiseModel, WeightNoise, evaluate_under_noise, perturbed_parameters
 from basinlab.engine.trainer import Trainer
 from basinlab.errors import ConfigError
-from basinlab.methods import build_method
+from basinlab.methods.registry import build_method
 
 TINY = "{'dropout': 0.0, 'width': 4, 'hidden': 16}"
 SGD = dict(optimizer="SGD", lr=0.1, momentum=0.0, weight_decay=0.0)

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from basinlab.methods.asgd import (
+from basinlab.methods.asgd.stability import (
     StabilityInputError,
     adjusted_lr,
     closed_form_threshold,

@@ -32,7 +32,7 @@ def cmd_train(args) -> int:
 
 def _checked_config(args, world_size: int):
     """The config of `args`, with every method's checks for a `world_size`-process job (before launching)."""
-    from basinlab.methods import build_method
+    from basinlab.methods.registry import build_method
     cfg = build_train_config(args)
     build_method(cfg, world_size)
     return cfg

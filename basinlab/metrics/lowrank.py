@@ -64,7 +64,6 @@ from typing import Iterable, NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from scipy.optimize import minimize_scalar
 from torch import Tensor, nn
 
 from basinlab.errors import ConfigError
@@ -176,6 +175,7 @@ def _minimise_sigma2(s2: np.ndarray, L: int, M: int, x_bar: float, lower: float,
     lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, _GRID_POINTS - 1)]
     best_t, best_f = float(grid[k]), float(values[k])
     if hi > lo:
+        from scipy.optimize import minimize_scalar  # 0.3 s to import: only when a fit needs it
         res = minimize_scalar(lambda t: float(_objective_log(t, s2, L, M, x_bar)), bounds=(lo, hi),
                               method="bounded", options={"xatol": _XATOL_LOG})
         if np.isfinite(res.fun) and res.fun <= best_f:

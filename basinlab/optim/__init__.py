@@ -22,7 +22,6 @@ from basinlab.optim.regime import (
     regime_from_model_config,
 )
 from basinlab.optim.schedules import Schedule, make_schedule, register_schedule, schedule_names
-from basinlab.optim import adas  # noqa: F401,E402  (registers the AdaS optimizer)
 
 __all__ = [
     "OptimizerSpec",

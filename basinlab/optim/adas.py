@@ -38,7 +38,7 @@ Under a constant regime (AdaS's own setting: ``--optimizer AdaS --lr 0.03``) the
 re-applies exactly ``R``; under a regime with a schedule the layer gets ``schedule(t) * R / lr0``
 (AdaS's ratio on top of the schedule), which is the only composition that keeps both meaningful.
 
-Registered as ``'AdaS'`` in :mod:`basinlab.optim.factory` at import (``--optimizer AdaS``).
+Declared as ``'AdaS'`` in :mod:`basinlab.optim.factory` (``--optimizer AdaS``).
 """
 
 from __future__ import annotations
@@ -245,12 +245,3 @@ def _split_groups(params, non_conv: str) -> tuple[list[dict], list[int]]:
         groups = list(head.values()) + groups
         links = [link] * len(head) + links
     return groups, links
-
-
-def _register() -> None:
-    from basinlab.optim.factory import register_optimizer
-
-    register_optimizer("AdaS", AdaS)
-
-
-_register()

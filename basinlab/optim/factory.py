@@ -5,7 +5,8 @@ Names are case-insensitive (``'SGD'``, ``'sgd'``, ``'AdaM'``, ``'RMSProp'`` all 
 - ``'NAG'``: SGD with ``nesterov=True`` (needs a momentum > 0 and dampening 0, as torch checks);
 - ``'AMSGrad'``: Adam with ``amsgrad=True``.
 
-Optimizers that torch lacks (AdaS, AdaBound, ...) are added with :func:`register_optimizer`.
+AdaS is declared here too; optimizers that torch lacks (AdaBound, ...) are added with
+:func:`register_optimizer`. Declaring instantiates nothing: keys and defaults are read on first use.
 
 Every optimizer created here is tagged with its canonical name (see :func:`optimizer_name_of`),
 which is how :meth:`basinlab.optim.Regime.apply` knows whether a phase changes the optimizer.
@@ -42,22 +43,41 @@ SCALE_SUFFIX = "_scale"
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """What the registry knows about one optimizer name."""
+    """What the registry declares about one optimizer name (timm's OptimInfo pattern).
+
+    Declaring an entry instantiates nothing: its accepted param-group keys and their defaults are
+    read the first time they are asked for (`keys`, `defaults`), i.e. when a regime names it.
+    """
 
     name: str  # canonical spelling, e.g. 'SGD', 'NAG', 'Adam'
     factory: Callable[..., torch.optim.Optimizer]  # class or factory(params, **kwargs)
     fixed: Mapping[str, Any] = field(default_factory=dict)  # kwargs the name implies (NAG: nesterov)
-    keys: frozenset = frozenset()  # param-group keys it accepts
-    defaults: Mapping[str, Any] = field(default_factory=dict)  # default values where known
-    builtin: bool = False  # a torch.optim class (values can be checked on a dummy tensor)
+    param_keys: frozenset | None = None  # declared keys; None: from the signature (and a probe instance)
+    builtin: bool = False  # a torch.optim class
 
     @property
     def cls(self):
         return self.factory
 
+    @property
+    def keys(self) -> frozenset:
+        return _introspected(self)[0]
 
-_REGISTRY: dict[str, OptimizerSpec] = {}
-_BUILTINS_LOADED = False
+    @property
+    def defaults(self) -> Mapping[str, Any]:
+        return _introspected(self)[1]
+
+
+_INTROSPECTED: dict[str, tuple] = {}  # by lower-case name: (keys, defaults, the spec they describe)
+
+
+def _introspected(spec: OptimizerSpec) -> tuple[frozenset, dict]:
+    found = _INTROSPECTED.get(spec.name.lower())
+    if found is None or found[2] is not spec:
+        keys, defaults = _introspect(spec.factory, spec.fixed, spec.param_keys)
+        defaults.update(spec.fixed)
+        found = _INTROSPECTED[spec.name.lower()] = (keys, defaults, spec)
+    return found[0], found[1]
 
 
 def _introspect(factory, fixed: Mapping[str, Any], param_keys=None) -> tuple[frozenset, dict]:
@@ -94,33 +114,19 @@ def _introspect(factory, fixed: Mapping[str, Any], param_keys=None) -> tuple[fro
     return frozenset(keys), defaults
 
 
-def _load_builtins() -> None:
-    global _BUILTINS_LOADED
-    if _BUILTINS_LOADED:
-        return
-    _BUILTINS_LOADED = True
-    for attr in dir(torch.optim):
-        cls = getattr(torch.optim, attr)
-        if (
-            inspect.isclass(cls)
-            and issubclass(cls, torch.optim.Optimizer)
-            and cls is not torch.optim.Optimizer
-            and not attr.startswith("_")
-        ):
-            _add(attr, cls, {}, None, builtin=True)
-    if "sgd" in _REGISTRY:
-        _add("NAG", torch.optim.SGD, {"nesterov": True}, None, builtin=True)
-    if "adam" in _REGISTRY:
-        _add("AMSGrad", torch.optim.Adam, {"amsgrad": True}, None, builtin=True)
+def _declared() -> list[OptimizerSpec]:
+    """Every optimizer basinlab knows without registration: torch.optim's classes, two aliases, AdaS."""
+    from basinlab.optim.adas import AdaS  # adas.py imports nothing from this module
+    specs = [OptimizerSpec(attr, cls, builtin=True) for attr, cls in vars(torch.optim).items()
+             if inspect.isclass(cls) and issubclass(cls, torch.optim.Optimizer)
+             and cls is not torch.optim.Optimizer and not attr.startswith("_")]
+    specs += [OptimizerSpec("NAG", torch.optim.SGD, {"nesterov": True}, builtin=True),      # Nesterov SGD
+              OptimizerSpec("AMSGrad", torch.optim.Adam, {"amsgrad": True}, builtin=True),  # Adam, amsgrad
+              OptimizerSpec("AdaS", AdaS)]
+    return specs
 
 
-def _add(name, factory, fixed, param_keys, builtin=False) -> OptimizerSpec:
-    keys, defaults = _introspect(factory, fixed, param_keys)
-    defaults.update(fixed)
-    spec = OptimizerSpec(name=name, factory=factory, fixed=dict(fixed), keys=keys,
-                         defaults=defaults, builtin=builtin)
-    _REGISTRY[name.lower()] = spec
-    return spec
+_REGISTRY: dict[str, OptimizerSpec] = {spec.name.lower(): spec for spec in _declared()}
 
 
 def register_optimizer(name: str, cls_or_factory, *, fixed: Mapping[str, Any] | None = None,
@@ -132,7 +138,6 @@ def register_optimizer(name: str, cls_or_factory, *, fixed: Mapping[str, Any] | 
     ``defaults`` of an instance), or from ``param_keys`` when given. ``fixed`` holds keyword
     arguments the name implies (as 'NAG' implies ``nesterov=True``).
     """
-    _load_builtins()
     if not isinstance(name, str) or not name:
         raise ValueError("optimizer name must be a non-empty string")
     if not callable(cls_or_factory):
@@ -140,18 +145,19 @@ def register_optimizer(name: str, cls_or_factory, *, fixed: Mapping[str, Any] | 
     existing = _REGISTRY.get(name.lower())
     if existing is not None and not overwrite and existing.factory is not cls_or_factory:
         raise ValueError(f"optimizer {name!r} is already registered (pass overwrite=True to replace it)")
-    return _add(name, cls_or_factory, dict(fixed or {}), param_keys)
+    spec = OptimizerSpec(name, cls_or_factory, dict(fixed or {}),
+                         frozenset(param_keys) if param_keys is not None else None)
+    _REGISTRY[name.lower()] = spec
+    return spec
 
 
 def optimizer_names() -> list[str]:
     """Canonical names of every known optimizer, sorted case-insensitively."""
-    _load_builtins()
     return sorted((s.name for s in _REGISTRY.values()), key=str.lower)
 
 
 def optimizer_spec(name: str) -> OptimizerSpec:
     """The registry entry for ``name`` (case-insensitive); ConfigError when unknown."""
-    _load_builtins()
     if isinstance(name, str):
         spec = _REGISTRY.get(name.strip().lower())
         if spec is not None:
@@ -172,7 +178,6 @@ def optimizer_class(name: str):
 
 def all_param_group_keys() -> frozenset:
     """Union of the param-group keys of every registered optimizer."""
-    _load_builtins()
     keys: set[str] = set()
     for spec in _REGISTRY.values():
         keys |= spec.keys
@@ -268,7 +273,6 @@ def optimizer_name_of(optimizer: torch.optim.Optimizer) -> str:
     tagged = getattr(optimizer, NAME_ATTR, None)
     if tagged:
         return tagged
-    _load_builtins()
     group = optimizer.param_groups[0] if optimizer.param_groups else optimizer.defaults
     best = None
     for spec in _REGISTRY.values():

@@ -1,35 +1,10 @@
-"""Asynchronous SGD: a simulated parameter server and the stability theory of delayed gradients
-(see shared/specs/02-async-sgd.md)."""
-from basinlab.methods.asgd.stability import (
-    KINDS,
-    StabilityInputError,
-    adjusted_lr,
-    characteristic_polynomial,
-    closed_form_threshold,
-    effective_stability_threshold,
-    is_stable,
-    spectral_radius,
-    stability_table,
-    stability_threshold,
-)
-from basinlab.methods.asgd.schedule import SCHEDULES, make_scheduler
-from basinlab.methods.asgd.server import MODES, ParameterServer, ParameterServerStep, resolve_delay
+"""Asynchronous SGD (At Stability's Edge; shared/specs/02-async-sgd.md).
 
-__all__ = [
-    "KINDS",
-    "MODES",
-    "ParameterServer",
-    "ParameterServerStep",
-    "SCHEDULES",
-    "make_scheduler",
-    "resolve_delay",
-    "StabilityInputError",
-    "adjusted_lr",
-    "characteristic_polynomial",
-    "closed_form_threshold",
-    "effective_stability_threshold",
-    "is_stable",
-    "spectral_radius",
-    "stability_table",
-    "stability_threshold",
-]
+    method.py      configure(cfg, world_size): --server ssgd|asgd|msgd -> ParameterServerStep
+    server.py      the simulated parameter server and its step strategy (snapshots.py: the snapshot ring)
+    schedule.py    which worker computes next: round_robin | random | normal
+    stability.py   linear stability thresholds of delayed (momentum) SGD; the delay-aware lr rule
+    presets.py     the seed's experiments as presets
+
+The `basinlab stability` command is basinlab/cli/asgd.py.
+"""
