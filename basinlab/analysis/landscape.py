@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from basinlab.utils.io import atomic_write_text
 from basinlab.engine.evaluate import evaluate, topk_correct
 from basinlab.errors import ConfigError
+from basinlab.utils.figures import new_figure, save_png
+from basinlab.utils.io import atomic_write_text
 
 MAX_POINTS = 1_000_000   # a range longer than this is a typo, not a plot
 
@@ -365,10 +366,7 @@ def run_grid(table: GridTable, keys: list[tuple], point_of, evaluator: GridEvalu
 # ----------------------------------------------------------------------------------------- plots
 def plot_curves(frame, path, *, x: str = "alpha", splits=("train", "val"), marks=(), title: str = "") -> Path:
     """Loss (top) and top-1 accuracy (bottom) against ``x`` for each split; vertical lines at ``marks``."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
+    fig, (top, bottom) = new_figure(2, 1, figsize=(6, 6), sharex=True)
     for split in splits:
         style = "-" if split == "train" else "--"
         top.plot(frame[x], frame[f"{split}_loss"], style, marker=".", label=f"{split} loss")
@@ -385,23 +383,21 @@ def plot_curves(frame, path, *, x: str = "alpha", splits=("train", "val"), marks
         ax.legend()
     if title:
         top.set_title(title)
-    return _save(fig, path)
+    return save_png(fig, path, dpi=80)
 
 
 def plot_contours(frame, path, *, splits=("train", "val"), title: str = "") -> Path:
     """One panel per split: contours of the loss over (alpha, beta), levels spaced geometrically."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.colors import BoundaryNorm
     alphas, betas = np.unique(frame["alpha"]), np.unique(frame["beta"])
-    fig, axes = plt.subplots(1, len(splits), figsize=(5.4 * len(splits), 4.4), squeeze=False,
-                             layout="constrained")
+    fig, axes = new_figure(1, len(splits), figsize=(5.4 * len(splits), 4.4), squeeze=False,
+                           layout="constrained")
     for ax, split in zip(axes[0], splits):
         grid = frame.pivot(index="beta", columns="alpha", values=f"{split}_loss").loc[betas, alphas].to_numpy()
         low, high = float(np.nanmin(grid)), float(np.nanmax(grid))
         # geometric levels resolve the basin floor and the walls alike (the loss spans decades)
         levels = np.geomspace(max(low, 1e-8), max(high, low * 1.0001 + 1e-8), 25)
-        norm = matplotlib.colors.BoundaryNorm(levels, ncolors=256)
+        norm = BoundaryNorm(levels, ncolors=256)
         filled = ax.contourf(alphas, betas, grid, levels=levels, cmap="viridis", norm=norm)
         ax.contour(alphas, betas, grid, levels=levels[::3], colors="white", linewidths=0.5)
         ax.plot([0], [0], "r+", ms=10)
@@ -410,13 +406,4 @@ def plot_contours(frame, path, *, splits=("train", "val"), title: str = "") -> P
         ax.set_xlabel("alpha")
         ax.set_ylabel("beta")
         ax.set_title(f"{split} loss" + (f" - {title}" if title else ""), fontsize=10)
-    return _save(fig, path)
-
-
-def _save(fig, path) -> Path:
-    import matplotlib.pyplot as plt
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=80)

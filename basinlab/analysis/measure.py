@@ -15,12 +15,13 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from basinlab.metrics import sharpness
+from basinlab.analysis.data import measurement_data
 from basinlab.engine.evaluate import evaluate
 from basinlab.engine.inspect import model_from_checkpoint
 from basinlab.engine.setup import pick_device
 from basinlab.errors import ConfigError
-from basinlab.analysis.data import measurement_data
+from basinlab.metrics import sharpness
+from basinlab.utils.figures import new_figure, save_png
 
 MEASURES = ("hessian", "trace", "spectrum", "keskar")
 COLUMNS = ["measure", "quantity", "value", "std_error", "hvp_count", "converged", "epsilon", "subspace_dim",
@@ -159,24 +160,20 @@ def measure_checkpoint(path, measures, *, split: str = "train", batches: int | N
 
 def write_spectrum(density: sharpness.SpectralDensity, stem: Path) -> list[Path]:
     """The SLQ nodes and weights (CSV) and the smoothed density on a log scale (PNG)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     nodes = pd.DataFrame([{"vector": i, "node": t, "weight": w}
                           for i, (ts, ws) in enumerate(zip(density.nodes, density.weights))
                           for t, w in zip(ts, ws)])
     csv_path, png_path = stem.with_suffix(".csv"), stem.with_suffix(".png")
     nodes.to_csv(csv_path, index=False)
     grid, values = density.density()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure(figsize=(6, 4))
     ax.semilogy(grid, np.maximum(values, 1e-12))
     ax.set_ylim(bottom=max(values.max() * 1e-8, 1e-12))
     ax.set_xlabel("eigenvalue")
     ax.set_ylabel("density (Gaussian-smoothed SLQ)")
     ax.set_title(f"Hessian spectrum: {density.n_params:,} parameters, {density.hvp_count} HVPs")
     ax.grid(alpha=0.3)
-    fig.savefig(png_path, dpi=80, bbox_inches="tight")
-    plt.close(fig)
+    save_png(fig, png_path, dpi=80)
     return [csv_path, png_path]
 
 
@@ -187,5 +184,6 @@ def parse_measures(values) -> list[str]:
         out.extend(part for part in str(value).split(",") if part)
     bad = [m for m in out if m not in MEASURES]
     if bad or not out:
-        raise ConfigError(f"--measure must be among {', '.join(MEASURES)} (several allowed); got {', '.join(bad) or 'nothing'}")
+        got = ", ".join(bad) or "nothing"
+        raise ConfigError(f"--measure must be among {', '.join(MEASURES)} (several allowed); got {got}")
     return out

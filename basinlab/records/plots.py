@@ -3,22 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from basinlab.utils.io import atomic_write  # noqa: E402
+from basinlab.utils.figures import new_figure, save_png
 
 PANELS = (("loss", "loss", ("train_loss", "val_loss")),
           ("error", "top-1 error (%)", ("train_acc1", "val_acc1")),
           ("lr", "learning rate", ("lr",)))
-
-
-def _save(fig, path: Path) -> None:
-    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100, bbox_inches="tight"))
-    plt.close(fig)
 
 
 def _log_scale_if_positive(ax, panel: str) -> None:
@@ -39,7 +30,7 @@ def plot_run(frame: pd.DataFrame, folder: str | Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, ylabel, columns in PANELS:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = new_figure(figsize=(6, 4))
         for column in columns:
             if column in frame and frame[column].notna().any():
                 ax.plot(frame["epoch"], _series(frame, column), marker=".", label=column.split("_")[0])
@@ -50,16 +41,16 @@ def plot_run(frame: pd.DataFrame, folder: str | Path) -> list[Path]:
         if len(columns) > 1:
             ax.legend()
         path = folder / f"{name}.png"
-        _save(fig, path)
+        save_png(fig, path)
         written.append(path)
     return written
 
 
 def plot_runs(runs: dict[str, pd.DataFrame], path: str | Path) -> Path:
     """Overlay the curves of several runs (train dashed, validation solid) in one PNG."""
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    fig, axes = new_figure(1, 3, figsize=(16, 4.5))
     for label, frame in runs.items():
-        for ax, (name, ylabel, columns) in zip(axes, PANELS):
+        for ax, (_, ylabel, columns) in zip(axes, PANELS):
             for column in columns:
                 if column not in frame or not frame[column].notna().any():
                     continue
@@ -73,6 +64,4 @@ def plot_runs(runs: dict[str, pd.DataFrame], path: str | Path) -> Path:
         _log_scale_if_positive(ax, name)
     axes[0].legend(fontsize=8)
     axes[2].legend(fontsize=8)
-    path = Path(path)
-    _save(fig, path)
-    return path
+    return save_png(fig, path)

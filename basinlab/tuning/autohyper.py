@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -37,13 +37,14 @@ import yaml
 from basinlab.config import from_mapping, validated_config
 from basinlab.engine.checkpoint import resume_values
 from basinlab.engine.trainer import Trainer
-from basinlab.records.run_folder import load_run
-from basinlab.tuning.method import LowRankEpochEnd
-from basinlab.utils.io import atomic_write_text
 from basinlab.errors import ConfigError, NonFiniteLossError
+from basinlab.records.run_folder import load_run
 from basinlab.tuning.callbacks import SaveEvery, TrainLossEarlyStop
+from basinlab.tuning.method import LowRankEpochEnd
 from basinlab.tuning.search import autohyper_search, autohyper_search_lr_wd, response_Z
 from basinlab.tuning.seed_config import Plan, plan_from_config, read_seed_config
+from basinlab.utils.figures import new_figure, save_png
+from basinlab.utils.io import atomic_write_text
 
 DONE_FILE = "autohyper_done.json"
 STATE_FILE = "autohyper.yaml"
@@ -120,7 +121,7 @@ class AutoHyper:
                   f"({n * self.plan.trial_epochs} trial epochs)")
         return self.chosen
 
-    def trial(self, lr: float, wd: float | None, log: "SearchLog") -> float:
+    def trial(self, lr: float, wd: float | None, log: SearchLog) -> float:
         folder = self.output / "trials" / _lr_folder(lr, wd)
         options = self.plan.train_options(lr, wd, epochs=self.plan.trial_epochs, seed=self.plan.seed)
         outcome = self._train(folder, {**options, "log_lowrank": True})
@@ -205,16 +206,12 @@ class SearchLog:
 
 def plot_search(frame: pd.DataFrame, chosen: tuple[float, float | None], path: Path) -> Path:
     """Z of every trial against its lr (log axis), the chosen lr marked; colour = weight decay."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = new_figure(figsize=(7, 4.5))
     tried = frame[frame["Z"].notna() & ~frame["cached"].astype(bool)]
     wds = tried["wd"].dropna() if "wd" in tried else pd.Series(dtype=float)
     if len(wds) == len(tried) and len(tried) and wds.nunique() > 1:
-        points = ax.scatter(tried["lr"], tried["Z"], c=np.log10(tried["wd"].astype(float) + 1e-12), cmap="viridis", s=18)
+        shade = np.log10(tried["wd"].astype(float) + 1e-12)
+        points = ax.scatter(tried["lr"], tried["Z"], c=shade, cmap="viridis", s=18)
         fig.colorbar(points, ax=ax, label="log10(weight decay + 1e-12)")
     else:
         ax.scatter(tried["lr"], tried["Z"], s=18, color="tab:blue", label="trials")
@@ -226,9 +223,7 @@ def plot_search(frame: pd.DataFrame, chosen: tuple[float, float | None], path: P
     ax.set_title(f"autoHyper search ({len(tried)} trials)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(str(path), dpi=100)
-    return path
+    return save_png(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

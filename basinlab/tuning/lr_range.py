@@ -33,10 +33,10 @@ from __future__ import annotations
 import copy
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from basinlab.errors import ConfigError
+from basinlab.utils.figures import new_figure, save_png
 
 __all__ = [
     "LRRangeResult",
@@ -162,7 +163,8 @@ def _trim(n: int, skip_start: int, skip_end: int) -> tuple[int, int]:
     return skip_start, skip_end
 
 
-def suggest_lrs(lrs, smoothed, skip_start: int = 0, skip_end: int = 0) -> tuple[dict[str, float], dict[str, int], tuple]:
+def suggest_lrs(lrs, smoothed, skip_start: int = 0,
+                skip_end: int = 0) -> tuple[dict[str, float], dict[str, int], tuple]:
     """All three suggestions on a (trimmed) smoothed curve: (suggestions, indices into the
     untrimmed curve, (skip_start, skip_end) actually used)."""
     lrs, smoothed = _curve(lrs, smoothed)
@@ -191,7 +193,8 @@ class _Snapshot:
         self.modes = {n: m.training for n, m in model.named_modules(remove_duplicate=False)}
         self.optimizer_state = copy.deepcopy(optimizer.state_dict())
         self.torch_rng = torch.get_rng_state()
-        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        self.cuda_rng = torch.cuda.get_rng_state_all() if cuda else None
         self.np_rng = np.random.get_state()
         self.py_rng = random.getstate()
 
@@ -356,14 +359,7 @@ def plot_lr_range(result: LRRangeResult, path) -> Path:
     """One PNG: raw and smoothed loss against lr (log axis), the three suggestions marked (a
     marker on the curve at the suggested lr and a dashed vertical line). Uses matplotlib's Agg
     canvas directly (no pyplot, no global backend change). Returns the path written."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(7, 4.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = new_figure(figsize=(7, 4.5))
     lrs, sm = result.lrs, result.smoothed
     ax.plot(lrs, result.losses, color="0.7", lw=0.8, label="loss")
     ax.plot(lrs, sm, color="tab:blue", lw=1.6, label="smoothed loss")
@@ -389,6 +385,4 @@ def plot_lr_range(result: LRRangeResult, path) -> Path:
     ax.set_title(f"LR range test ({len(lrs)} steps, {result.stop_reason})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(str(path), dpi=100)
-    return path
+    return save_png(fig, path)
