@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from basinlab.errors import ConfigError
+from basinlab.utils.checks import check_int, check_number
 
 
 def opt(default, help, *flags, **argparse_kwargs):
@@ -41,11 +42,14 @@ def parse_literal_dict(text: str | dict | None, what: str = "--model-config") ->
 @dataclass
 class TrainConfig:
     # --- what to train -------------------------------------------------------------------
-    model: str = opt("mnist", "model name from `basinlab list`, or path/to/file.py:factory, or package.module:factory", "-a", "--arch")
-    model_config: Any = opt(None, "model options as a Python literal dict, e.g. \"{'depth': 20, 'regime': 'fixed', 'regime_lr': 0.1}\"")
+    model: str = opt("mnist", "model name from `basinlab list`, or path/to/file.py:factory, or package.module:factory",
+                     "-a", "--arch")
+    model_config: Any = opt(None, "model options as a Python literal dict, e.g. \"{'depth': 20, 'regime': 'fixed', "
+                                  "'regime_lr': 0.1}\"")
     depth: int | None = opt(None, "model depth (shorthand for model_config depth)", "-d")
     dataset: str = opt("mnist5k", "dataset name from `basinlab list`")
-    datasets_dir: str | None = opt(None, "folder holding <dataset>/ folders (default: $BASINLAB_DATASETS or ~/.cache/basinlab/datasets)")
+    datasets_dir: str | None = opt(None, "folder holding <dataset>/ folders (default: $BASINLAB_DATASETS or "
+                                         "~/.cache/basinlab/datasets)")
     download: bool = opt(False, "download the dataset with torchvision when it is installed and online")
     train_limit: int | None = opt(None, "train on the first N examples only")
     val_limit: int | None = opt(None, "validate on the first N examples only")
@@ -53,10 +57,13 @@ class TrainConfig:
     preset: str | None = opt(None, "start from a named preset (see `basinlab list`); other options override it")
     # --- optimisation ------------------------------------------------------------------------
     epochs: int | None = opt(None, "number of epochs (default: the model's, else 10)")
-    batch_size: int | None = opt(None, "training batch size (global batch in distributed runs; default: the model's, else 128)", "-b")
+    batch_size: int | None = opt(None, "training batch size (global batch in distributed runs; default: the "
+                                       "model's, else 128)", "-b")
     eval_batch_size: int | None = opt(None, "validation batch size (default: max(batch size, 256))")
-    optimizer: str | None = opt(None, "optimizer name (any torch.optim class); with a model regime, replaces nothing: see README")
-    lr: float | None = opt(None, "initial learning rate; rescales a model regime's lr schedule to start here", "--learning-rate")
+    optimizer: str | None = opt(None, "optimizer name (any torch.optim class); with a model regime, replaces "
+                                      "nothing: see README")
+    lr: float | None = opt(None, "initial learning rate; rescales a model regime's lr schedule to start here",
+                           "--learning-rate")
     momentum: float | None = opt(None, "momentum; replaces the value in every regime phase")
     weight_decay: float | None = opt(None, "weight decay; replaces the value in every regime phase", "--wd")
     lr_milestones: list | None = opt(None, "epochs at which lr is multiplied by --lr-multiplier", nargs="+", type=int)
@@ -82,7 +89,8 @@ class TrainConfig:
     smoothout_schedule: str = opt("constant", "SmoothOut strength schedule: constant|anneal|tanh")
     smoothout_include_bn: bool = opt(False, "also perturb BatchNorm affine parameters")
     denoise: bool = opt(True, "remove the SmoothOut noise before the optimizer step (--no-denoise keeps it)")
-    ghost_batch: int | None = opt(None, "accumulate gradients over chunks of this many samples, one step per batch (ghost batches: each chunk normalised on its own)")
+    ghost_batch: int | None = opt(None, "accumulate gradients over chunks of this many samples, one step per batch "
+                                        "(ghost batches: each chunk normalised on its own)")
     sam: float | None = opt(None, "SAM with radius rho")
     asam: float | None = opt(None, "ASAM with radius rho")
     asam_eta: float = opt(0.01, "ASAM's eta in T_w = |w| + eta")
@@ -119,7 +127,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -161,7 +169,8 @@ def from_mapping(values: dict, where: str = "config") -> dict:
         if name not in FIELDS:
             close = [n.replace("_", "-") for n in FIELDS if name[:3] in n]
             hint = f" (did you mean: {', '.join(close[:4])}?)" if close else ""
-            raise ConfigError(f"unknown option '{key}' in {where}{hint}; see `basinlab train --help` for the allowed options")
+            raise ConfigError(f"unknown option '{key}' in {where}{hint}; see `basinlab train --help` for the "
+                              f"allowed options")
         out[name] = value
     return out
 
@@ -194,18 +203,17 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     cfg.model_config = parse_literal_dict(cfg.model_config)
     for name in ("epochs", "batch_size", "eval_batch_size", "train_limit", "val_limit", "save_every_steps",
                  "ghost_batch"):
-        value = getattr(cfg, name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        check_int(getattr(cfg, name), f"--{name.replace('_', '-')}", optional=True)
     choices = {"amp": ("none", "bf16", "fp16"), "channels_last": ("auto", "on", "off"),
                "nan_policy": ("stop", "skip")}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
-            raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}; got {getattr(cfg, name)!r}")
+            raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}; "
+                              f"got {getattr(cfg, name)!r}")
     if cfg.label_smoothing < 0 or cfg.label_smoothing >= 1:
         raise ConfigError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
-    if cfg.grad_clip is not None and cfg.grad_clip <= 0:
-        raise ConfigError(f"--grad-clip must be positive, got {cfg.grad_clip}")
+    if cfg.grad_clip is not None:
+        check_number(cfg.grad_clip, "--grad-clip")
     return cfg
 
 

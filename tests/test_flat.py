@@ -13,14 +13,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import basinlab
-from basinlab.cli import main
 from basinlab.api import make_config
+from basinlab.cli import main
 from basinlab.engine.callbacks import Callback
 from basinlab.engine.evaluate import evaluate
-from basinlab.methods.flat.method import asam_perturbation, configure, lr_scale_factor, sam_perturbation, strength_coefficient
-from basinlab.methods.flat.noise import NoiseModel, WeightNoise, evaluate_under_noise, perturbed_parameters
 from basinlab.engine.trainer import Trainer
 from basinlab.errors import ConfigError
+from basinlab.methods.flat.method import (
+    asam_perturbation,
+    configure,
+    lr_scale_factor,
+    sam_perturbation,
+    strength_coefficient,
+)
+from basinlab.methods.flat.noise import NoiseModel, WeightNoise, evaluate_under_noise, perturbed_parameters
 from basinlab.methods.registry import build_method
 
 TINY = "{'dropout': 0.0, 'width': 4, 'hidden': 16}"
@@ -336,8 +342,8 @@ def test_evaluation_under_zero_noise_equals_plain_evaluation(tmp_path):
     (dict(smoothout=0.01, smoothout_schedule="cosine"), "constant, anneal, tanh"),
     (dict(smoothout=-1.0), ">= 0"),
     (dict(smoothout=0.01, smoothout_noise="laplace"), "--smoothout-noise"),
-    (dict(sam=0.0), "> 0"),
-    (dict(ghost_batch=0), "positive integer"),
+    (dict(sam=0.0), "--sam must be a positive finite number"),
+    (dict(ghost_batch=0), "--ghost-batch must be an integer >= 1"),
 ])
 def test_bad_options_are_refused_in_one_line(options, words):
     with pytest.raises(ConfigError) as err:

@@ -14,6 +14,7 @@ import torch
 
 from basinlab.engine.inspect import loader_for
 from basinlab.errors import ConfigError
+from basinlab.utils.checks import check_int
 
 SPLITS = ("train", "val")
 
@@ -48,7 +49,7 @@ class MeasurementData:
             self._count = sum(int(y.shape[0]) for _, y in self.epoch(0))
         return self._count
 
-    def in_memory(self, max_bytes: float = 2 * 2**30) -> "MeasurementData":
+    def in_memory(self, max_bytes: float = 2 * 2**30) -> MeasurementData:
         """The same batches held as tensors (read once), unless they would exceed ``max_bytes``."""
         if isinstance(self._source, list):
             return self
@@ -62,11 +63,8 @@ class MeasurementData:
 
 
 def check_count(value, name: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    """A positive integer count, or None (not given)."""
+    return check_int(value, name, optional=True)
 
 
 def measurement_data(cfg, split: str = "train", *, batch_size: int = 128, batches: int | None = None,

@@ -17,15 +17,10 @@ import torch
 
 from basinlab.engine.callbacks import Callback
 from basinlab.errors import ConfigError
+from basinlab.utils.checks import check_int
 
 LAMBDA_SETTINGS = {"max_iter": 100, "tol": 1e-3, "method": "lanczos"}
 TRACE_SETTINGS = {"max_iter": 50, "tol": 1e-2}
-
-
-def _positive_int(value, flag: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
-    return value
 
 
 METHOD_NAME = "--log-sharpness-every (sharpness monitor)"
@@ -37,8 +32,8 @@ def configure(cfg, world_size: int = 1):
         if cfg.log_trace:
             raise ConfigError("--log-trace needs --log-sharpness-every K (the epochs at which to measure)")
         return None, []
-    every = _positive_int(cfg.log_sharpness_every, "--log-sharpness-every")
-    batches = _positive_int(cfg.sharpness_batches, "--sharpness-batches")
+    every = check_int(cfg.log_sharpness_every, "--log-sharpness-every")
+    batches = check_int(cfg.sharpness_batches, "--sharpness-batches")
     return None, [SharpnessMonitor(every, batches, log_trace=cfg.log_trace, seed=cfg.seed)]
 
 

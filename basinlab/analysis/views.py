@@ -11,14 +11,23 @@ from pathlib import Path
 
 import torch
 
+from basinlab.analysis.data import SPLITS, measurement_data
+from basinlab.analysis.landscape import (
+    GridEvaluator,
+    GridTable,
+    check_compatible,
+    displaced_parameters,
+    filter_normalized_direction,
+    interpolate_state,
+    negative_variance_alphas,
+    plot_contours,
+    plot_curves,
+    run_grid,
+)
+from basinlab.analysis.measure import model_and_criterion
 from basinlab.engine.checkpoint import resolve_checkpoint
 from basinlab.engine.setup import pick_device
 from basinlab.errors import ConfigError
-from basinlab.analysis.data import SPLITS, measurement_data
-from basinlab.analysis.landscape import (GridEvaluator, GridTable, check_compatible, displaced_parameters,
-                        filter_normalized_direction, interpolate_state, negative_variance_alphas, plot_contours,
-                        plot_curves, run_grid)
-from basinlab.analysis.measure import model_and_criterion
 
 
 def file_digest(path: Path) -> str:

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import torch
 
-from basinlab.errors import ConfigError, DataError
 from basinlab.data.catalog import DATASETS, NO_AUGMENT, DatasetInfo, dataset_info, list_datasets
 from basinlab.data.formats import download as _download
 from basinlab.data.formats import read_arrays, scan_image_folder
 from basinlab.data.loader import Loader
 from basinlab.data.memory import MemoryLoader
 from basinlab.data.stream import StreamLoader
+from basinlab.errors import ConfigError, DataError
+from basinlab.utils.checks import check_int
 
 __all__ = ["DATASETS", "DatasetInfo", "Loader", "MemoryLoader", "StreamLoader", "build_loaders",
            "default_datasets_dir", "list_datasets"]
@@ -30,23 +31,16 @@ def default_datasets_dir() -> Path:
     return Path(os.environ.get("BASINLAB_DATASETS") or "~/.cache/basinlab/datasets").expanduser()
 
 
-def _check_count(what: str, value, *, allow_none: bool = False, minimum: int = 1) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{what} must be an integer >= {minimum}, got {value!r}")
-
-
 def _check_options(batch_size, eval_batch_size, train_limit, val_limit, workers, input_size,
                    rank, world_size) -> None:
-    _check_count("batch size", batch_size)
-    _check_count("eval batch size", eval_batch_size, allow_none=True)
-    _check_count("train limit", train_limit, allow_none=True)
-    _check_count("val limit", val_limit, allow_none=True)
-    _check_count("input size", input_size, allow_none=True)
-    _check_count("data workers", workers, minimum=0)
-    _check_count("world size", world_size)
-    _check_count("rank", rank, minimum=0)
+    check_int(batch_size, "batch size")
+    check_int(eval_batch_size, "eval batch size", optional=True)
+    check_int(train_limit, "train limit", optional=True)
+    check_int(val_limit, "val limit", optional=True)
+    check_int(input_size, "input size", optional=True)
+    check_int(workers, "data workers", 0)
+    check_int(world_size, "world size")
+    check_int(rank, "rank", 0)
     if rank >= world_size:
         raise ConfigError(f"rank {rank} is outside world size {world_size}")
 

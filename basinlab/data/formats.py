@@ -19,8 +19,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from basinlab.errors import DataError
 from basinlab.data.catalog import DATASETS, data_error
+from basinlab.errors import DataError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
@@ -205,7 +205,7 @@ def read_cifar(name: str, root: Path) -> ArrayData:
 
 
 # ------------------------------------------------------------------------------------ images
-def decode_rgb(path, name: str) -> "PIL.Image.Image":  # noqa: F821
+def decode_rgb(path, name: str) -> PIL.Image.Image:  # noqa: F821
     """Open an image file as RGB with Pillow; unreadable files become DataError."""
     from PIL import Image, UnidentifiedImageError
     try:

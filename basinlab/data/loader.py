@@ -10,7 +10,7 @@ import abc
 import hashlib
 import math
 import operator
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -98,7 +98,7 @@ class Loader(abc.ABC):
         return (channels, self.input_size, self.input_size)
 
     # ------------------------------------------------------------------------- batch plan
-    def use_evaluation_plan(self, batch_size: int | None = None) -> "Loader":
+    def use_evaluation_plan(self, batch_size: int | None = None) -> Loader:
         """Yield every example once, in stored order, without dropping a short last batch.
 
         For measuring on training data (evaluate --split train, sharpness): the augmentation chosen at

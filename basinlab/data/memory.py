@@ -5,7 +5,7 @@ one gather that selects, crops and flips, and one fused normalisation.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

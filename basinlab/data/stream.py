@@ -11,15 +11,15 @@ import math
 import random
 import traceback
 import weakref
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from basinlab.errors import DataError
 from basinlab.data.formats import decode_rgb
 from basinlab.data.loader import Loader, derive_seed, normalise, normalise_constants
+from basinlab.errors import DataError
 
 SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)
@@ -103,7 +103,7 @@ class _PlanSampler(Sampler):
     """Batch sampler replaying the owning loader's plan for the epoch set just before iterating
     (the sampler runs in the main process, so this works with persistent workers)."""
 
-    def __init__(self, loader: "StreamLoader"):
+    def __init__(self, loader: StreamLoader):
         # A weak reference: the loader's finalizer holds the DataLoader, which holds this sampler,
         # so a strong reference back would keep the loader (and its workers) alive for ever.
         self.loader = weakref.proxy(loader)

@@ -59,7 +59,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Iterable, NamedTuple, Sequence
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd

@@ -46,15 +46,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from basinlab.errors import ConfigError
+from basinlab.utils.checks import check_int, check_number
 
 __all__ = [
     "SharpnessInputError",
@@ -172,17 +173,11 @@ class SpectralDensity:
 
 # =============================================================================== helpers
 def _check_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
-        raise SharpnessInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return check_int(value, name, minimum, error=SharpnessInputError)
 
 
 def _check_positive(value, name: str, allow_zero: bool = False) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
-    if not ok or float(value) < 0 or (float(value) == 0 and not allow_zero):
-        kind = "non-negative" if allow_zero else "positive"
-        raise SharpnessInputError(f"{name} must be a {kind} finite number, got {value!r}")
-    return float(value)
+    return check_number(value, name, allow_zero=allow_zero, error=SharpnessInputError)
 
 
 def _get_params(model: nn.Module, params) -> list[Tensor]:
@@ -334,7 +329,8 @@ class _HessianOperator:
                 total += n
                 if not grads:
                     continue
-                hv = torch.autograd.grad(grads, self.params, grad_outputs=[vec[i].to(grads[k].dtype) for k, i in enumerate(sel)],
+                outputs = [vec[i].to(grads[k].dtype) for k, i in enumerate(sel)]
+                hv = torch.autograd.grad(grads, self.params, grad_outputs=outputs,
                                          retain_graph=self._cached is not None, allow_unused=True)
                 for o, h in zip(out, hv):
                     if h is not None:

@@ -8,9 +8,8 @@ format), ``default_epochs`` (the length that regime was designed for) and takes 
 config key (see basinlab.nn.norms.NormSpec).
 """
 
-from basinlab.models.registry import create_model, get_model_factory, is_model_name, list_models, register_model
-
 # Imported for their registrations.
 from basinlab.models import alexnet, keskar, mnist, resnet, vgg, wide_resnet  # noqa: E402,F401
+from basinlab.models.registry import create_model, get_model_factory, is_model_name, list_models, register_model
 
 __all__ = ["create_model", "get_model_factory", "is_model_name", "list_models", "register_model"]

@@ -11,7 +11,7 @@ from basinlab.errors import ConfigError
 from basinlab.nn.norms import NormSpec, init_norm_
 
 __all__ = ["InputSpec", "input_spec", "resolve_norm", "init_weights_", "step_regime", "finish_model",
-           "count_params", "check_choice", "check_fraction", "check_int"]
+           "count_params", "check_choice", "check_fraction"]
 
 _MNIST_LIKE = ("mnist", "fashionmnist", "kmnist", "emnist")
 _CIFAR_LIKE = ("cifar", "svhn")
@@ -64,13 +64,6 @@ def check_choice(name: str, value, allowed) -> None:
     """ConfigError unless ``value`` is one of ``allowed``."""
     if value not in allowed:
         raise ConfigError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
-
-
-def check_int(name: str, value, minimum: int = 1) -> int:
-    """``value`` as an int >= ``minimum`` (depths, widths), else ConfigError."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def check_fraction(name: str, value) -> float:

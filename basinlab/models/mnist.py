@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from basinlab.models.common import (check_fraction, check_int, finish_model, init_weights_, input_spec,
-                                    resolve_norm)
+from basinlab.models.common import check_fraction, finish_model, init_weights_, input_spec, resolve_norm
 from basinlab.models.registry import register_model
 from basinlab.nn.norms import NormSpec
+from basinlab.utils.checks import check_int
 
 __all__ = ["MnistNet", "MNIST_REGIME"]
 
@@ -51,7 +51,7 @@ class MnistNet(nn.Module):
 def mnist(num_classes, dataset, norm="batch", width=16, hidden=128, dropout=0.25, in_channels=None):
     """Small MNIST convnet; ``width`` channels in the first conv (twice that in the second)."""
     spec, norm = input_spec(dataset, in_channels), resolve_norm(norm, dataset)
-    model = MnistNet(num_classes, spec.channels, norm, check_int("mnist width", width),
-                     check_int("mnist hidden", hidden), check_fraction("mnist dropout", dropout), spec.size)
+    model = MnistNet(num_classes, spec.channels, norm, check_int(width, "mnist width"),
+                     check_int(hidden, "mnist hidden"), check_fraction("mnist dropout", dropout), spec.size)
     text = f"MNIST convnet (2x conv5x5 {width}/{2 * width}, FC {hidden})"
     return finish_model(model, description=text, norm=norm, regime=MNIST_REGIME, default_epochs=MNIST_EPOCHS)

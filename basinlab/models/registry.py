@@ -15,7 +15,7 @@ import importlib.util
 import inspect
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

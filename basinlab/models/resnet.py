@@ -17,10 +17,18 @@ from __future__ import annotations
 from torch import nn
 
 from basinlab.errors import ConfigError
-from basinlab.models.common import (InputSpec, check_choice, check_int, finish_model, init_weights_, input_spec,
-                                    resolve_norm, step_regime)
+from basinlab.models.common import (
+    InputSpec,
+    check_choice,
+    finish_model,
+    init_weights_,
+    input_spec,
+    resolve_norm,
+    step_regime,
+)
 from basinlab.models.registry import register_model
 from basinlab.nn.norms import NormSpec
+from basinlab.utils.checks import check_int
 
 __all__ = ["BasicBlock", "Bottleneck", "CifarResNet", "ImageNetResNet", "CIFAR_REGIME",
            "IMAGENET_REGIME"]
@@ -114,7 +122,7 @@ class CifarResNet(nn.Module):
 
     def __init__(self, depth: int, num_classes: int, in_channels: int = 3, norm: NormSpec = NormSpec()):
         super().__init__()
-        if check_int("resnet depth", depth) < 8 or (depth - 2) % 6:
+        if check_int(depth, "resnet depth") < 8 or (depth - 2) % 6:
             raise ConfigError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (20, 32, 44, 56, 110, ...), got {depth}")
         n = (depth - 2) // 6
         self.depth = depth

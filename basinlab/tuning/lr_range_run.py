@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from basinlab.config import TrainConfig
-from basinlab.utils.io import atomic_write_text
 from basinlab.tuning.lr_range import LRRangeResult, lr_range_test, plot_lr_range
+from basinlab.utils.io import atomic_write_text
 
 
 class _EpochCycle:

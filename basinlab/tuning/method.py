@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 
 from basinlab.engine.callbacks import Callback
-from basinlab.utils.io import atomic_write_text
 from basinlab.metrics.lowrank import knowledge_gain_zero_fraction, metric_layers, model_metrics
 from basinlab.optim.adas import AdaS
+from basinlab.utils.io import atomic_write_text
 
 LOWRANK_FILE = "lowrank.csv"
 MEAN_COLUMNS = ("S_in", "S_out", "rank_in", "rank_out", "cond_in", "cond_out")

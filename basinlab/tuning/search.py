@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
 from basinlab.errors import ConfigError
+from basinlab.utils.checks import check_number
 
 __all__ = [
     "SearchStep",
@@ -83,13 +84,6 @@ def _check_Z(Z, where: str) -> float:
     return Z
 
 
-def _positive(name: str, value, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} finite number, got {value!r}")
-    return float(value)
-
-
 def autohyper_search(
     trial: Callable[[float], float],
     *,
@@ -148,17 +142,17 @@ def autohyper_search(
 
     ``log(step)`` is called with every history entry as it is made.
     """
-    min_lr = _positive("min_lr", min_lr)
-    max_lr = _positive("max_lr", max_lr)
+    min_lr = check_number(min_lr, "min_lr")
+    max_lr = check_number(max_lr, "max_lr")
     if not min_lr < max_lr:
         raise ConfigError(f"autoHyper needs min_lr < max_lr, got {min_lr} and {max_lr}")
     if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 3:
         raise ConfigError(f"num_points must be an integer >= 3, got {num_points!r}")
-    exit_window_rel = _positive("exit_window_rel", exit_window_rel)
+    exit_window_rel = check_number(exit_window_rel, "exit_window_rel")
     if exit_window_rel >= 1:
         raise ConfigError(f"exit_window_rel must be < 1, got {exit_window_rel}")
-    zeta_threshold = _positive("zeta_threshold", zeta_threshold)
-    power = _positive("power", power)
+    zeta_threshold = check_number(zeta_threshold, "zeta_threshold")
+    power = check_number(power, "power")
     if isinstance(exit_patience, bool) or not isinstance(exit_patience, int) or exit_patience < 0:
         raise ConfigError(f"exit_patience must be a non-negative integer, got {exit_patience!r}")
     if isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1:
@@ -218,9 +212,9 @@ def autohyper_search(
         zs.append(Z)
         zeta = float(np.prod(zs)) ** power
 
-        def step(decision: str) -> None:
-            record(SearchStep(lr=lr, Z=Z, decision=decision, zeta=zeta, window=window, trial=trial_no,
-                              cached=cached))
+        def step(decision: str) -> None:  # called within this iteration only, so the names are current
+            record(SearchStep(lr=lr, Z=Z, decision=decision, zeta=zeta, window=window,  # noqa: B023
+                              trial=trial_no, cached=cached))  # noqa: B023
 
         if abs(Z - 1.0) <= _Z_TOL:
             step("raise-min-lr")
@@ -326,17 +320,17 @@ def autohyper_search_lr_wd(
       before (the regions overlap; with wd = 0 the rows for wd * 2^-1 and wd coincide) is not
       trained again.
     """
-    lr = _positive("lr", lr)
-    wd = _positive("wd", wd, allow_zero=True)
+    lr = check_number(lr, "lr")
+    wd = check_number(wd, "wd", allow_zero=True)
     for name, v in (("lr_scale", lr_scale), ("wd_scale", wd_scale)):
-        if _positive(name, v) <= 1.0:
+        if check_number(v, name) <= 1.0:
             raise ConfigError(f"{name} must be > 1, got {v}")
-    lr_minimum = _positive("lr_minimum", lr_minimum, allow_zero=True)
-    wd_minimum = _positive("wd_minimum", wd_minimum, allow_zero=True)
-    zero_step = _positive("zero_step", zero_step)
-    zeta_threshold = _positive("zeta_threshold", zeta_threshold)
-    scale_tol = _positive("scale_tol", scale_tol)
-    power = _positive("power", power)
+    lr_minimum = check_number(lr_minimum, "lr_minimum", allow_zero=True)
+    wd_minimum = check_number(wd_minimum, "wd_minimum", allow_zero=True)
+    zero_step = check_number(zero_step, "zero_step")
+    zeta_threshold = check_number(zeta_threshold, "zeta_threshold")
+    scale_tol = check_number(scale_tol, "scale_tol")
+    power = check_number(power, "power")
     if isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1:
         raise ConfigError(f"max_trials must be a positive integer, got {max_trials!r}")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from basinlab.config import read_yaml_mapping
 from basinlab.errors import ConfigError
+from basinlab.utils.checks import check_int
 
 DEFAULTS = {  # the seed's example config ("Suggested Default"), except init_lr and early stopping
     "dataset": "CIFAR10", "network": "ResNet18CIFAR", "optimizer": "AdaM", "scheduler": None,
@@ -147,10 +148,7 @@ def _number(value):
 
 
 def _int(values: dict, key: str, minimum: int) -> int:
-    value = values[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return check_int(values[key], key, minimum)
 
 
 def _optional_int(values: dict, key: str) -> int | None:
@@ -183,7 +181,8 @@ def map_network(name) -> tuple[str, dict]:
         return model, dict(options)
     if key in list_models() or ":" in str(name):
         return (key if key in list_models() else str(name)), {}
-    raise ConfigError(f"network {name!r} is not available; allowed: ResNet18/34/50/101/152, ResNet18CIFAR, ResNet34CIFAR, "
+    raise ConfigError(f"network {name!r} is not available; allowed: ResNet18/34/50/101/152, ResNet18CIFAR, "
+                      f"ResNet34CIFAR, "
                       f"VGG11-19(_BN), VGG16CIFAR, AlexNet or a basinlab model (`basinlab list`); "
                       f"not built: {', '.join(UNSUPPORTED_NETWORKS)}")
 

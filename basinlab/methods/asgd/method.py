@@ -5,7 +5,6 @@ from basinlab.errors import ConfigError
 from basinlab.methods.asgd.schedule import SCHEDULES
 from basinlab.methods.asgd.server import ParameterServerStep, resolve_delay
 
-
 METHOD_NAME = "--server (asynchronous SGD)"
 
 

@@ -5,13 +5,13 @@ error along the top eigenvector follows a linear recurrence.  With a gradient de
 ``tau`` server steps, learning rate ``eta`` and momentum ``gamma`` (see
 ``shared/specs/02-async-sgd.md``) the characteristic polynomials are, with ``x = eta * a``:
 
-==================  =====================================================  ==============================================
+==================  =====================================================  =============================================
 kind                update                                                 characteristic polynomial
-==================  =====================================================  ==============================================
+==================  =====================================================  =============================================
 no momentum         u[t+1] = u[t] - x u[t-tau]                             z^(tau+1) - z^tau + x
 ``"standard"``      u[t+1] = u[t] - x u[t-tau] + g (u[t] - u[t-1])          z^(tau+2) - (1+g) z^(tau+1) + g z^tau + x z
 ``"shifted"``       u[t+1] = u[t] - x u[t-tau] + g (u[t-tau] - u[t-tau-1])  z^(tau+2) - z^(tau+1) + (x - g) z + g
-==================  =====================================================  ==============================================
+==================  =====================================================  =============================================
 
 The dynamics are stable when every root lies strictly inside the unit circle.  With
 ``momentum == 0`` both momentum kinds reduce to the no-momentum polynomial (times ``z``).
@@ -33,15 +33,16 @@ are stable: the root at ``z = 1`` moves inwards).  The stable set need not be an
 testing each point with :func:`numpy.roots`, stops at the first unstable grid point, and
 then bisects between it and the previous (stable) grid point down to ``rtol``.  Only an
 unstable window narrower than one grid step (a factor ``grid_ratio``, 2 % by default) lying
-below the first unstable grid point could be missed.  For ``momentum == 0`` the closed form ``2 sin(pi / (2 (2 tau + 1)))``
+below the first unstable grid point could be missed.  For ``momentum == 0`` the closed form
+``2 sin(pi / (2 (2 tau + 1)))``
 (:func:`closed_form_threshold`) agrees with the root-based value.
 """
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from typing import Iterable, Sequence
 
 import numpy as np
 

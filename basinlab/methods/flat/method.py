@@ -13,14 +13,13 @@ The strategies live in smoothout.py and sam.py (the lr rule in chunks.py); the n
 """
 from __future__ import annotations
 
-import math
-
 from basinlab.config import FIELDS, TrainConfig
 from basinlab.errors import ConfigError
-from basinlab.methods.flat.sam import SharpnessAwareStep, asam_perturbation, sam_perturbation
 from basinlab.methods.flat.chunks import LR_SCALINGS, lr_scale_factor
-from basinlab.methods.flat.smoothout import SCHEDULES, GhostBatchStep, strength_coefficient
 from basinlab.methods.flat.noise import NoiseModel
+from basinlab.methods.flat.sam import SharpnessAwareStep, asam_perturbation, sam_perturbation
+from basinlab.methods.flat.smoothout import SCHEDULES, GhostBatchStep, strength_coefficient
+from basinlab.utils.checks import check_number
 
 METHOD_NAME = "--smoothout/--sam/--asam (flat minima)"
 
@@ -65,14 +64,6 @@ def _check_combinations(cfg: TrainConfig) -> None:
         raise ConfigError(f"--smoothout and {sharpness} cannot be combined in one run; choose one flat-minima method")
 
 
-def _positive_number(value, flag: str, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{flag} must be a finite number {bound}, got {value!r}")
-    return float(value)
-
-
 def _check_values(cfg: TrainConfig) -> None:
     if cfg.lr_scale_batch is not None and cfg.lr_scale_batch not in LR_SCALINGS:
         raise ConfigError(f"--lr-scale-batch must be one of {', '.join(LR_SCALINGS)}; got {cfg.lr_scale_batch!r}")
@@ -80,8 +71,8 @@ def _check_values(cfg: TrainConfig) -> None:
         raise ConfigError(f"--smoothout-schedule must be one of {', '.join(SCHEDULES)}; got {cfg.smoothout_schedule!r}")
     for name in ("sam", "asam"):
         if getattr(cfg, name) is not None:
-            _positive_number(getattr(cfg, name), _flag(name))
-    _positive_number(cfg.asam_eta, "--asam-eta", allow_zero=True)
+            check_number(getattr(cfg, name), _flag(name))
+    check_number(cfg.asam_eta, "--asam-eta", allow_zero=True)
 
 
 def _check_processes(cfg: TrainConfig, world_size: int) -> None:

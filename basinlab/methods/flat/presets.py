@@ -7,7 +7,7 @@ the gradient norm at 5, as the seed's trainer always did. Regimes and epochs are
 (basinlab.models.keskar / resnet) except F1, which the seed ran for 50 epochs.
 
 Noise strengths are our choice, not numbers checked against the paper (its tables were not available
-to us); see docs/readme/flat-minima.md.
+to us); see docs/methods/flat-minima.md.
 """
 from __future__ import annotations
 

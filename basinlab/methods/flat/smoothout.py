@@ -13,8 +13,8 @@ import contextlib
 import math
 
 from basinlab.data.loader import derive_seed
-from basinlab.errors import ConfigError
 from basinlab.engine.steps import PlainStep, check_ghost_batch, describe_chunks
+from basinlab.errors import ConfigError
 from basinlab.methods.flat.chunks import scale_regime_lr
 from basinlab.methods.flat.noise import NoiseModel, WeightNoise, noise_generator, perturbed_parameters
 
