@@ -25,10 +25,10 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from basinlab.methods.asgd.server import ParameterServerStep  # noqa: E402
 from basinlab.api import make_config  # noqa: E402
 from basinlab.engine.steps import PlainStep  # noqa: E402
 from basinlab.engine.trainer import Trainer  # noqa: E402
+from basinlab.methods.asgd.server import ParameterServerStep  # noqa: E402
 from basinlab.models import create_model  # noqa: E402
 
 BATCH = 128

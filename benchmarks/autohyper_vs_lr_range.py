@@ -2,7 +2,7 @@
 
 mnist5k (4,000 training / 1,000 validation digits), the `mnist` convnet, SGD with momentum 0.9,
 batch 128, seed 0. Everything runs through the command line (`basinlab.cli.main`), so each step
-below is one command of docs/readme/autohyper.md:
+below is one command of docs/methods/autohyper.md:
 
 1. `basinlab autohyper train` with init_lr: auto (trial_epochs 2 instead of the seed's 5), which
    also trains the chosen lr for `--epochs` epochs;

@@ -247,7 +247,8 @@ def main(argv=None):
     print("\n== throughput ==")
     print(f"HVP over all {args.batches} batches (recompute graph): {r_all:8.2f} HVP/s  ({1e3 / r_all:7.1f} ms)")
     print(f"HVP on one batch (recompute graph):                {r_one:8.2f} HVP/s  ({1e3 / r_one:7.1f} ms)")
-    print(f"HVP on one batch (cached gradient graph):          {r_one_cached:8.2f} HVP/s  ({1e3 / r_one_cached:7.1f} ms)")
+    print(f"HVP on one batch (cached gradient graph):          {r_one_cached:8.2f} HVP/s  "
+          f"({1e3 / r_one_cached:7.1f} ms)")
     print(f"plain gradient over all batches:                   {g_all:8.2f} /s     ({1e3 / g_all:7.1f} ms);"
           f" one HVP = {g_all / r_all:.2f} gradients")
 
@@ -259,7 +260,6 @@ def main(argv=None):
                                                        max_iter=args.ref_iter, tol=1e-10, seed=123,
                                                        return_vectors=False))
     ref = ref_res.values[0]
-    del ref_model, ref_data
     print(f"\n== reference lambda_max (float64 Lanczos, tol 1e-10): {ref:.10g} after {ref_res.hvp_count} HVPs "
           f"(converged: {ref_res.converged}; {t_ref:.1f} s)")
 

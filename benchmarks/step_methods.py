@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from basinlab.api import make_config  # noqa: E402
 from basinlab.engine.trainer import Trainer  # noqa: E402
-from basinlab.methods import build_method  # noqa: E402
+from basinlab.methods.registry import build_method  # noqa: E402
 
 METHODS = {
     "plain SGD": {},

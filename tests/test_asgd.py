@@ -10,12 +10,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 import basinlab
+from basinlab.api import make_config
+from basinlab.cli import main
+from basinlab.errors import ConfigError
+from basinlab.methods.asgd.method import configure
 from basinlab.methods.asgd.server import ParameterServer
 from basinlab.methods.asgd.stability import stability_threshold
-from basinlab.methods.asgd.method import configure
-from basinlab.cli import main
-from basinlab.api import make_config
-from basinlab.errors import ConfigError
 
 SMALL = dict(dataset="mnist5k", quiet=True, val_limit=64)
 TINY_NET = "{'width': 4, 'hidden': 16}"

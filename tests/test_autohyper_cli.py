@@ -180,7 +180,8 @@ def test_seed_names_and_values_translate():
     values = read_seed_config_from({"dataset": "CIFAR10", "network": "ResNet18CIFAR", "optimizer": "AdaM",
                                     "optimizer_kwargs": {"weight_decay": "5e-4"}, "init_lr": ["1e-3", 0.1]})
     plan = plan_from_config(values)
-    assert (plan.dataset, plan.model, plan.model_config, plan.optimizer) == ("cifar10", "resnet18", {"stem": "cifar"}, "Adam")
+    expected = ("cifar10", "resnet18", {"stem": "cifar"}, "Adam")
+    assert (plan.dataset, plan.model, plan.model_config, plan.optimizer) == expected
     assert plan.init_lrs == [1e-3, 0.1] and plan.optimizer_settings == {"weight_decay": 5e-4}
     adas = plan_from_config(read_seed_config_from({"optimizer": "SGD", "scheduler": "AdaS", "p": 2,
                                                    "scheduler_kwargs": {"beta": 0.9}}))
@@ -206,7 +207,8 @@ def regime_lrs(entry_schedule, times, lr=0.1):
 def test_schedules_match_torch_schedulers():
     param = [torch.zeros(1, requires_grad=True)]
     # StepLR, stepped once per epoch (as the seed did)
-    plan = plan_from_config(read_seed_config_from({"scheduler": "StepLR", "scheduler_kwargs": {"step_size": 3, "gamma": 0.5}}))
+    step_lr = {"scheduler": "StepLR", "scheduler_kwargs": {"step_size": 3, "gamma": 0.5}}
+    plan = plan_from_config(read_seed_config_from(step_lr))
     opt = torch.optim.SGD(param, lr=0.1)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
     torch_lrs = []
@@ -217,8 +219,9 @@ def test_schedules_match_torch_schedulers():
     np.testing.assert_allclose(regime_lrs(plan.schedule, np.arange(10) + 0.5), torch_lrs, rtol=1e-12)
     # CosineAnnealingWarmRestarts at fractional epochs (the seed's scheduler.step(epoch + batch/len))
     for t_mult in (1, 2):
+        restarts = {"T_0": 3, "T_mult": t_mult, "eta_min": 1e-3}
         plan = plan_from_config(read_seed_config_from({"scheduler": "CosineAnnealingWarmRestarts",
-                                                       "scheduler_kwargs": {"T_0": 3, "T_mult": t_mult, "eta_min": 1e-3}}))
+                                                       "scheduler_kwargs": restarts}))
         opt = torch.optim.SGD(param, lr=0.1)
         sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=3, T_mult=t_mult, eta_min=1e-3)
         times = np.arange(0, 20, 0.37)

@@ -21,8 +21,14 @@ from PIL import Image
 
 from basinlab.data import DATASETS, build_loaders, default_datasets_dir, list_datasets
 from basinlab.data.catalog import PAD_CROP_FLIP
-from basinlab.data.formats import (decode_rgb, read_arrays, read_cifar_batch, read_idx, read_mnist_split,
-                                   scan_image_folder)
+from basinlab.data.formats import (
+    decode_rgb,
+    read_arrays,
+    read_cifar_batch,
+    read_idx,
+    read_mnist_split,
+    scan_image_folder,
+)
 from basinlab.data.loader import derive_seed
 from basinlab.data.memory import PAD, CropFlip, MemoryLoader, crop_flip_params
 from basinlab.data.stream import eval_transform, random_resized_crop_box, to_uint8_chw

@@ -16,14 +16,14 @@ import pytest
 import torch
 import yaml
 
-from basinlab.cli import build_parser, main
 from basinlab.api import make_config
-from basinlab.methods.registry import build_method
+from basinlab.cli import build_parser, main
 from basinlab.engine.distributed import DataParallel, ProcessPlace, check_with_device, select_device
 from basinlab.engine.evaluate import evaluate
 from basinlab.engine.inspect import loader_for, model_from_checkpoint
 from basinlab.engine.launch import argv_from_args, torchrun_command
 from basinlab.errors import ConfigError
+from basinlab.methods.registry import build_method
 
 pytestmark = pytest.mark.slow
 
@@ -224,7 +224,8 @@ def test_device_and_option_checks():
 def test_environment_is_read_and_checked():
     assert ProcessPlace.from_environ({}) == ProcessPlace(0, 0, 1, 1)
     place = ProcessPlace.from_environ({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"})
-    assert (place.rank, place.local_rank, place.world_size, place.local_world_size, place.distributed) == (3, 1, 4, 2, True)
+    got = (place.rank, place.local_rank, place.world_size, place.local_world_size, place.distributed)
+    assert got == (3, 1, 4, 2, True)
     with pytest.raises(ConfigError, match="WORLD_SIZE='two'"):
         ProcessPlace.from_environ({"WORLD_SIZE": "two"})
     with pytest.raises(ConfigError, match="do not fit"):

@@ -10,11 +10,16 @@ from torch import nn
 import basinlab
 from basinlab.analysis import landscape
 from basinlab.analysis.data import measurement_data
-from basinlab.analysis.landscape import (GridEvaluator, filter_normalized_direction, interpolate_state, parse_range,
-                                        recalibrate_bn)
+from basinlab.analysis.landscape import (
+    GridEvaluator,
+    filter_normalized_direction,
+    interpolate_state,
+    parse_range,
+    recalibrate_bn,
+)
 from basinlab.analysis.views import interpolate_checkpoints, random_directions
-from basinlab.engine.evaluate import evaluate
 from basinlab.api import evaluate_checkpoint
+from basinlab.engine.evaluate import evaluate
 from basinlab.engine.inspect import model_from_checkpoint
 from basinlab.errors import ConfigError
 

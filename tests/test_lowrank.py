@@ -21,7 +21,6 @@ from basinlab.metrics.lowrank import (
 )
 from basinlab.optim.adas import AdaS
 
-
 # ------------------------------------------------------------------------------------------
 # An independent EVBMF: the objective exactly as written in the spec (with x - ln x), minimised
 # by brute force on a dense log grid, then the kept values recomputed from the formula.

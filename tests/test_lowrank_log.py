@@ -72,7 +72,7 @@ def test_adas_end_to_end_per_layer_lrs_follow_the_knowledge_gain(tmp_path):
     rows = pd.read_csv(run / "lowrank.csv")
     results = pd.read_csv(run / "results.csv")
     changed = False
-    for layer, group in rows.groupby("layer"):
+    for _, group in rows.groupby("layer"):
         group = group.sort_values("epoch")
         gbar = ((group["S_in"] + group["S_out"]) / 2).tolist()
         expected = adas_recurrence(gbar, 0.3)

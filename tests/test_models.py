@@ -8,10 +8,8 @@ import torch
 from torch import nn
 
 from basinlab.errors import ConfigError
-from basinlab.models import create_model, list_models, register_model
-from basinlab.models import registry
+from basinlab.models import create_model, list_models, register_model, registry
 from basinlab.nn import NORM_MODES, is_norm_module
-
 
 EXPECTED = {"resnet", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet18", "resnet34",
             "resnet50", "resnet101", "resnet152", "wide_resnet", "vgg11", "vgg13", "vgg16", "vgg19",

@@ -1,5 +1,7 @@
 """NormSpec: parsing, validation, every mode's layer and its semantics, init_norm_."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -154,6 +156,6 @@ def test_init_norm_resets_online_affine():
 
 def test_spec_is_frozen_and_serialisable():
     spec = NormSpec.parse("group")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         spec.mode = "batch"
     assert NormSpec(**spec.to_dict()) == spec

@@ -176,7 +176,8 @@ def test_exponential_multistep_step_and_linear_closed_form():
     cont = Regime([{"epoch": 0, "lr": 0.1, "schedule": {"name": "exponential", "gamma": 0.97, "continuous": True}}],
                   steps_per_epoch=10)
     assert cont.settings_at(10, 5)["lr"] == pytest.approx(0.1 * 0.97 ** 10.5)
-    ms = Regime([{"epoch": 0, "lr": 0.1, "schedule": {"name": "multistep", "milestones": [100, 150, 200], "gamma": 0.1}}])
+    multistep = {"name": "multistep", "milestones": [100, 150, 200], "gamma": 0.1}
+    ms = Regime([{"epoch": 0, "lr": 0.1, "schedule": multistep}])
     for e, n in ((0, 0), (99, 0), (100, 1), (149, 1), (150, 2), (200, 3), (249, 3)):
         assert ms.settings_at(e)["lr"] == pytest.approx(0.1 * 0.1 ** n)
     st = Regime([{"epoch": 0, "lr": 0.2, "schedule": {"name": "step", "step_size": 30, "gamma": 0.5}}])
@@ -330,11 +331,16 @@ def test_describe_and_to_config():
 # ---------------------------------------------------------------- errors
 @pytest.mark.parametrize("phases, pattern", [
     ([{"epoch": 0, "optimizer": "Adamm"}], r"phase 0 \(epoch 0\): unknown optimizer 'Adamm'; allowed.*SGD"),
-    ([{"epoch": 0, "lr": 0.1, "learning_rate": 0.1}], r"unknown key 'learning_rate'; allowed: epoch, step, optimizer, schedule"),
-    ([{"epoch": 0, "optimizer": "Adam", "momentum": 0.9}], r"'momentum' is not a setting of optimizer Adam; allowed: .*betas"),
-    ([{"epoch": 0, "lr": 0.1}, {"epoch": 5, "optimizer": "Adam", "dampening": 0.1}], r"phase 1 \(epoch 5\).*'dampening'.*Adam"),
-    ([{"epoch": 0, "lr": 0.1, "schedule": {"name": "cosinus", "epochs": 3}}], r"unknown schedule 'cosinus'; allowed: .*cosine"),
-    ([{"epoch": 0, "lr": 0.1, "schedule": {"name": "cosine", "epoch": 3}}], r"unknown parameter 'epoch' for schedule 'cosine'; allowed: end_lr, epochs"),
+    ([{"epoch": 0, "lr": 0.1, "learning_rate": 0.1}], r"unknown key 'learning_rate'; allowed: epoch, step, "
+                                                      r"optimizer, schedule"),
+    ([{"epoch": 0, "optimizer": "Adam", "momentum": 0.9}], r"'momentum' is not a setting of optimizer Adam; "
+                                                           r"allowed: .*betas"),
+    ([{"epoch": 0, "lr": 0.1}, {"epoch": 5, "optimizer": "Adam", "dampening": 0.1}], r"phase 1 \(epoch "
+                                                                                     r"5\).*'dampening'.*Adam"),
+    ([{"epoch": 0, "lr": 0.1, "schedule": {"name": "cosinus", "epochs": 3}}], r"unknown schedule 'cosinus'; "
+                                                                              r"allowed: .*cosine"),
+    ([{"epoch": 0, "lr": 0.1, "schedule": {"name": "cosine", "epoch": 3}}],
+     r"unknown parameter 'epoch' for schedule 'cosine'; allowed: end_lr, epochs"),
     ([{"epoch": 0, "lr": 0.1, "schedule": {"name": "cosine"}}], r"schedule 'cosine' needs 'epochs'"),
     ([{"epoch": 0, "lr": 0.1, "schedule": {"name": "exponential", "gamma": -1}}], r"'gamma' must be > 0"),
     ([{"epoch": 0, "lr": 0.1, "schedule": {"name": "multistep", "milestones": [5, 3]}}], r"'milestones' must increase"),

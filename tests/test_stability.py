@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 
+from basinlab.errors import ConfigError
 from basinlab.methods.asgd.stability import (
     StabilityInputError,
     adjusted_lr,
@@ -13,7 +14,6 @@ from basinlab.methods.asgd.stability import (
     stability_table,
     stability_threshold,
 )
-from basinlab.errors import ConfigError
 
 
 def sig3(x: float) -> float:
@@ -112,7 +112,8 @@ def _simulate(x, tau, gamma, kind, steps):
     return u[: 5 * (tau + 2)].max(), u[-5 * (tau + 2):].max()
 
 
-@pytest.mark.parametrize("tau,gamma,kind", [(3, 0.0, "standard"), (4, 0.5, "standard"), (4, 0.9, "shifted"), (8, 0.5, "shifted")])
+@pytest.mark.parametrize("tau,gamma,kind",
+                         [(3, 0.0, "standard"), (4, 0.5, "standard"), (4, 0.9, "shifted"), (8, 0.5, "shifted")])
 def test_polynomials_describe_the_spec_updates(tau, gamma, kind):
     x_star = stability_threshold(tau, gamma, kind)
     head, tail = _simulate(0.9 * x_star, tau, gamma, kind, 20000)

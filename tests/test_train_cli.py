@@ -104,7 +104,8 @@ def test_evaluate_and_export(tmp_path, capsys):
     assert "val: loss" in out
     evaluated = pd.read_csv(tmp_path / "eval.csv").iloc[0]
     history = pd.read_csv(run / "results.csv").iloc[0]
-    assert evaluated["acc1"] == pytest.approx(history["val_acc1"]) and evaluated["loss"] == pytest.approx(history["val_loss"])
+    assert evaluated["acc1"] == pytest.approx(history["val_acc1"])
+    assert evaluated["loss"] == pytest.approx(history["val_loss"])
     # the training split is evaluated whole, in order, with no short batch dropped
     assert main(["evaluate", str(run), "--split", "train", "--limit", "300", "-b", "256"]) == 0
     assert "(300 examples)" in capsys.readouterr().out

@@ -71,7 +71,9 @@ def _add_sharpness(sub) -> None:
 
 def _add_landscape(sub) -> None:
     land = sub.add_parser("landscape", help="loss-landscape views: interpolation between two models, random directions")
-    from basinlab.cli.options import ArgumentParser  # usage errors as one-line ConfigErrors, like every basinlab command
+    from basinlab.cli.options import (
+        ArgumentParser,  # usage errors as one-line ConfigErrors, like every basinlab command
+    )
     views = land.add_subparsers(dest="view", required=True, parser_class=ArgumentParser)
     interp = views.add_parser("interpolate", help="loss and accuracy along (1-alpha) A + alpha B")
     interp.add_argument("checkpoint_a", help="model A (alpha = 0): checkpoint file or run folder")
@@ -93,8 +95,8 @@ def _add_landscape(sub) -> None:
 
 
 def cmd_sharpness(args) -> int:
-    from basinlab.analysis.measure import MeasureOptions, measure_checkpoint, parse_measures
     from basinlab.analysis.data import check_count
+    from basinlab.analysis.measure import MeasureOptions, measure_checkpoint, parse_measures
     for name in ("top_k", "max_iter", "iterations", "n_vectors", "keskar_iter", "subspace_dim"):
         check_count(getattr(args, name), "--" + name.replace("_", "-"))
     if args.seed < 0:

@@ -32,7 +32,8 @@ def _add_autohyper(sub) -> None:
     train.add_argument("--gpu", type=int, help="CUDA device index (default: auto)")
     train.add_argument("--search", default="lr", choices=("lr", "lr+wd"),
                        help="lr: autoHyper's lr search (master branch); lr+wd: the joint trust-region search")
-    train.add_argument("--seed", type=int, help="seed of every trial and of the first full training (overrides the config)")
+    train.add_argument("--seed", type=int, help="seed of every trial and of the first full training (overrides the "
+                                                "config)")
     train.add_argument("--quiet", action="store_true", help="print only the chosen lr and the summary")
     for flag in DISTRIBUTED_FLAGS:  # the seed's distributed flags: refused with a clear message
         train.add_argument(flag, dest="distributed_" + flag.strip("-").replace("-", "_"), nargs="?", const=True,
@@ -56,7 +57,8 @@ def cmd_autohyper_train(args) -> int:
                             seed=args.seed, echo=echo)
     print(f"autoHyper output: {output}")
     if len(summary):
-        print(summary[["lr", "weight_decay", "source", "trial", "status", "epochs", "best_val_acc1"]].to_string(index=False))
+        columns = ["lr", "weight_decay", "source", "trial", "status", "epochs", "best_val_acc1"]
+        print(summary[columns].to_string(index=False))
     return 0
 
 
@@ -81,7 +83,8 @@ def _output_folder(args, root: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- lr-range
 def _add_lr_range(sub) -> None:
     from basinlab.cli.options import add_config_options
-    lr_range = sub.add_parser("lr-range", help="LR range test (Smith) on the model, data and optimizer of a train config")
+    lr_range = sub.add_parser("lr-range", help="LR range test (Smith) on the model, data and optimizer of a train "
+                                               "config")
     lr_range.add_argument("--config", help="YAML file of train options")
     add_config_options(lr_range)
     lr_range.add_argument("--start-lr", type=float, default=1e-7, help="first lr of the sweep (default 1e-7)")
@@ -90,7 +93,8 @@ def _add_lr_range(sub) -> None:
     lr_range.add_argument("--smooth", type=float, default=0.98, help="EMA factor of the smoothed loss (default 0.98)")
     lr_range.add_argument("--diverge-factor", type=float, default=4.0,
                           help="stop when the smoothed loss exceeds this times its best (default 4)")
-    lr_range.add_argument("-o", "--output", default="lr-range", help="folder for lr_range.csv/.png/.json (default lr-range)")
+    lr_range.add_argument("-o", "--output", default="lr-range", help="folder for lr_range.csv/.png/.json (default "
+                                                                     "lr-range)")
     lr_range.set_defaults(func=cmd_lr_range)
 
 
@@ -102,7 +106,8 @@ def cmd_lr_range(args) -> int:
     cfg = build_train_config(args)
     result = run_lr_range(cfg, args.output, start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.num_steps,
                           smooth=args.smooth, diverge_factor=args.diverge_factor)
-    print(f"LR range test: {len(result.lrs)} steps from {result.lrs[0]:.3g} to {result.lrs[-1]:.3g} ({result.stop_reason})")
+    print(f"LR range test: {len(result.lrs)} steps from {result.lrs[0]:.3g} to {result.lrs[-1]:.3g} "
+          f"({result.stop_reason})")
     for name, lr in result.suggestions.items():
         print(f"  {name:10s} {lr:.4g}")
     print(f"wrote {Path(args.output) / 'lr_range.csv'}, lr_range.png, lr_range.json")

@@ -26,9 +26,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from basinlab.config import TrainConfig
 from basinlab.data.loader import derive_seed
-from basinlab.errors import ConfigError
 from basinlab.engine.launch import DEFAULT_BATCH, check_global_batch, check_options
 from basinlab.engine.setup import pick_device
+from basinlab.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class ProcessPlace:
         return self.world_size > 1
 
     @classmethod
-    def from_environ(cls, environ=None) -> "ProcessPlace":
+    def from_environ(cls, environ=None) -> ProcessPlace:
         environ = os.environ if environ is None else environ
         values = {}
         for name, key, default in (("rank", "RANK", 0), ("local_rank", "LOCAL_RANK", 0),

@@ -8,10 +8,10 @@ import torch.nn as nn
 
 import basinlab.data as data_lib
 from basinlab.config import FIELDS, validated_config
-from basinlab.errors import ConfigError
-from basinlab.models import create_model
 from basinlab.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from basinlab.engine.setup import pick_device, split_model_config
+from basinlab.errors import ConfigError
+from basinlab.models import create_model
 
 
 def config_from_state(state: dict):

@@ -16,15 +16,15 @@ import torch.nn as nn
 
 import basinlab.data as data_lib
 from basinlab.config import TrainConfig
-from basinlab.errors import ConfigError, NonFiniteLossError
-from basinlab.models import create_model
-from basinlab.optim import DataRegime, optimizer_name_of
 from basinlab.engine.checkpoint import load_checkpoint, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state
 from basinlab.engine.distributed import DataParallel
 from basinlab.engine.evaluate import Meter, evaluate
-from basinlab.records.run_folder import RunFolder, default_run_name
 from basinlab.engine.setup import build_regime, make_criterion, prefers_channels_last, split_model_config
 from basinlab.engine.steps import STRATEGIES, StepStrategy
+from basinlab.errors import ConfigError, NonFiniteLossError
+from basinlab.models import create_model
+from basinlab.optim import DataRegime, optimizer_name_of
+from basinlab.records.run_folder import RunFolder, default_run_name
 
 
 class TrainingInterrupted(Exception):
@@ -313,7 +313,8 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.run.resume_records(self.epoch)
-        where = f"epoch {self.epoch + 1}, step {self.batch_in_epoch}" if self.batch_in_epoch else f"the start of epoch {self.epoch + 1}"
+        where = (f"epoch {self.epoch + 1}, step {self.batch_in_epoch}" if self.batch_in_epoch
+                 else f"the start of epoch {self.epoch + 1}")
         self.run.log.info(f"resumed from {self.cfg.resume} at {where} (global step {self.global_step})")
 
     def _load_callback_states(self, stored) -> None:
@@ -331,7 +332,8 @@ class Trainer:
                 self.log.info(f"note: no stored state for callback {cb.state_key}; it starts fresh")
         unplaced = sorted(set(stored) - {cb.state_key for cb in self.callbacks})
         if unplaced:
-            self.log.info(f"note: the checkpoint holds state of callbacks this run does not have: {', '.join(unplaced)}")
+            self.log.info("note: the checkpoint holds state of callbacks this run does not have: "
+                          + ", ".join(unplaced))
 
     def save_checkpoint(self, best: bool = False) -> None:
         if not self.run.is_main:

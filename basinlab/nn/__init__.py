@@ -1,7 +1,6 @@
 """Layers: the norm-mode factory, and Online Normalization (loaded on first use)."""
 
-from basinlab.nn.norms import (ECM_MODES, NORM_MODES, NormSpec, group_count, init_norm_,
-                               is_norm_module)
+from basinlab.nn.norms import ECM_MODES, NORM_MODES, NormSpec, group_count, init_norm_, is_norm_module
 
 __all__ = ["ECM_MODES", "NORM_MODES", "NormSpec", "group_count", "init_norm_", "is_norm_module",
            "OnlineNorm1d", "OnlineNorm2d"]

@@ -80,7 +80,7 @@ class NormSpec:
         return dict(_DATASET_DEFAULTS["imagenet"])
 
     @classmethod
-    def parse(cls, value: "str | dict | NormSpec | None", dataset: str | None = None) -> "NormSpec":
+    def parse(cls, value: str | dict | NormSpec | None, dataset: str | None = None) -> NormSpec:
         """Build a spec from a mode name, a dict of fields, a spec, or None (the default).
 
         Fields the user does not give take the reference's defaults for ``dataset`` when one is

@@ -70,7 +70,7 @@ _LS_EPS = 1e-5  # layer scaling: z / sqrt(mean(z^2) + 1e-5)
 _AC_BOUND = 5.0  # activation clamping: clamp(z, -5, 5)
 _CHUNK = 256  # longest batch scanned with one matrix; longer batches go chunk by chunk
 
-_MATRICES: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+_MATRICES: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 _MATRICES_MAX = 32
 
 
@@ -112,7 +112,7 @@ def _exact_matmul(mat: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     return mat @ rhs
 
 
-_POWERS: "OrderedDict[tuple, tuple]" = OrderedDict()
+_POWERS: OrderedDict[tuple, tuple] = OrderedDict()
 _PRODUCT_RANGE = (1e-250, 1e250)  # float64 partial products kept well inside the normal range
 
 
@@ -233,7 +233,7 @@ def _affine_scan_doubling(a: torch.Tensor, c: torch.Tensor, s0: torch.Tensor):
     return torch.cat([s0.unsqueeze(0), c[:-1]], dim=0), c[-1]
 
 
-_CONSTS: "OrderedDict[tuple, tuple]" = OrderedDict()
+_CONSTS: OrderedDict[tuple, tuple] = OrderedDict()
 
 
 def _zeros_ones(n: int, device, dtype):

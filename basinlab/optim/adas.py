@@ -143,7 +143,7 @@ class AdaS(torch.optim.SGD):
     def _gbar(self, metrics, groups) -> np.ndarray:
         n = len(groups)
         if metrics is None or isinstance(metrics, nn.Module):
-            from basinlab.metrics.lowrank import unfoldings, _as_matrix, _fits, _fit_metrics
+            from basinlab.metrics.lowrank import _as_matrix, _fit_metrics, _fits, unfoldings
 
             mats, ns, ps = [], [], []
             with torch.no_grad():

@@ -15,8 +15,9 @@ which is how :meth:`basinlab.optim.Regime.apply` knows whether a phase changes t
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Mapping
 from numbers import Real
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
 from basinlab.errors import ConfigError
-
 from basinlab.optim.factory import (
     all_param_group_keys,
     apply_group_settings,
@@ -225,7 +225,8 @@ class Regime:
                 raise ConfigError(f"{where}: names both 'epoch' and 'step'; a phase starts at one of them")
             if not has:
                 if i > 0:
-                    raise ConfigError(f"{where}: names neither 'epoch' nor 'step'; only the first phase may omit its start")
+                    raise ConfigError(f"{where}: names neither 'epoch' nor 'step'; only the first phase may omit "
+                                      f"its start")
                 kind, start = "epoch", 0
             else:
                 kind, start = has[0], raw[has[0]]
@@ -448,7 +449,7 @@ class Regime:
             return float(self._call(0.0)["lr"])
         return float(self._phases[0].base_lr)
 
-    def scaled_lr(self, factor: float) -> "Regime":
+    def scaled_lr(self, factor: float) -> Regime:
         """A copy with every lr (phases and schedule lrs) multiplied by ``factor``."""
         if not _is_num(factor) or factor <= 0:
             raise ConfigError(f"lr scale factor must be a number > 0, got {factor!r}")
@@ -477,7 +478,7 @@ class Regime:
         return Regime(entries, steps_per_epoch=self.steps_per_epoch)
 
     def overridden(self, *, lr: float | None = None, momentum: float | None = None,
-                   weight_decay: float | None = None) -> tuple["Regime", list[str]]:
+                   weight_decay: float | None = None) -> tuple[Regime, list[str]]:
         """Apply command-line overrides; returns (new regime, log lines saying what changed).
 
         ``lr`` rescales the WHOLE lr schedule so that it starts at ``lr`` (every phase lr and
@@ -493,7 +494,8 @@ class Regime:
                 raise ConfigError(f"lr override must be a number > 0, got {lr!r}")
             first = self.first_lr
             if first <= 0:
-                raise ConfigError(f"lr override {_fmt(float(lr))}: the regime's first lr is {_fmt(first)}, so it cannot be rescaled")
+                raise ConfigError(f"lr override {_fmt(float(lr))}: the regime's first lr is {_fmt(first)}, so it "
+                                  f"cannot be rescaled")
             factor = lr / first
             new = self.scaled_lr(factor)
             if new._fn is None:  # make the first lr exactly the given value
@@ -520,7 +522,7 @@ class Regime:
             new = Regime(self, steps_per_epoch=self.steps_per_epoch)
         return new, lines
 
-    def _replace_everywhere(self, key: str, value) -> tuple["Regime", str]:
+    def _replace_everywhere(self, key: str, value) -> tuple[Regime, str]:
         if self._fn is not None:
             fn = self._fn
             name0 = self._call(0.0)["optimizer"]
@@ -793,7 +795,8 @@ class DataRegime:
                 if k == "epoch":
                     continue
                 if k not in allowed:
-                    raise ConfigError(f"data regime entry {i}: unknown key {k!r}; allowed: epoch, {', '.join(sorted(allowed))}")
+                    raise ConfigError(f"data regime entry {i}: unknown key {k!r}; "
+                                      f"allowed: epoch, {', '.join(sorted(allowed))}")
                 if k in _POSITIVE_INT_KEYS and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
                     raise ConfigError(f"data regime entry {i}: {k!r} must be an integer > 0, got {v!r}")
                 if k == "input_size":
@@ -801,7 +804,8 @@ class DataRegime:
                         isinstance(v, (list, tuple)) and len(v) == 2
                         and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v))
                     if not ok:
-                        raise ConfigError(f"data regime entry {i}: 'input_size' must be an integer > 0 or [h, w], got {v!r}")
+                        raise ConfigError(f"data regime entry {i}: 'input_size' must be an integer > 0 or [h, w], "
+                                          f"got {v!r}")
                 acc[k] = v
             self._entries.append({"epoch": ep, **{k: v for k, v in e.items() if k != "epoch"}})
             self._acc.append((ep, dict(acc)))

@@ -29,8 +29,9 @@ More schedules can be added with :func:`register_schedule`.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from numbers import Real
-from typing import Any, Mapping
+from typing import Any
 
 from basinlab.errors import ConfigError
 
@@ -94,7 +95,7 @@ class Schedule:
         """An lr the schedule fixes for later entries (linear_warmup's to_lr), else None."""
         return None
 
-    def scaled(self, factor: float) -> "Schedule":
+    def scaled(self, factor: float) -> Schedule:
         spec = self.to_config()
         for key in LR_PARAMS:
             if key in spec:
@@ -315,7 +316,8 @@ class OneCycle(Schedule):
         _num("epochs", self.get("epochs"), self.where, positive=True)
         pct = _num("pct_start", self.get("pct_start"), self.where, positive=True)
         if pct >= 1 or (self.get("three_phase") and pct >= 0.5):
-            raise ConfigError(f"{self.where}: 'pct_start' must lie in (0, 1) (in (0, 0.5) with three_phase), got {pct:g}")
+            raise ConfigError(f"{self.where}: 'pct_start' must lie in (0, 1) (in (0, 0.5) with three_phase), got "
+                              f"{pct:g}")
         _num("div_factor", self.get("div_factor"), self.where, positive=True)
         _num("final_div_factor", self.get("final_div_factor"), self.where, positive=True)
         if self.get("anneal") not in ("cos", "linear"):

@@ -56,7 +56,7 @@ class RunLog:
                   f"val loss {row['val_loss']:.4f} top1 {row['val_acc1']:.2f}% top5 {row['val_acc5']:.2f}% | "
                   f"lr {row['lr']:.4g} | {row['epoch_time_s']:.1f}s {row['train_images_per_s']:.0f} img/s")
 
-    def progress(self, total: int, epoch: int, epochs: int, initial: int = 0) -> "Progress":
+    def progress(self, total: int, epoch: int, epochs: int, initial: int = 0) -> Progress:
         return Progress(total, epoch, epochs, initial, enabled=self.show_bar and self.file is not None)
 
     def close(self) -> None:
@@ -99,7 +99,8 @@ def environment_facts() -> dict:
     from basinlab._version import __version__
     facts = {"basinlab": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
              "numpy": str(numpy.__version__), "pandas": str(pd.__version__), "platform": platform.platform(),
-             "cuda": torch.version.cuda, "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+             "cuda": torch.version.cuda,
+             "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
              "threads": torch.get_num_threads(), "world_size": int(os.environ.get("WORLD_SIZE", "1")),
              "command": " ".join(sys.argv),
              "started": dt.datetime.now().isoformat(timespec="seconds")}
@@ -141,7 +142,7 @@ class RunFolder:
         self.tensorboard = TensorBoardLog(path / "tensorboard", enabled=is_main)
 
     @classmethod
-    def open(cls, cfg: TrainConfig, resume: bool, barrier=lambda: None) -> "RunFolder":
+    def open(cls, cfg: TrainConfig, resume: bool, barrier=lambda: None) -> RunFolder:
         """Create the run folder; an existing one is never overwritten without --resume or --overwrite.
 
         `barrier` waits for every rank of a distributed run: all ranks check the folder before rank 0
