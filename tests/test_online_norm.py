@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import basinlab.nn.online_norm as online_norm
+import basinlab.nn.online_norm_scans as online_norm_scans
 from basinlab.nn.online_norm import OnlineNorm1d, OnlineNorm2d, _OnlineNormFunction
 from basinlab.nn.online_norm_reference import OnlineNormReference
 
@@ -92,7 +93,7 @@ def test_matches_reference_negative_control_decay(dtype, monkeypatch):
     # alpha_bkw = 0.5 and inputs far larger than the initial var = 1: E[y^2] >> 2, so the decay
     # 1 - (1 - alpha_bkw) E[y^2] of the v-recurrence is strongly negative (no log-space tricks).
     seen = []
-    scan = online_norm._affine_scan
+    scan = online_norm_scans._affine_scan
 
     def spy(a, c, s0):
         seen.append(a.min().item())
@@ -119,8 +120,8 @@ def test_matches_reference_on_fallback_scan_paths(dtype, monkeypatch):
     # the cheap closed forms are switched off: constant decays through the matrix of powers,
     # the v-recurrence through the log-depth doubling scan; plain sums instead of the fused kernel
     monkeypatch.setattr(online_norm, "_FUSED_SUMS", [False])
-    monkeypatch.setattr(online_norm, "_decay_powers", lambda *args: None)
-    monkeypatch.setattr(online_norm, "_affine_scan_products", lambda *args: None)
+    monkeypatch.setattr(online_norm_scans, "_decay_powers", lambda *args: None)
+    monkeypatch.setattr(online_norm_scans, "_affine_scan_products", lambda *args: None)
     for kind, ecm in (("4d", "ls"), ("2d", "ac")):
         mod, ref, c = make_pair(kind, ecm, dtype, alpha_fwd=0.9, alpha_bkw=0.8)
         shapes = [batch_shape(kind, b, c) for b in (6, 1, 13)]
@@ -151,18 +152,18 @@ def test_scans_match_sequential_recurrence(n):
     ]
     for a in cases:
         want_prev, want_last = _sequential(a, c, s0)
-        for scan in (online_norm._affine_scan, online_norm._affine_scan_doubling):
+        for scan in (online_norm_scans._affine_scan, online_norm_scans._affine_scan_doubling):
             prev, last = scan(a, c, s0)
             assert rel_err(prev, want_prev) < 1e-12 and rel_err(last, want_last) < 1e-12
-        products = online_norm._affine_scan_products(a, c, s0)  # None when out of its range
+        products = online_norm_scans._affine_scan_products(a, c, s0)  # None when out of its range
         if products is not None:
             assert rel_err(products[0], want_prev) < 1e-12
     # constant decays, including ones whose negative powers would overflow (matrix fallback)
     for alpha, scale in ((0.999, 0.001), (15 / 16, 1.0), (0.01, 0.99), (0.0, 1.0), (1.0, 0.0)):
         want_prev, want_last = _sequential(torch.full((n, 3), alpha, dtype=dt), scale * c, s0)
-        prev, last = online_norm._const_decay_scan(c, s0, alpha, scale)
+        prev, last = online_norm_scans._const_decay_scan(c, s0, alpha, scale)
         assert rel_err(prev, want_prev) < 1e-12 and rel_err(last, want_last) < 1e-12
-        prev32, last32 = online_norm._const_decay_scan(c.float(), s0.float(), alpha, scale)
+        prev32, last32 = online_norm_scans._const_decay_scan(c.float(), s0.float(), alpha, scale)
         assert rel_err(prev32, want_prev) < 1e-6 and rel_err(last32, want_last) < 1e-6
 
 

@@ -20,10 +20,9 @@ from basinlab.analysis.landscape import (
     filter_normalized_direction,
     interpolate_state,
     negative_variance_alphas,
-    plot_contours,
-    plot_curves,
     run_grid,
 )
+from basinlab.analysis.landscape_plots import plot_contours, plot_curves
 from basinlab.analysis.measure import model_and_criterion
 from basinlab.engine.checkpoint import resolve_checkpoint
 from basinlab.engine.setup import pick_device

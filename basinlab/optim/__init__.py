@@ -1,5 +1,6 @@
 """Optimizers by name, optimisation regimes (settings by training position) and lr schedules."""
 
+from basinlab.optim.data_regime import DATA_REGIME_KEYS, DataRegime
 from basinlab.optim.factory import (
     OptimizerSpec,
     all_param_group_keys,
@@ -11,9 +12,7 @@ from basinlab.optim.factory import (
     register_optimizer,
 )
 from basinlab.optim.regime import (
-    DATA_REGIME_KEYS,
     REGIME_CONFIG_KEYS,
-    DataRegime,
     Regime,
     batch_size_rule,
     fixed_regime,
