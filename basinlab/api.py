@@ -17,6 +17,8 @@ from basinlab.engine.evaluate import evaluate
 from basinlab.engine.inspect import export_safetensors, model_from_checkpoint, prepare_evaluation
 from basinlab.engine.trainer import Trainer
 from basinlab.methods.registry import build_method
+from basinlab.models import absolute_model_spec, is_user_model
+from basinlab.models import trust_model_code as trust_user_model
 from basinlab.presets import get_preset
 from basinlab.records.run_folder import Run, load_run
 
@@ -32,6 +34,10 @@ def make_config(base: dict | None = None, **options) -> TrainConfig:
     values: dict = {}
     for layer in (base or {}), options:
         values.update(from_mapping(layer, where="options"))
+    named = from_mapping(options, where="options").get("model")
+    if isinstance(named, str) and is_user_model(named):  # named in this call: its code may be imported
+        values["model"] = absolute_model_spec(named)
+        trust_user_model(values["model"])
     if values.get("resume"):
         return validated_config(resume_values(values))
     preset = values.get("preset")
@@ -58,7 +64,7 @@ def train(config=None, *, callbacks=(), strategy=None, **options) -> Run:
 
 def evaluate_checkpoint(path, *, dataset=None, split="val", datasets_dir=None, batch_size=256, limit=None,
                         device="auto", noise=None, noise_type="uniform", noise_adapt="none", noise_samples=1,
-                        noise_include_bn=False, seed=0) -> dict:
+                        noise_include_bn=False, seed=0, trust_model_code: bool = False) -> dict:
     """Loss and top-1/top-5 of a checkpoint on a split (train data without augmentation).
 
     With `noise` (strength A): under fresh weight noise per batch, mean and std over `noise_samples`
@@ -67,7 +73,8 @@ def evaluate_checkpoint(path, *, dataset=None, split="val", datasets_dir=None, b
     from basinlab.methods.flat.noise import EVALUATION_FLAGS, NoiseModel, evaluate_under_noise
     noise_model = None if noise is None else NoiseModel(noise, noise_type, noise_adapt, flags=EVALUATION_FLAGS)
     model, loader, criterion = prepare_evaluation(path, dataset=dataset, split=split, datasets_dir=datasets_dir,
-                                                  batch_size=batch_size, limit=limit, device=device)
+                                                  batch_size=batch_size, limit=limit, device=device,
+                                                  trust_model_code=trust_model_code)
     if noise_model is None:
         return evaluate(model, loader, criterion)
     return evaluate_under_noise(model, loader, criterion, noise_model, samples=noise_samples, seed=seed,

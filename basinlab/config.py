@@ -15,12 +15,19 @@ from typing import Any
 import yaml
 
 from basinlab.errors import ConfigError
-from basinlab.utils.checks import check_int, check_number
+from basinlab.utils.checks import check_number
+from basinlab.utils.schema import MAX_TEXT, Rule, check_value, shown
 
 
-def opt(default, help, *flags, **argparse_kwargs):
-    """A config field with its command-line flags (the long flag is derived from the name)."""
-    return field(default=default, metadata={"help": help, "flags": flags, "argparse": argparse_kwargs})
+def opt(default, help, *flags, low=None, high=None, high_open=False, choices=(), item_low=None,
+        **argparse_kwargs):
+    """A config field: its default, help, extra command-line flags (the long flag comes from the name) and
+    what it accepts (range `low`..`high`, `choices`; the type is its annotation). See `RULES`."""
+    limits = {"low": low, "high": high, "high_open": high_open, "choices": tuple(choices), "item_low": item_low}
+    if choices:
+        argparse_kwargs.setdefault("choices", tuple(choices))
+    return field(default=default, metadata={"help": help, "flags": flags, "argparse": argparse_kwargs,
+                                            "limits": limits})
 
 
 def parse_literal_dict(text: str | dict | None, what: str = "--model-config") -> dict:
@@ -28,7 +35,9 @@ def parse_literal_dict(text: str | dict | None, what: str = "--model-config") ->
     if text is None or text == "":
         return {}
     if isinstance(text, dict):
-        return dict(text)
+        return _string_keys(dict(text), what)
+    if not isinstance(text, str) or len(text) > MAX_TEXT:
+        raise ConfigError(f"{what} must be a Python literal dict such as \"{{'depth': 20}}\"; got {shown(text)}")
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
@@ -36,6 +45,13 @@ def parse_literal_dict(text: str | dict | None, what: str = "--model-config") ->
                           f"(literals only: no names, calls or expressions); got {text!r}") from None
     if not isinstance(value, dict):
         raise ConfigError(f"{what} must be a dict literal such as \"{{'depth': 20}}\"; got {type(value).__name__}")
+    return _string_keys(value, what)
+
+
+def _string_keys(value: dict, what: str) -> dict:
+    bad = [k for k in value if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"{what} keys must be option names (strings), got {shown(bad[0])}")
     return value
 
 
@@ -46,82 +62,127 @@ class TrainConfig:
                      "-a", "--arch")
     model_config: Any = opt(None, "model options as a Python literal dict, e.g. \"{'depth': 20, 'regime': 'fixed', "
                                   "'regime_lr': 0.1}\"")
-    depth: int | None = opt(None, "model depth (shorthand for model_config depth)", "-d")
+    depth: int | None = opt(None, "model depth (shorthand for model_config depth)", "-d",
+                            low=1, high=2000)
     dataset: str = opt("mnist5k", "dataset name from `basinlab list`")
     datasets_dir: str | None = opt(None, "folder holding <dataset>/ folders (default: $BASINLAB_DATASETS or "
                                          "~/.cache/basinlab/datasets)")
     download: bool = opt(False, "download the dataset with torchvision when it is installed and online")
-    train_limit: int | None = opt(None, "train on the first N examples only")
-    val_limit: int | None = opt(None, "validate on the first N examples only")
+    train_limit: int | None = opt(None, "train on the first N examples only",
+                                  low=1, high=2**31 - 1)
+    val_limit: int | None = opt(None, "validate on the first N examples only",
+                                low=1, high=2**31 - 1)
     augment: bool = opt(True, "standard training augmentation of the dataset (--no-augment to disable)")
     preset: str | None = opt(None, "start from a named preset (see `basinlab list`); other options override it")
     # --- optimisation ------------------------------------------------------------------------
-    epochs: int | None = opt(None, "number of epochs (default: the model's, else 10)")
+    epochs: int | None = opt(None, "number of epochs (default: the model's, else 10)",
+                             low=1, high=100_000)
     batch_size: int | None = opt(None, "training batch size (global batch in distributed runs; default: the "
-                                       "model's, else 128)", "-b")
-    eval_batch_size: int | None = opt(None, "validation batch size (default: max(batch size, 256))")
+                                       "model's, else 128)", "-b",
+                                 low=1, high=2**20)
+    eval_batch_size: int | None = opt(None, "validation batch size (default: max(batch size, 256))",
+                                      low=1, high=2**20)
     optimizer: str | None = opt(None, "optimizer name (any torch.optim class); with a model regime, replaces "
                                       "nothing: see README")
     lr: float | None = opt(None, "initial learning rate; rescales a model regime's lr schedule to start here",
-                           "--learning-rate")
-    momentum: float | None = opt(None, "momentum; replaces the value in every regime phase")
-    weight_decay: float | None = opt(None, "weight decay; replaces the value in every regime phase", "--wd")
-    lr_milestones: list | None = opt(None, "epochs at which lr is multiplied by --lr-multiplier", nargs="+", type=int)
-    lr_multiplier: float = opt(0.1, "lr multiplier at each milestone")
-    label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy loss")
-    grad_clip: float | None = opt(None, "clip the global gradient norm to this value")
+                           "--learning-rate",
+                           low=0)
+    momentum: float | None = opt(None, "momentum; replaces the value in every regime phase",
+                                 low=0)
+    weight_decay: float | None = opt(None, "weight decay; replaces the value in every regime phase", "--wd",
+                                     low=0)
+    lr_milestones: list | None = opt(None, "epochs at which lr is multiplied by --lr-multiplier", nargs="+", type=int,
+                                     item_low=0)
+    lr_multiplier: float = opt(0.1, "lr multiplier at each milestone",
+                               low=0)
+    label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy loss",
+                                 low=0, high=1, high_open=True)
+    grad_clip: float | None = opt(None, "clip the global gradient norm to this value",
+                                  low=0)
     # --- normalisation -------------------------------------------------------------------------
-    norm_mode: str | None = opt(None, "norm layers of conv models: batch|group|layer|instance|online|none", "--norm")
-    afwd: float | None = opt(None, "online norm forward decay", "--decay-factor-forward")
-    abkw: float | None = opt(None, "online norm backward decay", "--decay-factor-backward")
-    ecm: str | None = opt(None, "online norm error compensation: ls|ac|none")
-    gn_num_groups: int | None = opt(None, "groups of group norm")
+    norm_mode: str | None = opt(None, "norm layers of conv models: batch|group|layer|instance|online|none", "--norm",
+                                choices=("batch", "group", "layer", "instance", "online", "none"))
+    afwd: float | None = opt(None, "online norm forward decay", "--decay-factor-forward",
+                             low=0, high=1, high_open=True)
+    abkw: float | None = opt(None, "online norm backward decay", "--decay-factor-backward",
+                             low=0, high=1, high_open=True)
+    ecm: str | None = opt(None, "online norm error compensation: ls|ac|none",
+                          choices=("ls", "ac", "none"))
+    gn_num_groups: int | None = opt(None, "groups of group norm",
+                                    low=1, high=65_536)
     # --- asynchronous SGD (basinlab.methods.asgd) --------------------------------------------------------
-    server: str | None = opt(None, "simulated parameter server: ssgd|asgd|msgd (default: plain training)")
-    workers: int = opt(1, "simulated workers of the parameter server", "--workers-num")
-    delay: int | None = opt(None, "server delay d in updates (asgd default: workers-1, pure ASGD)")
-    schedule: str = opt("round_robin", "which worker computes next: round_robin|random|normal")
+    server: str | None = opt(None, "simulated parameter server: ssgd|asgd|msgd (default: plain training)",
+                             choices=("ssgd", "asgd", "msgd"))
+    workers: int = opt(1, "simulated workers of the parameter server", "--workers-num",
+                       low=1, high=4096)
+    delay: int | None = opt(None, "server delay d in updates (asgd default: workers-1, pure ASGD)",
+                            low=0, high=4096)
+    schedule: str = opt("round_robin", "which worker computes next: round_robin|random|normal",
+                        choices=("round_robin", "random", "normal"))
     adjust_lr: bool = opt(False, "scale the regime's lr for the delay: eta*sin(pi/(4d+2))")
     # --- flat minima (basinlab.methods.flat.method) --------------------------------------------------------
-    smoothout: float | None = opt(None, "SmoothOut noise strength A (weight noise each step)")
-    smoothout_noise: str = opt("uniform", "SmoothOut noise: uniform|normal")
-    smoothout_adapt: str = opt("none", "SmoothOut noise scale: none|weight|filter (filter = AdaSmoothOut)")
-    smoothout_schedule: str = opt("constant", "SmoothOut strength schedule: constant|anneal|tanh")
+    smoothout: float | None = opt(None, "SmoothOut noise strength A (weight noise each step)",
+                                  low=0)
+    smoothout_noise: str = opt("uniform", "SmoothOut noise: uniform|normal",
+                               choices=("uniform", "normal"))
+    smoothout_adapt: str = opt("none", "SmoothOut noise scale: none|weight|filter (filter = AdaSmoothOut)",
+                               choices=("none", "weight", "filter"))
+    smoothout_schedule: str = opt("constant", "SmoothOut strength schedule: constant|anneal|tanh",
+                                  choices=("constant", "anneal", "tanh"))
     smoothout_include_bn: bool = opt(False, "also perturb BatchNorm affine parameters")
     denoise: bool = opt(True, "remove the SmoothOut noise before the optimizer step (--no-denoise keeps it)")
     ghost_batch: int | None = opt(None, "accumulate gradients over chunks of this many samples, one step per batch "
-                                        "(ghost batches: each chunk normalised on its own)")
-    sam: float | None = opt(None, "SAM with radius rho")
-    asam: float | None = opt(None, "ASAM with radius rho")
-    asam_eta: float = opt(0.01, "ASAM's eta in T_w = |w| + eta")
-    lr_scale_batch: str | None = opt(None, "scale the regime's lr by batch/ghost batch: sqrt|linear")
+                                        "(ghost batches: each chunk normalised on its own)",
+                                  low=1, high=2**20)
+    sam: float | None = opt(None, "SAM with radius rho",
+                            low=0)
+    asam: float | None = opt(None, "ASAM with radius rho",
+                             low=0)
+    asam_eta: float = opt(0.01, "ASAM's eta in T_w = |w| + eta",
+                          low=0)
+    lr_scale_batch: str | None = opt(None, "scale the regime's lr by batch/ghost batch: sqrt|linear",
+                                     choices=("sqrt", "linear"))
     # --- measurements during training ---------------------------------------------------------
-    log_sharpness_every: int | None = opt(None, "log lambda_max (Hessian) every k epochs")
+    log_sharpness_every: int | None = opt(None, "log lambda_max (Hessian) every k epochs",
+                                          low=1, high=1_000_000)
     log_trace: bool = opt(False, "with --log-sharpness-every, also log the Hessian trace")
-    sharpness_batches: int = opt(4, "training batches used by --log-sharpness-every")
+    sharpness_batches: int = opt(4, "training batches used by --log-sharpness-every",
+                                 low=1, high=100_000)
     log_lowrank: bool = opt(False, "log low-rank metrics of conv layers each epoch (lowrank.csv)")
     # --- distributed -----------------------------------------------------------------------------
-    nproc: int | None = opt(None, "start this many processes with torchrun on this machine")
+    nproc: int | None = opt(None, "start this many processes with torchrun on this machine",
+                            low=1, high=1024)
     sync_bn: bool = opt(False, "convert BatchNorm to SyncBatchNorm in distributed runs")
-    dist_timeout: int = opt(300, "seconds before a stuck collective ends a distributed run")
+    dist_timeout: int = opt(300, "seconds before a stuck collective ends a distributed run",
+                            low=1, high=7 * 24 * 3600)
     # --- machine -------------------------------------------------------------------------------
-    seed: int = opt(0, "random seed of everything (weights, data order, augmentation, dropout)")
+    seed: int = opt(0, "random seed of everything (weights, data order, augmentation, dropout)",
+                    low=0, high=2**63 - 1)
     device: str = opt("auto", "auto|cpu|cuda|cuda:N|mps")
-    amp: str = opt("none", "mixed precision on CUDA: none|bf16|fp16")
-    channels_last: str = opt("auto", "memory format: auto|on|off (auto: channels_last for conv models where faster)")
+    amp: str = opt("none", "mixed precision on CUDA: none|bf16|fp16",
+                   choices=("none", "bf16", "fp16"))
+    channels_last: str = opt("auto", "memory format: auto|on|off (auto: channels_last for conv models where faster)",
+                             choices=("auto", "on", "off"))
     compile: bool = opt(False, "torch.compile the model")
-    data_workers: int = opt(4, "data loading processes for streamed (image-folder) datasets", "-j")
+    data_workers: int = opt(4, "data loading processes for streamed (image-folder) datasets", "-j",
+                            low=0, high=256)
     # --- records -------------------------------------------------------------------------------
     results_dir: str = opt("./results", "folder holding run folders")
     save: str | None = opt(None, "run folder name (default: a timestamp)")
     resume: str | None = opt(None, "resume from a run folder or checkpoint file")
     overwrite: bool = opt(False, "replace an existing run folder")
-    save_every_steps: int | None = opt(None, "also write last.pt every N optimizer steps")
+    save_every_steps: int | None = opt(None, "also write last.pt every N optimizer steps",
+                                       low=1, high=2**31 - 1)
     save_all: bool = opt(False, "keep epoch_<k>.pt for every epoch")
-    nan_policy: str = opt("stop", "on a non-finite loss: stop (exit 3) or skip the batch and count it")
-    print_freq: int = opt(0, "also log a line every N steps (0: only per epoch)", "-p")
+    nan_policy: str = opt("stop", "on a non-finite loss: stop (exit 3) or skip the batch and count it",
+                          choices=("stop", "skip"))
+    print_freq: int = opt(0, "also log a line every N steps (0: only per epoch)", "-p",
+                          low=0, high=2**31 - 1)
     quiet: bool = opt(False, "no progress bar")
     debug: bool = opt(False, "show tracebacks")
+    trust_model_code: bool = opt(False, "import the model code (file.py:factory or module:factory) that a config file "
+                                        "or checkpoint names; without it only code named on the command line or in "
+                                        "the Python call is imported")
 
     # ---------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -133,9 +194,24 @@ class TrainConfig:
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
+
+def field_kind(annotation) -> type:
+    """bool, int, float, list or str from a field's annotation ('int | None' -> int); Any -> object."""
+    name = str(annotation).split("|")[0].strip()
+    return {"bool": bool, "int": int, "float": float, "list": list, "str": str}.get(name, object)
+
+
+def _rule(field) -> Rule:
+    optional = field.default is None
+    return Rule(field_kind(field.type), optional=optional, **field.metadata["limits"])
+
+
+# What each option accepts: its annotation's type, None where the default is None, its declared limits.
+RULES = {name: _rule(f) for name, f in FIELDS.items() if field_kind(f.type) is not object}
+
 # How `basinlab train --help` groups the options (every field in exactly one group; tests check it).
 OPTION_GROUPS = (
-    ("general", ("preset", "debug")),
+    ("general", ("preset", "debug", "trust_model_code")),
     ("model", ("model", "model_config", "depth")),
     ("data", ("dataset", "datasets_dir", "download", "train_limit", "val_limit", "augment", "data_workers")),
     ("optimisation", ("epochs", "batch_size", "eval_batch_size", "optimizer", "lr", "momentum", "weight_decay",
@@ -154,7 +230,7 @@ OPTION_GROUPS = (
 # Options that may change when a run is resumed: they do not change what is computed.
 RESUMABLE = {"resume", "overwrite", "quiet", "debug", "save", "results_dir", "epochs", "device", "data_workers",
              "print_freq", "save_every_steps", "save_all", "compile", "nan_policy", "datasets_dir", "nproc",
-             "dist_timeout"}
+             "dist_timeout", "trust_model_code"}
 
 
 def normalise_key(key: str) -> str:
@@ -175,17 +251,31 @@ def from_mapping(values: dict, where: str = "config") -> dict:
     return out
 
 
+MAX_YAML_BYTES = 1 << 20  # a config file is a few hundred bytes; refuse what could exhaust memory
+
+
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
     """A YAML file holding a mapping, read with yaml.safe_load (no tags that run code); {} if empty."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path}")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(f"{what} {path} has {path.stat().st_size:,} bytes; a config holds at most "
+                          f"{MAX_YAML_BYTES:,}")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text)):
+            raise ConfigError(f"{what} {path} uses YAML aliases (*name); write the values out instead")
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"malformed YAML in {path}{at}: {getattr(exc, 'problem', exc)}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError, MemoryError) as exc:
+        # ValueError: an integer literal of over 4300 digits; RecursionError: nesting thousands deep
+        raise ConfigError(f"unreadable {what} {path}: {type(exc).__name__}: {shown(str(exc), 120)}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -198,20 +288,19 @@ def load_yaml(path: str | Path) -> dict:
     return from_mapping(read_yaml_mapping(path), where=str(path))
 
 
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
-    """Check values that do not depend on the model or dataset; normalise model_config to a dict."""
+    """Check every option against its rule (type, range, choices); normalise model_config to a dict.
+
+    The one check of option values, whatever they came from: command line, YAML, Python, a checkpoint.
+    Checks that depend on the model, data or method are theirs (at setup, in each method's configure).
+    """
+    for name, rule in RULES.items():
+        setattr(cfg, name, check_value(flag(name), rule, getattr(cfg, name)))
     cfg.model_config = parse_literal_dict(cfg.model_config)
-    for name in ("epochs", "batch_size", "eval_batch_size", "train_limit", "val_limit", "save_every_steps",
-                 "ghost_batch"):
-        check_int(getattr(cfg, name), f"--{name.replace('_', '-')}", optional=True)
-    choices = {"amp": ("none", "bf16", "fp16"), "channels_last": ("auto", "on", "off"),
-               "nan_policy": ("stop", "skip")}
-    for name, allowed in choices.items():
-        if getattr(cfg, name) not in allowed:
-            raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}; "
-                              f"got {getattr(cfg, name)!r}")
-    if cfg.label_smoothing < 0 or cfg.label_smoothing >= 1:
-        raise ConfigError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if cfg.grad_clip is not None:
         check_number(cfg.grad_clip, "--grad-clip")
     return cfg

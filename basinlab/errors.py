@@ -19,6 +19,13 @@ class CheckpointError(BasinlabError):
     """A checkpoint that cannot be read safely."""
 
 
+class WriteError(BasinlabError):
+    """A file could not be written (disk full, read-only, quota): exit status 4. The previous version of
+    the file is intact and no temporary file is left; the run resumes once the cause is gone."""
+
+    exit_code = 4
+
+
 class NonFiniteLossError(Exception):
     """Training produced NaN/inf loss: exit status 3, the last good checkpoint is kept."""
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from basinlab.engine import checkpoint as ckpt
-from basinlab.errors import CheckpointError
+from basinlab.errors import CheckpointError, WriteError
 from basinlab.utils import io
 
 
@@ -35,7 +35,7 @@ def test_crash_between_write_and_rename_keeps_previous_checkpoint(tmp_path, monk
     def crash(src, dst):
         raise OSError("simulated crash before rename")
     monkeypatch.setattr(io.os, "replace", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(WriteError, match="simulated crash before rename.*previous last.pt"):
         ckpt.save_checkpoint({"model": {"w": torch.ones(3)}, "epoch": 2}, path)
     monkeypatch.undo()
     back = ckpt.load_checkpoint(path)

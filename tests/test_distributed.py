@@ -107,7 +107,7 @@ def test_only_rank_zero_writes_records(ddp):
     assert yaml.safe_load((run / "env.yaml").read_text())["world_size"] == 2
     assert yaml.safe_load((run / "config.yaml").read_text())["nproc"] is None  # launch detail, not identity
     assert len(list((run / "tensorboard").iterdir())) == 1  # one event file, rank 0's
-    assert sorted(p.name for p in run.iterdir() if p.is_file()) == [
+    assert sorted(p.name for p in run.iterdir() if p.is_file() and p.name != ".lock") == [
         "best.pt", "config.yaml", "env.yaml", "last.pt", "log.txt", "results.csv"]
 
 

@@ -343,7 +343,7 @@ def test_evaluation_under_zero_noise_equals_plain_evaluation(tmp_path):
     (dict(smoothout=-1.0), ">= 0"),
     (dict(smoothout=0.01, smoothout_noise="laplace"), "--smoothout-noise"),
     (dict(sam=0.0), "--sam must be a positive finite number"),
-    (dict(ghost_batch=0), "--ghost-batch must be an integer >= 1"),
+    (dict(ghost_batch=0), "--ghost-batch must be an integer in [1, 1048576]"),
 ])
 def test_bad_options_are_refused_in_one_line(options, words):
     with pytest.raises(ConfigError) as err:

@@ -94,7 +94,26 @@ USER_MODULE = textwrap.dedent("""
 """)
 
 
-def test_user_model_from_file_path(tmp_path):
+@pytest.fixture
+def trusted(monkeypatch):
+    """As after --trust-model-code: user model specs may be imported in this test."""
+    monkeypatch.setattr(registry, "_TRUST_ALL", [True])
+
+
+def test_user_model_code_is_imported_only_when_trusted(tmp_path, monkeypatch):
+    path = tmp_path / "my_models.py"
+    marker = tmp_path / "imported"
+    path.write_text(f"open({str(marker)!r}, 'w').close()\n" + USER_MODULE)
+    monkeypatch.setattr(registry, "_TRUSTED", set())
+    with pytest.raises(ConfigError, match="names code to import.*--trust-model-code"):
+        create_model(f"{path}:tiny", 7, "cifar10")
+    assert not marker.exists()
+    registry.trust_model_code(f"{path}:tiny")
+    assert create_model(f"{path}:tiny", 7, "cifar10", width=16)(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+    assert marker.exists()
+
+
+def test_user_model_from_file_path(tmp_path, trusted):
     path = tmp_path / "my_models.py"
     path.write_text(USER_MODULE)
     model = create_model(f"{path}:tiny", 7, "cifar10", width=16)
@@ -111,7 +130,7 @@ def test_user_model_from_file_path(tmp_path):
         create_model(f"{tmp_path / 'absent.py'}:tiny", 7, "cifar10")
 
 
-def test_user_model_from_import_path(tmp_path, monkeypatch):
+def test_user_model_from_import_path(tmp_path, monkeypatch, trusted):
     package = tmp_path / "userpkg_for_basinlab_test"
     package.mkdir()
     (package / "__init__.py").write_text("")

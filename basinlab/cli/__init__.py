@@ -32,6 +32,9 @@ def main(argv=None) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "trust_model_code", False) is True:  # the user's own word, for this process
+            from basinlab.models.registry import trust_model_code
+            trust_model_code()
         return args.func(args)
     except (BasinlabError, NonFiniteLossError) as exc:
         if debug:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+from basinlab.cli.options import add_trust_option
 from basinlab.errors import ConfigError
 
 DEFAULT_INTERPOLATION = "-1:0.1:2.01"   # Keskar et al.: from 1 beyond A to 1 beyond B, 31 points
@@ -21,6 +22,7 @@ def _data_options(parser, default_split) -> None:
     parser.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run folder")
     parser.add_argument("--datasets-dir", help="folder holding the dataset (default: the run's)")
     parser.add_argument("--device", default="auto")
+    add_trust_option(parser)
 
 
 def _landscape_options(parser, default_alpha, output) -> None:
@@ -65,6 +67,7 @@ def _add_sharpness(sub) -> None:
     sharp.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run folder")
     sharp.add_argument("--datasets-dir", help="folder holding the dataset (default: the run's)")
     sharp.add_argument("--device", default="auto")
+    add_trust_option(sharp)
     sharp.add_argument("-o", "--output", default="sharpness.csv", help="CSV of the results")
     sharp.set_defaults(func=cmd_sharpness)
 

@@ -62,3 +62,9 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
     given = train_options(args)
     base = load_yaml(args.config) if getattr(args, "config", None) and not given.get("resume") else {}
     return make_config(base, **given)
+
+
+def add_trust_option(parser) -> None:
+    parser.add_argument("--trust-model-code", action="store_true",
+                        help="import the model code (file.py:factory) that the checkpoint names; without it only "
+                             "registered models are rebuilt")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from basinlab.cli.options import add_trust_option
+
 
 def add_commands(sub) -> None:
     ev = sub.add_parser("evaluate", help="loss and top-1/top-5 of a checkpoint (the seeds' -e/--evaluate)")
@@ -13,6 +15,7 @@ def add_commands(sub) -> None:
     ev.add_argument("-b", "--batch-size", type=int, default=256)
     ev.add_argument("--limit", type=int, help="first N examples only")
     ev.add_argument("--device", default="auto")
+    add_trust_option(ev)
     ev.add_argument("--output", help="also write the result to this CSV")
     ev.add_argument("--noise", type=float, metavar="A",
                     help="evaluate under fresh weight noise of strength A per batch (the SmoothOut seed's --ss)")

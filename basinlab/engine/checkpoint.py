@@ -15,6 +15,7 @@ import torch
 from basinlab.config import FIELDS, RESUMABLE
 from basinlab.errors import CheckpointError, ConfigError
 from basinlab.utils.io import atomic_write
+from basinlab.utils.schema import shown
 
 CHECKPOINT_NAMES = ("last.pt", "best.pt")
 
@@ -28,17 +29,56 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (0 bytes)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
         raise CheckpointError(f"refusing to load {path}: it needs arbitrary unpickling, which could run code "
                               f"({first[:160]}); only tensors and plain data are accepted") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:200]}") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"{path} is not a basinlab checkpoint (expected a dict with a 'model' entry)")
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file fails in many ways inside torch.load
+        raise CheckpointError(f"cannot read checkpoint {path} ({_first_line(exc)}); it is truncated, corrupt or "
+                              f"not a torch checkpoint") from None
+    _check_layout(state, path)
     return state
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
+
+
+def _check_layout(state, path: Path) -> None:
+    """A basinlab checkpoint: a dict with the model's tensors, its config and its class count."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a basinlab checkpoint (it holds a {type(state).__name__}, "
+                              f"not a dict with model, config and num_classes)")
+    missing = [k for k in ("model", "config", "num_classes") if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a basinlab checkpoint (no {', '.join(missing)} entry)")
+    if not isinstance(state["model"], dict) or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise CheckpointError(f"{path}: its 'model' entry is not a state dict of tensors")
+    if not isinstance(state["config"], dict):
+        raise CheckpointError(f"{path}: its 'config' entry is a {type(state['config']).__name__}, not a mapping "
+                              f"of options")
+    classes = state["num_classes"]
+    if isinstance(classes, bool) or not isinstance(classes, int) or not 1 <= classes <= 1_000_000:
+        raise CheckpointError(f"{path}: num_classes must be a positive integer, got {shown(classes)}")
+
+
+def load_weights(model, state: dict, path: Path, building: str) -> None:
+    """`state`'s tensors into `model`, or one line saying what the checkpoint holds and what was built.
+
+    `building` describes the model this process built, e.g. "mnist for 10 classes".
+    """
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        config = state["config"]
+        detail = str(exc).strip().splitlines()[1:2] or [""]
+        raise CheckpointError(f"{Path(path).name} holds a {config.get('model')} for {state['num_classes']} classes "
+                              f"that does not fit the {building} built here ({detail[0].strip()[:160]})") from None
 
 
 def resolve_checkpoint(path: str | Path, name: str = "last.pt") -> Path:

@@ -8,25 +8,36 @@ import torch.nn as nn
 
 import basinlab.data as data_lib
 from basinlab.config import FIELDS, validated_config
-from basinlab.engine.checkpoint import load_checkpoint, resolve_checkpoint
-from basinlab.engine.setup import pick_device, split_model_config
-from basinlab.errors import ConfigError
+from basinlab.engine.checkpoint import load_checkpoint, load_weights, resolve_checkpoint
+from basinlab.engine.setup import check_model_fits_data, pick_device, split_model_config
+from basinlab.errors import CheckpointError, ConfigError
 from basinlab.models import create_model
+from basinlab.models import trust_model_code as trust_user_model
 
 
-def config_from_state(state: dict):
+def config_from_state(state: dict, path="the checkpoint"):
+    """The run's TrainConfig stored in a checkpoint, checked like any other config."""
     values = {k: v for k, v in state["config"].items() if k in FIELDS}
     values.update(preset=None, resume=None)
-    return validated_config(values)
+    try:
+        return validated_config(values)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path} holds a config basinlab does not accept: {exc}") from None
 
 
-def model_from_checkpoint(path, device="cpu", which: str = "best.pt"):
-    """(model in eval mode, its TrainConfig, the checkpoint dict) from a checkpoint file or run folder."""
-    state = load_checkpoint(resolve_checkpoint(path, which), map_location="cpu")
-    cfg = config_from_state(state)
+def model_from_checkpoint(path, device="cpu", which: str = "best.pt", trust_model_code: bool = False):
+    """(model in eval mode, its TrainConfig, the checkpoint dict) from a checkpoint file or run folder.
+
+    A user model (file.py:factory) stored in the checkpoint is imported only with `trust_model_code`.
+    """
+    checkpoint = resolve_checkpoint(path, which)
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    cfg = config_from_state(state, checkpoint)
+    if trust_model_code:
+        trust_user_model(cfg.model)
     model_config, _ = split_model_config(cfg)
     model = create_model(cfg.model, state["num_classes"], cfg.dataset, **model_config)
-    model.load_state_dict(state["model"])
+    load_weights(model, state, checkpoint, f"{cfg.model} for {state['num_classes']} classes")
     return model.to(device).eval(), cfg, state
 
 
@@ -50,14 +61,16 @@ def loader_for(cfg, *, dataset=None, split="val", datasets_dir=None, batch_size=
 
 
 def prepare_evaluation(path, *, dataset=None, split="val", datasets_dir=None, batch_size=256, limit=None,
-                       device="auto"):
+                       device="auto", trust_model_code: bool = False):
     """(model in eval mode, loader over the split without augmentation, criterion) of a checkpoint."""
     if batch_size <= 0:
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
     dev = pick_device(device)
-    model, cfg, _ = model_from_checkpoint(path, dev)
+    model, cfg, _ = model_from_checkpoint(path, dev, trust_model_code=trust_model_code)
     loader = loader_for(cfg, dataset=dataset, split=split, datasets_dir=datasets_dir, batch_size=batch_size,
                         limit=limit, device=dev)
+    check_model_fits_data(model, loader.input_shape, loader.num_classes, cfg.model, dataset or cfg.dataset,
+                          dev)
     criterion = getattr(model, "criterion", None) or nn.CrossEntropyLoss()
     return model, loader, criterion
 

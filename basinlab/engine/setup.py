@@ -99,3 +99,26 @@ def make_criterion(model: nn.Module, label_smoothing: float) -> nn.Module:
     if criterion is not None:
         return criterion
     return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+
+def check_model_fits_data(model: nn.Module, input_shape, num_classes: int, model_name: str, dataset: str,
+                          device: torch.device) -> None:
+    """One forward of two blank images in eval mode: the model must take the dataset's images and give
+    one output per class. Weights, buffers, modes and the global random state are left as they were."""
+    shape = "x".join(map(str, input_shape))
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            model.eval()
+            out = model(torch.zeros(2, *input_shape, device=device))
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"model {model_name} does not take the {dataset} images ({shape}): {first}") from None
+    finally:
+        for module, training in modes:
+            module.training = training
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != num_classes:
+        got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"model {model_name} gives outputs of shape {got} for the {dataset} images ({shape}); "
+                          f"the dataset has {num_classes} classes: build it for num_classes (its factory gets "
+                          f"num_classes={num_classes})")

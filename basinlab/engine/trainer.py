@@ -16,13 +16,26 @@ import torch.nn as nn
 
 import basinlab.data as data_lib
 from basinlab.config import TrainConfig
-from basinlab.engine.checkpoint import load_checkpoint, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state
+from basinlab.engine.checkpoint import (
+    load_checkpoint,
+    load_weights,
+    resolve_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from basinlab.engine.distributed import DataParallel
 from basinlab.engine.evaluate import Meter, evaluate
-from basinlab.engine.setup import build_regime, make_criterion, prefers_channels_last, split_model_config
+from basinlab.engine.setup import (
+    build_regime,
+    check_model_fits_data,
+    make_criterion,
+    prefers_channels_last,
+    split_model_config,
+)
 from basinlab.engine.steps import STRATEGIES, StepStrategy
-from basinlab.errors import ConfigError, NonFiniteLossError
-from basinlab.models import create_model
+from basinlab.errors import ConfigError, NonFiniteLossError, WriteError
+from basinlab.models import create_model, trust_model_code
 from basinlab.optim import DataRegime, optimizer_name_of
 from basinlab.records.run_folder import RunFolder, default_run_name
 
@@ -62,15 +75,29 @@ class Trainer:
             cfg.save = self.dist.broadcast_object(default_run_name())  # one clock reading for all ranks
         self.run = RunFolder.open(cfg, resume=resume_state is not None, barrier=self.dist.barrier)
         self.log = self.run.log
+        try:
+            self._build(resume_state)
+            self.run.create(cfg)
+        except BaseException:
+            self.run.abandon()  # a failed setup leaves no new run folder behind, and no lock
+            raise
+
+    def _build(self, resume_state) -> None:
+        """Data, model, regime, precision, optimizer and strategy; the resumed state on top."""
+        cfg = self.cfg
         model_config, regime_config = split_model_config(cfg)
         self.train_loader, self.val_loader = data_lib.build_loaders(
             cfg.dataset, cfg.datasets_dir or data_lib.default_datasets_dir(),
             batch_size=cfg.batch_size or 128, eval_batch_size=cfg.eval_batch_size, device=self.device,
             seed=cfg.seed, train_limit=cfg.train_limit, val_limit=cfg.val_limit, workers=cfg.data_workers,
             augment=cfg.augment, download=cfg.download, rank=self.dist.rank, world_size=self.dist.world_size)
+        if cfg.trust_model_code:
+            trust_model_code(cfg.model)
         self.model = create_model(cfg.model, self.train_loader.num_classes, cfg.dataset, **model_config)
         self.model = self.dist.convert_norms(self.model, self.log)
         self.model.to(self.device)
+        check_model_fits_data(self.model, self.train_loader.input_shape, self.train_loader.num_classes, cfg.model,
+                              cfg.dataset, self.device)
         self.data_regime = DataRegime(getattr(self.model, "data_regime", None) or [])
         self.epochs = cfg.epochs or getattr(self.model, "default_epochs", None) or 10
         self.regime, notes = build_regime(cfg, self.model, regime_config)
@@ -86,7 +113,6 @@ class Trainer:
         if resume_state is not None:
             self._load_state(resume_state)
         self.train_model = self.dist.wrap(self.eval_model)  # DDP in distributed runs
-        self.run.write_config(cfg)
         self._log_setup(notes)
 
     def _read_resume_checkpoint(self):
@@ -187,6 +213,22 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ the loop
     def fit(self):
+        with self._resume_hint_on_write_error():
+            return self._fit()
+
+    @contextlib.contextmanager
+    def _resume_hint_on_write_error(self):
+        """A failed write (disk full) ends the run with exit 4 and says how to continue it."""
+        try:
+            yield
+        except WriteError as exc:
+            run = getattr(self, "run", None)
+            if run is None or not (run.path / "last.pt").is_file():
+                raise
+            raise WriteError(f"{exc}; the last good checkpoint is kept: once the cause is gone, resume with "
+                             f"basinlab train --resume {run.path}") from None
+
+    def _fit(self):
         if not hasattr(self, "model"):
             self.setup()
         for cb in self.callbacks:
@@ -293,7 +335,8 @@ class Trainer:
         }
 
     def _load_state(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        load_weights(self.model, state, resolve_checkpoint(self.cfg.resume),
+                     f"{self.cfg.model} for {self.train_loader.num_classes} classes")
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self.global_step = state["global_step"]
         self.train_loader.batch_size = state["batch_size"]
@@ -340,6 +383,7 @@ class Trainer:
             return
         state = self.state_dict()
         save_checkpoint(state, self.run.path / "last.pt")
+        self.run.checkpoint_written()
         if best:
             save_checkpoint(state, self.run.path / "best.pt")
         if self.cfg.save_all and self.batch_in_epoch == 0:

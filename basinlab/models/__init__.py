@@ -10,6 +10,16 @@ config key (see basinlab.nn.norms.NormSpec).
 
 # Imported for their registrations.
 from basinlab.models import alexnet, keskar, mnist, resnet, vgg, wide_resnet  # noqa: E402,F401
-from basinlab.models.registry import create_model, get_model_factory, is_model_name, list_models, register_model
+from basinlab.models.registry import (
+    absolute_model_spec,
+    create_model,
+    get_model_factory,
+    is_model_name,
+    is_user_model,
+    list_models,
+    register_model,
+    trust_model_code,
+)
 
-__all__ = ["create_model", "get_model_factory", "is_model_name", "list_models", "register_model"]
+__all__ = ["create_model", "get_model_factory", "is_model_name", "is_user_model", "list_models", "register_model",
+           "absolute_model_spec", "trust_model_code"]

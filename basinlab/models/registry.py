@@ -21,11 +21,16 @@ from torch import nn
 
 from basinlab.errors import ConfigError
 
-__all__ = ["register_model", "list_models", "create_model", "get_model_factory", "is_model_name"]
+__all__ = ["register_model", "list_models", "create_model", "get_model_factory", "is_model_name", "is_user_model",
+           "absolute_model_spec", "trust_model_code"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _ALIASES: dict[str, str] = {}
 _USER_FILES: dict[tuple[str, float], object] = {}
+# User model specs this process may import: the user named them (command line, Python call) or said
+# --trust-model-code. A spec read from a config file or a checkpoint alone is never imported.
+_TRUSTED: set[str] = set()
+_TRUST_ALL = [False]
 
 
 def register_model(name: str | None = None, *, aliases=()):
@@ -57,6 +62,35 @@ def is_model_name(name: str) -> bool:
     return isinstance(name, str) and (name.lower() in _MODELS or name.lower() in _ALIASES)
 
 
+def is_user_model(name) -> bool:
+    """True for a ``target:factory`` spec (code to import), False for a registered name or alias."""
+    if not isinstance(name, str) or ":" not in name:
+        return False
+    key = name.strip().lower()
+    return _ALIASES.get(key, key) not in _MODELS
+
+
+def absolute_model_spec(name: str) -> str:
+    """``path/to/file.py:factory`` with the path made absolute (so a stored config works from any folder)."""
+    if not is_user_model(name):
+        return name
+    target, _, attr = name.strip().rpartition(":")
+    if _looks_like_file(target):
+        return f"{os.path.abspath(os.path.expanduser(target))}:{attr}"
+    return name.strip()
+
+
+def trust_model_code(name: str | None = None) -> None:
+    """Let this process import the user model ``name``, or any (None: the user's --trust-model-code).
+
+    Call it only for what the user named or trusted, never for a name read from a file.
+    """
+    if name is None:
+        _TRUST_ALL[0] = True
+    elif is_user_model(name):
+        _TRUSTED.add(name.strip())
+
+
 def get_model_factory(name: str) -> tuple[str, Callable[..., nn.Module]]:
     """(canonical name, factory) for a registered name, an alias or a user ``target:factory``."""
     if not isinstance(name, str) or not name.strip():
@@ -66,7 +100,13 @@ def get_model_factory(name: str) -> tuple[str, Callable[..., nn.Module]]:
     if key in _MODELS:
         return key, _MODELS[key]
     if ":" in name:
-        return name, _load_user_factory(name.strip())
+        spec = name.strip()
+        if spec not in _TRUSTED and not _TRUST_ALL[0]:
+            target = spec.rpartition(":")[0]
+            raise ConfigError(f"model {spec!r} names code to import ({target}) and came from a config file or "
+                              f"checkpoint; basinlab imports model code only when you name it: pass --model {spec} "
+                              f"(model=... in Python) or --trust-model-code")
+        return name, _load_user_factory(spec)
     raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())} "
                       f"(or your own as 'path/to/file.py:factory' or 'package.module:factory')")
 
@@ -127,12 +167,15 @@ def _load_user_factory(spec: str):
     target, _, attr = spec.rpartition(":")
     if not target or not attr.isidentifier():
         raise ConfigError(f"bad model {spec!r}: expected 'path/to/file.py:factory' or 'package.module:factory'")
-    looks_like_file = target.endswith(".py") or "/" in target or os.sep in target
-    module = _load_file(target) if looks_like_file else _import(target)
+    module = _load_file(target) if _looks_like_file(target) else _import(target)
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ConfigError(f"bad model {spec!r}: {target!r} has no callable {attr!r}")
     return factory
+
+
+def _looks_like_file(target: str) -> bool:
+    return target.endswith(".py") or "/" in target or os.sep in target
 
 
 def _import(module_name: str):

@@ -19,8 +19,16 @@ import pandas as pd
 import yaml
 
 from basinlab.config import TrainConfig, config_to_yaml, load_yaml, validated_config
-from basinlab.errors import ConfigError
+from basinlab.errors import ConfigError, WriteError
 from basinlab.records import ResultsTable, TensorBoardLog
+from basinlab.records.run_safety import (
+    RunLock,
+    check_replaceable,
+    default_run_name,
+    move_aside,
+    new_run_path,
+    put_back,
+)
 from basinlab.utils.io import atomic_write_text
 
 # Plots are redrawn after an epoch at most this often (and always when the run ends): drawing costs
@@ -28,27 +36,41 @@ from basinlab.utils.io import atomic_write_text
 PLOT_INTERVAL_S = 30.0
 
 
-def default_run_name() -> str:
-    return dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-
-
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
 class RunLog:
-    """log.txt plus the terminal: setup lines, one line per epoch, and the progress bar."""
+    """log.txt plus the terminal: setup lines, one line per epoch, and the progress bar.
 
-    def __init__(self, path: Path | None, quiet: bool):
-        self.file = open(path, "a", buffering=1) if path is not None else None
-        self.quiet = quiet
+    Lines logged before the run folder exists (during setup) are kept and written when `attach` opens
+    log.txt; a process that does not write records (a rank > 0) only keeps nothing.
+    """
+
+    def __init__(self, writes: bool, quiet: bool):
+        self.file, self.pending = None, []
+        self.writes, self.quiet = writes, quiet
         self.show_bar = not quiet and sys.stderr.isatty()
 
+    def attach(self, path: Path) -> None:
+        self.path = path
+        self.file = open(path, "a", buffering=1)
+        self.file.writelines(self.pending)
+        self.pending = []
+
     def info(self, message: str) -> None:
-        stamp = dt.datetime.now().strftime("%H:%M:%S")
+        if not self.writes:
+            return
+        line = f"{dt.datetime.now():%H:%M:%S} {message}\n"
         if self.file is not None:
-            self.file.write(f"{stamp} {message}\n")
-        if not self.quiet and self.file is not None:
+            try:
+                self.file.write(line)
+            except OSError as exc:  # disk full: the line still reaches the terminal
+                self.file = None
+                raise WriteError(f"cannot write {self.path}: {exc.strerror}") from None
+        else:
+            self.pending.append(line)
+        if not self.quiet:
             print(message, flush=True)
 
     def epoch(self, row: dict) -> None:
@@ -57,11 +79,14 @@ class RunLog:
                   f"lr {row['lr']:.4g} | {row['epoch_time_s']:.1f}s {row['train_images_per_s']:.0f} img/s")
 
     def progress(self, total: int, epoch: int, epochs: int, initial: int = 0) -> Progress:
-        return Progress(total, epoch, epochs, initial, enabled=self.show_bar and self.file is not None)
+        return Progress(total, epoch, epochs, initial, enabled=self.show_bar and self.writes)
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:  # the last buffered line did not fit on the disk: nothing more to do
+                pass
             self.file = None
 
 
@@ -134,47 +159,83 @@ class Run:
 
 
 class RunFolder:
-    def __init__(self, path: Path, is_main: bool, quiet: bool):
-        self.path, self.is_main = path, is_main
-        self.log = RunLog(path / "log.txt" if is_main else None, quiet)
+    """A run's folder: decided and checked by `open`, made on disk by `create` once setup succeeded."""
+
+    def __init__(self, path: Path, is_main: bool, quiet: bool, resume: bool):
+        self.path, self.is_main, self.resuming = path, is_main, resume
+        self.log = RunLog(is_main, quiet)
         self.results = ResultsTable(path / "results.csv")
         self.plots_due, self.last_plot = False, time.monotonic()  # short runs: drawn once, at the end
-        self.tensorboard = TensorBoardLog(path / "tensorboard", enabled=is_main)
+        self.tensorboard = TensorBoardLog(None, enabled=False)  # the real one once the folder exists
+        self.lock: RunLock | None = None
+        self.replaced: Path | None = None  # the old run --overwrite moved aside, until a checkpoint exists
+        self.results_dir = None
 
     @classmethod
     def open(cls, cfg: TrainConfig, resume: bool, barrier=lambda: None) -> RunFolder:
-        """Create the run folder; an existing one is never overwritten without --resume or --overwrite.
+        """Decide the run folder and check that it may be used; nothing is written until `create`.
 
-        `barrier` waits for every rank of a distributed run: all ranks check the folder before rank 0
-        replaces or creates it, so no rank mistakes rank 0's new folder for an existing run.
+        An existing folder is never replaced without --overwrite (and then only as run_safety allows);
+        a folder being resumed is locked now. `barrier` lets every rank check before rank 0 writes.
         """
         if resume:
             resume_path = Path(cfg.resume)
-            path = resume_path if resume_path.is_dir() else resume_path.parent
-        else:
-            cfg.save = cfg.save or default_run_name()
-            path = Path(cfg.results_dir) / cfg.save
-            existing = path.exists() and any(path.iterdir())
-            if existing and not cfg.overwrite:
+            folder = cls(resume_path if resume_path.is_dir() else resume_path.parent, is_main_process(),
+                         cfg.quiet, resume=True)
+            if folder.is_main:
+                folder.lock = RunLock(folder.path).acquire()
+            return folder
+        cfg.save = cfg.save or default_run_name()
+        path = new_run_path(cfg.results_dir, cfg.save)
+        if path.exists() and any(path.iterdir()):
+            if not cfg.overwrite:
                 raise ConfigError(f"run folder {path} already exists; use --resume {path} to continue it, "
                                   f"--overwrite to replace it, or --save NAME for a new one")
-            barrier()
-            if existing and is_main_process():
-                shutil.rmtree(path)
-        if is_main_process():
-            try:
-                (path / "plots").mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ConfigError(f"cannot create run folder {path}: {exc.strerror} "
-                                  f"(--results-dir must be a folder you can write to)") from None
-        folder = cls(path, is_main_process(), cfg.quiet)
-        if folder.is_main:
-            atomic_write_text(path / "env.yaml", yaml.safe_dump(environment_facts(), sort_keys=False))
+            check_replaceable(path)
+        barrier()
+        folder = cls(path, is_main_process(), cfg.quiet, resume=False)
+        folder.results_dir = cfg.results_dir
         return folder
 
-    def write_config(self, cfg: TrainConfig) -> None:
-        if self.is_main:
-            atomic_write_text(self.path / "config.yaml", config_to_yaml(cfg))
+    def create(self, cfg: TrainConfig) -> None:
+        """Make the folder (moving a replaced run aside), lock it, write env.yaml, config.yaml and the log."""
+        if not self.is_main:
+            return
+        if not self.resuming:
+            if self.path.exists() and any(self.path.iterdir()):
+                check_replaceable(self.path)  # again: another process may have started on it meanwhile
+                self.replaced = move_aside(self.path, self.results_dir)
+            try:
+                (self.path / "plots").mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"cannot create run folder {self.path}: {exc.strerror} "
+                                  f"(--results-dir must be a folder you can write to)") from None
+            self.lock = RunLock(self.path).acquire()
+            atomic_write_text(self.path / "env.yaml", yaml.safe_dump(environment_facts(), sort_keys=False))
+        (self.path / "plots").mkdir(exist_ok=True)
+        self.log.attach(self.path / "log.txt")
+        if self.replaced is not None:
+            self.log.info(f"--overwrite: the old run is kept in {self.replaced} until this run's first checkpoint")
+        self.tensorboard = TensorBoardLog(self.path / "tensorboard", enabled=True)
+        atomic_write_text(self.path / "config.yaml", config_to_yaml(cfg))
+
+    def checkpoint_written(self) -> None:
+        """The new run has a checkpoint: the run it replaced can go."""
+        if self.replaced is not None:
+            shutil.rmtree(self.replaced, ignore_errors=True)
+            self.replaced = None
+
+    def abandon(self) -> None:
+        """Setup failed: release what open() and create() took; a new folder they made is removed."""
+        self.tensorboard.close()
+        self.log.close()
+        if self.lock is not None:
+            self.lock.release()
+        if not self.resuming and self.lock is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+        if self.replaced is not None:
+            put_back(self.replaced, self.path)
+            self.replaced = None
 
     def resume_records(self, completed_epochs: int) -> None:
         self.results.resume(next_epoch=completed_epochs + 1)
@@ -196,10 +257,24 @@ class RunFolder:
         self.plots_due, self.last_plot = False, time.monotonic()
 
     def close(self) -> None:
-        """Final plots, TensorBoard and log flushed: called on every exit of a run, errors included."""
-        self.draw_plots()
+        """Final plots, TensorBoard and log flushed, lock released: on every exit of a run, errors included.
+
+        A run that replaced another with --overwrite and ends before its first checkpoint gives the
+        old run its place back.
+        """
+        try:
+            self.draw_plots()
+        except WriteError as exc:  # the run's own error (e.g. disk full) is what the user must see
+            print(f"basinlab: plots not redrawn: {exc}", file=sys.stderr)
         self.tensorboard.close()
+        if self.replaced is not None:
+            self.log.info(f"no checkpoint was written: the replaced run returns to {self.path}")
         self.log.close()
+        if self.lock is not None:
+            self.lock.release()
+        if self.replaced is not None:
+            put_back(self.replaced, self.path)
+            self.replaced = None
 
     def result(self, trainer) -> Run:
         history = self.results.frame()

@@ -1,31 +1,45 @@
 """TensorBoard scalars of each epoch (and, optionally, each step) under <run>/tensorboard/."""
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
+
+from basinlab.errors import WriteError
+
+
+@contextlib.contextmanager
+def _writing(folder):
+    """A failed event write (disk full) is the run's one-line WriteError, not a thread's traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise WriteError(f"cannot write TensorBoard events in {folder}: {exc.strerror or exc}") from None
 
 
 class TensorBoardLog:
     def __init__(self, folder: str | Path, enabled: bool = True):
-        self.writer = None
+        self.writer, self.folder = None, folder
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is a dependency; tolerate its absence in minimal installs
                 return
-            self.writer = SummaryWriter(log_dir=str(folder))
+            with _writing(folder):
+                self.writer = SummaryWriter(log_dir=str(folder))
 
     def epoch(self, row: dict) -> None:
         if self.writer is None:
             return
         step = int(row["epoch"])
-        for key, value in row.items():
-            if key == "epoch" or not isinstance(value, (int, float)) or isinstance(value, bool):
-                continue
-            if math.isfinite(value):
-                group = key.split("_", 1)[0] if key.startswith(("train_", "val_")) else "run"
-                self.writer.add_scalar(f"{group}/{key}", value, step)
-        self.writer.flush()
+        with _writing(self.folder):
+            for key, value in row.items():
+                if key == "epoch" or not isinstance(value, (int, float)) or isinstance(value, bool):
+                    continue
+                if math.isfinite(value):
+                    group = key.split("_", 1)[0] if key.startswith(("train_", "val_")) else "run"
+                    self.writer.add_scalar(f"{group}/{key}", value, step)
+            self.writer.flush()
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self.writer is not None:
@@ -37,4 +51,8 @@ class TensorBoardLog:
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except OSError:  # events that no longer fit on the disk: the run's own error says so
+                pass
+            self.writer = None

@@ -1,0 +1,135 @@
+"""A full disk and corrupt checkpoints: one line, a documented exit status, nothing lost."""
+import contextlib
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from basinlab.cli import main
+from basinlab.engine.checkpoint import load_checkpoint
+from basinlab.errors import CheckpointError
+
+TINY = ["--model-config", "{'width': 2, 'hidden': 4}", "--train-limit", "256", "--val-limit", "128", "-b", "64",
+        "--quiet"]
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, size: str):
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()[:80]})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the file system of `folder` up to the last few bytes."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes(tmp_path, capsys, no_run_plots):
+    with small_tmpfs(tmp_path / "disk", "8m") as disk:
+        run = disk / "results" / "run"
+        assert main(["train", *TINY, "--epochs", "1", "--results-dir", str(disk / "results"), "--save", "run"]) == 0
+        before = (run / "last.pt").read_bytes()
+        filler = fill(disk)
+        capsys.readouterr()
+        assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 4
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "No space left on device" in err[0] and f"--resume {run}" in err[0]
+        assert (run / "last.pt").read_bytes() == before  # the previous checkpoint, byte for byte
+        assert load_checkpoint(run / "last.pt")["epoch"] == 1
+        assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # no temporary file left
+        filler.unlink()
+        assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 0
+        assert list(pd.read_csv(run / "results.csv")["epoch"]) == [1, 2]
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("small")
+    assert main(["train", *TINY, "--epochs", "1", "--results-dir", str(folder), "--save", "run"]) == 0
+    return (folder / "run" / "last.pt").read_bytes()
+
+
+def test_every_truncation_of_a_checkpoint_is_refused_in_one_line(small_checkpoint, tmp_path):
+    path = tmp_path / "last.pt"
+    size = len(small_checkpoint)
+    offsets = sorted(set(range(0, size, max(1, size // 400))) | {size - 1})  # ~400 cuts, both ends included
+    for cut in offsets:
+        path.write_bytes(small_checkpoint[:cut])
+        with pytest.raises(CheckpointError) as err:
+            load_checkpoint(path)
+        assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_random_bytes_are_refused_in_one_line(tmp_path):
+    rng = np.random.default_rng(20261202)
+    path = tmp_path / "last.pt"
+    for _ in range(300):
+        path.write_bytes(rng.integers(0, 256, size=int(rng.integers(1, 256)), dtype=np.uint8).tobytes())
+        with pytest.raises(CheckpointError) as err:
+            load_checkpoint(path)
+        assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("state, words", [
+    ({"config": {}, "num_classes": 10}, "no model entry"),
+    ({"model": {}, "config": "model: mnist", "num_classes": 10}, "not a mapping of options"),
+    ({"model": {}, "config": {}, "num_classes": -3}, "num_classes must be a positive integer"),
+    ({"model": {"w": "not a tensor"}, "config": {}, "num_classes": 10}, "not a state dict of tensors"),
+    ([1, 2, 3], "holds a list"),
+])
+def test_foreign_checkpoints_are_refused_in_one_line(tmp_path, state, words):
+    path = tmp_path / "foreign.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=words):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_of_another_architecture_names_both(tmp_path, small_checkpoint, capsys):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "best.pt").write_bytes(small_checkpoint)
+    state = torch.load(folder / "best.pt", weights_only=True)
+    state["config"]["model_config"] = {"width": 3, "hidden": 4}  # the weights were made with width 2
+    torch.save(state, folder / "best.pt")
+    assert main(["evaluate", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "best.pt holds a mnist for 10 classes that does not fit the mnist for 10 classes" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_a_model_that_does_not_take_the_data_is_refused_before_a_folder_exists(tmp_path, capsys):
+    results = tmp_path / "results"
+    code = tmp_path / "nets.py"
+    code.write_text("import torch.nn as nn\n"
+                    "def rgb(num_classes, dataset):\n"
+                    "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(num_classes))\n"
+                    "def five(num_classes, dataset):\n"
+                    "    return nn.Sequential(nn.Flatten(), nn.Linear(784, 5))\n")
+    assert main(["train", "--model", f"{code}:rgb", "--results-dir", str(results), "--quiet"]) == 2
+    assert "does not take the mnist5k images (1x28x28)" in capsys.readouterr().err
+    assert main(["train", "--model", f"{code}:five", "--results-dir", str(results), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "gives outputs of shape (5,)" in err and "has 10 classes" in err
+    assert not results.exists() or not any(results.iterdir())
+
+
+def test_unique_default_run_names(tmp_path, no_run_plots):
+    for _ in range(2):  # the same second
+        assert main(["train", *TINY, "--epochs", "1", "--results-dir", str(tmp_path)]) == 0
+    assert len(list(tmp_path.iterdir())) == 2
