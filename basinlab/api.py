@@ -10,7 +10,7 @@ pieces together: config (with presets and resume), the methods a config asks for
 """
 from __future__ import annotations
 
-from basinlab.config import TrainConfig, from_mapping, load_yaml, validated_config
+from basinlab.config import RULES, TrainConfig, from_mapping, load_yaml, validated_config
 from basinlab.engine.checkpoint import resume_values
 from basinlab.engine.distributed import current_world_size
 from basinlab.engine.evaluate import evaluate
@@ -21,6 +21,7 @@ from basinlab.models import absolute_model_spec, is_user_model
 from basinlab.models import trust_model_code as trust_user_model
 from basinlab.presets import get_preset
 from basinlab.records.run_folder import Run, load_run
+from basinlab.utils.schema import check_value
 
 __all__ = ["train", "load_run", "make_config", "evaluate_checkpoint", "export_safetensors", "model_from_checkpoint"]
 
@@ -40,7 +41,7 @@ def make_config(base: dict | None = None, **options) -> TrainConfig:
         trust_user_model(values["model"])
     if values.get("resume"):
         return validated_config(resume_values(values))
-    preset = values.get("preset")
+    preset = check_value("--preset", RULES["preset"], values.get("preset"))
     if preset:
         values = {**from_mapping(get_preset(preset), where=f"preset {preset}"), **values}
     return validated_config(values)

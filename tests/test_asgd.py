@@ -334,4 +334,4 @@ def test_stability_command_prints_the_spec_table(tmp_path, capsys):
 def test_stability_command_rejects_bad_input_in_one_line(capsys):
     assert main(["stability", "--momentum", "1.2"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "momentum must be in [0, 1)" in err
+    assert "\n" not in err and "--momentum: must be a finite number in [0, 1), got '1.2'" in err

@@ -12,7 +12,7 @@ from basinlab.utils import io
 
 def test_roundtrip_keeps_tensors_and_plain_data(tmp_path):
     state = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "epoch": 3, "config": {"lr": 0.1, "m": [1, 2]},
-             "rng": ckpt.rng_state()}
+             "num_classes": 10, "rng": ckpt.rng_state()}
     ckpt.save_checkpoint(state, tmp_path / "last.pt")
     back = ckpt.load_checkpoint(tmp_path / "last.pt")
     assert torch.equal(back["model"]["w"], state["model"]["w"])
@@ -30,13 +30,13 @@ def test_written_files_follow_the_umask(tmp_path):
 
 def test_crash_between_write_and_rename_keeps_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    ckpt.save_checkpoint({"model": {"w": torch.zeros(3)}, "epoch": 1}, path)
+    ckpt.save_checkpoint({"model": {"w": torch.zeros(3)}, "epoch": 1, "config": {}, "num_classes": 2}, path)
 
     def crash(src, dst):
         raise OSError("simulated crash before rename")
     monkeypatch.setattr(io.os, "replace", crash)
     with pytest.raises(WriteError, match="simulated crash before rename.*previous last.pt"):
-        ckpt.save_checkpoint({"model": {"w": torch.ones(3)}, "epoch": 2}, path)
+        ckpt.save_checkpoint({"model": {"w": torch.ones(3)}, "epoch": 2, "config": {}, "num_classes": 2}, path)
     monkeypatch.undo()
     back = ckpt.load_checkpoint(path)
     assert back["epoch"] == 1 and torch.equal(back["model"]["w"], torch.zeros(3))
@@ -45,7 +45,7 @@ def test_crash_between_write_and_rename_keeps_previous_checkpoint(tmp_path, monk
 
 def test_crash_during_write_keeps_previous_checkpoint(tmp_path):
     path = tmp_path / "last.pt"
-    ckpt.save_checkpoint({"model": {}, "epoch": 1}, path)
+    ckpt.save_checkpoint({"model": {}, "epoch": 1, "config": {}, "num_classes": 2}, path)
 
     def half_write(fh):
         fh.write(b"PK\x03\x04 truncated")

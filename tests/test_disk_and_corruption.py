@@ -133,3 +133,20 @@ def test_unique_default_run_names(tmp_path, no_run_plots):
     for _ in range(2):  # the same second
         assert main(["train", *TINY, "--epochs", "1", "--results-dir", str(tmp_path)]) == 0
     assert len(list(tmp_path.iterdir())) == 2
+
+
+@pytest.mark.parametrize("garbage", [b"\x00\xff\xfe garbage \x81\n\x02", b"lr,loss\n0.1,2.0\n", b"epoch\none\ntwo\n"],
+                         ids=["bytes", "no-epoch-column", "text-epochs"])
+def test_a_corrupt_results_csv_is_reported_and_resume_keeps_the_history(tmp_path, capsys, no_run_plots, garbage):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--results-dir", str(tmp_path), "--save", "run"]) == 0
+    first = pd.read_csv(run / "results.csv")
+    (run / "results.csv").write_bytes(garbage)
+    assert main(["plot", str(run), "-o", str(tmp_path / "p.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "results.csv" in err
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 0
+    again = pd.read_csv(run / "results.csv")
+    assert list(again["epoch"]) == [1, 2]
+    assert again["val_acc1"].iloc[0] == first["val_acc1"].iloc[0]  # epoch 1 from the checkpoint's history
+    assert "rewritten from the checkpoint's history" in (run / "log.txt").read_text()

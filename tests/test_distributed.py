@@ -125,7 +125,8 @@ def test_resume_under_torchrun_continues_the_same_run(ddp, single, tmp_path):
 
 
 FAILING_MODEL = textwrap.dedent("""
-    import os, pathlib, time
+    import os, pathlib, signal, time
+    import torch
     import torch.nn as nn
 
     class Flaky(nn.Module):
@@ -138,7 +139,8 @@ FAILING_MODEL = textwrap.dedent("""
 
         def forward(self, x):
             out = self.fc(x.flatten(1))
-            if not self.training or os.environ.get("RANK") != "1":
+            # training forwards only (not the setup's shape probe, which runs without gradients)
+            if not self.training or not torch.is_grad_enabled() or os.environ.get("RANK") != "1":
                 return out
             self.calls += 1
             if self.calls == 2:
@@ -153,6 +155,62 @@ FAILING_MODEL = textwrap.dedent("""
     def flaky(num_classes, dataset):
         return Flaky(num_classes)
 """)
+
+
+KILLED_MODEL = textwrap.dedent("""
+    import os, pathlib, signal, time
+    import torch
+    import torch.nn as nn
+
+    class Killed(nn.Module):
+        # rank 1 is SIGKILLed at its 5th training forward of the first attempt, once rank 0 has written
+        # the step checkpoint of the 4th batch; a resumed run trains through
+        def __init__(self, num_classes):
+            super().__init__()
+            self.fc = nn.Linear(28 * 28, num_classes)
+            self.calls = 0
+
+        def forward(self, x):
+            out = self.fc(x.flatten(1))
+            if not self.training or not torch.is_grad_enabled() or os.environ.get("RANK") != "1":
+                return out
+            self.calls += 1
+            marker = pathlib.Path(os.environ["KILLED_RUN"] + ".killed")
+            if self.calls == 5 and not marker.exists():
+                checkpoint = pathlib.Path(os.environ["KILLED_RUN"]) / "last.pt"
+                while not checkpoint.exists():
+                    time.sleep(0.05)
+                marker.touch()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return out
+
+    def killed(num_classes, dataset):
+        return Killed(num_classes)
+""")
+
+
+def test_a_killed_rank_ends_the_job_and_the_run_resumes(tmp_path):
+    (tmp_path / "killed.py").write_text(KILLED_MODEL)
+    run = tmp_path / "runs" / "killed"
+    ENV["KILLED_RUN"] = str(run)
+    timeout = 120
+    options = ["--model", f"{tmp_path / 'killed.py'}:killed", "--train-limit", "256", "--val-limit", "64", "-b", "32",
+               "--optimizer", "SGD", "--lr", "0.1", "--epochs", "2", "--save-every-steps", "2",
+               "--dist-timeout", str(timeout), "--quiet"]
+    try:
+        proc, elapsed = launch(torchrun_command(2, [*options, "--results-dir", str(tmp_path / "runs"),
+                                                    "--save", "killed"]), timeout=timeout + 60)
+        assert proc.returncode != 0
+        assert elapsed < timeout, "the surviving rank waited for the collective timeout"
+        assert torch.load(run / "last.pt", weights_only=True)["global_step"] >= 2
+        resumed, _ = launch(torchrun_command(2, ["--resume", str(run), *options[:2], "--quiet"]),
+                            timeout=timeout + 60)
+    finally:
+        del ENV["KILLED_RUN"]
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert (state["epoch"], state["global_step"]) == (2, 2 * 256 // 32)
+    assert list(pd.read_csv(run / "results.csv")["epoch"]) == [1, 2]
 
 
 def test_failing_rank_ends_the_job_and_skipped_batches_are_agreed(tmp_path):

@@ -98,14 +98,15 @@ NAN_MODEL = '''
 import torch, torch.nn as nn
 
 class Fragile(nn.Module):
-    """Produces a NaN loss from its {bad}th training forward on."""
+    """Produces a NaN loss from its {bad}th training forward on (not counting the setup's shape probe,
+    which runs without gradients)."""
     def __init__(self, num_classes):
         super().__init__()
         self.fc = nn.Linear(784, num_classes)
         self.calls = 0
     def forward(self, x):
         out = self.fc(x.flatten(1))
-        if self.training:
+        if self.training and torch.is_grad_enabled():
             self.calls += 1
             if self.calls {op} {bad}:
                 out = out * float("nan")

@@ -52,3 +52,11 @@ def test_the_probe_in_a_fresh_process_creates_nothing(poisoned):
     done = subprocess.run([sys.executable, "-m", "basinlab", "evaluate", str(run)], capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert not marker.exists()
+
+
+def test_a_relative_model_path_is_stored_absolute(tmp_path, monkeypatch):
+    from basinlab.api import make_config
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nets.py").write_text("")
+    cfg = make_config(model="nets.py:tiny")
+    assert cfg.model == f"{tmp_path / 'nets.py'}:tiny"

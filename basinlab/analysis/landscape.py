@@ -29,13 +29,17 @@ MAX_POINTS = 1_000_000   # a range longer than this is a typo, not a plot
 
 
 # ----------------------------------------------------------------------------------------- ranges
+MAX_COORDINATE = 1000  # alpha/beta: multiples of a direction's (filter-normalised) size; Li et al. use [-1, 1]
+
+
 def _decimal(text: str, what: str) -> Decimal:
     try:
         value = Decimal(text.strip())
     except InvalidOperation:
         raise ConfigError(f"{what}: {text!r} is not a number; use start:step:stop such as -1:0.1:2.01") from None
-    if not value.is_finite():
-        raise ConfigError(f"{what}: {text!r} is not a finite number; use start:step:stop such as -1:0.1:2.01")
+    if not value.is_finite() or abs(value) > MAX_COORDINATE:
+        raise ConfigError(f"{what}: {text!r} must be a finite number between {-MAX_COORDINATE} and "
+                          f"{MAX_COORDINATE}; use start:step:stop such as -1:0.1:2.01")
     return value
 
 

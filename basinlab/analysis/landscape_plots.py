@@ -1,6 +1,7 @@
 """Loss-landscape figures: curves along one direction (interpolation, 1-D directions) and 2-D contours."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,8 @@ def plot_curves(frame, path, *, x: str = "alpha", splits=("train", "val"), marks
     for mark in marks:
         for ax in (top, bottom):
             ax.axvline(mark, color="grey", lw=0.8, ls=":")
-    top.set_yscale("log")
+    if any(v > 0 for line in top.get_lines() for v in line.get_ydata() if math.isfinite(v)):
+        top.set_yscale("log")  # the loss spans decades; a curve of nothing but NaN/0 stays linear
     top.set_ylabel("cross-entropy loss")
     bottom.set_ylabel("top-1 accuracy (%)")
     bottom.set_xlabel(x)

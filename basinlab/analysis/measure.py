@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import nn
 
 from basinlab.analysis.data import measurement_data
@@ -50,6 +51,19 @@ def model_and_criterion(path, device, which: str = "best"):
         raise ConfigError(f"--which must be best or last, got {which!r}")
     model, cfg, _ = model_from_checkpoint(path, device, which=f"{which}.pt")
     return model, cfg, getattr(model, "criterion", None) or nn.CrossEntropyLoss()
+
+
+def check_measurable(model, criterion, data, path) -> None:
+    """Refuse a diverged model: with non-finite weights or loss no curvature can be measured."""
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise ConfigError(f"{path}: the model's weights are not all finite (the run diverged); its sharpness "
+                          f"cannot be measured")
+    x, y = next(iter(data))
+    with torch.no_grad():
+        loss = criterion(model(x), y)
+    if not bool(torch.isfinite(loss)):
+        raise ConfigError(f"{path}: the loss on the first batch is {float(loss)}; the sharpness of a diverged "
+                          f"model cannot be measured")
 
 
 def _row(measure, quantity, value, **extra) -> dict:
@@ -142,6 +156,7 @@ def measure_checkpoint(path, measures, *, split: str = "train", batches: int | N
                             datasets_dir=datasets_dir, device=dev).in_memory()
     report(f"{path}: {cfg.model} on {cfg.dataset} {split} split, {data.num_examples} examples in "
            f"{len(data)} batches (no augmentation)")
+    check_measurable(model, criterion, data, path)
     rows, density = run_measures(model, criterion, data, measures, opt, report)
     frame = pd.DataFrame(rows).reindex(columns=COLUMNS)
     frame["split"], frame["examples"], frame["checkpoint"] = split, data.num_examples, str(path)

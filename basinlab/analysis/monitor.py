@@ -58,8 +58,9 @@ class SharpnessMonitor(Callback):
             names.append("stability_threshold")
         return names
 
-    def on_fit_start(self, trainer) -> None:
-        # built once, from the batch size at the start: the same examples at every measurement
+    def setup(self, trainer) -> None:
+        # built once, before the run folder exists (too few batches refuses the run), from the batch size
+        # at the start: the same examples at every measurement
         from basinlab.analysis.data import first_training_batches
         with torch.random.fork_rng(devices=_cuda_devices(trainer.device)):
             self.data = first_training_batches(trainer.cfg, self.batches, trainer.train_loader.batch_size,
@@ -78,7 +79,7 @@ class SharpnessMonitor(Callback):
         """The columns' values for the model as it is now (global and CUDA RNG states restored)."""
         from basinlab.metrics.sharpness import hessian_trace, lambda_max
         if self.data is None:
-            self.on_fit_start(trainer)
+            self.setup(trainer)
         model, criterion = trainer.model, trainer.criterion
         with torch.random.fork_rng(devices=_cuda_devices(trainer.device)):
             lam = lambda_max(model, criterion, self.data, seed=self.seed, **LAMBDA_SETTINGS)

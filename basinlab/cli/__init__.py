@@ -1,6 +1,8 @@
 """The `basinlab` command: one module per group of subcommands, listed in COMMANDS.
 
-Exit statuses: 0 done, 2 bad input (one line on stderr), 3 non-finite loss, 128+N stopped by signal N.
+Exit statuses: 0 done, 1 internal error (a bug; --debug shows the traceback), 2 bad input (one line on
+stderr), 3 non-finite loss, 4 a write failed (disk full: the last checkpoint is kept), 128+N stopped by
+signal N.
 """
 from __future__ import annotations
 
@@ -41,12 +43,17 @@ def main(argv=None) -> int:
             raise
         print(f"basinlab: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except Exception as exc:  # noqa: BLE001 - an interrupted run has its own exit status
-        code = getattr(exc, "exit_code", None)
-        if code is None or debug:
+    except Exception as exc:  # noqa: BLE001 - one line for the user; the traceback with --debug
+        code = getattr(exc, "exit_code", None)  # an interrupted run has its own exit status
+        if debug:
             raise
-        print(f"basinlab: {exc}", file=sys.stderr)
-        return code
+        if code is not None:
+            print(f"basinlab: {exc}", file=sys.stderr)
+            return code
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        print(f"basinlab: internal error: {type(exc).__name__}: {first} (this is a bug: rerun with --debug for "
+              f"the traceback and report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from basinlab.cli.options import add_trust_option
+from basinlab.cli.options import BATCH, COUNT, SEED, add_trust_option, integer, number, output_file
 from basinlab.errors import ConfigError
 
 DEFAULT_INTERPOLATION = "-1:0.1:2.01"   # Keskar et al.: from 1 beyond A to 1 beyond B, 31 points
@@ -16,9 +16,9 @@ _NUMBER_LIKE = re.compile(r"^-(\d|\.\d)")
 def _data_options(parser, default_split) -> None:
     parser.add_argument("--split", nargs="+", choices=("train", "val"), default=default_split,
                         help="data splits to evaluate (training data is never augmented)")
-    parser.add_argument("--limit", type=int, help="first N examples of each split (default: the run's "
+    parser.add_argument("--limit", type=COUNT, help="first N examples of each split (default: the run's "
                                                   "--train-limit/--val-limit)")
-    parser.add_argument("-b", "--batch-size", type=int, default=256, help="evaluation batch size")
+    parser.add_argument("-b", "--batch-size", type=BATCH, default=256, help="evaluation batch size")
     parser.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run folder")
     parser.add_argument("--datasets-dir", help="folder holding the dataset (default: the run's)")
     parser.add_argument("--device", default="auto")
@@ -31,8 +31,10 @@ def _landscape_options(parser, default_alpha, output) -> None:
     _data_options(parser, ["train", "val"])
     parser.add_argument("--bn-recalibrate", action="store_true",
                         help="re-estimate BatchNorm running statistics on training batches at every point")
-    parser.add_argument("--bn-batches", type=int, default=10, help="training batches for --bn-recalibrate")
-    parser.add_argument("-o", "--output", default=output, help="output prefix: PREFIX.csv, PREFIX.png, PREFIX.json")
+    parser.add_argument("--bn-batches", type=integer(1, 100_000), default=10, help="training batches for "
+                                                                                   "--bn-recalibrate")
+    parser.add_argument("-o", "--output", type=output_file, default=output, help="output prefix: PREFIX.csv, "
+                                                                                 "PREFIX.png, PREFIX.json")
     parser.add_argument("--overwrite", action="store_true", help="discard points of an earlier run of PREFIX.csv")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     parser._negative_number_matcher = _NUMBER_LIKE
@@ -48,27 +50,29 @@ def _add_sharpness(sub) -> None:
     sharp.add_argument("checkpoint", help="checkpoint file or run folder (best.pt, see --which)")
     sharp.add_argument("--measure", nargs="+", default=["hessian"], metavar="hessian|trace|spectrum|keskar",
                        help="what to measure (several allowed); default hessian")
-    sharp.add_argument("--top-k", type=int, default=1, help="hessian: number of top eigenvalues")
+    sharp.add_argument("--top-k", type=integer(1, 1000), default=1, help="hessian: number of top eigenvalues")
     sharp.add_argument("--method", choices=("lanczos", "power"), default="lanczos", help="hessian: eigen-solver")
-    sharp.add_argument("--max-iter", type=int, default=100,
+    sharp.add_argument("--max-iter", type=integer(1, 100_000), default=100,
                        help="hessian: HVP budget (power: per eigenvalue); trace: most Rademacher samples")
-    sharp.add_argument("--tol", type=float, help="relative tolerance (hessian 1e-4, trace 1e-3)")
-    sharp.add_argument("--iterations", type=int, default=100, help="spectrum: Lanczos steps per start vector")
-    sharp.add_argument("--n-vectors", type=int, default=1, help="spectrum: random start vectors")
-    sharp.add_argument("--epsilon", type=float, nargs="+", default=[1e-3, 5e-4], help="keskar: box sizes")
-    sharp.add_argument("--subspace-dim", type=int, help="keskar: random subspace dimension (default: full space)")
-    sharp.add_argument("--keskar-iter", type=int, default=10, help="keskar: L-BFGS-B iterations")
+    sharp.add_argument("--tol", type=number(above=0), help="relative tolerance (hessian 1e-4, trace 1e-3)")
+    sharp.add_argument("--iterations", type=integer(1, 100_000), default=100, help="spectrum: Lanczos steps per "
+                                                                                   "start vector")
+    sharp.add_argument("--n-vectors", type=integer(1, 10_000), default=1, help="spectrum: random start vectors")
+    sharp.add_argument("--epsilon", type=number(above=0), nargs="+", default=[1e-3, 5e-4], help="keskar: box sizes")
+    sharp.add_argument("--subspace-dim", type=integer(1, 10_000_000), help="keskar: random subspace dimension "
+                                                                           "(default: full space)")
+    sharp.add_argument("--keskar-iter", type=integer(1, 100_000), default=10, help="keskar: L-BFGS-B iterations")
     sharp.add_argument("--split", choices=("train", "val"), default="train",
                        help="data of the measured loss (default train, as Keskar; no augmentation)")
-    sharp.add_argument("--batches", type=int, help="first N batches of the split only (training order of epoch 0)")
-    sharp.add_argument("--limit", type=int, help="first N examples of the split (default: the run's limit)")
-    sharp.add_argument("-b", "--batch-size", type=int, default=128)
-    sharp.add_argument("--seed", type=int, default=0, help="seed of the random vectors and subspace")
+    sharp.add_argument("--batches", type=COUNT, help="first N batches of the split only (training order of epoch 0)")
+    sharp.add_argument("--limit", type=COUNT, help="first N examples of the split (default: the run's limit)")
+    sharp.add_argument("-b", "--batch-size", type=BATCH, default=128)
+    sharp.add_argument("--seed", type=SEED, default=0, help="seed of the random vectors and subspace")
     sharp.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run folder")
     sharp.add_argument("--datasets-dir", help="folder holding the dataset (default: the run's)")
     sharp.add_argument("--device", default="auto")
     add_trust_option(sharp)
-    sharp.add_argument("-o", "--output", default="sharpness.csv", help="CSV of the results")
+    sharp.add_argument("-o", "--output", type=output_file, default="sharpness.csv", help="CSV of the results")
     sharp.set_defaults(func=cmd_sharpness)
 
 
@@ -88,10 +92,10 @@ def _add_landscape(sub) -> None:
     dirs.add_argument("checkpoint", help="checkpoint file or run folder")
     _landscape_options(dirs, DEFAULT_DIRECTIONS, "directions")
     dirs.add_argument("--beta", help="second direction's range: makes a 2-D grid (resumable)")
-    dirs.add_argument("--seed", type=int, default=0, help="seed of the directions")
+    dirs.add_argument("--seed", type=SEED, default=0, help="seed of the directions")
     dirs.add_argument("--include-bias-bn", action="store_true",
                       help="also move biases and normalisation parameters (default: held fixed, as Li et al.)")
-    dirs.add_argument("--points-per-pass", type=int, default=1,
+    dirs.add_argument("--points-per-pass", type=integer(1, 1024), default=1,
                       help="grid points evaluated together in one data pass (torch.func.vmap); "
                            "slower than 1 on CPU (benchmarks/sharpness.py)")
     dirs.set_defaults(func=cmd_directions)

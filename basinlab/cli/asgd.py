@@ -3,18 +3,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from basinlab.cli.options import integer, number
 from basinlab.errors import ConfigError
 from basinlab.methods.asgd.stability import KINDS, adjusted_lr, stability_table
 
 DEFAULT_DELAYS = [0, 1, 4, 16, 32]
+MAX_DELAY = 4096  # thresholds for longer delays need more than 10 s; the paper's go to 128
 DEFAULT_MOMENTA = [0.0, 0.5, 0.9, 0.99]
 
 
 def add_commands(sub) -> None:
     p = sub.add_parser("stability", help="largest stable eta*lambda_max by gradient delay and momentum (A-SGD)")
-    p.add_argument("--delays", nargs="+", type=int, default=DEFAULT_DELAYS, metavar="TAU",
+    p.add_argument("--delays", nargs="+", type=integer(0, MAX_DELAY), default=DEFAULT_DELAYS, metavar="TAU",
                    help=f"delays in server updates (default {' '.join(map(str, DEFAULT_DELAYS))})")
-    p.add_argument("--momentum", nargs="+", type=float, default=DEFAULT_MOMENTA, metavar="GAMMA",
+    p.add_argument("--momentum", nargs="+", type=number(0.0, 1.0, high_open=True), default=DEFAULT_MOMENTA,
+                   metavar="GAMMA",
                    help=f"momenta in [0, 1) (default {' '.join(map(str, DEFAULT_MOMENTA))})")
     p.add_argument("--kind", nargs="+", choices=KINDS, default=list(KINDS),
                    help="standard: momentum at the server (asgd); shifted: per-worker momentum (msgd)")

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from basinlab.config import FIELDS, OPTION_GROUPS, TrainConfig, load_yaml
 from basinlab.errors import ConfigError
+from basinlab.utils.schema import Rule, check_value
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -68,3 +70,59 @@ def add_trust_option(parser) -> None:
     parser.add_argument("--trust-model-code", action="store_true",
                         help="import the model code (file.py:factory) that the checkpoint names; without it only "
                              "registered models are rebuilt")
+
+
+# ---------------------------------------------------------------------------------------------- argument types
+# Each returns a converter for add_argument(type=...): a bad value is one line naming the option, what is
+# allowed and what was given (argparse adds the option's name).
+def integer(low: int, high: int):
+    rule = Rule(int, low=low, high=high)
+
+    def convert(text: str) -> int:
+        try:
+            return check_value("", rule, int(text))
+        except (ValueError, ConfigError):
+            raise argparse.ArgumentTypeError(f"must be {rule.allowed()}, got {text!r}") from None
+    convert.__name__ = "integer"
+    return convert
+
+
+def number(low: float | None = None, high: float | None = None, *, high_open: bool = False,
+           above: float | None = None):
+    """A finite float in [low, high] ([low, high) with high_open; or > above)."""
+    rule = Rule(float, low=low, high=high, high_open=high_open)
+
+    def convert(text: str) -> float:
+        try:
+            value = check_value("", rule, float(text))
+            if above is not None and not value > above:
+                raise ValueError
+            return value
+        except (ValueError, ConfigError):
+            allowed = f"a finite number > {above:g}" if above is not None else rule.allowed()
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
+    convert.__name__ = "number"
+    return convert
+
+
+SEED = integer(0, 2**63 - 1)
+COUNT = integer(1, 2**31 - 1)
+BATCH = integer(1, 2**20)
+
+
+def output_file(text: str) -> Path:
+    """A file to write: not a folder, in a folder that exists."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"the folder {path.parent} does not exist")
+    return path
+
+
+def output_folder(text: str) -> Path:
+    """A folder to write into (made if missing): not an existing file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
+    return path

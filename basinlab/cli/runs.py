@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from basinlab.cli.options import add_trust_option
+from basinlab.cli.options import BATCH, COUNT, SEED, add_trust_option, integer, number, output_file
 
 
 def add_commands(sub) -> None:
@@ -12,34 +12,34 @@ def add_commands(sub) -> None:
     ev.add_argument("--dataset", help="dataset (default: the run's)")
     ev.add_argument("--split", choices=("train", "val"), default="val")
     ev.add_argument("--datasets-dir")
-    ev.add_argument("-b", "--batch-size", type=int, default=256)
-    ev.add_argument("--limit", type=int, help="first N examples only")
+    ev.add_argument("-b", "--batch-size", type=BATCH, default=256)
+    ev.add_argument("--limit", type=COUNT, help="first N examples only")
     ev.add_argument("--device", default="auto")
     add_trust_option(ev)
-    ev.add_argument("--output", help="also write the result to this CSV")
-    ev.add_argument("--noise", type=float, metavar="A",
+    ev.add_argument("--output", type=output_file, help="also write the result to this CSV")
+    ev.add_argument("--noise", type=number(0.0), metavar="A",
                     help="evaluate under fresh weight noise of strength A per batch (the SmoothOut seed's --ss)")
     ev.add_argument("--noise-type", choices=("uniform", "normal"), default="uniform",
                     help="noise distribution: U(-A, A) or N(0, A^2) before adaptation")
     ev.add_argument("--noise-adapt", choices=("none", "weight", "filter"), default="none",
                     help="noise scale: absolute, relative to |w|, or per filter norm (AdaSmoothOut)")
-    ev.add_argument("--noise-samples", type=int, default=1, metavar="K",
+    ev.add_argument("--noise-samples", type=integer(1, 10_000), default=1, metavar="K",
                     help="passes over the split with fresh noise; mean and std over them")
     ev.add_argument("--noise-include-bn", action="store_true",
                     help="also perturb norm-layer affine parameters (the seed's evaluate.py did)")
-    ev.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    ev.add_argument("--seed", type=SEED, default=0, help="seed of the noise")
     ev.set_defaults(func=cmd_evaluate)
 
     plot = sub.add_parser("plot", help="overlay the curves of several runs in one PNG")
     plot.add_argument("runs", nargs="+", help="run folders")
-    plot.add_argument("-o", "--output", default="runs.png")
+    plot.add_argument("-o", "--output", type=output_file, default="runs.png")
     plot.set_defaults(func=cmd_plot)
 
     export = sub.add_parser("export", help="write a run's model weights as safetensors for sharing")
     export.add_argument("run", help="run folder or checkpoint")
     export.add_argument("--safetensors", action="store_true", default=True, help="(the only format)")
     export.add_argument("--which", choices=("best", "last"), default="best")
-    export.add_argument("-o", "--output", help="output file (default: <run>/model.safetensors)")
+    export.add_argument("-o", "--output", type=output_file, help="output file (default: <run>/model.safetensors)")
     export.set_defaults(func=cmd_export)
 
 

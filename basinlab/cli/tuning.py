@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from basinlab.cli.options import SEED, integer, number, output_folder
 from basinlab.errors import ConfigError
 
 DISTRIBUTED_FLAGS = ("--multiprocessing-distributed", "--dist-url", "--dist-backend", "--world-size", "--rank")
@@ -27,12 +28,13 @@ def _add_autohyper(sub) -> None:
     train.add_argument("--resume", help="an autoHyper output folder, or a run folder / checkpoint inside one: "
                                         "continue it (rerunning with the same --output does the same)")
     train.add_argument("--root", default=".", help="folder that --data, --output and --checkpoint are relative to")
-    train.add_argument("--save-freq", type=int, default=25, help="keep epoch_<k>.pt every k epochs of a full training")
+    train.add_argument("--save-freq", type=integer(1, 100_000), default=25, help="keep epoch_<k>.pt every k epochs "
+                                                                                 "of a full training")
     train.add_argument("--cpu", action="store_true", help="train on the CPU")
-    train.add_argument("--gpu", type=int, help="CUDA device index (default: auto)")
+    train.add_argument("--gpu", type=integer(0, 1024), help="CUDA device index (default: auto)")
     train.add_argument("--search", default="lr", choices=("lr", "lr+wd"),
                        help="lr: autoHyper's lr search (master branch); lr+wd: the joint trust-region search")
-    train.add_argument("--seed", type=int, help="seed of every trial and of the first full training (overrides the "
+    train.add_argument("--seed", type=SEED, help="seed of every trial and of the first full training (overrides the "
                                                 "config)")
     train.add_argument("--quiet", action="store_true", help="print only the chosen lr and the summary")
     for flag in DISTRIBUTED_FLAGS:  # the seed's distributed flags: refused with a clear message
@@ -87,14 +89,16 @@ def _add_lr_range(sub) -> None:
                                                "config")
     lr_range.add_argument("--config", help="YAML file of train options")
     add_config_options(lr_range)
-    lr_range.add_argument("--start-lr", type=float, default=1e-7, help="first lr of the sweep (default 1e-7)")
-    lr_range.add_argument("--end-lr", type=float, default=10.0, help="last lr of the sweep (default 10)")
-    lr_range.add_argument("--num-steps", type=int, default=100, help="optimizer steps of the sweep (default 100)")
-    lr_range.add_argument("--smooth", type=float, default=0.98, help="EMA factor of the smoothed loss (default 0.98)")
-    lr_range.add_argument("--diverge-factor", type=float, default=4.0,
+    lr_range.add_argument("--start-lr", type=number(above=0), default=1e-7, help="first lr of the sweep (default 1e-7)")
+    lr_range.add_argument("--end-lr", type=number(above=0), default=10.0, help="last lr of the sweep (default 10)")
+    lr_range.add_argument("--num-steps", type=integer(2, 1_000_000), default=100, help="optimizer steps of the "
+                                                                                       "sweep (default 100)")
+    lr_range.add_argument("--smooth", type=number(0.0, 1.0, high_open=True), default=0.98,
+                          help="EMA factor of the smoothed loss (default 0.98)")
+    lr_range.add_argument("--diverge-factor", type=number(above=1), default=4.0,
                           help="stop when the smoothed loss exceeds this times its best (default 4)")
-    lr_range.add_argument("-o", "--output", default="lr-range", help="folder for lr_range.csv/.png/.json (default "
-                                                                     "lr-range)")
+    lr_range.add_argument("-o", "--output", type=output_folder, default="lr-range",
+                          help="folder for lr_range.csv/.png/.json (default lr-range)")
     lr_range.set_defaults(func=cmd_lr_range)
 
 

@@ -11,6 +11,7 @@ import importlib.util
 import os
 import pickle
 import struct
+import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -65,12 +66,23 @@ _MNIST_STEMS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 _TORCHVISION_FOLDER = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 
 
-def _read_file_bytes(path: Path, name: str, expected: str) -> bytes:
+MAX_IDX_BYTES = 1 << 31  # 2 GiB: MNIST-like files are ~50 MB; a header claiming more is refused unread
+
+
+def _read_file_bytes(path: Path, name: str, expected: str, header: int, ndim: int) -> bytes:
+    """The IDX file's bytes, reading a gzip stream no further than its header says it holds (no gzip bomb)."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as fh:
-                return fh.read()
-        return path.read_bytes()
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as fh:
+            head = fh.read(header)
+            if len(head) < header:
+                raise data_error(name, f"file too short for an IDX header ({len(head)} bytes)", path, expected)
+            dims = struct.unpack(f">{ndim}I", head[4:header])
+            size = int(np.prod(dims, dtype=np.int64))
+            if size > MAX_IDX_BYTES:
+                raise data_error(name, f"header claims {'x'.join(map(str, dims))} = {size:,} bytes, over the "
+                                 f"{MAX_IDX_BYTES:,} allowed", path, expected)
+            return head + fh.read(size + 1)  # one byte more tells a file longer than its header
     except (OSError, EOFError, zlib.error) as exc:
         raise data_error(name, f"cannot read ({_one_line(exc)})", path, expected) from None
 
@@ -79,18 +91,17 @@ def read_idx(path: Path, *, name: str, kind: str) -> np.ndarray:
     """An IDX uint8 file (`kind` 'images' [N, H, W] or 'labels' [N]), raw or gzipped."""
     magic, ndim = _IDX_KINDS[kind]
     expected = f"an IDX {kind} file with magic 0x{magic:08x}, raw or .gz"
-    data = _read_file_bytes(path, name, expected)
     header = 4 + 4 * ndim
-    if len(data) < header:
-        raise data_error(name, f"file too short for an IDX header ({len(data)} bytes)", path, expected)
+    data = _read_file_bytes(path, name, expected, header, ndim)
     found = int.from_bytes(data[:4], "big")
     if found != magic:
         raise data_error(name, f"bad IDX magic number 0x{found:08x}", path, expected)
     dims = struct.unpack(f">{ndim}I", data[4:header])
     size = int(np.prod(dims))
     if len(data) - header != size:
+        held = f"{len(data) - header}" if len(data) - header <= size else "more"
         raise data_error(name, f"header says {'x'.join(map(str, dims))} = {size} bytes of data but the file "
-                         f"holds {len(data) - header}", path, expected)
+                         f"holds {held}", path, expected)
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()  # writable, for torch
 
 
@@ -209,8 +220,13 @@ def decode_rgb(path, name: str) -> PIL.Image.Image:  # noqa: F821
     """Open an image file as RGB with Pillow; unreadable files become DataError."""
     from PIL import Image, UnidentifiedImageError
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # a bomb is refused, not decoded
+            with Image.open(path) as image:
+                return image.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise data_error(name, f"image header claims over {Image.MAX_IMAGE_PIXELS:,} pixels (a decompression "
+                         f"bomb?)", path, "images of ordinary size") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise data_error(name, f"cannot decode image ({_one_line(exc)})", path,
                          "an image file Pillow can read: " + ", ".join(sorted(IMAGE_EXTENSIONS))) from None
@@ -233,9 +249,15 @@ def decode_all(paths: list[str], name: str, size: tuple[int, int]) -> np.ndarray
 
 
 def list_images(folder: Path) -> list[str]:
-    """Image files under `folder` (recursively, following links), sorted by path."""
-    found = []
+    """Image files under `folder` (recursively, following links but never around a loop), sorted by path."""
+    found, seen = [], set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back to a folder already read: reading it again would duplicate images
+            warnings.warn(f"{dirpath} links back to {real}, already read: not followed", stacklevel=2)
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         found += [os.path.join(dirpath, f) for f in filenames
                   if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]

@@ -17,6 +17,10 @@ class Callback:
         name = type(self).__qualname__
         return f"{name}[{self.key}]" if self.key else name
 
+    def setup(self, trainer) -> None:
+        """Model, data and optimizer exist; the run folder does not yet: raise ConfigError here to refuse
+        the run before anything is written (e.g. a measurement that needs more batches than there are)."""
+
     def on_fit_start(self, trainer) -> None: ...
 
     def on_epoch_start(self, trainer, epoch: int) -> None: ...

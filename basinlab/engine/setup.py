@@ -102,23 +102,43 @@ def make_criterion(model: nn.Module, label_smoothing: float) -> nn.Module:
 
 
 def check_model_fits_data(model: nn.Module, input_shape, num_classes: int, model_name: str, dataset: str,
-                          device: torch.device) -> None:
-    """One forward of two blank images in eval mode: the model must take the dataset's images and give
-    one output per class. Weights, buffers, modes and the global random state are left as they were."""
+                          device: torch.device, smallest_batch: int | None = None) -> None:
+    """Forward blank images through the model before anything is written: two in eval mode (it must take
+    the dataset's images and give one output per class) and, for training, `smallest_batch` in train mode
+    (BatchNorm cannot normalise one value per channel). Weights, buffers, modes and the global random
+    state are left as they were."""
     shape = "x".join(map(str, input_shape))
     modes = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.clone()) for b in model.buffers()]
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             model.eval()
             out = model(torch.zeros(2, *input_shape, device=device))
+            if smallest_batch is not None:
+                model.train()
+                _train_mode_probe(model, smallest_batch, input_shape, model_name, device)
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"model {model_name} does not take the {dataset} images ({shape}): {first}") from None
     finally:
         for module, training in modes:
             module.training = training
+        with torch.no_grad():
+            for buffer, value in buffers:
+                buffer.copy_(value)
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != num_classes:
         got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(f"model {model_name} gives outputs of shape {got} for the {dataset} images ({shape}); "
                           f"the dataset has {num_classes} classes: build it for num_classes (its factory gets "
                           f"num_classes={num_classes})")
+
+
+def _train_mode_probe(model, batch: int, input_shape, model_name: str, device) -> None:
+    try:
+        model(torch.zeros(batch, *input_shape, device=device))
+    except ValueError as exc:
+        if "more than 1 value per channel" not in str(exc):
+            raise
+        raise ConfigError(f"model {model_name} has BatchNorm layers that cannot normalise a batch of {batch} "
+                          f"sample(s) in training; use a batch (and --ghost-batch chunks) of at least 2, or "
+                          f"--norm-mode group, layer or online") from None

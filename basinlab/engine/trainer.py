@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import signal
 import time
 from pathlib import Path
@@ -97,7 +98,7 @@ class Trainer:
         self.model = self.dist.convert_norms(self.model, self.log)
         self.model.to(self.device)
         check_model_fits_data(self.model, self.train_loader.input_shape, self.train_loader.num_classes, cfg.model,
-                              cfg.dataset, self.device)
+                              cfg.dataset, self.device, smallest_batch=self._smallest_chunk())
         self.data_regime = DataRegime(getattr(self.model, "data_regime", None) or [])
         self.epochs = cfg.epochs or getattr(self.model, "default_epochs", None) or 10
         self.regime, notes = build_regime(cfg, self.model, regime_config)
@@ -109,11 +110,19 @@ class Trainer:
         if self.strategy is None:
             self.strategy = STRATEGIES["plain"]()
         self.strategy.setup(self)
+        for cb in self.callbacks:
+            cb.setup(self)
         self.eval_model = torch.compile(self.model) if cfg.compile else self.model
         if resume_state is not None:
             self._load_state(resume_state)
         self.train_model = self.dist.wrap(self.eval_model)  # DDP in distributed runs
         self._log_setup(notes)
+
+    def _smallest_chunk(self) -> int:
+        """The fewest samples one forward pass of training sees (a ghost batch, or its remainder)."""
+        batch = self.train_loader.batch_size
+        chunk = min(self.cfg.ghost_batch or batch, batch)
+        return min(chunk, batch % chunk or chunk)
 
     def _read_resume_checkpoint(self):
         if not self.cfg.resume:
@@ -330,6 +339,7 @@ class Trainer:
             "meter": self.meter.state_dict() if self.batch_in_epoch else None,
             "epoch_seconds": self.epoch_seconds if self.batch_in_epoch else 0.0,
             "best": dict(self.best), "nonfinite_skipped": self.nonfinite_skipped,
+            "history": [plain_row(row) for row in self.run.results.rows],  # results.csv's rows
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "rng": rng_state(),
         }
@@ -355,7 +365,7 @@ class Trainer:
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
-        self.run.resume_records(self.epoch)
+        self.run.resume_records(self.epoch, state.get("history"))  # older checkpoints: results.csv
         where = (f"epoch {self.epoch + 1}, step {self.batch_in_epoch}" if self.batch_in_epoch
                  else f"the start of epoch {self.epoch + 1}")
         self.run.log.info(f"resumed from {self.cfg.resume} at {where} (global step {self.global_step})")
@@ -413,3 +423,18 @@ def _check_state_keys(callbacks) -> None:
             raise ConfigError(f"two callbacks share the state key {cb.state_key!r}; give each a distinct "
                               f"`key` attribute so a checkpoint can tell their states apart")
         seen.add(cb.state_key)
+
+
+def plain_row(row: dict) -> dict:
+    """A results row as Python numbers and strings (numpy scalars would not load with weights_only)."""
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, bool) or value is None:
+            out[str(key)] = value
+        elif isinstance(value, numbers.Integral):
+            out[str(key)] = int(value)
+        elif isinstance(value, numbers.Real):
+            out[str(key)] = float(value)
+        else:
+            out[str(key)] = str(value)
+    return out

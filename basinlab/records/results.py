@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from basinlab.errors import ConfigError
 from basinlab.utils.io import atomic_write_text
 
 FIRST_COLUMNS = ["epoch", "lr", "train_loss", "train_acc1", "train_acc5", "val_loss", "val_acc1", "val_acc5",
@@ -20,11 +21,23 @@ class ResultsTable:
         self.path = Path(path)
         self.rows: list[dict] = []
 
-    def resume(self, next_epoch: int) -> None:
-        """Keep the rows of epochs before `next_epoch` (an interrupted epoch is redone, not repeated)."""
-        if self.path.is_file() and self.path.stat().st_size > 0:
-            frame = pd.read_csv(self.path)
-            self.rows = [row for row in frame.to_dict("records") if row["epoch"] < next_epoch]
+    def resume(self, next_epoch: int, stored_rows: list[dict] | None = None) -> str | None:
+        """Keep the rows of epochs before `next_epoch` (an interrupted epoch is redone, not repeated).
+
+        The rows come from the checkpoint (`stored_rows`) where it holds them, else from results.csv.
+        Returns a note when results.csv was unreadable and is rewritten from the checkpoint's rows.
+        """
+        note = None
+        written = self.path.is_file() and self.path.stat().st_size > 0
+        if stored_rows is None:
+            stored_rows = read_results(self.path).to_dict("records") if written else []
+        elif written:
+            try:
+                read_results(self.path)
+            except ConfigError as exc:
+                note = f"{exc}; it is rewritten from the checkpoint's history"
+        self.rows = [dict(row) for row in stored_rows if row["epoch"] < next_epoch]
+        return note
 
     def append(self, row: dict) -> None:
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [dict(row)]
@@ -36,3 +49,19 @@ class ResultsTable:
             return pd.DataFrame(columns=FIRST_COLUMNS)
         ordered = [c for c in FIRST_COLUMNS if c in frame.columns]
         return frame[ordered + [c for c in frame.columns if c not in ordered]]
+
+
+def read_results(path: str | Path) -> pd.DataFrame:
+    """A run's results.csv, or one line saying why it cannot be read (garbage, no epoch column, text epochs)."""
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path} is not a readable results table ({first})") from None
+    if "epoch" not in frame.columns:
+        raise ConfigError(f"{path} has no epoch column (columns: {', '.join(map(str, frame.columns[:6]))})")
+    if not pd.api.types.is_integer_dtype(frame["epoch"]) or (frame["epoch"] < 1).any():
+        raise ConfigError(f"{path}: its epoch column must hold epoch numbers 1, 2, ...; got "
+                          f"{', '.join(map(str, frame['epoch'].head(3)))}")
+    return frame

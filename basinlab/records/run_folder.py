@@ -21,6 +21,7 @@ import yaml
 from basinlab.config import TrainConfig, config_to_yaml, load_yaml, validated_config
 from basinlab.errors import ConfigError, WriteError
 from basinlab.records import ResultsTable, TensorBoardLog
+from basinlab.records.results import read_results
 from basinlab.records.run_safety import (
     RunLock,
     check_replaceable,
@@ -237,8 +238,10 @@ class RunFolder:
             put_back(self.replaced, self.path)
             self.replaced = None
 
-    def resume_records(self, completed_epochs: int) -> None:
-        self.results.resume(next_epoch=completed_epochs + 1)
+    def resume_records(self, completed_epochs: int, stored_rows: list[dict] | None = None) -> None:
+        note = self.results.resume(next_epoch=completed_epochs + 1, stored_rows=stored_rows)
+        if note:
+            self.log.info(f"note: {note}")
 
     def record_epoch(self, row: dict) -> None:
         if not self.is_main:
@@ -290,5 +293,5 @@ def load_run(path: str | Path) -> Run:
         raise ConfigError(f"{path} is not a basinlab run folder (no config.yaml)")
     cfg = validated_config(load_yaml(path / "config.yaml"))
     results = path / "results.csv"
-    history = pd.read_csv(results) if results.is_file() and results.stat().st_size else pd.DataFrame()
+    history = read_results(results) if results.is_file() and results.stat().st_size else pd.DataFrame()
     return Run(path, cfg, history)
