@@ -9,6 +9,7 @@ from torch import nn
 
 from basinlab.errors import ConfigError
 from basinlab.nn.norms import NormSpec, init_norm_
+from basinlab.utils.checks import check_int
 
 __all__ = ["InputSpec", "input_spec", "resolve_norm", "init_weights_", "step_regime", "finish_model",
            "count_params", "check_choice", "check_fraction"]
@@ -49,9 +50,7 @@ def input_spec(dataset: str, in_channels: int | None = None) -> InputSpec:
     else:
         family, channels, size = "imagenet", 3, 224
     if in_channels is not None:
-        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-            raise ConfigError(f"in_channels must be a positive integer, got {in_channels!r}")
-        channels = in_channels
+        channels = check_int(in_channels, "in_channels", maximum=4096)
     return InputSpec(dataset, channels, size, family)
 
 

@@ -51,7 +51,9 @@ class MnistNet(nn.Module):
 def mnist(num_classes, dataset, norm="batch", width=16, hidden=128, dropout=0.25, in_channels=None):
     """Small MNIST convnet; ``width`` channels in the first conv (twice that in the second)."""
     spec, norm = input_spec(dataset, in_channels), resolve_norm(norm, dataset)
-    model = MnistNet(num_classes, spec.channels, norm, check_int(width, "mnist width"),
-                     check_int(hidden, "mnist hidden"), check_fraction("mnist dropout", dropout), spec.size)
+    width = check_int(width, "mnist width", maximum=4096)
+    hidden = check_int(hidden, "mnist hidden", maximum=65_536)
+    dropout = check_fraction("mnist dropout", dropout)
+    model = MnistNet(num_classes, spec.channels, norm, width, hidden, dropout, spec.size)
     text = f"MNIST convnet (2x conv5x5 {width}/{2 * width}, FC {hidden})"
     return finish_model(model, description=text, norm=norm, regime=MNIST_REGIME, default_epochs=MNIST_EPOCHS)

@@ -122,7 +122,7 @@ class CifarResNet(nn.Module):
 
     def __init__(self, depth: int, num_classes: int, in_channels: int = 3, norm: NormSpec = NormSpec()):
         super().__init__()
-        if check_int(depth, "resnet depth") < 8 or (depth - 2) % 6:
+        if check_int(depth, "resnet depth", maximum=2000) < 8 or (depth - 2) % 6:
             raise ConfigError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (20, 32, 44, 56, 110, ...), got {depth}")
         n = (depth - 2) // 6
         self.depth = depth

@@ -53,9 +53,9 @@ class WideResNet(nn.Module):
     def __init__(self, depth: int, widen_factor: int, num_classes: int, in_channels: int = 3,
                  dropout: float = 0.0, norm: NormSpec = NormSpec()):
         super().__init__()
-        if check_int(depth, "wide_resnet depth") < 10 or (depth - 4) % 6:
+        if check_int(depth, "wide_resnet depth", maximum=1000) < 10 or (depth - 4) % 6:
             raise ConfigError(f"wide_resnet depth must be 6n+4 with n >= 1 (16, 22, 28, 40, ...), got {depth}")
-        check_int(widen_factor, "wide_resnet widen_factor")
+        check_int(widen_factor, "wide_resnet widen_factor", maximum=64)
         n = (depth - 4) // 6
         widths = [16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)

@@ -55,6 +55,7 @@ class OptimizerSpec:
     fixed: Mapping[str, Any] = field(default_factory=dict)  # kwargs the name implies (NAG: nesterov)
     param_keys: frozenset | None = None  # declared keys; None: from the signature (and a probe instance)
     builtin: bool = False  # a torch.optim class
+    unusable: str | None = None  # why basinlab's training steps cannot drive it (refused with this reason)
 
     @property
     def cls(self):
@@ -115,10 +116,19 @@ def _introspect(factory, fixed: Mapping[str, Any], param_keys=None) -> tuple[fro
     return frozenset(keys), defaults
 
 
+# torch optimizers that one gradient per update cannot drive
+UNUSABLE = {
+    "LBFGS": "needs a closure that re-evaluates the loss several times per step; basinlab's steps compute "
+             "one gradient per update",
+    "SparseAdam": "needs sparse gradients (nn.Embedding(sparse=True)); the models here have dense ones",
+}
+
+
 def _declared() -> list[OptimizerSpec]:
     """Every optimizer basinlab knows without registration: torch.optim's classes, two aliases, AdaS."""
     from basinlab.optim.adas import AdaS  # adas.py imports nothing from this module
-    specs = [OptimizerSpec(attr, cls, builtin=True) for attr, cls in vars(torch.optim).items()
+    specs = [OptimizerSpec(attr, cls, builtin=True, unusable=UNUSABLE.get(attr))
+             for attr, cls in vars(torch.optim).items()
              if inspect.isclass(cls) and issubclass(cls, torch.optim.Optimizer)
              and cls is not torch.optim.Optimizer and not attr.startswith("_")]
     specs += [OptimizerSpec("NAG", torch.optim.SGD, {"nesterov": True}, builtin=True),      # Nesterov SGD
@@ -237,6 +247,8 @@ def create_optimizer(name: str, params, settings: Mapping[str, Any] | None = Non
     torch rejects (negative lr, nesterov without momentum, ...) raise ConfigError too.
     """
     spec = optimizer_spec(name)
+    if spec.unusable:
+        raise ConfigError(f"optimizer {spec.name} {spec.unusable}; choose another (e.g. SGD, Adam)")
     settings = dict(settings or {})
     named = settings.pop("optimizer", None)
     if named is not None and optimizer_spec(named).name != spec.name:

@@ -5,14 +5,21 @@ import math
 import numbers
 
 from basinlab.errors import ConfigError
+from basinlab.utils.schema import shown
 
 
-def check_int(value, name: str, minimum: int = 1, *, optional: bool = False, error=ConfigError) -> int | None:
-    """`value` as an int >= `minimum` (booleans refused; None passes when `optional`), else `error`."""
+def check_int(value, name: str, minimum: int = 1, *, maximum: int | None = None, optional: bool = False,
+              error=ConfigError) -> int | None:
+    """`value` as an int in [minimum, maximum] (booleans refused; None passes when `optional`), else `error`.
+
+    `maximum` bounds sizes that would exhaust memory before anything is allocated (depths, widths).
+    """
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
-        raise error(f"{name} must be an integer >= {minimum}, got {value!r}")
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= minimum
+    if not ok or (maximum is not None and int(value) > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise error(f"{name} must be an integer {bound}, got {shown(value)}")
     return int(value)
 
 
