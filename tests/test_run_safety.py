@@ -2,6 +2,7 @@
 import hashlib
 import os
 
+import pandas as pd
 import pytest
 
 from basinlab.cli import main
@@ -77,3 +78,41 @@ def test_a_run_being_trained_is_locked(results, capsys):
     finally:
         lock.release()
     assert main(["train", "--resume", str(results / "old"), "--epochs", "2", "--quiet"]) == 0
+
+
+def test_resuming_an_earlier_checkpoint_never_rewrites_the_run(tmp_path, capsys, no_run_plots):
+    results = tmp_path / "results"
+    assert main(["train", *QUICK[:-3], "--epochs", "3", "--save-all", "--quiet", "--results-dir", str(results),
+                 "--save", "run"]) == 0
+    before = digest(results / "run")
+    assert main(["train", "--resume", str(results / "run" / "epoch_1.pt"), "--quiet"]) == 2
+    assert "add --save NEW to branch" in capsys.readouterr().err
+    assert main(["train", "--resume", str(results / "run" / "epoch_1.pt"), "--save", "branch", "--quiet"]) == 0
+    assert digest(results / "run") == before  # the original run, byte for byte
+    branch = results / "branch"
+    assert "branched_from" in (branch / "env.yaml").read_text()
+    original = pd.read_csv(results / "run" / "results.csv")
+    again = pd.read_csv(branch / "results.csv")
+    assert list(again["epoch"]) == [1, 2, 3]
+    assert again["val_loss"].tolist() == original["val_loss"].tolist()  # deterministic: the same epochs again
+
+
+def test_stale_temporary_files_are_removed_on_resume(results):
+    stale = results / "old" / ".last.pt.k3j2.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    assert main(["train", "--resume", str(results / "old"), "--epochs", "2", "--quiet"]) == 0
+    assert not stale.exists()
+
+
+def test_a_bit_flip_in_the_weights_is_detected(results, capsys):
+    import torch
+    state = torch.load(results / "old" / "last.pt", weights_only=True)
+    name, tensor = max(state["model"].items(), key=lambda kv: kv[1].numel())
+    raw = (results / "old" / "last.pt").read_bytes()
+    at = raw.find(tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes()[:64])
+    assert at > 0, "the tensor's bytes are stored as they are"
+    flipped = bytearray(raw)
+    flipped[at + 40] ^= 0x01
+    (results / "old" / "last.pt").write_bytes(bytes(flipped))
+    assert main(["train", "--resume", str(results / "old"), "--epochs", "2", "--quiet"]) == 2
+    assert "do not match the checksum" in capsys.readouterr().err

@@ -168,3 +168,20 @@ def test_error_message_is_clear():
 
 def test_integer_valued_float_delay_accepted():
     assert stability_threshold(4.0) == stability_threshold(4)
+
+
+@pytest.mark.parametrize("tau", [0, 1, 8, 32, 64])
+@pytest.mark.parametrize("gamma,kind", [(0.0, "standard"), (0.5, "standard"), (0.9, "standard"), (0.5, "shifted"),
+                                        (0.9, "shifted"), (0.99, "shifted")])
+def test_boundary_locus_agrees_with_the_root_scan(tau, gamma, kind):
+    """Long delays use the boundary locus; where both run, it equals the root-based scan."""
+    from basinlab.methods.asgd.stability import _threshold, _threshold_by_boundary
+    by_roots = _threshold.__wrapped__(tau, gamma, kind, 1.02, 1e-10)
+    assert _threshold_by_boundary(tau, gamma, kind) == pytest.approx(by_roots, rel=1e-8)
+
+
+def test_long_delays_answer_and_match_the_closed_form():
+    # 4096: the boundary locus (np.roots would need a 4098 x 4098 eigenproblem per tested x)
+    assert stability_threshold(4096, 0.0) == pytest.approx(closed_form_threshold(4096), rel=1e-9)
+    x = stability_threshold(4096, 0.9, "shifted")
+    assert 0 < x < stability_threshold(4096, 0.0)  # delayed momentum only shrinks the stable region

@@ -7,6 +7,7 @@ in it runs.
 """
 from __future__ import annotations
 
+import hashlib
 import pickle
 from pathlib import Path
 
@@ -20,7 +21,20 @@ from basinlab.utils.schema import shown
 CHECKPOINT_NAMES = ("last.pt", "best.pt")
 
 
+def tensors_checksum(tensors: dict) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of a state dict's tensors (sorted by name)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        flat = tensor.cpu().contiguous().reshape(-1)  # 1-D views as bytes whatever the dtype
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return digest.hexdigest()
+
+
 def save_checkpoint(state: dict, path: str | Path) -> None:
+    """Write `state` atomically with a checksum of its model tensors (verified by load_checkpoint)."""
+    state = {**state, "checksum": {"model": tensors_checksum(state["model"])}}
     atomic_write(path, lambda fh: torch.save(state, fh))
 
 
@@ -41,6 +55,10 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise CheckpointError(f"cannot read checkpoint {path} ({_first_line(exc)}); it is truncated, corrupt or "
                               f"not a torch checkpoint") from None
     _check_layout(state, path)
+    stored = state.get("checksum")
+    if isinstance(stored, dict) and "model" in stored and stored["model"] != tensors_checksum(state["model"]):
+        raise CheckpointError(f"{path} is corrupt: its model weights do not match the checksum written with them "
+                              f"(a changed or damaged file)")
     return state
 
 

@@ -74,7 +74,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if resume_state is None and not cfg.save:
             cfg.save = self.dist.broadcast_object(default_run_name())  # one clock reading for all ranks
-        self.run = RunFolder.open(cfg, resume=resume_state is not None, barrier=self.dist.barrier)
+        branch = self._branch_from(resume_state)
+        self.run = RunFolder.open(cfg, resume=resume_state is not None, barrier=self.dist.barrier, branch_from=branch)
         self.log = self.run.log
         try:
             self._build(resume_state)
@@ -123,6 +124,28 @@ class Trainer:
         batch = self.train_loader.batch_size
         chunk = min(self.cfg.ghost_batch or batch, batch)
         return min(chunk, batch % chunk or chunk)
+
+    def _branch_from(self, resume_state) -> Path | None:
+        """The checkpoint to branch from when --resume names one behind its run's last.pt (None: resume in place).
+
+        Resuming such a checkpoint in place would rewrite the run's later epochs, so it needs --save NEW.
+        """
+        if resume_state is None:
+            return None
+        checkpoint = resolve_checkpoint(self.cfg.resume)
+        latest = checkpoint.parent / "last.pt"
+        if not latest.is_file() or latest.resolve() == checkpoint.resolve():
+            return None
+        position = ("epoch", "batch_in_epoch", "global_step")
+        last = load_checkpoint(latest, map_location="cpu")
+        if all(last.get(k) == resume_state.get(k) for k in position):
+            return None  # e.g. best.pt of the last epoch: the same point of the run
+        target = (Path(self.cfg.results_dir) / self.cfg.save).resolve() if self.cfg.save else None
+        if target is None or target == checkpoint.parent.resolve():
+            raise ConfigError(f"{checkpoint} is behind the run's last.pt (epoch {last.get('epoch')}, step "
+                              f"{last.get('global_step')}); resuming it in place would rewrite that run: add --save "
+                              f"NEW to branch a new run from it")
+        return checkpoint
 
     def _read_resume_checkpoint(self):
         if not self.cfg.resume:
@@ -269,7 +292,10 @@ class Trainer:
         bar = self.log.progress(len(loader), self.epoch, self.epochs, initial=self.batch_in_epoch)
         for x, y in loader.epoch(self.epoch, start_batch=self.batch_in_epoch):
             self._apply_regime()
+            before = self._buffers_before_step()
             result = self.strategy.train_step(self, x, y)
+            if result.skipped and before is not None:
+                self._restore_buffers(before)  # a skipped batch leaves no trace (BN statistics included)
             if result.logits is not None:
                 self.meter.update(result.loss, result.logits.float(), y)
             self.batch_in_epoch += 1
@@ -288,15 +314,34 @@ class Trainer:
         self.meter.reduce()
         return self.meter.result()
 
+    def _buffers_before_step(self) -> list[torch.Tensor] | None:
+        """Under --nan-policy skip: the buffers a forward pass changes (BatchNorm running statistics,
+        online-norm state), to be put back if the batch is skipped."""
+        if self.cfg.nan_policy != "skip":
+            return None
+        return [b.detach().clone() for b in self.model.buffers()]
+
+    def _restore_buffers(self, saved: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for buffer, value in zip(self.model.buffers(), saved):
+                buffer.copy_(value)
+
     def _due_step_checkpoint(self) -> bool:
         every = self.cfg.save_every_steps
         return bool(every) and self.global_step % every == 0 and self.batch_in_epoch < len(self.train_loader)
 
     def end_epoch(self, train: dict) -> dict:
         """Validate, assemble the results row, let callbacks extend it, write records and checkpoints."""
+        if train["count"] == 0:
+            raise NonFiniteLossError(f"every batch of epoch {self.epoch + 1} had a non-finite loss and was skipped; "
+                                     f"the last good checkpoint and the records so far are kept in {self.run.path}")
         self.dist.sync_buffers(self.model)  # validate (on every shard) the model rank 0 checkpoints
         val = evaluate(self.eval_model, self.val_loader, self.eval_criterion, autocast=self.autocast,
                        prepare=self.prepare)
+        if not math.isfinite(val["loss"]):
+            raise NonFiniteLossError(f"the validation loss after epoch {self.epoch + 1} is {val['loss']}; the model is "
+                                     f"broken, so this epoch is not recorded: the last good checkpoint and the "
+                                     f"records so far are kept in {self.run.path}")
         row = {"epoch": self.epoch + 1, "lr": self.lr,
                "train_loss": train["loss"], "train_acc1": train["acc1"], "train_acc5": train["acc5"],
                "val_loss": val["loss"], "val_acc1": val["acc1"], "val_acc5": val["acc5"],

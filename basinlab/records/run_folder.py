@@ -29,6 +29,7 @@ from basinlab.records.run_safety import (
     move_aside,
     new_run_path,
     put_back,
+    remove_stale_temporaries,
 )
 from basinlab.utils.io import atomic_write_text
 
@@ -162,8 +163,8 @@ class Run:
 class RunFolder:
     """A run's folder: decided and checked by `open`, made on disk by `create` once setup succeeded."""
 
-    def __init__(self, path: Path, is_main: bool, quiet: bool, resume: bool):
-        self.path, self.is_main, self.resuming = path, is_main, resume
+    def __init__(self, path: Path, is_main: bool, quiet: bool, resume: bool, branch_from: Path | None = None):
+        self.path, self.is_main, self.resuming, self.branch_from = path, is_main, resume, branch_from
         self.log = RunLog(is_main, quiet)
         self.results = ResultsTable(path / "results.csv")
         self.plots_due, self.last_plot = False, time.monotonic()  # short runs: drawn once, at the end
@@ -173,28 +174,33 @@ class RunFolder:
         self.results_dir = None
 
     @classmethod
-    def open(cls, cfg: TrainConfig, resume: bool, barrier=lambda: None) -> RunFolder:
+    def open(cls, cfg: TrainConfig, resume: bool, barrier=lambda: None, branch_from: Path | None = None) -> RunFolder:
         """Decide the run folder and check that it may be used; nothing is written until `create`.
 
         An existing folder is never replaced without --overwrite (and then only as run_safety allows);
-        a folder being resumed is locked now. `barrier` lets every rank check before rank 0 writes.
+        a folder being resumed is locked now, and temporary files a killed run left in it are removed.
+        `branch_from`: a checkpoint behind its run's last one, continued in the new folder --save names.
+        `barrier` lets every rank check before rank 0 writes.
         """
-        if resume:
+        if resume and branch_from is None:
             resume_path = Path(cfg.resume)
             folder = cls(resume_path if resume_path.is_dir() else resume_path.parent, is_main_process(),
                          cfg.quiet, resume=True)
             if folder.is_main:
                 folder.lock = RunLock(folder.path).acquire()
+                remove_stale_temporaries(folder.path)
             return folder
         cfg.save = cfg.save or default_run_name()
         path = new_run_path(cfg.results_dir, cfg.save)
+        if branch_from is not None and path.exists() and any(path.iterdir()):
+            raise ConfigError(f"--save {cfg.save}: {path} already exists; a branch needs a new run folder")
         if path.exists() and any(path.iterdir()):
             if not cfg.overwrite:
                 raise ConfigError(f"run folder {path} already exists; use --resume {path} to continue it, "
                                   f"--overwrite to replace it, or --save NAME for a new one")
             check_replaceable(path)
         barrier()
-        folder = cls(path, is_main_process(), cfg.quiet, resume=False)
+        folder = cls(path, is_main_process(), cfg.quiet, resume=False, branch_from=branch_from)
         folder.results_dir = cfg.results_dir
         return folder
 
@@ -212,11 +218,17 @@ class RunFolder:
                 raise ConfigError(f"cannot create run folder {self.path}: {exc.strerror} "
                                   f"(--results-dir must be a folder you can write to)") from None
             self.lock = RunLock(self.path).acquire()
-            atomic_write_text(self.path / "env.yaml", yaml.safe_dump(environment_facts(), sort_keys=False))
+            facts = environment_facts()
+            if self.branch_from is not None:
+                facts["branched_from"] = str(self.branch_from.resolve())
+            atomic_write_text(self.path / "env.yaml", yaml.safe_dump(facts, sort_keys=False))
         (self.path / "plots").mkdir(exist_ok=True)
         self.log.attach(self.path / "log.txt")
         if self.replaced is not None:
             self.log.info(f"--overwrite: the old run is kept in {self.replaced} until this run's first checkpoint")
+        if self.branch_from is not None:
+            self.log.info(f"branched from {self.branch_from.resolve()}: a new run that continues from it (the "
+                          f"original run is left as it is)")
         self.tensorboard = TensorBoardLog(self.path / "tensorboard", enabled=True)
         atomic_write_text(self.path / "config.yaml", config_to_yaml(cfg))
 
@@ -239,6 +251,9 @@ class RunFolder:
             self.replaced = None
 
     def resume_records(self, completed_epochs: int, stored_rows: list[dict] | None = None) -> None:
+        if stored_rows is None and self.branch_from is not None:  # an older checkpoint: the origin's CSV
+            origin = self.branch_from.parent / "results.csv"
+            stored_rows = read_results(origin).to_dict("records") if origin.is_file() else []
         note = self.results.resume(next_epoch=completed_epochs + 1, stored_rows=stored_rows)
         if note:
             self.log.info(f"note: {note}")

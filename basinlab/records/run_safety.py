@@ -81,6 +81,14 @@ def put_back(aside: Path, path: Path) -> None:
     os.replace(aside, path)
 
 
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the half-written files (.<name>.*.tmp) a killed run left; call only while holding the lock."""
+    stale = [p for p in folder.glob(".*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 # ---------------------------------------------------------------------------------------------- the lock
 class RunLock:
     """An advisory lock on <run>/.lock held while a process trains the run (POSIX flock)."""

@@ -35,7 +35,10 @@ then bisects between it and the previous (stable) grid point down to ``rtol``.  
 unstable window narrower than one grid step (a factor ``grid_ratio``, 2 % by default) lying
 below the first unstable grid point could be missed.  For ``momentum == 0`` the closed form
 ``2 sin(pi / (2 (2 tau + 1)))``
-(:func:`closed_form_threshold`) agrees with the root-based value.
+(:func:`closed_form_threshold`) agrees with the root-based value.  Delays above ``ROOTS_UP_TO``
+(64), where each root finding costs O(tau^3), use the boundary locus instead: the smallest
+``x > 0`` that puts a root on the unit circle, found in one O(tau) scan of the circle
+(``_threshold_by_boundary``); delays up to 4096 answer in seconds.
 """
 from __future__ import annotations
 
@@ -146,8 +149,50 @@ def closed_form_threshold(delay: int) -> float:
 
 
 # ----------------------------------------------------------------------------- thresholds
+ROOTS_UP_TO = 64  # delays up to this use the root scan; longer ones the boundary locus (one O(tau) pass)
+
+
+def _boundary_x(theta: np.ndarray, tau: int, g: float, kind: str) -> np.ndarray:
+    """The x = eta*a that puts a root of the characteristic polynomial at z = exp(i theta)."""
+    z = np.exp(1j * theta)
+    if g == 0.0:                       # z^(tau+1) - z^tau + x = 0
+        return z ** tau * (1.0 - z)
+    if kind == "standard":             # z^(tau+2) - (1+g) z^(tau+1) + g z^tau + x z = 0
+        return -(z ** (tau - 1)) * (z - 1.0) * (z - g)
+    return -(z ** (tau + 1)) + z ** tau + g - g / z   # shifted: ... + (x - g) z + g = 0
+
+
+def _threshold_by_boundary(tau: int, g: float, kind: str) -> float:
+    """The smallest x > 0 at which a root reaches the unit circle (boundary locus / D-decomposition).
+
+    Roots move continuously with x and the dynamics are stable for x -> 0+, so stability is first
+    lost at the smallest real x(theta) > 0; theta is scanned on (0, pi] at 64 points per oscillation
+    of z^tau, each sign change of Im x(theta) refined by bisection. O(tau) work instead of O(tau^3)
+    root finding per tested x; agrees with the root scan (tests/test_stability.py).
+    """
+    theta = np.linspace(0.0, math.pi, 64 * (tau + 2) + 1)[1:]
+    im = _boundary_x(theta, tau, g, kind).imag
+    candidates = [_boundary_x(np.array([math.pi]), tau, g, kind).real[0]]  # z = -1: x(pi) is real
+    for i in np.nonzero(np.sign(im[:-1]) * np.sign(im[1:]) < 0)[0]:
+        lo, hi = theta[i], theta[i + 1]
+        for _ in range(60):  # bisection on the sign of Im x
+            mid = 0.5 * (lo + hi)
+            if np.sign(_boundary_x(np.array([mid]), tau, g, kind).imag[0]) == np.sign(im[i]):
+                lo = mid
+            else:
+                hi = mid
+        candidates.append(_boundary_x(np.array([0.5 * (lo + hi)]), tau, g, kind).real[0])
+    positive = [float(c) for c in candidates if c > 0]
+    if not positive:  # pragma: no cover - a real positive crossing always exists for these dynamics
+        raise RuntimeError(f"no loss of stability found (tau={tau}, gamma={g}, {kind})")
+    return min(positive)
+
+
 @lru_cache(maxsize=4096)
 def _threshold(tau: int, g: float, kind: str, grid_ratio: float, rtol: float) -> float:
+    if tau > ROOTS_UP_TO:
+        return _threshold_by_boundary(tau, g, kind)
+
     def stable(x: float) -> bool:
         return spectral_radius(x, tau, g, kind) < 1.0
 
