@@ -150,3 +150,33 @@ def test_a_corrupt_results_csv_is_reported_and_resume_keeps_the_history(tmp_path
     assert list(again["epoch"]) == [1, 2]
     assert again["val_acc1"].iloc[0] == first["val_acc1"].iloc[0]  # epoch 1 from the checkpoint's history
     assert "rewritten from the checkpoint's history" in (run / "log.txt").read_text()
+
+
+def test_data_bombs_and_link_loops_are_named(tmp_path, monkeypatch):
+    import gzip
+    import struct
+
+    from PIL import Image
+
+    from basinlab.data.formats import decode_rgb, list_images, read_idx
+    from basinlab.errors import DataError
+    # an IDX header claiming 60000 x 4096 x 4096 images inside a few bytes of gzip: refused unread
+    bomb = tmp_path / "train-images-idx3-ubyte.gz"
+    bomb.write_bytes(gzip.compress(struct.pack(">IIII", 0x00000803, 60000, 4096, 4096) + b"\0" * 64))
+    with pytest.raises(DataError, match="header claims .* over the"):
+        read_idx(bomb, name="mnist", kind="images")
+    # an image over Pillow's pixel limit (lowered here) is a decompression bomb, named with its file
+    picture = tmp_path / "big.png"
+    Image.new("RGB", (64, 64)).save(picture)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(DataError, match="decompression bomb") as err:
+        decode_rgb(picture, "imagefolder")
+    assert "big.png" in str(err.value)
+    # a symbolic link back up the tree is not followed (each image once, with a warning)
+    folder = tmp_path / "train" / "cat"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(folder / "a.png")
+    (folder / "loop").symlink_to(tmp_path / "train")
+    with pytest.warns(UserWarning, match="links back"):
+        found = list_images(tmp_path / "train")
+    assert [p.rsplit("/", 1)[1] for p in found] == ["a.png"]
