@@ -7,6 +7,7 @@ import torch.nn as nn
 from basinlab.config import TrainConfig
 from basinlab.errors import ConfigError
 from basinlab.optim import Regime, one_phase_regime, regime_from_model_config
+from basinlab.utils.model_state import model_state_kept
 
 REGIME_KEYS = ("regime", "data_regime")
 
@@ -108,10 +109,9 @@ def check_model_fits_data(model: nn.Module, input_shape, num_classes: int, model
     (BatchNorm cannot normalise one value per channel). Weights, buffers, modes and the global random
     state are left as they were."""
     shape = "x".join(map(str, input_shape))
-    modes = [(m, m.training) for m in model.modules()]
-    buffers = [(b, b.clone()) for b in model.buffers()]
+    devices = [device] if device.type == "cuda" else []
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with model_state_kept(model), torch.no_grad(), torch.random.fork_rng(devices=devices):
             model.eval()
             out = model(torch.zeros(2, *input_shape, device=device))
             if smallest_batch is not None:
@@ -120,12 +120,6 @@ def check_model_fits_data(model: nn.Module, input_shape, num_classes: int, model
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"model {model_name} does not take the {dataset} images ({shape}): {first}") from None
-    finally:
-        for module, training in modes:
-            module.training = training
-        with torch.no_grad():
-            for buffer, value in buffers:
-                buffer.copy_(value)
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != num_classes:
         got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(f"model {model_name} gives outputs of shape {got} for the {dataset} images ({shape}); "

@@ -52,6 +52,7 @@ from torch import Tensor, nn
 
 from basinlab.errors import ConfigError
 from basinlab.utils.checks import check_int, check_number
+from basinlab.utils.model_state import model_state_kept
 
 __all__ = ["SharpnessInputError", "hessian_vector_product"]
 
@@ -133,17 +134,9 @@ class _Batches:
 @contextlib.contextmanager
 def _measurement_mode(model: nn.Module):
     """Eval mode during the measurement; restore every module's flag and every buffer afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    model.eval()
-    try:
+    with model_state_kept(model):
+        model.eval()
         yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
 
 
 def _flat_dtype(params: Sequence[Tensor]) -> torch.dtype:
