@@ -68,10 +68,13 @@ class TrainConfig:
     datasets_dir: str | None = opt(None, "folder holding <dataset>/ folders (default: $BASINLAB_DATASETS or "
                                          "~/.cache/basinlab/datasets)")
     download: bool = opt(False, "download the dataset with torchvision when it is installed and online")
-    train_limit: int | None = opt(None, "train on the first N examples only",
+    train_limit: int | None = opt(None, "train on N examples only: a seeded class-stratified subset (see --limit-mode)",
                                   low=1, high=2**31 - 1)
-    val_limit: int | None = opt(None, "validate on the first N examples only",
+    val_limit: int | None = opt(None, "validate on N examples only: a seeded class-stratified subset",
                                 low=1, high=2**31 - 1)
+    limit_mode: str = opt("stratified", "how --train-limit/--val-limit choose: stratified (every class in "
+                                        "proportion, seeded, nested as N grows) or first (the first N stored)",
+                          choices=("stratified", "first"))
     augment: bool = opt(True, "standard training augmentation of the dataset (--no-augment to disable)")
     preset: str | None = opt(None, "start from a named preset (see `basinlab list`); other options override it")
     # --- optimisation ------------------------------------------------------------------------
@@ -113,7 +116,7 @@ class TrainConfig:
     # --- asynchronous SGD (basinlab.methods.asgd) --------------------------------------------------------
     server: str | None = opt(None, "simulated parameter server: ssgd|asgd|msgd (default: plain training)",
                              choices=("ssgd", "asgd", "msgd"))
-    workers: int = opt(1, "simulated workers of the parameter server", "--workers-num",
+    workers: int = opt(1, "simulated workers of the parameter server", "--workers-num", "--workers_num",
                        low=1, high=4096)
     delay: int | None = opt(None, "server delay d in updates (asgd default: workers-1, pure ASGD)",
                             low=0, high=4096)
@@ -168,7 +171,8 @@ class TrainConfig:
                             low=0, high=256)
     # --- records -------------------------------------------------------------------------------
     results_dir: str = opt("./results", "folder holding run folders")
-    save: str | None = opt(None, "run folder name (default: a timestamp)")
+    save: str | None = opt(None, "run folder name (default: a timestamp); an absolute path is used as it is",
+                           "--model-dir")
     resume: str | None = opt(None, "resume from a run folder or checkpoint file")
     overwrite: bool = opt(False, "replace an existing run folder")
     save_every_steps: int | None = opt(None, "also write last.pt every N optimizer steps",
@@ -213,7 +217,8 @@ RULES = {name: _rule(f) for name, f in FIELDS.items() if field_kind(f.type) is n
 OPTION_GROUPS = (
     ("general", ("preset", "debug", "trust_model_code")),
     ("model", ("model", "model_config", "depth")),
-    ("data", ("dataset", "datasets_dir", "download", "train_limit", "val_limit", "augment", "data_workers")),
+    ("data", ("dataset", "datasets_dir", "download", "train_limit", "val_limit", "limit_mode", "augment",
+              "data_workers")),
     ("optimisation", ("epochs", "batch_size", "eval_batch_size", "optimizer", "lr", "momentum", "weight_decay",
                       "lr_milestones", "lr_multiplier", "label_smoothing", "grad_clip", "ghost_batch")),
     ("normalisation (norm layers, Online Normalization)", ("norm_mode", "afwd", "abkw", "ecm", "gn_num_groups")),
@@ -231,6 +236,18 @@ OPTION_GROUPS = (
 RESUMABLE = {"resume", "overwrite", "quiet", "debug", "save", "results_dir", "epochs", "device", "data_workers",
              "print_freq", "save_every_steps", "save_all", "compile", "nan_policy", "datasets_dir", "nproc",
              "dist_timeout", "trust_model_code"}
+
+
+# Options added after runs were stored: the value that reproduces what those runs did.
+LEGACY_DEFAULTS = {"limit_mode": "first"}
+
+
+def stored_values(stored: dict) -> dict:
+    """A stored config's values for today's fields: known keys kept, new ones as the old code behaved."""
+    values = {k: v for k, v in stored.items() if k in FIELDS}
+    for key, value in LEGACY_DEFAULTS.items():
+        values.setdefault(key, value)
+    return values
 
 
 def normalise_key(key: str) -> str:

@@ -547,7 +547,8 @@ def test_build_loaders_options(tmp_path, monkeypatch):
             build_loaders("mnist", tmp_path, batch_size=bad)
     with pytest.raises(ConfigError):
         build_loaders("mnist", tmp_path, batch_size=25)       # more than the 24 training examples
-    train, val = build_loaders("mnist", tmp_path, batch_size=4, train_limit=9, val_limit=3, input_size=14)
+    train, val = build_loaders("mnist", tmp_path, batch_size=4, train_limit=9, val_limit=3, limit_mode="first",
+                               input_size=14)
     assert (train.num_examples, val.num_examples, len(train), val.input_shape) == (9, 3, 2, (1, 14, 14))
     data = read_arrays("mnist", tmp_path)
     val.set_input_size(None)

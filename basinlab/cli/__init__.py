@@ -34,9 +34,10 @@ def main(argv=None) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
-        if getattr(args, "trust_model_code", False) is True:  # the user's own word, for this process
-            from basinlab.models.registry import trust_model_code
-            trust_model_code()
+        if getattr(args, "trust_model_code", False) is True:  # the user's own word, for this command
+            from basinlab.models.registry import trusting_model_code
+            with trusting_model_code():
+                return args.func(args)
         return args.func(args)
     except (BasinlabError, NonFiniteLossError) as exc:
         if debug:

@@ -2,18 +2,58 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 from pathlib import Path
 
 from basinlab.config import FIELDS, OPTION_GROUPS, TrainConfig, load_yaml
 from basinlab.errors import ConfigError
 from basinlab.utils.schema import Rule, check_value
 
+# The seeds' flags that basinlab spells differently: answered with the basinlab equivalent.
+SEED_FLAGS = {
+    "--gpus": "use --device cuda:N for one GPU, or --nproc N for N processes",
+    "--ss": "use --smoothout A (the SmoothOut noise strength)",
+    "-e": "use `basinlab evaluate CHECKPOINT`",
+    "--evaluate": "use `basinlab evaluate CHECKPOINT`",
+    "--start-epoch": "use --resume RUN: the epoch to start from is in the run's checkpoint",
+    "--pretrained": "basinlab trains from scratch; load trained weights with basinlab.load_run(RUN).model",
+    "-mb": "use --ghost-batch M (the seed's mini-batch inside a large batch)",
+    "--mini-batch-size": "use --ghost-batch M (the seed's mini-batch inside a large batch)",
+    "--lr_bb_fix": "use --lr-scale-batch sqrt",
+    "--mode": "use --norm-mode MODE",
+}
+
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports usage errors as our one-line errors (exit 2)."""
+    """argparse that reports usage errors as our one-line errors (exit 2), with seed-flag equivalents and
+    "did you mean" suggestions for unknown flags."""
 
     def error(self, message):
         raise ConfigError(f"{self.prog}: {message}")
+
+    def parse_args(self, args=None, namespace=None):
+        known, extras = self.parse_known_args(args, namespace)
+        if extras:  # answered by the (sub)command whose options they were meant for
+            parser = self._command_parser(known)
+            raise ConfigError(f"{parser.prog}: {parser._unknown(extras)}")
+        return known
+
+    def _command_parser(self, namespace) -> ArgumentParser:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(namespace, action.dest, None))
+                if isinstance(chosen, ArgumentParser):
+                    return chosen._command_parser(namespace)
+        return self
+
+    def _unknown(self, tokens: list[str]) -> str:
+        flag = next((t.split("=", 1)[0] for t in tokens if t.startswith("-")), tokens[0] if tokens else "")
+        if flag in SEED_FLAGS:
+            return f"{flag} is the seeds' flag: {SEED_FLAGS[flag]}"
+        known = [s for action in self._actions for s in action.option_strings]
+        close = difflib.get_close_matches(flag.replace("_", "-"), known, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; see `{self.prog} --help`"
+        return f"unrecognized argument {' '.join(tokens)[:80]}{hint}"
 
 
 def _field_type(annotation):
@@ -62,6 +102,8 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
     """--config file, then the command line on top; on --resume, the checkpoint's config."""
     from basinlab.api import make_config
     given = train_options(args)
+    if getattr(args, "data_dir", None) and "datasets_dir" not in given:  # the seeds' positional DIR
+        given["datasets_dir"] = args.data_dir
     base = load_yaml(args.config) if getattr(args, "config", None) and not given.get("resume") else {}
     return make_config(base, **given)
 

@@ -8,6 +8,8 @@ def add_commands(sub) -> None:
     train = sub.add_parser("train", help="train a model (default: a small CNN on 5,000 embedded MNIST digits)",
                            usage="basinlab train [--config FILE] [options]")
     train.add_argument("--config", help="YAML file of options (keys are the long flag names)")
+    train.add_argument("data_dir", nargs="?", metavar="DIR", help="the seeds' positional data folder: the same as "
+                                                                  "--datasets-dir DIR")
     add_config_options(train)
     train.set_defaults(func=cmd_train)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from basinlab.data.catalog import DATASETS, NO_AUGMENT, DatasetInfo, dataset_info, list_datasets
@@ -19,6 +20,7 @@ from basinlab.data.formats import read_arrays, scan_image_folder
 from basinlab.data.loader import Loader
 from basinlab.data.memory import MemoryLoader
 from basinlab.data.stream import StreamLoader
+from basinlab.data.subsets import SUBSET_SEED, describe_subset, subset_indices
 from basinlab.errors import ConfigError, DataError
 from basinlab.utils.checks import check_int
 
@@ -58,10 +60,12 @@ def _read_or_download(name: str, root: Path, download: bool):
 def build_loaders(name: str, datasets_dir=None, *, batch_size: int, eval_batch_size: int | None = None,
                   device="cpu", seed: int = 0, train_limit: int | None = None, val_limit: int | None = None,
                   workers: int = 0, augment: bool = True, input_size: int | None = None,
-                  download: bool = False, rank: int = 0, world_size: int = 1) -> tuple[Loader, Loader]:
+                  download: bool = False, rank: int = 0, world_size: int = 1,
+                  limit_mode: str = "stratified") -> tuple[Loader, Loader]:
     """(train loader, val loader) of dataset `name` under `datasets_dir` (default: default_datasets_dir()).
 
-    batch sizes are global (split over `world_size` ranks); limits keep the first N examples;
+    batch sizes are global (split over `world_size` ranks); limits keep a seeded class-stratified subset
+    of N examples (`limit_mode` "first": the first N stored), described in each loader's `subset_notes`;
     `workers` only matters for streamed datasets; `input_size` resizes (in memory) or sets the crop
     size (streamed, default 224).
     """
@@ -70,29 +74,45 @@ def build_loaders(name: str, datasets_dir=None, *, batch_size: int, eval_batch_s
     root = Path(datasets_dir).expanduser() if datasets_dir is not None else default_datasets_dir()
     common = dict(device=torch.device(device), seed=seed, rank=rank, world_size=world_size)
     sizes = dict(train=batch_size, val=eval_batch_size or batch_size)
+    limits = dict(train=train_limit, val=val_limit, mode=limit_mode, seed=SUBSET_SEED)
     if info.in_memory:
-        return _memory_loaders(info, root, sizes, train_limit, val_limit, augment, input_size, download, common)
-    return _stream_loaders(info, root, sizes, train_limit, val_limit, augment, input_size, workers, common)
+        return _memory_loaders(info, root, sizes, limits, augment, input_size, download, common)
+    return _stream_loaders(info, root, sizes, limits, augment, input_size, workers, common)
 
 
-def _memory_loaders(info, root, sizes, train_limit, val_limit, augment, input_size, download, common):
+def _subset(split: str, labels, limits: dict, num_classes: int):
+    """(indices to keep or None, log lines) for one split."""
+    keep = subset_indices(labels, limits[split], limits["seed"], limits["mode"])
+    if keep is None:
+        return None, []
+    return keep, describe_subset(split, np.asarray(labels)[keep], len(labels), limits["mode"], num_classes)
+
+
+def _memory_loaders(info, root, sizes, limits, augment, input_size, download, common):
     data = _read_or_download(info.name, root, download)
     loaders = []
-    for split, limit, train in ((data.train, train_limit, True), (data.val, val_limit, False)):
-        loader = MemoryLoader(info.name, split.images[:limit], split.labels[:limit],
-                              num_classes=data.num_classes, mean=info.mean, std=info.std,
-                              batch_size=sizes["train" if train else "val"], train=train,
+    for name, split, train in (("train", data.train, True), ("val", data.val, False)):
+        keep, notes = _subset(name, split.labels, limits, data.num_classes)
+        images, labels = (split.images, split.labels) if keep is None else (split.images[keep], split.labels[keep])
+        loader = MemoryLoader(info.name, images, labels, num_classes=data.num_classes, mean=info.mean, std=info.std,
+                              batch_size=sizes[name], train=train,
                               augmentation=info.augmentation if augment else NO_AUGMENT, **common)
         loader.set_input_size(input_size)
+        loader.subset_notes = notes
         loaders.append(loader)
     return tuple(loaders)
 
 
-def _stream_loaders(info, root, sizes, train_limit, val_limit, augment, input_size, workers, common):
+def _stream_loaders(info, root, sizes, limits, augment, input_size, workers, common):
     folder = scan_image_folder(info.name, root)
     size = input_size or info.input_shape[-1]
-    return tuple(
-        StreamLoader(info.name, samples[:limit], num_classes=len(folder.classes), mean=info.mean, std=info.std,
-                     batch_size=sizes["train" if train else "val"], train=train, augment=augment,
-                     input_size=size, workers=workers, **common)
-        for samples, limit, train in ((folder.train, train_limit, True), (folder.val, val_limit, False)))
+    loaders = []
+    for name, samples, train in (("train", folder.train, True), ("val", folder.val, False)):
+        keep, notes = _subset(name, [label for _, label in samples], limits, len(folder.classes))
+        chosen = samples if keep is None else [samples[i] for i in keep]
+        loader = StreamLoader(info.name, chosen, num_classes=len(folder.classes), mean=info.mean, std=info.std,
+                              batch_size=sizes[name], train=train, augment=augment, input_size=size,
+                              workers=workers, **common)
+        loader.subset_notes = notes
+        loaders.append(loader)
+    return tuple(loaders)

@@ -50,6 +50,8 @@ class Loader(abc.ABC):
     more or fewer than each other: reduce sums once after the loop, not per batch.
     """
 
+    subset_notes: list[str] = []  # log lines describing a --train-limit/--val-limit subset
+
     def __init__(self, dataset_name: str, *, num_classes: int, num_examples: int,
                  native_shape: tuple[int, int, int], batch_size: int, train: bool, device,
                  seed: int = 0, rank: int = 0, world_size: int = 1):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from basinlab.config import FIELDS, RESUMABLE
+from basinlab.config import RESUMABLE, stored_values
 from basinlab.errors import CheckpointError, ConfigError
 from basinlab.utils.io import atomic_write
 from basinlab.utils.schema import shown
@@ -136,6 +136,6 @@ def resume_values(given: dict) -> dict:
         flags = ", ".join("--" + k.replace("_", "-") for k in changed)
         raise ConfigError(f"{flags} cannot change when resuming (the run would not be the same run); "
                           f"allowed on resume: --epochs, --device, --quiet and other run controls")
-    values = {k: v for k, v in stored.items() if k in FIELDS}
+    values = stored_values(stored)
     values.update(given, preset=None, overwrite=False)
     return values

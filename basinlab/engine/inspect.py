@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import basinlab.data as data_lib
-from basinlab.config import FIELDS, validated_config
+from basinlab.config import stored_values, validated_config
 from basinlab.engine.checkpoint import load_checkpoint, load_weights, resolve_checkpoint
 from basinlab.engine.setup import check_model_fits_data, pick_device, split_model_config
 from basinlab.errors import CheckpointError, ConfigError
@@ -17,7 +17,7 @@ from basinlab.models import trust_model_code as trust_user_model
 
 def config_from_state(state: dict, path="the checkpoint"):
     """The run's TrainConfig stored in a checkpoint, checked like any other config."""
-    values = {k: v for k, v in state["config"].items() if k in FIELDS}
+    values = stored_values(state["config"])
     values.update(preset=None, resume=None)
     try:
         return validated_config(values)
@@ -54,7 +54,7 @@ def loader_for(cfg, *, dataset=None, split="val", datasets_dir=None, batch_size=
         name, datasets_dir or cfg.datasets_dir or data_lib.default_datasets_dir(),
         batch_size=1 if evaluation else batch_size, eval_batch_size=batch_size, device=device, seed=cfg.seed,
         augment=False, train_limit=limit if split == "train" else None,
-        val_limit=limit if split == "val" else None, workers=cfg.data_workers)
+        val_limit=limit if split == "val" else None, workers=cfg.data_workers, limit_mode=cfg.limit_mode)
     if split == "val":
         return val
     return train.use_evaluation_plan(batch_size) if evaluation else train

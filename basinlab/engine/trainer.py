@@ -92,7 +92,8 @@ class Trainer:
             cfg.dataset, cfg.datasets_dir or data_lib.default_datasets_dir(),
             batch_size=cfg.batch_size or 128, eval_batch_size=cfg.eval_batch_size, device=self.device,
             seed=cfg.seed, train_limit=cfg.train_limit, val_limit=cfg.val_limit, workers=cfg.data_workers,
-            augment=cfg.augment, download=cfg.download, rank=self.dist.rank, world_size=self.dist.world_size)
+            augment=cfg.augment, download=cfg.download, rank=self.dist.rank, world_size=self.dist.world_size,
+            limit_mode=cfg.limit_mode)
         if cfg.trust_model_code:
             trust_model_code(cfg.model)
         self.model = create_model(cfg.model, self.train_loader.num_classes, cfg.dataset, **model_config)
@@ -171,6 +172,8 @@ class Trainer:
                       f"{self.val_loader.num_examples} val examples, batch {self.train_loader.batch_size}")
         self.log.info(f"device {self.device}, amp {self.cfg.amp}, channels_last {self.channels_last}, "
                       f"step {self.strategy.name}, {self.epochs} epochs")
+        for line in self.train_loader.subset_notes + self.val_loader.subset_notes:
+            self.log.info(line)
         for line in self.regime.describe():
             self.log.info(f"regime: {line}")
         for line in notes:

@@ -9,6 +9,7 @@ factory without editing the package:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -89,6 +90,17 @@ def trust_model_code(name: str | None = None) -> None:
         _TRUST_ALL[0] = True
     elif is_user_model(name):
         _TRUSTED.add(name.strip())
+
+
+@contextlib.contextmanager
+def trusting_model_code(trust: bool = True):
+    """Within the block, any user model may be imported (the user's --trust-model-code for one command)."""
+    before = _TRUST_ALL[0]
+    _TRUST_ALL[0] = before or trust
+    try:
+        yield
+    finally:
+        _TRUST_ALL[0] = before
 
 
 def get_model_factory(name: str) -> tuple[str, Callable[..., nn.Module]]:
