@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from basinlab._version import __version__
 
-_API = ("train", "load_run", "make_config", "evaluate_checkpoint", "export_safetensors", "model_from_checkpoint")
+_API = ("train", "load_run", "load_model", "make_config", "evaluate_checkpoint", "export_safetensors",
+        "model_from_checkpoint")
 
 
 def __getattr__(name):

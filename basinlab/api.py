@@ -14,16 +14,23 @@ from basinlab.config import RULES, TrainConfig, from_mapping, load_yaml, validat
 from basinlab.engine.checkpoint import resume_values
 from basinlab.engine.distributed import current_world_size
 from basinlab.engine.evaluate import evaluate
-from basinlab.engine.inspect import export_safetensors, model_from_checkpoint, prepare_evaluation
+from basinlab.engine.inspect import (
+    export_safetensors,
+    model_from_checkpoint,
+    model_from_safetensors,
+    prepare_evaluation,
+)
 from basinlab.engine.trainer import Trainer
 from basinlab.methods.registry import build_method
 from basinlab.models import absolute_model_spec, is_user_model
 from basinlab.models import trust_model_code as trust_user_model
 from basinlab.presets import get_preset
-from basinlab.records.run_folder import Run, load_run
+from basinlab.records.run_folder import Run
+from basinlab.records.run_folder import load_run as read_run
 from basinlab.utils.schema import check_value
 
-__all__ = ["train", "load_run", "make_config", "evaluate_checkpoint", "export_safetensors", "model_from_checkpoint"]
+__all__ = ["train", "load_run", "load_model", "make_config", "evaluate_checkpoint", "export_safetensors",
+           "model_from_checkpoint"]
 
 
 def make_config(base: dict | None = None, **options) -> TrainConfig:
@@ -65,7 +72,8 @@ def train(config=None, *, callbacks=(), strategy=None, **options) -> Run:
 
 def evaluate_checkpoint(path, *, dataset=None, split="val", datasets_dir=None, batch_size=256, limit=None,
                         device="auto", noise=None, noise_type="uniform", noise_adapt="none", noise_samples=1,
-                        noise_include_bn=False, seed=0, trust_model_code: bool = False) -> dict:
+                        noise_include_bn=False, seed=0, trust_model_code: bool = False,
+                        full_split: bool = False) -> dict:
     """Loss and top-1/top-5 of a checkpoint on a split (train data without augmentation).
 
     With `noise` (strength A): under fresh weight noise per batch, mean and std over `noise_samples`
@@ -75,8 +83,39 @@ def evaluate_checkpoint(path, *, dataset=None, split="val", datasets_dir=None, b
     noise_model = None if noise is None else NoiseModel(noise, noise_type, noise_adapt, flags=EVALUATION_FLAGS)
     model, loader, criterion = prepare_evaluation(path, dataset=dataset, split=split, datasets_dir=datasets_dir,
                                                   batch_size=batch_size, limit=limit, device=device,
-                                                  trust_model_code=trust_model_code)
+                                                  trust_model_code=trust_model_code, full_split=full_split)
     if noise_model is None:
         return evaluate(model, loader, criterion)
     return evaluate_under_noise(model, loader, criterion, noise_model, samples=noise_samples, seed=seed,
                                 include_norm=noise_include_bn)
+
+
+class LoadedRun(Run):
+    """A finished run read back: `.model` rebuilds the trained model (best.pt) on first use."""
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = load_model(self.path / f"{self._which}.pt", device=self._device,
+                                     trust_model_code=self._trust)
+        return self._model
+
+    @model.setter
+    def model(self, value):
+        self._model = value
+
+
+def load_run(path, *, which: str = "best", device: str = "cpu", trust_model_code: bool = False) -> LoadedRun:
+    """The config, results.csv history and checkpoints of a run folder; `.model` rebuilds the trained model
+    (from `which`.pt, on `device`) when first asked for."""
+    run = read_run(path)
+    loaded = LoadedRun(run.path, run.config, run.history, None, run.best)
+    loaded._which, loaded._device, loaded._trust = which, device, trust_model_code
+    return loaded
+
+
+def load_model(source, *, device: str = "cpu", trust_model_code: bool = False):
+    """The trained model (eval mode) of a run folder (best.pt), a checkpoint or an exported .safetensors file."""
+    if str(source).endswith(".safetensors"):
+        return model_from_safetensors(source, device, trust_model_code=trust_model_code)[0]
+    return model_from_checkpoint(source, device, trust_model_code=trust_model_code)[0]

@@ -13,7 +13,9 @@ def add_commands(sub) -> None:
     ev.add_argument("--split", choices=("train", "val"), default="val")
     ev.add_argument("--datasets-dir")
     ev.add_argument("-b", "--batch-size", type=BATCH, default=256)
-    ev.add_argument("--limit", type=COUNT, help="first N examples only")
+    ev.add_argument("--limit", type=COUNT, help="N examples (the class-stratified subset; default: the run's own "
+                                                "--val-limit/--train-limit)")
+    ev.add_argument("--full-split", action="store_true", help="the whole split, not the run's subset")
     ev.add_argument("--device", default="auto")
     add_trust_option(ev)
     ev.add_argument("--output", type=output_file, help="also write the result to this CSV")
@@ -52,7 +54,7 @@ def cmd_evaluate(args) -> int:
                      noise_samples=args.noise_samples, noise_include_bn=args.noise_include_bn, seed=args.seed)
     result = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, split=args.split,
                                  datasets_dir=args.datasets_dir, batch_size=args.batch_size,
-                                 limit=args.limit, device=args.device, **extra)
+                                 limit=args.limit, device=args.device, full_split=args.full_split, **extra)
     if not noisy:
         print(f"{args.split}: loss {result['loss']:.4f} top1 {result['acc1']:.2f}% top5 {result['acc5']:.2f}% "
               f"({result['count']} examples)")

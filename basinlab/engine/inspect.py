@@ -1,6 +1,7 @@
 """Working with finished runs: rebuild a model from a checkpoint, evaluate it, export its weights."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -61,12 +62,18 @@ def loader_for(cfg, *, dataset=None, split="val", datasets_dir=None, batch_size=
 
 
 def prepare_evaluation(path, *, dataset=None, split="val", datasets_dir=None, batch_size=256, limit=None,
-                       device="auto", trust_model_code: bool = False):
-    """(model in eval mode, loader over the split without augmentation, criterion) of a checkpoint."""
+                       device="auto", trust_model_code: bool = False, full_split: bool = False):
+    """(model in eval mode, loader over the split without augmentation, criterion) of a checkpoint.
+
+    Without `limit`, the run's own --val-limit/--train-limit subset (what its records measured), unless
+    `full_split` or another dataset is asked for.
+    """
     if batch_size <= 0:
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
     dev = pick_device(device)
     model, cfg, _ = model_from_checkpoint(path, dev, trust_model_code=trust_model_code)
+    if limit is None and not full_split and dataset in (None, cfg.dataset):
+        limit = cfg.val_limit if split == "val" else cfg.train_limit
     loader = loader_for(cfg, dataset=dataset, split=split, datasets_dir=datasets_dir, batch_size=batch_size,
                         limit=limit, device=dev)
     check_model_fits_data(model, loader.input_shape, loader.num_classes, cfg.model, dataset or cfg.dataset,
@@ -84,5 +91,32 @@ def export_safetensors(run, output=None, which: str = "best") -> Path:
     output = Path(output) if output else checkpoint.parent / "model.safetensors"
     save_file(tensors, str(output), metadata={"model": str(state["config"].get("model")),
                                                "dataset": str(state["config"].get("dataset")),
-                                               "num_classes": str(state["num_classes"])})
+                                               "num_classes": str(state["num_classes"]),
+                                               # the whole config: the file alone rebuilds the model
+                                               "basinlab_config": json.dumps(state["config"], default=str)})
     return output
+
+
+def model_from_safetensors(path, device="cpu", trust_model_code: bool = False):
+    """(model in eval mode, its TrainConfig) from a file written by `basinlab export`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path} as safetensors ({exc})") from None
+    if "basinlab_config" not in metadata:
+        raise CheckpointError(f"{path} holds no basinlab_config metadata (exported by an older basinlab, or not "
+                              f"by basinlab): rebuild from the run folder instead")
+    state = {"config": json.loads(metadata["basinlab_config"]), "num_classes": int(metadata["num_classes"]),
+             "model": tensors}
+    cfg = config_from_state(state, path)
+    if trust_model_code:
+        trust_user_model(cfg.model)
+    model_config, _ = split_model_config(cfg)
+    model = create_model(cfg.model, state["num_classes"], cfg.dataset, **model_config)
+    load_weights(model, state, path, f"{cfg.model} for {state['num_classes']} classes")
+    return model.to(device).eval(), cfg

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -148,7 +148,7 @@ class Run:
     path: Path
     config: TrainConfig
     history: pd.DataFrame
-    model: object = None
+    model: object = field(default=None, repr=False)
     best: dict | None = None
 
     @property
