@@ -33,13 +33,19 @@ def model_from_checkpoint(path, device="cpu", which: str = "best.pt", trust_mode
     """
     checkpoint = resolve_checkpoint(path, which)
     state = load_checkpoint(checkpoint, map_location="cpu")
-    cfg = config_from_state(state, checkpoint)
+    model, cfg = _rebuild(state, checkpoint, device, trust_model_code)
+    return model, cfg, state
+
+
+def _rebuild(state: dict, source: Path, device, trust_model_code: bool):
+    """(model in eval mode with the stored weights, its TrainConfig) from a checkpoint-like dict."""
+    cfg = config_from_state(state, source)
     if trust_model_code:
         trust_user_model(cfg.model)
     model_config, _ = split_model_config(cfg)
     model = create_model(cfg.model, state["num_classes"], cfg.dataset, **model_config)
-    load_weights(model, state, checkpoint, f"{cfg.model} for {state['num_classes']} classes")
-    return model.to(device).eval(), cfg, state
+    load_weights(model, state, source, f"{cfg.model} for {state['num_classes']} classes")
+    return model.to(device).eval(), cfg
 
 
 def loader_for(cfg, *, dataset=None, split="val", datasets_dir=None, batch_size=256, limit=None, device="cpu",
@@ -113,10 +119,4 @@ def model_from_safetensors(path, device="cpu", trust_model_code: bool = False):
                               f"by basinlab): rebuild from the run folder instead")
     state = {"config": json.loads(metadata["basinlab_config"]), "num_classes": int(metadata["num_classes"]),
              "model": tensors}
-    cfg = config_from_state(state, path)
-    if trust_model_code:
-        trust_user_model(cfg.model)
-    model_config, _ = split_model_config(cfg)
-    model = create_model(cfg.model, state["num_classes"], cfg.dataset, **model_config)
-    load_weights(model, state, path, f"{cfg.model} for {state['num_classes']} classes")
-    return model.to(device).eval(), cfg
+    return _rebuild(state, path, device, trust_model_code)
