@@ -39,10 +39,9 @@ def make_config(base: dict | None = None, **options) -> TrainConfig:
     `preset` fills in the options it names (given options override it). With `resume`, the config
     stored in the checkpoint is the base and only run controls (epochs, device, ...) may differ.
     """
-    values: dict = {}
-    for layer in (base or {}), options:
-        values.update(from_mapping(layer, where="options"))
-    named = from_mapping(options, where="options").get("model")
+    given = from_mapping(options, where="options")
+    values = {**from_mapping(base or {}, where="options"), **given}
+    named = given.get("model")
     if isinstance(named, str) and is_user_model(named):  # named in this call: its code may be imported
         values["model"] = absolute_model_spec(named)
         trust_user_model(values["model"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 
 from basinlab.cli.options import BATCH, COUNT, SEED, add_trust_option, integer, number, output_file
-from basinlab.errors import ConfigError
 
 DEFAULT_INTERPOLATION = "-1:0.1:2.01"   # Keskar et al.: from 1 beyond A to 1 beyond B, 31 points
 DEFAULT_DIRECTIONS = "-1:0.05:1.01"     # Li et al.: [-1, 1] around the model, 41 points
@@ -102,12 +101,8 @@ def _add_landscape(sub) -> None:
 
 
 def cmd_sharpness(args) -> int:
-    from basinlab.analysis.data import check_count
+    # counts and seeds were checked by their argument types (integer, SEED)
     from basinlab.analysis.measure import MeasureOptions, measure_checkpoint, parse_measures
-    for name in ("top_k", "max_iter", "iterations", "n_vectors", "keskar_iter", "subspace_dim"):
-        check_count(getattr(args, name), "--" + name.replace("_", "-"))
-    if args.seed < 0:
-        raise ConfigError(f"--seed must be a non-negative integer, got {args.seed}")
     options = MeasureOptions(top_k=args.top_k, method=args.method, max_iter=args.max_iter, tol=args.tol,
                              iterations=args.iterations, n_vectors=args.n_vectors, epsilons=tuple(args.epsilon),
                              subspace_dim=args.subspace_dim, keskar_iter=args.keskar_iter, seed=args.seed)
@@ -118,9 +113,6 @@ def cmd_sharpness(args) -> int:
 
 
 def _common(args) -> dict:
-    from basinlab.analysis.data import check_count
-    check_count(args.batch_size, "--batch-size")
-    check_count(args.bn_batches, "--bn-batches")
     return dict(splits=args.split, limit=args.limit, batch_size=args.batch_size, bn_recalibrate=args.bn_recalibrate,
                 bn_batches=args.bn_batches, which=args.which, device=args.device, datasets_dir=args.datasets_dir,
                 output=args.output, overwrite=args.overwrite, quiet=args.quiet)
@@ -137,14 +129,10 @@ def cmd_interpolate(args) -> int:
 
 
 def cmd_directions(args) -> int:
-    from basinlab.analysis.data import check_count
     from basinlab.analysis.landscape import parse_range
     from basinlab.analysis.views import random_directions
     alphas = parse_range(args.alpha, "--alpha")
     betas = parse_range(args.beta, "--beta") if args.beta is not None else None
-    check_count(args.points_per_pass, "--points-per-pass")
-    if args.seed < 0:
-        raise ConfigError(f"--seed must be a non-negative integer, got {args.seed}")
     frame, csv, png = random_directions(args.checkpoint, alphas, betas, seed=args.seed,
                                         include_bias_bn=args.include_bias_bn, points_per_pass=args.points_per_pass,
                                         **_common(args))
