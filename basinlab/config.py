@@ -180,9 +180,11 @@ class TrainConfig:
     save_all: bool = opt(False, "keep epoch_<k>.pt for every epoch")
     nan_policy: str = opt("stop", "on a non-finite loss: stop (exit 3) or skip the batch and count it",
                           choices=("stop", "skip"))
-    print_freq: int = opt(0, "also log a line every N steps (0: only per epoch)", "-p",
+    print_freq: int = opt(0, "log a progress line (loss, top-1, lr, img/s, ETA) every N steps, training and "
+                             "validation, to the console and log.txt, and the step's loss to steps.csv "
+                             "(plots/loss_steps.png); 0: a bar on a terminal, elsewhere a line every 30 s", "-p",
                           low=0, high=2**31 - 1)
-    quiet: bool = opt(False, "no progress bar")
+    quiet: bool = opt(False, "print nothing on the console (log.txt still gets every line)")
     debug: bool = opt(False, "show tracebacks")
     trust_model_code: bool = opt(False, "import the model code (file.py:factory or module:factory) that a config file "
                                         "or checkpoint names; without it only code named on the command line or in "

@@ -11,6 +11,7 @@ import torch
 import basinlab
 from basinlab.api import make_config
 from basinlab.nn.online_norm import OnlineNorm2d
+from basinlab.records.results import TIME_COLUMNS
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAL = Path.home() / ".cache" / "shared-data"
@@ -64,8 +65,8 @@ def test_online_norm_run_resumes_exactly(learnable_cifar, tmp_path):
     a = torch.load(straight.path / "last.pt", weights_only=True)["model"]
     b = torch.load(resumed.path / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)  # weights and mu/var/u/v buffers
-    pd.testing.assert_frame_equal(straight.history.drop(columns=["epoch_time_s", "train_images_per_s"]),
-                                  resumed.history.drop(columns=["epoch_time_s", "train_images_per_s"]))
+    pd.testing.assert_frame_equal(straight.history.drop(columns=TIME_COLUMNS),
+                                  resumed.history.drop(columns=TIME_COLUMNS))
 
 
 def test_presets_match_the_seed_usage_text():

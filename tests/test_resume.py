@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from basinlab.cli import main
+from basinlab.records.results import TIME_COLUMNS
 
 # 16 steps per epoch, a checkpoint every 3 steps: kills land mid-epoch.
 RUN = ["--train-limit", "512", "--val-limit", "128", "--batch-size", "32", "--epochs", "2", "--quiet",
        "--save-every-steps", "3"]
-TIME_COLUMNS = ["epoch_time_s", "train_images_per_s"]
 
 
 def start(tmp_path, name, *extra):

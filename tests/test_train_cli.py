@@ -32,7 +32,7 @@ def test_train_writes_a_complete_run_folder(tmp_path):
     frame = pd.read_csv(run / "results.csv")
     assert list(frame["epoch"]) == [1, 2]
     for column in ("epoch", "lr", "train_loss", "train_acc1", "train_acc5", "val_loss", "val_acc1", "val_acc5",
-                   "epoch_time_s", "train_images_per_s"):
+                   "epoch_time_s", "train_images_per_s", "val_time_s"):
         assert column in frame.columns
     assert frame["val_acc1"].between(0, 100).all() and (frame["train_images_per_s"] > 0).all()
     for png in ("loss.png", "error.png", "lr.png"):

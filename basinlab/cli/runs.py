@@ -32,9 +32,11 @@ def add_commands(sub) -> None:
     ev.add_argument("--seed", type=SEED, default=0, help="seed of the noise")
     ev.set_defaults(func=cmd_evaluate)
 
-    plot = sub.add_parser("plot", help="overlay the curves of several runs in one PNG")
+    plot = sub.add_parser("plot", help="overlay the curves of several runs in one PNG (one colour per run, "
+                                       "train dashed, validation solid)")
     plot.add_argument("runs", nargs="+", help="run folders")
-    plot.add_argument("-o", "--output", type=output_file, default="runs.png")
+    plot.add_argument("-o", "--output", type=output_file, default="runs.png", help="the PNG (default: runs.png)")
+    plot.add_argument("--title", default="", help="the figure's title (default: none)")
     plot.set_defaults(func=cmd_plot)
 
     export = sub.add_parser("export", help="write a run's model weights as safetensors for sharing")
@@ -79,8 +81,8 @@ def cmd_plot(args) -> int:
     runs = {}
     for folder in args.runs:
         run = load_run(folder)
-        runs[Path(folder).name] = run.history
-    path = plot_runs(runs, args.output)
+        runs[f"{Path(folder).name} ({Path(str(run.config.model)).name})"] = run.history
+    path = plot_runs(runs, args.output, title=args.title)
     print(f"wrote {path}")
     return 0
 

@@ -47,8 +47,11 @@ class Meter:
 
 @torch.no_grad()
 def evaluate(model, loader, criterion, *, epoch: int = 0, autocast=contextlib.nullcontext,
-             prepare=lambda x: x) -> dict:
-    """Mean loss and top-1/top-5 accuracy (percent) over every example of `loader` (eval mode)."""
+             prepare=lambda x: x, progress=None) -> dict:
+    """Mean loss and top-1/top-5 accuracy (percent) over every example of `loader` (eval mode).
+
+    `progress`: a records.progress.Progress told of each batch (this process's examples so far).
+    """
     was_training = model.training
     model.eval()
     meter = Meter(next(model.parameters()).device)
@@ -58,7 +61,14 @@ def evaluate(model, loader, criterion, *, epoch: int = 0, autocast=contextlib.nu
                 logits = model(prepare(x))
                 loss = criterion(logits, y)
             meter.update(loss.float(), logits.float(), y)
+            if progress is not None:
+                progress.step(y.shape[0], lambda: _running(meter))
     finally:
         model.train(was_training)
     meter.reduce()
     return meter.result()
+
+
+def _running(meter: Meter) -> str:
+    loss_sum, correct1, _, count = meter.sums.tolist()
+    return f"loss {loss_sum / count:.4f} top1 {100.0 * correct1 / count:.2f}%"

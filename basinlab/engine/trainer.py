@@ -292,7 +292,9 @@ class Trainer:
         if self.batch_in_epoch == 0:
             self.meter, self.epoch_seconds = Meter(self.device), 0.0
         start = time.perf_counter()
-        bar = self.log.progress(len(loader), self.epoch, self.epochs, initial=self.batch_in_epoch)
+        progress = self.log.progress(f"epoch {self.epoch + 1}/{self.epochs}", len(loader),
+                                     initial=self.batch_in_epoch, print_freq=self.cfg.print_freq,
+                                     later_steps=(self.epochs - self.epoch - 1) * len(loader))
         for x, y in loader.epoch(self.epoch, start_batch=self.batch_in_epoch):
             self._apply_regime()
             before = self._buffers_before_step()
@@ -304,18 +306,28 @@ class Trainer:
             self.batch_in_epoch += 1
             for cb in self.callbacks:
                 cb.on_step_end(self, result)
-            bar.step(result, self)
+            if progress.step(x.shape[0] * self.dist.world_size, lambda step=result: self._step_summary(step)):
+                self.run.steps.append(self.global_step, self.epoch + self.batch_in_epoch / len(loader),
+                                      result.loss.item(), self.lr)
             if self.stop_signal is not None or self._due_step_checkpoint():
                 self.epoch_seconds += time.perf_counter() - start
                 start = time.perf_counter()
                 self.save_checkpoint()
                 if self.stop_signal is not None:
-                    bar.close()
+                    progress.close()
                     raise TrainingInterrupted(self.stop_signal, self.run.path)
-        bar.close()
+        progress.close()
         self.epoch_seconds += time.perf_counter() - start
         self.meter.reduce()
         return self.meter.result()
+
+    def _step_summary(self, result) -> str:
+        """The metrics of a progress line: this batch's loss, the epoch's running means (this process's share)."""
+        loss_sum, correct1, _, count = self.meter.sums.tolist()
+        if not count:
+            return f"loss {result.loss.item():.4f} | lr {self.lr:.4g}"
+        return (f"loss {result.loss.item():.4f} (avg {loss_sum / count:.4f}) top1 {100.0 * correct1 / count:.2f}% "
+                f"| lr {self.lr:.4g}")
 
     def _buffers_before_step(self) -> list[torch.Tensor] | None:
         """Under --nan-policy skip: the buffers a forward pass changes (BatchNorm running statistics,
@@ -339,8 +351,15 @@ class Trainer:
             raise NonFiniteLossError(f"every batch of epoch {self.epoch + 1} had a non-finite loss and was skipped; "
                                      f"the last good checkpoint and the records so far are kept in {self.run.path}")
         self.dist.sync_buffers(self.model)  # validate (on every shard) the model rank 0 checkpoints
-        val = evaluate(self.eval_model, self.val_loader, self.eval_criterion, autocast=self.autocast,
-                       prepare=self.prepare)
+        started = time.perf_counter()
+        progress = self.log.progress(f"validate {self.epoch + 1}/{self.epochs}", len(self.val_loader),
+                                     print_freq=self.cfg.print_freq)
+        try:
+            val = evaluate(self.eval_model, self.val_loader, self.eval_criterion, autocast=self.autocast,
+                           prepare=self.prepare, progress=progress)
+        finally:
+            progress.close()
+        val_seconds = time.perf_counter() - started
         if not math.isfinite(val["loss"]):
             raise NonFiniteLossError(f"the validation loss after epoch {self.epoch + 1} is {val['loss']}; the model is "
                                      f"broken, so this epoch is not recorded: the last good checkpoint and the "
@@ -349,7 +368,8 @@ class Trainer:
                "train_loss": train["loss"], "train_acc1": train["acc1"], "train_acc5": train["acc5"],
                "val_loss": val["loss"], "val_acc1": val["acc1"], "val_acc5": val["acc5"],
                "epoch_time_s": self.epoch_seconds,
-               "train_images_per_s": train["count"] / max(self.epoch_seconds, 1e-9)}
+               "train_images_per_s": train["count"] / max(self.epoch_seconds, 1e-9),
+               "val_time_s": val_seconds}
         if self.cfg.nan_policy == "skip":
             row["nonfinite_skipped"] = self.nonfinite_skipped
         row.update(self.strategy.epoch_metrics(self))
@@ -413,7 +433,7 @@ class Trainer:
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
-        self.run.resume_records(self.epoch, state.get("history"))  # older checkpoints: results.csv
+        self.run.resume_records(self.epoch, state.get("history"), self.global_step)  # older checkpoints: results.csv
         where = (f"epoch {self.epoch + 1}, step {self.batch_in_epoch}" if self.batch_in_epoch
                  else f"the start of epoch {self.epoch + 1}")
         self.run.log.info(f"resumed from {self.cfg.resume} at {where} (global step {self.global_step})")

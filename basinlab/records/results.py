@@ -13,7 +13,10 @@ from basinlab.errors import ConfigError
 from basinlab.utils.io import atomic_write_text
 
 FIRST_COLUMNS = ["epoch", "lr", "train_loss", "train_acc1", "train_acc5", "val_loss", "val_acc1", "val_acc5",
-                 "epoch_time_s", "train_images_per_s"]
+                 "epoch_time_s", "train_images_per_s", "val_time_s"]
+# Wall-clock columns: they differ between two runs that computed the same thing (drop them to compare runs).
+# epoch_time_s is the training time of the epoch; validation's is val_time_s.
+TIME_COLUMNS = ["epoch_time_s", "train_images_per_s", "val_time_s"]
 
 
 class ResultsTable:

@@ -1,7 +1,7 @@
 """A run folder and what lives in it: config, environment, log, results, TensorBoard, plots.
 
     <results-dir>/<save>/
-        config.yaml  env.yaml  log.txt  results.csv  tensorboard/  plots/  last.pt  best.pt
+        config.yaml  env.yaml  log.txt  results.csv  steps.csv (with -p)  tensorboard/  plots/  last.pt  best.pt
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import yaml
 from basinlab.config import TrainConfig, config_to_yaml, load_yaml, validated_config
 from basinlab.errors import ConfigError, WriteError
 from basinlab.records import ResultsTable, TensorBoardLog
+from basinlab.records.progress import Progress, StepTable, read_steps
 from basinlab.records.results import read_results
 from basinlab.records.run_safety import (
     RunLock,
@@ -78,10 +79,14 @@ class RunLog:
     def epoch(self, row: dict) -> None:
         self.info(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} top1 {row['train_acc1']:.2f}% | "
                   f"val loss {row['val_loss']:.4f} top1 {row['val_acc1']:.2f}% top5 {row['val_acc5']:.2f}% | "
-                  f"lr {row['lr']:.4g} | {row['epoch_time_s']:.1f}s {row['train_images_per_s']:.0f} img/s")
+                  f"lr {row['lr']:.4g} | {row['epoch_time_s']:.1f}s {row['train_images_per_s']:.0f} img/s, "
+                  f"val {row['val_time_s']:.1f}s")
 
-    def progress(self, total: int, epoch: int, epochs: int, initial: int = 0) -> Progress:
-        return Progress(total, epoch, epochs, initial, enabled=self.show_bar and self.writes)
+    def progress(self, label: str, total: int, *, initial: int = 0, print_freq: int = 0,
+                 later_steps: int = 0) -> Progress:
+        """A bar on a terminal, -p lines, or a heartbeat line every 30 s elsewhere (see records/progress.py)."""
+        return Progress(self, label, total, initial=initial, print_freq=print_freq, later_steps=later_steps,
+                        terminal=self.show_bar, enabled=self.writes)
 
     def close(self) -> None:
         if self.file is not None:
@@ -90,33 +95,6 @@ class RunLog:
             except OSError:  # the last buffered line did not fit on the disk: nothing more to do
                 pass
             self.file = None
-
-
-class Progress:
-    """A tqdm bar per epoch with loss, accuracy, images/s and ETA; silent when not a terminal."""
-
-    def __init__(self, total, epoch, epochs, initial, enabled):
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                            unit="batch", dynamic_ncols=True, mininterval=0.5)
-            self.images, self.start = 0, time.perf_counter()
-
-    def step(self, result, trainer) -> None:
-        if self.bar is None:
-            return
-        self.bar.update(1)
-        self.images += trainer.train_loader.batch_size
-        if self.bar.n % 10 == 0 or self.bar.n == self.bar.total:
-            sums = trainer.meter.sums.tolist()
-            acc = 100.0 * sums[1] / sums[3] if sums[3] else float("nan")
-            rate = self.images / max(time.perf_counter() - self.start, 1e-9)
-            self.bar.set_postfix_str(f"loss {result.loss.item():.3f} top1 {acc:.1f}% {rate:.0f} img/s", refresh=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def environment_facts() -> dict:
@@ -167,11 +145,13 @@ class RunFolder:
         self.path, self.is_main, self.resuming, self.branch_from = path, is_main, resume, branch_from
         self.log = RunLog(is_main, quiet)
         self.results = ResultsTable(path / "results.csv")
+        self.steps = StepTable(path / "steps.csv")
         self.plots_due, self.last_plot = False, time.monotonic()  # short runs: drawn once, at the end
         self.tensorboard = TensorBoardLog(None, enabled=False)  # the real one once the folder exists
         self.lock: RunLock | None = None
         self.replaced: Path | None = None  # the old run --overwrite moved aside, until a checkpoint exists
         self.results_dir = None
+        self.title = path.name
 
     @classmethod
     def open(cls, cfg: TrainConfig, resume: bool, barrier=lambda: None, branch_from: Path | None = None) -> RunFolder:
@@ -223,6 +203,7 @@ class RunFolder:
                 facts["branched_from"] = str(self.branch_from.resolve())
             atomic_write_text(self.path / "env.yaml", yaml.safe_dump(facts, sort_keys=False))
         (self.path / "plots").mkdir(exist_ok=True)
+        self.title = f"{self.path.name}: {Path(str(cfg.model)).name}"  # a model file: its name
         self.log.attach(self.path / "log.txt")
         if self.replaced is not None:
             self.log.info(f"--overwrite: the old run is kept in {self.replaced} until this run's first checkpoint")
@@ -231,6 +212,7 @@ class RunFolder:
                           f"original run is left as it is)")
         self.tensorboard = TensorBoardLog(self.path / "tensorboard", enabled=True)
         atomic_write_text(self.path / "config.yaml", config_to_yaml(cfg))
+        self.steps.write_kept()
 
     def checkpoint_written(self) -> None:
         """The new run has a checkpoint: the run it replaced can go."""
@@ -250,11 +232,15 @@ class RunFolder:
             put_back(self.replaced, self.path)
             self.replaced = None
 
-    def resume_records(self, completed_epochs: int, stored_rows: list[dict] | None = None) -> None:
+    def resume_records(self, completed_epochs: int, stored_rows: list[dict] | None = None,
+                       global_step: int = 0) -> None:
         if stored_rows is None and self.branch_from is not None:  # an older checkpoint: the origin's CSV
             origin = self.branch_from.parent / "results.csv"
             stored_rows = read_results(origin).to_dict("records") if origin.is_file() else []
         note = self.results.resume(next_epoch=completed_epochs + 1, stored_rows=stored_rows)
+        if self.is_main:
+            origin = None if self.branch_from is None else self.branch_from.parent / "steps.csv"
+            self.steps.resume(global_step, origin)
         if note:
             self.log.info(f"note: {note}")
 
@@ -271,7 +257,7 @@ class RunFolder:
         """Redraw plots/*.png from results.csv (after an epoch, at most every PLOT_INTERVAL_S, and at the end)."""
         from basinlab.records.plots import plot_run  # matplotlib import deferred to the first plot
         if self.is_main and self.plots_due and self.results.rows:
-            plot_run(self.results.frame(), self.path / "plots")
+            plot_run(self.results.frame(), self.path / "plots", title=self.title, steps=read_steps(self.steps.path))
         self.plots_due, self.last_plot = False, time.monotonic()
 
     def close(self) -> None:
