@@ -65,7 +65,9 @@ class TrainConfig:
     depth: int | None = opt(None, "model depth (shorthand for model_config depth)", "-d",
                             low=1, high=2000)
     dataset: str = opt("mnist5k", "dataset name from `basinlab list`")
-    datasets_dir: str | None = opt(None, "folder holding <dataset>/ folders (default: $BASINLAB_DATASETS or "
+    datasets_dir: str | None = opt(None, "folder holding <dataset>/ folders, or the dataset's own folder as the "
+                                         "seeds take it (holding cifar-10-batches-py/, train/ and val/, MNIST/raw/, "
+                                         "...); the log names the layout found (default: $BASINLAB_DATASETS or "
                                          "~/.cache/basinlab/datasets)")
     download: bool = opt(False, "download the dataset with torchvision when it is installed and online")
     train_limit: int | None = opt(None, "train on N examples only: a seeded class-stratified subset (see --limit-mode)",

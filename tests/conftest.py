@@ -1,4 +1,8 @@
 """Shared test settings."""
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -17,3 +21,19 @@ def one_torch_thread():
 def no_run_plots(monkeypatch):
     """Skip the engine's PNG plots where they are not what is tested (they cost more than tiny runs)."""
     monkeypatch.setattr("basinlab.records.plots.plot_run", lambda *args, **kwargs: [])
+
+
+# ------------------------------------------------------------------------------ the real data
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="module")
+def data_shared_real():
+    script = SHARED / "tools" / "prepare_data.py"
+    if not script.is_file():
+        pytest.skip("../shared is absent: no real data here")
+    out = Path.home() / ".cache" / "shared-data"
+    if not (out / "cifar10" / "cifar-10-batches-py" / "batches.meta").exists() \
+            or not (out / "cifar10-folder" / "test" / "truck").is_dir() or not (out / "mnist").is_dir():
+        subprocess.run([sys.executable, str(script)], check=True, capture_output=True)
+    return out

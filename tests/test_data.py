@@ -8,8 +8,6 @@ import os
 import pickle
 import random
 import struct
-import subprocess
-import sys
 import weakref
 from pathlib import Path
 
@@ -570,21 +568,6 @@ def test_download_without_torchvision_says_where_to_put_the_files(tmp_path):
 
 
 # ------------------------------------------------------------------------------ the real data
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-
-
-@pytest.fixture(scope="module")
-def data_shared_real():
-    script = SHARED / "tools" / "prepare_data.py"
-    if not script.is_file():
-        pytest.skip("../shared is absent: no real data here")
-    out = Path.home() / ".cache" / "shared-data"
-    if not (out / "cifar10" / "cifar-10-batches-py" / "batches.meta").exists() \
-            or not (out / "cifar10-folder" / "test" / "truck").is_dir() or not (out / "mnist").is_dir():
-        subprocess.run([sys.executable, str(script)], check=True, capture_output=True)
-    return out
-
-
 def test_real_shared_data(data_shared_real):
     train, val = build_loaders("cifar10", data_shared_real, batch_size=128, val_limit=500)
     assert (train.num_examples, val.num_examples, len(train)) == (50000, 500, 390)

@@ -6,7 +6,6 @@ from PIL import Image
 from basinlab.cli import main
 from basinlab.data import build_loaders
 from basinlab.data.subsets import subset_indices
-from tests.test_data import data_shared_real  # noqa: F401  (the prepared real data, skipped without ../shared)
 
 SORTED = np.repeat(np.arange(10), [700] * 4 + [300] * 6)  # stored by class, as image folders are
 

@@ -22,7 +22,9 @@ def _add_autohyper(sub) -> None:
     inner = autohyper.add_subparsers(dest="autohyper_command", required=True, parser_class=type(autohyper))
     train = inner.add_parser("train", help="search the lr (init_lr: auto) and train n_trials times with it")
     train.add_argument("--config", default="config.yaml", help="the seed's YAML config (default: config.yaml)")
-    train.add_argument("--data", help="datasets folder (default: basinlab's, $BASINLAB_DATASETS)")
+    train.add_argument("--data", help="the seed's data folder, torchvision's root (holding cifar-10-batches-py/, "
+                                      "cifar-100-python/, MNIST/raw/), or basinlab's datasets folder; relative to "
+                                      "--root (default: basinlab's, $BASINLAB_DATASETS)")
     train.add_argument("--output", default=".autohyper-output", help="output folder (default: .autohyper-output)")
     train.add_argument("--checkpoint", help="accepted for the seed's scripts: checkpoints live in each run folder")
     train.add_argument("--resume", help="an autoHyper output folder, or a run folder / checkpoint inside one: "

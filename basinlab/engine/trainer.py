@@ -170,6 +170,8 @@ class Trainer:
         self.log.info(f"model {self.cfg.model}: {description} ({n_params:,} parameters)")
         self.log.info(f"data {self.cfg.dataset}: {self.train_loader.num_examples} train / "
                       f"{self.val_loader.num_examples} val examples, batch {self.train_loader.batch_size}")
+        if self.train_loader.source:
+            self.log.info(f"data found in {self.train_loader.source}")
         self.log.info(f"device {self.device}, amp {self.cfg.amp}, channels_last {self.channels_last}, "
                       f"step {self.strategy.name}, {self.epochs} epochs")
         for line in self.train_loader.subset_notes + self.val_loader.subset_notes:
