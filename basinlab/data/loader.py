@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import torch
 
+from basinlab.data.transforms import Cutout, InputTransform, as_height_width, seeded_rngs
 from basinlab.errors import ConfigError
 
 
@@ -67,8 +68,13 @@ class Loader(abc.ABC):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self.input_size: int | None = None
+        self.input_size: tuple[int, int] | None = None
         self.batch_size = batch_size
+        # Set by a model's data regime and input_transform (data/transforms.py); training loaders only
+        # use cutout and duplicates.
+        self.cutout: Cutout | None = None
+        self.duplicates = 1
+        self.input_transform: InputTransform | None = None
 
     # ------------------------------------------------------------------------- settings
     @property
@@ -87,18 +93,46 @@ class Loader(abc.ABC):
                               f"'{self.dataset_name}' (the last short batch is dropped, so no batch would remain)")
         self._batch_size = value
 
-    def set_input_size(self, size: int | None) -> None:
-        """Square input size of the images produced; None restores the default."""
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
-            raise ConfigError(f"input size must be a positive integer or None, got {size!r}")
-        self.input_size = size
+    def set_input_size(self, size) -> None:
+        """Input size of the images produced: N (square) or (height, width); None restores the default."""
+        self.input_size = as_height_width(size)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         channels = self.native_shape[0]
         if self.input_size is None:
             return self.native_shape
-        return (channels, self.input_size, self.input_size)
+        return (channels, *self.input_size)
+
+    @property
+    def images_per_batch(self) -> int:
+        """Images in one global training batch: the batch size times the data regime's duplicates."""
+        return self.batch_size * (self.duplicates if self.train else 1)
+
+    def sample_transform(self):
+        """The model's per-sample input_transform for this loader's split, if any."""
+        t = self.input_transform
+        return None if t is None or t.on_batch else t.for_split(self.train)
+
+    def copy_rows(self) -> torch.Tensor:
+        """This rank's positions in a global training batch laid out copy by copy (duplicates):
+        random draws are made for the whole global batch and sliced, so ranks match one process."""
+        lo, hi = self.shard_bounds()
+        return torch.cat([torch.arange(c * self.batch_size + lo, c * self.batch_size + hi)
+                          for c in range(self.duplicates)])
+
+    def finish_batch(self, images: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+        """Cutout (training) and the model's batch transform, on the normalised batch."""
+        if self.train and self.cutout is not None:
+            height, width = images.shape[-2:]
+            masks = self.cutout.masks(make_generator("cutout", self.seed, epoch, batch), self.images_per_batch,
+                                      height, width)[self.copy_rows()]
+            images = images * masks.to(images.device)
+        transform = self.input_transform
+        if transform is not None and transform.on_batch and transform.for_split(self.train) is not None:
+            with seeded_rngs(derive_seed("batch-transform", self.seed, epoch, batch, self.rank), images.device):
+                images = transform.for_split(self.train)(images)
+        return images
 
     # ------------------------------------------------------------------------- batch plan
     def use_evaluation_plan(self, batch_size: int | None = None) -> Loader:

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from basinlab.data.catalog import PAD_CROP_FLIP
-from basinlab.data.loader import Loader, make_generator, normalise, normalise_constants
+from basinlab.data.loader import Loader, derive_seed, make_generator, normalise, normalise_constants
+from basinlab.data.transforms import image_to_tensor, seeded_rngs, uint8_to_image
 
 PAD = 4
 
@@ -73,26 +74,42 @@ class MemoryLoader(Loader):
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch, index in self.index_batches(epoch, start_batch):
-            if self.augmentation == PAD_CROP_FLIP:
-                images, labels = self._augmented(epoch, batch, index)
+            index = index.repeat(self.duplicates) if self.train else index   # copy-major: [copy 0, copy 1, ...]
+            transform = self.sample_transform()
+            if transform is not None:
+                images = self._transformed(transform, epoch, index)
+            elif self.augmentation == PAD_CROP_FLIP:
+                images = self._augmented(epoch, batch, index)
             else:
-                index = index.to(self.device)
-                images, labels = self.images[index], self.labels[index]
-            yield self._resize(normalise(images, self.scale, self.shift)), labels
+                images = self.images[index.to(self.device)]
+            labels = self.labels[index.to(self.device)]
+            if images.dtype == torch.uint8:
+                images = normalise(images, self.scale, self.shift)
+            yield self.finish_batch(self._resize(images), epoch, batch), labels
 
-    def _augmented(self, epoch: int, batch: int, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _augmented(self, epoch: int, batch: int, index: torch.Tensor) -> torch.Tensor:
         # Draws cover the global batch so every rank's slice matches a single process exactly.
-        lo, hi = self.shard_bounds()
-        params = crop_flip_params(self.seed, epoch, batch, self.batch_size)[:, lo:hi]
+        params = crop_flip_params(self.seed, epoch, batch, self.images_per_batch)[:, self.copy_rows()]
         packed = torch.cat([index[None], params]).to(self.device)   # one small host-to-device copy
         index, dy, dx, flip = packed
-        return self.crop_flip(self.images, index, dy, dx, flip), self.labels[index]
+        return self.crop_flip(self.images, index, dy, dx, flip)
+
+    def _transformed(self, transform, epoch: int, index: torch.Tensor) -> torch.Tensor:
+        """The model's per-sample input_transform, image by image on the CPU (the seed's form)."""
+        stored = self.raw_images()
+        copies = torch.arange(self.duplicates).repeat_interleave(len(index) // self.duplicates) if self.train \
+            else torch.zeros(len(index), dtype=torch.int64)
+        out = []
+        for i, copy in zip(index.tolist(), copies.tolist()):
+            with seeded_rngs(derive_seed("sample-transform", self.seed, epoch, i, copy)):
+                out.append(image_to_tensor(transform(uint8_to_image(stored[i])), "input_transform"))
+        return torch.stack(out).to(self.device)
 
     def _resize(self, images: torch.Tensor) -> torch.Tensor:
         size = self.input_size
-        if size is None or images.shape[-2:] == (size, size):
+        if size is None or tuple(images.shape[-2:]) == size:
             return images
-        return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+        return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
 
     def raw_images(self) -> torch.Tensor:
         """The stored uint8 images without padding (for analysis tools and tests)."""

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from basinlab.data.formats import decode_rgb
 from basinlab.data.loader import Loader, derive_seed, normalise, normalise_constants
+from basinlab.data.transforms import image_to_tensor, seeded_rngs
 from basinlab.errors import DataError
 
 SCALE = (0.08, 1.0)
@@ -48,28 +49,31 @@ def random_resized_crop_box(width: int, height: int, rng: random.Random, scale=S
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def train_transform(image, size: int, rng: random.Random):
-    """RandomResizedCrop(size) + horizontal flip, on a Pillow image."""
+def train_transform(image, size, rng: random.Random):
+    """RandomResizedCrop(size) + horizontal flip, on a Pillow image; size N or (height, width)."""
     from PIL import Image
+    height, width = (size, size) if isinstance(size, int) else size
     left, top, w, h = random_resized_crop_box(image.width, image.height, rng)
-    image = image.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
+    image = image.resize((width, height), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
     if rng.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return image
 
 
-def eval_transform(image, size: int):
-    """Resize the shorter side to round(size * 256 / 224), then center-crop size x size."""
+def eval_transform(image, size, scale_size: int | None = None):
+    """Resize the shorter side to scale_size (default round(size * 256 / 224)), then center-crop size
+    (N or (height, width))."""
     from PIL import Image
-    short = round(size * 256 / 224)
+    crop_h, crop_w = (size, size) if isinstance(size, int) else size
+    short = scale_size or round(max(crop_h, crop_w) * 256 / 224)
     width, height = image.size
     if width <= height:
         new_w, new_h = short, int(short * height / width)
     else:
         new_w, new_h = int(short * width / height), short
     image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    left, top = int(round((new_w - size) / 2)), int(round((new_h - size) / 2))
-    return image.crop((left, top, left + size, top + size))
+    left, top = int(round((new_w - crop_w) / 2)), int(round((new_h - crop_h) / 2))
+    return image.crop((left, top, left + crop_w, top + crop_h))
 
 
 def to_uint8_chw(image) -> torch.Tensor:
@@ -77,7 +81,8 @@ def to_uint8_chw(image) -> torch.Tensor:
 
 
 class ImageFileDataset(Dataset):
-    """Indexed by (epoch, example, input size); returns (uint8 [3, size, size], label)."""
+    """Indexed by (epoch, example, (height, width), copy); returns (uint8 [3, h, w], label), or the
+    model's per-sample input_transform's tensor. `copy` numbers the duplicates of an example."""
 
     def __init__(self, dataset_name: str, samples: list[tuple[str, int]], *, augment: bool, seed: int):
         self.dataset_name = dataset_name
@@ -85,17 +90,23 @@ class ImageFileDataset(Dataset):
         self.labels = [label for _, label in samples]
         self.augment = augment
         self.seed = seed
+        self.scale_size: int | None = None
+        self.transform = None   # the model's per-sample input_transform for this split
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, key: tuple[int, int, int]) -> tuple[torch.Tensor, int]:
-        epoch, i, size = key
+    def __getitem__(self, key: tuple[int, int, tuple[int, int], int]) -> tuple[torch.Tensor, int]:
+        epoch, i, size, copy = key
         image = decode_rgb(self.paths[i], self.dataset_name)
+        if self.transform is not None:
+            with seeded_rngs(derive_seed("sample-transform", self.seed, epoch, i, copy)):
+                return image_to_tensor(self.transform(image), "input_transform"), self.labels[i]
         if self.augment:
-            image = train_transform(image, size, random.Random(derive_seed("sample", self.seed, epoch, i)))
+            parts = ("sample", self.seed, epoch, i) + ((copy,) if copy else ())  # copy 0: the plain draw
+            image = train_transform(image, size, random.Random(derive_seed(*parts)))
         else:
-            image = eval_transform(image, size)
+            image = eval_transform(image, size, self.scale_size)
         return to_uint8_chw(image), self.labels[i]
 
 
@@ -112,8 +123,9 @@ class _PlanSampler(Sampler):
 
     def __iter__(self):
         # Built eagerly: a lazy generator kept by the DataLoader would hold the loader strongly.
-        size = self.loader.input_shape[-1]
-        return iter([[(self.epoch, i, size) for i in index.tolist()]
+        size = tuple(self.loader.input_shape[-2:])
+        copies = self.loader.duplicates if self.loader.train else 1
+        return iter([[(self.epoch, i, size, c) for c in range(copies) for i in index.tolist()]
                      for _, index in self.loader.index_batches(self.epoch, self.start_batch)])
 
     def __len__(self) -> int:
@@ -160,14 +172,33 @@ class StreamLoader(Loader):
         """Stop the worker processes now; a later epoch starts new ones."""
         _release_workers(self.loader)
 
+    def set_scale_size(self, size: int | None) -> None:
+        """Evaluation resize of the shorter side before the centre crop (data regime's scale_size)."""
+        self._settle_workers(self.dataset.scale_size != size)
+        self.dataset.scale_size = size
+
+    def set_sample_transform(self) -> None:
+        """Hand the model's per-sample input_transform to the dataset the workers hold."""
+        transform = self.sample_transform()
+        self._settle_workers(self.dataset.transform is not transform)
+        self.dataset.transform = transform
+
+    def _settle_workers(self, changed: bool) -> None:
+        if changed:
+            self.close()  # persistent workers hold a copy of the dataset: the next epoch starts new ones
+
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.sampler.epoch, self.sampler.start_batch = epoch, start_batch
         batches = iter(self.loader)
+        batch_number = start_batch
         while (batch := self._next_batch(batches)) is not None:
             images, labels = batch
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
-            yield normalise(images, self.scale, self.shift), labels
+            if images.dtype == torch.uint8:
+                images = normalise(images, self.scale, self.shift)
+            yield self.finish_batch(images, epoch, batch_number), labels
+            batch_number += 1
 
     @staticmethod
     def _next_batch(batches):

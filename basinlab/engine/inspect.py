@@ -9,11 +9,14 @@ import torch.nn as nn
 
 import basinlab.data as data_lib
 from basinlab.config import stored_values, validated_config
+from basinlab.data.stream import StreamLoader
 from basinlab.engine.checkpoint import load_checkpoint, load_weights, resolve_checkpoint
+from basinlab.engine.data_settings import attach_input_transform
 from basinlab.engine.setup import check_model_fits_data, pick_device, split_model_config
 from basinlab.errors import CheckpointError, ConfigError
 from basinlab.models import create_model
 from basinlab.models import trust_model_code as trust_user_model
+from basinlab.optim.data_regime import DataRegime
 
 
 def config_from_state(state: dict, path="the checkpoint"):
@@ -77,15 +80,26 @@ def prepare_evaluation(path, *, dataset=None, split="val", datasets_dir=None, ba
     if batch_size <= 0:
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
     dev = pick_device(device)
-    model, cfg, _ = model_from_checkpoint(path, dev, trust_model_code=trust_model_code)
+    model, cfg, state = model_from_checkpoint(path, dev, trust_model_code=trust_model_code)
     if limit is None and not full_split and dataset in (None, cfg.dataset):
         limit = cfg.val_limit if split == "val" else cfg.train_limit
     loader = loader_for(cfg, dataset=dataset, split=split, datasets_dir=datasets_dir, batch_size=batch_size,
                         limit=limit, device=dev)
+    _as_trained(model, cfg.model, loader, max(state.get("epoch", 1) - 1, 0))
     check_model_fits_data(model, loader.input_shape, loader.num_classes, cfg.model, dataset or cfg.dataset,
                           dev)
     criterion = getattr(model, "criterion", None) or nn.CrossEntropyLoss()
     return model, loader, criterion
+
+
+def _as_trained(model, model_name: str, loader, last_epoch: int) -> None:
+    """Measure on the inputs the model was trained for: its input_transform (eval form) and the input size
+    and scale size of its data regime's phase at the checkpoint's last epoch."""
+    attach_input_transform(model, model_name, [loader])
+    settings = DataRegime(getattr(model, "data_regime", None) or []).settings_at(last_epoch)
+    loader.set_input_size(settings.get("input_size"))
+    if isinstance(loader, StreamLoader) and not loader.train:
+        loader.set_scale_size(settings.get("scale_size"))
 
 
 def export_safetensors(run, output=None, which: str = "best") -> Path:

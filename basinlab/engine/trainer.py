@@ -25,6 +25,12 @@ from basinlab.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from basinlab.engine.data_settings import (
+    apply_data_settings,
+    attach_input_transform,
+    check_data_regime,
+    describe_phase,
+)
 from basinlab.engine.distributed import DataParallel
 from basinlab.engine.evaluate import Meter, evaluate
 from basinlab.engine.setup import (
@@ -55,6 +61,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, *, callbacks=(), strategy: StepStrategy | None = None):
         self.cfg = cfg
         self.callbacks = list(callbacks)
+        self._data_phase = ": "          # the data phase last logged (engine/data_settings.describe_phase)
         _check_state_keys(self.callbacks)
         self.strategy = strategy
         self.stop_signal: int | None = None
@@ -99,11 +106,15 @@ class Trainer:
         self.model = create_model(cfg.model, self.train_loader.num_classes, cfg.dataset, **model_config)
         self.model = self.dist.convert_norms(self.model, self.log)
         self.model.to(self.device)
+        transform_note = attach_input_transform(self.model, cfg.model, (self.train_loader, self.val_loader))
+        self.data_regime = DataRegime(getattr(self.model, "data_regime", None) or [])
+        check_data_regime(self.data_regime, self.train_loader, self.val_loader, flag_batch=cfg.batch_size is not None)
+        self._apply_data_regime(log=False)   # the first phase's input size is what the probe must fit
         check_model_fits_data(self.model, self.train_loader.input_shape, self.train_loader.num_classes, cfg.model,
                               cfg.dataset, self.device, smallest_batch=self._smallest_chunk())
-        self.data_regime = DataRegime(getattr(self.model, "data_regime", None) or [])
         self.epochs = cfg.epochs or getattr(self.model, "default_epochs", None) or 10
         self.regime, notes = build_regime(cfg, self.model, regime_config)
+        notes += [transform_note] if transform_note else []
         self.criterion = make_criterion(self.model, cfg.label_smoothing).to(self.device)
         self.eval_criterion = getattr(self.model, "criterion", None) or nn.CrossEntropyLoss()
         self._setup_precision()
@@ -117,6 +128,7 @@ class Trainer:
         self.eval_model = torch.compile(self.model) if cfg.compile else self.model
         if resume_state is not None:
             self._load_state(resume_state)
+            self._apply_data_regime(log=False)
         self.train_model = self.dist.wrap(self.eval_model)  # DDP in distributed runs
         self._log_setup(notes)
 
@@ -178,6 +190,10 @@ class Trainer:
             self.log.info(line)
         for line in self.regime.describe():
             self.log.info(f"regime: {line}")
+        for line in self.data_regime.describe():
+            self.log.info(f"data regime: {line}")
+        if self.data_regime.epochs:
+            self.log.info(self._data_phase)
         for line in notes:
             self.log.info(line)
         if self.dist.active:
@@ -386,12 +402,15 @@ class Trainer:
         self.save_checkpoint(best=is_best)
         return row
 
-    def _apply_data_regime(self) -> None:
-        settings = self.data_regime.settings_at(self.epoch)
-        if "batch_size" in settings and self.cfg.batch_size is None:
-            self.train_loader.batch_size = settings["batch_size"]
-        if "input_size" in settings:
-            self.train_loader.set_input_size(settings["input_size"])
+    def _apply_data_regime(self, log: bool = True) -> None:
+        """The data regime's settings for this epoch; a new phase gets a log line with its real batch."""
+        apply_data_settings(self.data_regime.settings_at(self.epoch), self.train_loader, self.val_loader,
+                            flag_batch=self.cfg.batch_size is not None,
+                            flag_eval_batch=self.cfg.eval_batch_size is not None)
+        phase = describe_phase(self.epoch, self.train_loader, self.val_loader)
+        if log and phase.split(": ", 1)[1] != self._data_phase.split(": ", 1)[1]:
+            self.log.info(phase)
+        self._data_phase = phase
 
     # ------------------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
