@@ -85,10 +85,11 @@ class TrainConfig:
     batch_size: int | None = opt(None, "training batch size (global batch in distributed runs; default: the "
                                        "model's, else 128)", "-b",
                                  low=1, high=2**20)
-    eval_batch_size: int | None = opt(None, "validation batch size (default: max(batch size, 256))",
+    eval_batch_size: int | None = opt(None, "validation batch size (default: the data regime's eval_batch_size, "
+                                            "else --batch-size, else 128)",
                                       low=1, high=2**20)
-    optimizer: str | None = opt(None, "optimizer name (any torch.optim class); with a model regime, replaces "
-                                      "nothing: see README")
+    optimizer: str | None = opt(None, "optimizer name (any torch.optim class); given with a model regime, it "
+                                      "replaces that regime by the flags' one-phase regime")
     lr: float | None = opt(None, "initial learning rate; rescales a model regime's lr schedule to start here",
                            "--learning-rate",
                            low=0)
@@ -215,6 +216,23 @@ def _rule(field) -> Rule:
 
 
 # What each option accepts: its annotation's type, None where the default is None, its declared limits.
+# What an option left unset means, shown as its default by --help (the field's default is None).
+WHEN_UNSET = {
+    "model_config": "none: the model's own settings", "depth": "the model's", "train_limit": "every example",
+    "val_limit": "every example", "preset": "none", "optimizer": "the model regime's, else SGD",
+    "lr": "the model regime's, else 0.1", "momentum": "the model regime's, else 0.9 for SGD and NAG",
+    "weight_decay": "the model regime's, else 0", "lr_milestones": "the model regime's, else none",
+    "grad_clip": "no clipping", "norm_mode": "the model's (batch for basinlab's conv models)",
+    "afwd": "the Online Normalization reference's for the dataset: 1023/1024 on CIFAR-10 and MNIST-like, "
+            "511/512 on CIFAR-100, else 0.999",
+    "abkw": "the reference's for the dataset: 127/128 on CIFAR-10 and MNIST-like, 15/16 on CIFAR-100, else 0.99",
+    "ecm": "ls", "gn_num_groups": "8 on CIFAR and MNIST-like, else 32", "smoothout": "off",
+    "ghost_batch": "off: the whole batch at once",
+    "sam": "off", "asam": "off", "lr_scale_batch": "no scaling", "log_sharpness_every": "never",
+    "nproc": "one process", "resume": "a new run", "save_every_steps": "only at the end of each epoch",
+}
+
+
 RULES = {name: _rule(f) for name, f in FIELDS.items() if field_kind(f.type) is not object}
 
 # How `basinlab train --help` groups the options (every field in exactly one group; tests check it).

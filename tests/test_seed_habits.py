@@ -28,3 +28,18 @@ def test_other_seed_flags_and_typos_get_one_line(capsys, argv, answer):
     assert main(["train", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and answer in err
+
+
+def test_every_train_option_states_its_default_in_the_help(capsys):
+    import dataclasses
+
+    from basinlab.config import WHEN_UNSET, TrainConfig
+    unset = [f.name for f in dataclasses.fields(TrainConfig)
+             if f.default is None and "default" not in f.metadata["help"] and f.name not in WHEN_UNSET]
+    assert unset == []
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "replaces nothing" not in text
+    assert "--optimizer OPTIMIZER optimizer name (any torch.optim class); given with a model regime, it replaces " \
+           "that regime by the flags' one-phase regime (default: the model regime's, else SGD)" in text

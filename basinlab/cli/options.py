@@ -5,7 +5,7 @@ import argparse
 import difflib
 from pathlib import Path
 
-from basinlab.config import FIELDS, OPTION_GROUPS, TrainConfig, load_yaml
+from basinlab.config import FIELDS, OPTION_GROUPS, WHEN_UNSET, TrainConfig, load_yaml
 from basinlab.errors import ConfigError
 from basinlab.utils.schema import Rule, check_value
 
@@ -65,10 +65,12 @@ def _field_type(annotation):
     return str
 
 
-def _help(field) -> str:
+def _help(name: str, field) -> str:
     text = field.metadata["help"]
-    if field.default is None or "default" in text:
+    if "default" in text:
         return text
+    if field.default is None:
+        return f"{text} (default: {WHEN_UNSET[name]})" if name in WHEN_UNSET else text
     shown = ("on" if field.default else "off") if isinstance(field.default, bool) else field.default
     return f"{text} (default: {shown})"
 
@@ -83,7 +85,7 @@ def _add_field(parser, name: str, field) -> None:
     elif kind is not list:
         extra.setdefault("type", kind)
     # defaults are suppressed so that only what the user typed is returned (it overrides files and presets)
-    parser.add_argument(*flags, dest=name, default=argparse.SUPPRESS, help=_help(field), **extra)
+    parser.add_argument(*flags, dest=name, default=argparse.SUPPRESS, help=_help(name, field), **extra)
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
