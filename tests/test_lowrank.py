@@ -5,6 +5,7 @@ import math
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -257,6 +258,23 @@ def test_model_metrics_frame_and_zero_fraction():
     assert knowledge_gain_zero_fraction(dfl) == pytest.approx(0.5)  # linear rows ignored
     with pytest.raises(ConfigError):
         knowledge_gain_zero_fraction(model_metrics(nn.Sequential(nn.Linear(3, 3))))
+
+
+def test_zero_fraction_counts_unfoldings_as_the_reference_joins_its_lists():
+    """The reference: Z_e = mean(np.isclose(input_channel_S + output_channel_S, 0)) over the joined lists."""
+    rng = np.random.default_rng(5)
+    s_in = np.where(rng.random(9) < 0.5, 0.0, rng.uniform(0.05, 1, 9))
+    s_out = np.where(rng.random(9) < 0.5, 0.0, rng.uniform(0.05, 1, 9))
+    s_in[0], s_out[0] = 0.0, 0.3          # one unfolding learned, the other not: counts 1/2
+    s_out[1] = float("nan")               # a diverged layer's unfolding is not zero
+    frame = pd.DataFrame({"layer": [f"c{i}" for i in range(9)], "kind": ["conv"] * 9, "S_in": s_in, "S_out": s_out})
+    joined = list(s_in) + list(s_out)
+    expected = sum(1 for gain in joined if gain == gain and abs(gain - 0) <= 1e-8) / len(joined)
+    assert knowledge_gain_zero_fraction(frame) == expected
+    assert expected != np.mean([(a + b) == 0 for a, b in zip(s_in, s_out)])  # the per-layer rule differs here
+    with_linear = pd.concat([frame, pd.DataFrame({"layer": ["fc"], "kind": ["linear"], "S_in": [0.0],
+                                                  "S_out": [0.0]})])
+    assert knowledge_gain_zero_fraction(with_linear) == expected
 
 
 def test_model_metrics_nonfinite_layer_is_nan_not_stale():

@@ -397,16 +397,19 @@ def model_metrics(model: nn.Module, p: float = 1, include_linear: bool = False) 
 
 
 def knowledge_gain_zero_fraction(df: pd.DataFrame, tol: float = 1e-8) -> float:
-    """autoHyper's Z_e: the fraction of conv layers whose ``S_in + S_out`` is 0 (within ``tol``).
+    """autoHyper's Z_e: the fraction of conv-layer unfoldings whose knowledge gain S is 0 (within ``tol``).
 
-    Uses the rows of kind 'conv' when the frame has a ``kind`` column. A nonzero S is at least
-    ``1/N`` (N = channel count), so any ``tol`` far below ``1/4096`` separates the cases; the
-    reference used ``np.isclose(.., 0)`` (atol 1e-8). Layers with NaN metrics (non-finite weights:
-    a diverged trial) count as not zero. ConfigError when there is no conv layer.
+    The reference joins the per-layer input-channel and output-channel gain lists
+    (``input_channel_S + output_channel_S``, Python lists) and takes the mean of ``np.isclose(S, 0)``
+    over the joined list: each layer counts twice, once per unfolding, so a layer that has learned in
+    one unfolding but not the other counts 1/2. Uses the rows of kind 'conv' when the frame has a
+    ``kind`` column. A nonzero S is at least ``1/N`` (N = channel count), so any ``tol`` far below
+    ``1/4096`` separates the cases (the reference: atol 1e-8). NaN metrics (non-finite weights: a
+    diverged trial) count as not zero. ConfigError when there is no conv layer.
     """
     if "kind" in df.columns:
         df = df[df["kind"] == "conv"]
     if len(df) == 0:
         raise ConfigError("autoHyper's knowledge-gain response needs a model with at least one conv layer")
-    total = df["S_in"].to_numpy(dtype=np.float64) + df["S_out"].to_numpy(dtype=np.float64)
-    return float(np.mean(np.abs(total) <= tol))
+    gains = np.concatenate([df["S_in"].to_numpy(dtype=np.float64), df["S_out"].to_numpy(dtype=np.float64)])
+    return float(np.mean(np.abs(gains) <= tol))

@@ -11,7 +11,7 @@ Every training (a search trial or a full run) is a basinlab run folder under the
 
 A trial is a freshly initialised network trained ``trial_epochs`` epochs at one lr with the config's
 optimizer and scheduler; its response is ``Z = mean over epochs of lowrank_zero_fraction`` (the
-fraction of conv layers with zero knowledge gain, from --log-lowrank's results.csv column). A trial
+fraction of conv-layer unfoldings, two per layer, with zero knowledge gain; --log-lowrank's column). A trial
 whose loss turns non-finite counts as Z = 0: it learned too fast to measure, which is what Z -> 0
 means. Every trial uses the same seed (the config's ``seed``): the same initial weights and the
 same batches, so the differences between trials come from the lr alone (common random numbers; a
@@ -41,7 +41,7 @@ from basinlab.errors import ConfigError, NonFiniteLossError
 from basinlab.records.run_folder import load_run
 from basinlab.tuning.callbacks import SaveEvery, TrainLossEarlyStop
 from basinlab.tuning.method import LowRankEpochEnd
-from basinlab.tuning.search import autohyper_search, autohyper_search_lr_wd, response_Z
+from basinlab.tuning.search import SearchBudgetExceeded, autohyper_search, autohyper_search_lr_wd, response_Z
 from basinlab.tuning.seed_config import Plan, plan_from_config, read_seed_config
 from basinlab.utils.figures import new_figure, save_png
 from basinlab.utils.io import atomic_write_text
@@ -107,14 +107,18 @@ class AutoHyper:
         if self.chosen is not None:
             return self.chosen
         log = SearchLog(self.output, self.echo)
-        if self.search_mode == "lr":
-            trial = lambda lr: self.trial(lr, None, log)  # noqa: E731
-            lr, history = autohyper_search(trial, log=log.add, **self.plan.search_kwargs)
-            self.chosen = (lr, None)
-        else:
-            trial = lambda lr, wd: self.trial(lr, wd, log)  # noqa: E731
-            (lr, wd), history = autohyper_search_lr_wd(trial, log=log.add, **self.plan.search_kwargs)
-            self.chosen = (lr, wd)
+        try:
+            if self.search_mode == "lr":
+                trial = lambda lr: self.trial(lr, None, log)  # noqa: E731
+                lr, history = autohyper_search(trial, log=log.add, **self.plan.search_kwargs)
+                self.chosen = (lr, None)
+            else:
+                trial = lambda lr, wd: self.trial(lr, wd, log)  # noqa: E731
+                (lr, wd), history = autohyper_search_lr_wd(trial, log=log.add, **self.plan.search_kwargs)
+                self.chosen = (lr, wd)
+        except SearchBudgetExceeded:
+            log.finish(None)  # a search that gives up still leaves its CSV and plot to look at
+            raise
         log.finish(self.chosen)
         n = sum(1 for s in history if s.trial is not None)
         self.echo(f"autoHyper chose lr={fmt_lr(self.chosen[0])}{_wd_text(self.chosen[1])} after {n} trials "
@@ -195,17 +199,19 @@ class SearchLog:
                 how += " (read back)"
             self.echo(f"autoHyper {how}: lr={fmt_lr(step.lr)}{_wd_text(step.wd)} Z={step.Z:.4f} -> {step.decision}")
 
-    def finish(self, chosen: tuple[float, float | None]) -> None:
+    def finish(self, chosen: tuple[float, float | None] | None) -> None:
+        """Final search.csv and search.png; `chosen` None: the search stopped without a choice."""
         self._write()
-        plot_search(pd.DataFrame(self.rows), chosen, self.output / "search.png")
+        if self.rows:
+            plot_search(pd.DataFrame(self.rows), chosen, self.output / "search.png")
 
     def _write(self) -> None:
         frame = pd.DataFrame(self.rows).astype({"trial": "Int64"})  # NaN-free integer column
         atomic_write_text(self.output / "search.csv", frame.to_csv(index=False))
 
 
-def plot_search(frame: pd.DataFrame, chosen: tuple[float, float | None], path: Path) -> Path:
-    """Z of every trial against its lr (log axis), the chosen lr marked; colour = weight decay."""
+def plot_search(frame: pd.DataFrame, chosen: tuple[float, float | None] | None, path: Path) -> Path:
+    """Z of every trial against its lr (log axis), the chosen lr marked (if any); colour = weight decay."""
     fig, ax = new_figure(figsize=(7, 4.5))
     tried = frame[frame["Z"].notna() & ~frame["cached"].astype(bool)]
     wds = tried["wd"].dropna() if "wd" in tried else pd.Series(dtype=float)
@@ -215,12 +221,14 @@ def plot_search(frame: pd.DataFrame, chosen: tuple[float, float | None], path: P
         fig.colorbar(points, ax=ax, label="log10(weight decay + 1e-12)")
     else:
         ax.scatter(tried["lr"], tried["Z"], s=18, color="tab:blue", label="trials")
-    ax.axvline(chosen[0], color="tab:red", ls="--", lw=1, label=f"chosen lr {chosen[0]:.3g}{_wd_text(chosen[1])}")
+    if chosen is not None:
+        ax.axvline(chosen[0], color="tab:red", ls="--", lw=1,
+                   label=f"chosen lr {chosen[0]:.3g}{_wd_text(chosen[1])}")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
-    ax.set_ylabel("Z (fraction of conv layers with zero knowledge gain)")
+    ax.set_ylabel("Z (fraction of conv unfoldings with zero gain)")
     ax.set_ylim(-0.05, 1.05)
-    ax.set_title(f"autoHyper search ({len(tried)} trials)")
+    ax.set_title(f"autoHyper search ({len(tried)} trials{'' if chosen else ', stopped without a choice'})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     return save_png(fig, path)

@@ -13,10 +13,9 @@ class TrainLossEarlyStop(Callback):
     """Stop after ``patience`` consecutive epochs whose training loss did not improve on the best
     so far by more than ``threshold``; ``threshold < 0`` disables it.
 
-    The reference (AdaS's EarlyStop) tested ``loss - threshold < best`` and then set ``best = loss``
-    even when the loss had risen: its counter grew only while the loss stayed ``threshold`` above
-    the last accepted value, so a training loss that converges never stopped it. Here the best is
-    the minimum so far and an improvement must exceed ``threshold`` (Keras' ``min_delta`` rule).
+    autoHyper's EarlyStop rule: ``loss - best < -threshold`` is an improvement (new best, wait 0),
+    anything else waits one more epoch (Keras' ``min_delta`` rule). AdaS's older copy tested
+    ``loss - threshold < best``, which only counted epochs where the loss rose.
     Adds ``early_stop_wait`` (epochs without improvement) to results.csv.
     """
 

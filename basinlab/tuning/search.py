@@ -33,6 +33,10 @@ __all__ = [
 # Tolerance for "Z ~= 0" and "Z ~= 1". Z is a mean of fractions k/n_layers over the trial's
 # epochs, so distinct values differ by far more than this.
 _Z_TOL = 1e-6
+# The search gives up when it has to look above LR_CEILING (Z ~= 1 there: nothing learns at any usable
+# lr) or below LR_FLOOR (Z < early_cross even there): the reference loops forever in both cases.
+LR_CEILING = 1e3
+LR_FLOOR = 1e-12
 
 
 class SearchBudgetExceeded(ConfigError):
@@ -91,11 +95,12 @@ def autohyper_search(
     max_lr: float = 0.1,
     num_points: int = 20,
     exit_window_rel: float = 0.02,
+    exit_window_abs: float = 3e-5,
     zeta_threshold: float = 5e-3,
     power: float = 0.8,
     exit_patience: int = 6,
     early_cross: float = 0.5,
-    max_trials: int = 60,
+    max_trials: int = 250,
     cache: bool = True,
     log: Callable[[SearchStep], None] | None = None,
 ) -> tuple[float, list[SearchStep]]:
@@ -127,18 +132,22 @@ def autohyper_search(
     7. otherwise ``'next'``: ``idx += 1``.
 
     Exit width: the reference stops when ``max_lr - min_lr < 3e-5`` (absolute), which is a 30%
-    window for lr ~ 1e-4 but a 0.03% one for lr ~ 0.1, so the number of trials depended on the
-    lr scale. We stop when ``max_lr - min_lr < exit_window_rel * max_lr`` (default 2%): the rule
-    is invariant to rescaling every lr, and 2% is finer than any lr difference that changes a
-    training result. A plateau shrinks the window's log-width by ``2/(num_points-1)``, a
-    zero-reached by ``1/(num_points-1)``, so from a decade-wide window it takes 2-3 refinements.
+    window for lr ~ 1e-4 but a 0.03% one for lr ~ 0.1, so at large lr it refines long past any
+    difference that changes a training result. We stop when the window is narrower than
+    ``max(exit_window_abs, exit_window_rel * max_lr)`` (defaults 3e-5 and 2%): the reference's rule
+    where it is the looser one (small lr: the same lr as the reference), 2% elsewhere. Since every
+    decision before the exit is the reference's, the search stops no later than the reference does,
+    converges wherever it converges, with at most its trials (``exit_window_rel=0``: the reference
+    exactly). A plateau shrinks the window's log-width by ``2/(num_points-1)``, a zero-reached by
+    ``1/(num_points-1)``.
 
     Cache: with ``cache=True`` a point already tried (grids share their end points with the
     windows they refine) is not trained again; its Z is reused (``SearchStep.cached``). The
     decisions are exactly those of re-running a deterministic trial; only the count of trainings
-    drops. ``max_trials`` bounds real trial calls; SearchBudgetExceeded (a ConfigError) when it is
-    reached, also when Z stays < ``early_cross`` or ~= 1 however far the lr moves (the reference
-    loops forever there).
+    drops. ``max_trials`` (250, twice the most the reference was seen to need) bounds real trial
+    calls; SearchBudgetExceeded (a ConfigError) when it is reached, and at once when Z stays ~= 1 up
+    to lr ``LR_CEILING`` or below ``early_cross`` down to ``LR_FLOOR`` (the reference loops forever
+    there).
 
     ``log(step)`` is called with every history entry as it is made.
     """
@@ -148,7 +157,8 @@ def autohyper_search(
         raise ConfigError(f"autoHyper needs min_lr < max_lr, got {min_lr} and {max_lr}")
     if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 3:
         raise ConfigError(f"num_points must be an integer >= 3, got {num_points!r}")
-    exit_window_rel = check_number(exit_window_rel, "exit_window_rel")
+    exit_window_rel = check_number(exit_window_rel, "exit_window_rel", allow_zero=True)
+    exit_window_abs = check_number(exit_window_abs, "exit_window_abs", allow_zero=True)
     if exit_window_rel >= 1:
         raise ConfigError(f"exit_window_rel must be < 1, got {exit_window_rel}")
     zeta_threshold = check_number(zeta_threshold, "zeta_threshold")
@@ -195,7 +205,7 @@ def autohyper_search(
             idx = 0
             record(SearchStep(lr=max_lr, Z=math.nan, decision="grid-extended", window=(min_lr, max_lr)))
             continue
-        if max_lr - min_lr < exit_window_rel * max_lr:
+        if max_lr - min_lr < max(exit_window_abs, exit_window_rel * max_lr):
             record(SearchStep(lr=max_lr, Z=math.nan, decision="exit-window", window=(min_lr, max_lr)))
             return max_lr, history
         lr = float(lrs[idx])
@@ -218,6 +228,8 @@ def autohyper_search(
 
         if abs(Z - 1.0) <= _Z_TOL:
             step("raise-min-lr")
+            if min_lr * 5.0 > LR_CEILING:
+                raise budget_error(f"Z stays 1 (nothing learned) up to lr {lr:.3g}")
             min_lr *= 5.0
             if min_lr > max_lr:
                 max_lr = min_lr * 1.5
@@ -226,6 +238,8 @@ def autohyper_search(
         if idx == 0:
             if first_run and Z < early_cross:
                 step("lower-min-lr")
+                if min_lr / 10.0 < LR_FLOOR:
+                    raise budget_error(f"Z is below {early_cross} already at lr {lr:.3g}")
                 min_lr /= 10.0
                 lrs, zs = grid(min_lr, max_lr), []
                 continue
