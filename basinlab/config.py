@@ -97,6 +97,9 @@ class TrainConfig:
                                  low=0)
     weight_decay: float | None = opt(None, "weight decay; replaces the value in every regime phase", "--wd",
                                      low=0)
+    wd_filter: str | None = opt(None, "which parameters weight decay applies to: all, or weights (conv and linear "
+                                      "weights only, no biases or norm parameters: convNet's regularizer)",
+                                choices=("all", "weights"))
     lr_milestones: list | None = opt(None, "epochs at which lr is multiplied by --lr-multiplier", nargs="+", type=int,
                                      item_low=0)
     lr_multiplier: float = opt(0.1, "lr multiplier at each milestone",
@@ -221,7 +224,9 @@ WHEN_UNSET = {
     "model_config": "none: the model's own settings", "depth": "the model's", "train_limit": "every example",
     "val_limit": "every example", "preset": "none", "optimizer": "the model regime's, else SGD",
     "lr": "the model regime's, else 0.1", "momentum": "the model regime's, else 0.9 for SGD and NAG",
-    "weight_decay": "the model regime's, else 0", "lr_milestones": "the model regime's, else none",
+    "weight_decay": "the model regime's, else 0",
+    "wd_filter": "the model regime's (a convNet regularizer: weights), else all",
+    "lr_milestones": "the model regime's, else none",
     "grad_clip": "no clipping", "norm_mode": "the model's (batch for basinlab's conv models)",
     "afwd": "the Online Normalization reference's for the dataset: 1023/1024 on CIFAR-10 and MNIST-like, "
             "511/512 on CIFAR-100, else 0.999",
@@ -242,7 +247,7 @@ OPTION_GROUPS = (
     ("data", ("dataset", "datasets_dir", "download", "train_limit", "val_limit", "limit_mode", "augment",
               "data_workers")),
     ("optimisation", ("epochs", "batch_size", "eval_batch_size", "optimizer", "lr", "momentum", "weight_decay",
-                      "lr_milestones", "lr_multiplier", "label_smoothing", "grad_clip", "ghost_batch")),
+                      "wd_filter", "lr_milestones", "lr_multiplier", "label_smoothing", "grad_clip", "ghost_batch")),
     ("normalisation (norm layers, Online Normalization)", ("norm_mode", "afwd", "abkw", "ecm", "gn_num_groups")),
     ("asynchronous SGD (basinlab.methods.asgd)", ("server", "workers", "delay", "schedule", "adjust_lr")),
     ("flat minima: SmoothOut, SAM, ASAM (basinlab.methods.flat)", (

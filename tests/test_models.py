@@ -274,7 +274,9 @@ def test_init_is_kaiming_fan_out_and_unit_affine():
 
 def test_default_regimes():
     cifar = create_model("resnet20", 10, "cifar10")
-    assert cifar.regime == [{"epoch": 0, "optimizer": "SGD", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4},
+    # convNet's regime with its regularizer: weight decay 1e-4 on conv and linear weights only
+    assert cifar.regime == [{"epoch": 0, "optimizer": "SGD", "lr": 0.1, "momentum": 0.9,
+                             "regularizer": {"name": "WeightDecay", "value": 1e-4, "log": False, "filter": "weights"}},
                             {"epoch": 81, "lr": 0.01}, {"epoch": 122, "lr": 0.001}, {"epoch": 164, "lr": 0.0001}]
     imnet = create_model("resnet18", 1000, "imagenet")
     assert [(e["epoch"], e["lr"]) for e in imnet.regime] == [(0, 0.1), (30, 0.01), (60, 0.001), (80, 0.0001)]

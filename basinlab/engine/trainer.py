@@ -44,6 +44,8 @@ from basinlab.engine.steps import STRATEGIES, StepStrategy
 from basinlab.errors import ConfigError, NonFiniteLossError, WriteError
 from basinlab.models import create_model, trust_model_code
 from basinlab.optim import DataRegime, optimizer_name_of
+from basinlab.optim.weight_decay import describe as describe_weight_decay
+from basinlab.optim.weight_decay import parameter_groups
 from basinlab.records.run_folder import RunFolder, default_run_name
 
 
@@ -114,6 +116,8 @@ class Trainer:
                               cfg.dataset, self.device, smallest_batch=self._smallest_chunk())
         self.epochs = cfg.epochs or getattr(self.model, "default_epochs", None) or 10
         self.regime, notes = build_regime(cfg, self.model, regime_config)
+        self.wd_filter = cfg.wd_filter or self.regime.wd_filter or "all"
+        notes += [describe_weight_decay(self.model, self.wd_filter)]
         notes += [transform_note] if transform_note else []
         self.criterion = make_criterion(self.model, cfg.label_smoothing).to(self.device)
         self.eval_criterion = getattr(self.model, "criterion", None) or nn.CrossEntropyLoss()
@@ -256,7 +260,7 @@ class Trainer:
         self.global_step += 1
 
     def _apply_regime(self) -> None:
-        self.optimizer = self.regime.apply(self.optimizer, self.model.parameters(), self.epoch,
+        self.optimizer = self.regime.apply(self.optimizer, parameter_groups(self.model, self.wd_filter), self.epoch,
                                            self.batch_in_epoch, self.global_step,
                                            steps_per_epoch=len(self.train_loader))
 

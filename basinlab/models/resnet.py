@@ -28,14 +28,16 @@ from basinlab.models.common import (
 )
 from basinlab.models.registry import register_model
 from basinlab.nn.norms import NormSpec
+from basinlab.optim.weight_decay import weight_decay_config
 from basinlab.utils.checks import check_int
 
 __all__ = ["BasicBlock", "Bottleneck", "CifarResNet", "ImageNetResNet", "CIFAR_REGIME",
            "IMAGENET_REGIME"]
 
-# convNet's CIFAR ResNet schedule (He et al.: 0.1, /10 at 32k and 48k iterations = epochs 81, 122).
-CIFAR_REGIME = step_regime({"optimizer": "SGD", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4},
-                           milestones=(81, 122, 164))
+# convNet's CIFAR ResNet schedule (He et al.: 0.1, /10 at 32k and 48k iterations = epochs 81, 122),
+# with convNet's regularizer: weight decay on conv and linear weights only (optim/weight_decay.py).
+CIFAR_REGIME = step_regime({"optimizer": "SGD", "lr": 0.1, "momentum": 0.9,
+                            "regularizer": weight_decay_config(1e-4)}, milestones=(81, 122, 164))
 CIFAR_EPOCHS = 200
 # pytorch/examples' ImageNet schedule (/10 every 30 epochs), with the Online Normalization
 # reference's extra step at 80.

@@ -21,8 +21,11 @@ from basinlab.optim.regime import (
     regime_from_model_config,
 )
 from basinlab.optim.schedules import Schedule, make_schedule, register_schedule, schedule_names
+from basinlab.optim.weight_decay import WD_FILTERS, weight_decay_config
 
 __all__ = [
+    "WD_FILTERS",
+    "weight_decay_config",
     "OptimizerSpec",
     "all_param_group_keys",
     "create_optimizer",

@@ -40,6 +40,7 @@ from basinlab.optim.factory import (
     optimizer_spec,
 )
 from basinlab.optim.schedules import LR_PARAMS, Schedule, make_schedule
+from basinlab.optim.weight_decay import WD_FILTERS, translate_regularizer
 
 __all__ = [
     "Regime",
@@ -54,7 +55,7 @@ __all__ = [
 
 DEFAULT_OPTIMIZER = "SGD"
 _POSITION_KEYS = ("epoch", "step")
-_CONTROL_KEYS = ("epoch", "step", "optimizer", "schedule")
+_CONTROL_KEYS = ("epoch", "step", "optimizer", "schedule", "wd_filter")
 # Keys of the reference regimes that we replace with named schedules.
 _REFERENCE_KEYS = {
     "step_lambda": "string lambdas are not evaluated; use 'schedule', e.g. {'name': 'linear_warmup', 'epochs': 5}",
@@ -62,6 +63,8 @@ _REFERENCE_KEYS = {
     "execute": "code in a regime is not executed; use 'schedule' or a Python callable regime",
     "lr_decay_rate": "use 'schedule': {'name': 'exponential', 'gamma': ...} (per epoch)",
     "lr_decay_steps": "use 'schedule': {'name': 'step', 'step_size': ..., 'gamma': ...}",
+    "lr_scheduler": "use a named 'schedule' (multistep, step, cosine, cosine_restarts, one_cycle, linear, "
+                    "linear_warmup, exponential, constant), e.g. {'name': 'cosine', 'epochs': 90}",
 }
 REGIME_CONFIG_KEYS = ("regime", "regime_lr", "regime_momentum", "regime_dampening", "regime_wd")
 
@@ -136,6 +139,7 @@ class Regime:
             raise ValueError(f"steps_per_epoch must be a positive int, got {steps_per_epoch!r}")
         self._fn: Callable[[float], Mapping] | None = None
         self._entries: list[dict] = []
+        self.wd_filter: str | None = None   # the weight decay scope a phase declares (optim/weight_decay.py)
         self._phases: list[_Phase] = []
         self._checked: set = set()
         self._has_steps = False
@@ -196,7 +200,30 @@ class Regime:
             raise ConfigError("regime: no phases; give at least one, e.g. [{'epoch': 0, 'lr': 0.1}]")
         return out
 
+    def _declared_scope(self, entries: list[dict]) -> list[dict]:
+        """convNet's 'regularizer' as weight_decay plus its scope; the scope (wd_filter) of the regime."""
+        out, scopes = [], set()
+        for i, raw in enumerate(entries):
+            phase, scope = translate_regularizer(raw, f"regime phase {i}")
+            if scope is not None:
+                if phase.get("wd_filter", scope) != scope:
+                    raise ConfigError(f"regime phase {i}: its regularizer's filter {scope!r} contradicts its "
+                                      f"wd_filter {phase['wd_filter']!r}")
+                phase["wd_filter"] = scope
+            if "wd_filter" in phase:
+                if phase["wd_filter"] not in WD_FILTERS:
+                    raise ConfigError(f"regime phase {i}: wd_filter must be one of {', '.join(WD_FILTERS)}, got "
+                                      f"{phase['wd_filter']!r}")
+                scopes.add(phase["wd_filter"])
+            out.append(phase)
+        if len(scopes) > 1:
+            raise ConfigError(f"regime: phases declare different weight decay scopes ({', '.join(sorted(scopes))}); "
+                              f"the scope holds for the whole run")
+        self.wd_filter = scopes.pop() if scopes else None
+        return out
+
     def _build(self, entries: list[dict]) -> None:
+        entries = self._declared_scope(entries)
         group_keys = all_param_group_keys()
         allowed_text = None
         acc: dict[str, Any] = {}
@@ -261,6 +288,8 @@ class Regime:
                     raise ConfigError(f"{where}: {exc}") from None
                 opt_name = spec.name
                 entry["optimizer"] = spec.name
+            if "wd_filter" in raw:
+                entry["wd_filter"] = raw["wd_filter"]
             spec = optimizer_spec(opt_name)
             named = {k: v for k, v in raw.items() if k not in _CONTROL_KEYS}
             check_settings(spec, named, where + ": ")
