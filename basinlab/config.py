@@ -149,6 +149,11 @@ class TrainConfig:
                              low=0)
     asam_eta: float = opt(0.01, "ASAM's eta in T_w = |w| + eta",
                           low=0)
+    asam_scope: str = opt("weights", "parameters ASAM scales by T_w: weights (names containing 'weight', as the "
+                                     "authors' code; biases get T = 1) or all", choices=("weights", "all"))
+    sam_perturbation: str = opt("local", "SAM/ASAM under data parallelism: local = each process's eps from its "
+                                         "own shard (the paper's m-sharpness), global = one eps from the "
+                                         "all-reduced gradient", choices=("local", "global"))
     lr_scale_batch: str | None = opt(None, "scale the regime's lr by batch/ghost batch: sqrt|linear",
                                      choices=("sqrt", "linear"))
     # --- measurements during training ---------------------------------------------------------
@@ -252,7 +257,7 @@ OPTION_GROUPS = (
     ("asynchronous SGD (basinlab.methods.asgd)", ("server", "workers", "delay", "schedule", "adjust_lr")),
     ("flat minima: SmoothOut, SAM, ASAM (basinlab.methods.flat)", (
         "smoothout", "smoothout_noise", "smoothout_adapt", "smoothout_schedule", "smoothout_include_bn", "denoise",
-        "sam", "asam", "asam_eta", "lr_scale_batch")),
+        "sam", "asam", "asam_eta", "asam_scope", "sam_perturbation", "lr_scale_batch")),
     ("measurements during training (basinlab.analysis.monitor, basinlab.tuning.method)", (
         "log_sharpness_every", "log_trace", "sharpness_batches", "log_lowrank")),
     ("records", ("results_dir", "save", "resume", "overwrite", "save_every_steps", "save_all", "nan_policy",
@@ -266,7 +271,7 @@ RESUMABLE = {"resume", "overwrite", "quiet", "debug", "save", "results_dir", "ep
 
 
 # Options added after runs were stored: the value that reproduces what those runs did.
-LEGACY_DEFAULTS = {"limit_mode": "first"}
+LEGACY_DEFAULTS = {"limit_mode": "first", "wd_filter": "all", "asam_scope": "all", "sam_perturbation": "global"}
 
 
 def stored_values(stored: dict) -> dict:

@@ -27,6 +27,7 @@ from basinlab.methods.flat.method import (
     strength_coefficient,
 )
 from basinlab.methods.flat.noise import NoiseModel, WeightNoise, evaluate_under_noise, perturbed_parameters
+from basinlab.methods.flat.sam import asam_adapted
 from basinlab.methods.registry import build_method
 
 TINY = "{'dropout': 0.0, 'width': 4, 'hidden': 16}"
@@ -282,6 +283,24 @@ def test_sam_and_asam_perturbations():
     torch.testing.assert_close(torch.cat([e.flatten() for e in eps]), want)
 
 
+def test_asam_adapts_only_weights_as_the_authors_code():
+    """The authors' ascent step, written out per parameter: for names containing 'weight', g <- T g with
+    T = |w| + eta; the norm of the (partly) scaled gradients; then g <- T g again for those names and
+    eps = rho g / norm. Biases keep T = 1."""
+    g = torch.Generator().manual_seed(3)
+    names = ["conv.weight", "conv.bias", "bn.weight", "bn.bias", "fc.weight"]
+    params = [torch.randn(4, 3, generator=g) for _ in names]
+    grads = [torch.randn(4, 3, generator=g) for _ in names]
+    scaled = [gr * (w.abs() + 0.01) if "weight" in n else gr.clone() for n, w, gr in zip(names, params, grads)]
+    norm = torch.sqrt(sum((s ** 2).sum() for s in scaled))
+    want = [0.5 * (s * (w.abs() + 0.01) if "weight" in n else s) / norm for n, w, s in zip(names, params, scaled)]
+    eps, _ = asam_perturbation(params, grads, 0.5, 0.01, asam_adapted(names, "weights"))
+    for got, expected in zip(eps, want):
+        torch.testing.assert_close(got, expected)
+    every, _ = asam_perturbation(params, grads, 0.5, 0.01, asam_adapted(names, "all"))
+    assert not torch.allclose(every[1], eps[1]) and asam_adapted(names, "all") == [True] * 5
+
+
 @pytest.mark.parametrize("method, norm, ghost", [("sam", "batch", None), ("asam", "batch", None),
                                                  ("sam", "online", None), ("asam", "online", None),
                                                  ("sam", "batch", 16)])
@@ -305,7 +324,7 @@ def test_sam_step_applies_the_gradient_at_w_plus_eps_and_buffers_advance_once(tm
         scale = rho / torch.sqrt(sum((g ** 2).sum() for g in g0.values()))
         eps = {n: scale * g for n, g in g0.items()}
     else:
-        t = {n: w0[n].abs() + 0.01 for n in w0}
+        t = {n: w0[n].abs() + 0.01 if "weight" in n else torch.ones_like(w0[n]) for n in w0}  # authors' scope
         denom = torch.sqrt(sum(((t[n] * g) ** 2).sum() for n, g in g0.items()))
         eps = {n: rho * t[n] ** 2 * g / denom for n, g in g0.items()}
     first_pass_buffers = {n: b.clone() for n, b in ref_model.named_buffers()}

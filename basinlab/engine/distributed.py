@@ -208,6 +208,14 @@ class DataParallel:
         dist.all_reduce(value, op=dist.ReduceOp.MIN)
         return bool(value.item() > 0)
 
+    def average_gradients(self, params) -> None:
+        """Mean of each parameter's .grad over the ranks (for gradients computed without DDP's all-reduce)."""
+        if not self.active:
+            return
+        for param in params:
+            dist.all_reduce(param.grad)
+            param.grad.div_(self.world_size)
+
     def seed_process_rng(self, seed: int, epoch: int, batch: int) -> None:
         """Distinct, reproducible global RNG streams per rank (dropout masks must not repeat across ranks)."""
         if self.active:

@@ -89,20 +89,22 @@ def _gradient_sync(trainer, last: bool):
     return no_sync() if no_sync is not None and not last else contextlib.nullcontext()
 
 
-def accumulate_gradient(trainer, x, y, chunk: int | None, around_chunk=None):
+def accumulate_gradient(trainer, x, y, chunk: int | None, around_chunk=None, sync: bool = True):
     """Forward/backward of `x` in chunks of `chunk` samples (the last may be shorter) into .grad.
 
     Each chunk's loss is weighted by its share of the batch, so the accumulated gradient is the
     batch mean. `around_chunk()` (optional) gives a context manager entered around each chunk's
-    forward and backward (SmoothOut adds and removes its noise there). Returns (mean loss, logits)
-    of the batch, or (the non-finite loss, None) after zeroing the gradients when the batch is skipped.
+    forward and backward (SmoothOut adds and removes its noise there). `sync=False`: no chunk
+    all-reduces, each process keeps the gradient of its own shard (SAM's per-process perturbation).
+    Returns (mean loss, logits) of the batch, or (the non-finite loss, None) after zeroing the
+    gradients when the batch is skipped.
     """
     size = chunk or x.shape[0]
     pieces = list(zip(x.split(size), y.split(size)))
     losses, outputs = [], []
     for index, (xc, yc) in enumerate(pieces):
         weight = xc.shape[0] / x.shape[0]
-        with _gradient_sync(trainer, last=index == len(pieces) - 1), \
+        with _gradient_sync(trainer, last=sync and index == len(pieces) - 1), \
                 (around_chunk() if around_chunk else contextlib.nullcontext()):
             loss, logits = trainer.forward(xc, yc)
             finite = trainer.check_loss(loss)

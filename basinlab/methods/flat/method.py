@@ -45,8 +45,11 @@ def _check_details(cfg: TrainConfig) -> None:
             if _given(cfg, name):
                 raise ConfigError(f"{_flag(name)} needs --smoothout A (the noise strength); "
                                   f"add --smoothout or drop {_flag(name)}")
-    if cfg.asam is None and _given(cfg, "asam_eta"):
-        raise ConfigError("--asam-eta needs --asam RHO; add --asam or drop --asam-eta")
+    for detail in ("asam_eta", "asam_scope"):
+        if cfg.asam is None and _given(cfg, detail):
+            raise ConfigError(f"{_flag(detail)} needs --asam RHO; add --asam or drop {_flag(detail)}")
+    if cfg.sam is None and cfg.asam is None and _given(cfg, "sam_perturbation"):
+        raise ConfigError("--sam-perturbation needs --sam RHO or --asam RHO; add one or drop --sam-perturbation")
     if cfg.lr_scale_batch is not None and cfg.ghost_batch is None:
         raise ConfigError("--lr-scale-batch needs --ghost-batch M (it scales lr by batch/M); "
                           "add --ghost-batch or drop --lr-scale-batch")
@@ -94,7 +97,8 @@ def configure(cfg: TrainConfig, world_size: int = 1):
     if cfg.sam is not None or cfg.asam is not None:
         adaptive = cfg.asam is not None
         return SharpnessAwareStep(cfg.asam if adaptive else cfg.sam, adaptive=adaptive, eta=cfg.asam_eta,
-                                  ghost_batch=cfg.ghost_batch, lr_scale=cfg.lr_scale_batch), []
+                                  ghost_batch=cfg.ghost_batch, lr_scale=cfg.lr_scale_batch,
+                                  asam_scope=cfg.asam_scope, perturbation=cfg.sam_perturbation), []
     noise = None
     if cfg.smoothout is not None:
         noise = NoiseModel(cfg.smoothout, cfg.smoothout_noise, cfg.smoothout_adapt)

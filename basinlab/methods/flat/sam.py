@@ -1,7 +1,16 @@
 """SAM (Foret et al. 2021) and ASAM (Kwon et al. 2021): the gradient at w + eps applied at w.
 
     SAM   eps = rho g / ||g||
-    ASAM  eps = rho T^2 g / ||T g||,   T = |w| + eta  (elementwise)
+    ASAM  eps = rho T^2 g / ||T g||,   T = |w| + eta  (elementwise) on the adapted parameters, T = 1 on the rest
+
+ASAM's adapted parameters (--asam-scope): `weights` (default) = those whose name contains "weight" (conv,
+linear and norm weights), as the authors' code (SamsungLabs/ASAM) does, so biases get T = 1; `all` = every
+parameter, the paper's formula read literally.
+
+Under data parallelism (--sam-perturbation): `local` (default) computes eps on each process from its own
+shard's gradient (the first pass runs without all-reduce), as the SAM paper and its authors' code do
+("m-sharpness" with m = the per-process batch); the second pass all-reduces as usual, so every process
+applies the mean of the perturbed gradients. `global` all-reduces the first pass: one eps for all.
 
 g is the batch gradient at w (first pass). The second pass computes the gradient at w + eps; the
 weights are then copied back to w exactly and the optimizer steps with that gradient. Buffers
@@ -29,23 +38,38 @@ def sam_perturbation(grads, rho: float) -> tuple[list[torch.Tensor], torch.Tenso
     return torch._foreach_mul(grads, rho / norm), norm
 
 
-def asam_perturbation(params, grads, rho: float, eta: float) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """(eps = rho T^2 g / ||T g|| with T = |w| + eta, ||g||)."""
-    scale = torch._foreach_abs([p.detach() for p in params])
+ASAM_SCOPES = ("weights", "all")
+
+
+def asam_perturbation(params, grads, rho: float, eta: float,
+                      adapted: list[bool] | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(eps = rho T^2 g / ||T g||, ||g||) with T = |w| + eta where `adapted` (default: every parameter),
+    else T = 1."""
+    adapted = [True] * len(params) if adapted is None else adapted
+    chosen = [i for i, flag in enumerate(adapted) if flag]
+    scale = torch._foreach_abs([params[i].detach() for i in chosen])
     torch._foreach_add_(scale, eta)
-    scaled = torch._foreach_mul(scale, grads)            # T g
+    scaled = list(grads)
+    for i, t in zip(chosen, scale):
+        scaled[i] = t * grads[i]                         # T g
     norm = global_norm(scaled)
-    torch._foreach_mul_(scaled, scale)                   # T^2 g
-    torch._foreach_mul_(scaled, rho / norm)
-    return scaled, global_norm(grads)
+    for i, t in zip(chosen, scale):
+        scaled[i] = scaled[i] * t                        # T^2 g
+    return torch._foreach_mul(scaled, rho / norm), global_norm(grads)
+
+
+def asam_adapted(names: list[str], scope: str) -> list[bool]:
+    """Which parameters ASAM scales by T = |w| + eta: the authors' `'weight' in name`, or all."""
+    return [scope == "all" or "weight" in name for name in names]
 
 
 class SharpnessAwareStep(StepStrategy):
     """Two forward/backward passes per update: at w for the direction, at w + eps for the gradient."""
 
     def __init__(self, rho: float, adaptive: bool = False, eta: float = 0.01, *, ghost_batch: int | None = None,
-                 lr_scale: str | None = None):
-        self.rho, self.adaptive, self.eta = float(rho), adaptive, float(eta)
+                 lr_scale: str | None = None, asam_scope: str = "weights", perturbation: str = "local"):
+        self.rho, self.adaptive, self.eta, self.asam_scope = float(rho), adaptive, float(eta), asam_scope
+        self.perturbation = perturbation
         self.ghost_batch, self.lr_scale = ghost_batch, lr_scale
         self.name = "asam" if adaptive else "sam"
         self._norm_sum = None  # [sum of ||g||, steps] of the current epoch, on the device
@@ -55,20 +79,31 @@ class SharpnessAwareStep(StepStrategy):
         check_ghost_batch(self.ghost_batch, batch)
         scale_regime_lr(trainer, self.lr_scale, self.ghost_batch)
         self._norm_sum = torch.zeros(2, dtype=torch.float64, device=trainer.device)
-        extra = f", eta {self.eta:g}" if self.adaptive else ""
+        extra = f", eta {self.eta:g}, T = |w| + eta on {self._scope_words()}" if self.adaptive else ""
         trainer.log.info(f"step {self.name}: rho {self.rho:g}{extra}; two passes per update, each a "
                          f"{describe_chunks(self.ghost_batch, batch)}; buffers (BN running statistics, "
-                         "online-norm state) advance on the first pass only")
+                         "online-norm state) advance on the first pass only"
+                         + (f"; eps per process (--sam-perturbation {self.perturbation})"
+                            if trainer.dist.world_size > 1 and self.perturbation == "local" else
+                            "; one eps for all processes (--sam-perturbation global)"
+                            if trainer.dist.world_size > 1 else ""))
 
     def train_step(self, trainer, x, y):
         buffers = list(trainer.model.buffers())
         before = [b.clone() for b in buffers]  # the state the second pass starts from as well
-        loss, logits = accumulate_gradient(trainer, x, y, self.ghost_batch)
+        loss, logits = accumulate_gradient(trainer, x, y, self.ghost_batch, sync=self.perturbation == "global")
         if logits is None:
             return StepResult(loss, None, skipped=True)
-        params = [p for p in trainer.model.parameters() if p.grad is not None]
-        eps, grad_norm = self._perturbation(params)
-        if not bool(torch.isfinite(global_norm(eps))):
+        named = [(n, p) for n, p in trainer.model.named_parameters() if p.grad is not None]
+        params = [p for _, p in named]
+        eps, grad_norm = self._perturbation(params, [n for n, _ in named])
+        local = self.perturbation == "local" and trainer.dist.active
+        finite = bool(torch.isfinite(global_norm(eps)))
+        if local:
+            finite = trainer.dist.all_true(finite)  # every process takes the same branch
+        if not finite:
+            if local:
+                trainer.dist.average_gradients(params)  # the first pass kept its gradients local
             trainer.optimizer_step()  # overflowed (fp16) or zero gradient: a plain step, the scaler decides
             return StepResult(loss, logits)
         if not self._second_pass(trainer, x, y, params, eps, buffers, before):
@@ -77,11 +112,15 @@ class SharpnessAwareStep(StepStrategy):
         self._record(trainer, grad_norm)
         return StepResult(loss, logits)
 
-    def _perturbation(self, params):
+    def _perturbation(self, params, names):
         grads = [p.grad for p in params]
         if self.adaptive:
-            return asam_perturbation(params, grads, self.rho, self.eta)
+            return asam_perturbation(params, grads, self.rho, self.eta, asam_adapted(names, self.asam_scope))
         return sam_perturbation(grads, self.rho)
+
+    def _scope_words(self) -> str:
+        return ("every parameter (--asam-scope all)" if self.asam_scope == "all"
+                else "parameters named *weight* (the authors' code; biases T = 1)")
 
     def _second_pass(self, trainer, x, y, params, eps, buffers, before) -> bool:
         """Gradient at w + eps into .grad, from the buffers the first pass started with; then the weights
