@@ -160,6 +160,9 @@ class TrainConfig:
     log_sharpness_every: int | None = opt(None, "log lambda_max (Hessian) every k epochs",
                                           low=1, high=1_000_000)
     log_trace: bool = opt(False, "with --log-sharpness-every, also log the Hessian trace")
+    hessian_mode: str = opt("train", "with --log-sharpness-every: the Hessian with BatchNorm on batch statistics "
+                                     "(train: what training steps see, which the stability rules assume) or on "
+                                     "running statistics (eval)", choices=("train", "eval"))
     sharpness_batches: int = opt(4, "training batches used by --log-sharpness-every",
                                  low=1, high=100_000)
     log_lowrank: bool = opt(False, "log low-rank metrics of conv layers each epoch (lowrank.csv)")
@@ -259,7 +262,7 @@ OPTION_GROUPS = (
         "smoothout", "smoothout_noise", "smoothout_adapt", "smoothout_schedule", "smoothout_include_bn", "denoise",
         "sam", "asam", "asam_eta", "asam_scope", "sam_perturbation", "lr_scale_batch")),
     ("measurements during training (basinlab.analysis.monitor, basinlab.tuning.method)", (
-        "log_sharpness_every", "log_trace", "sharpness_batches", "log_lowrank")),
+        "log_sharpness_every", "log_trace", "hessian_mode", "sharpness_batches", "log_lowrank")),
     ("records", ("results_dir", "save", "resume", "overwrite", "save_every_steps", "save_all", "nan_policy",
                  "print_freq", "quiet")),
     ("machine", ("seed", "device", "amp", "channels_last", "compile", "nproc", "sync_bn", "dist_timeout")),
@@ -271,7 +274,8 @@ RESUMABLE = {"resume", "overwrite", "quiet", "debug", "save", "results_dir", "ep
 
 
 # Options added after runs were stored: the value that reproduces what those runs did.
-LEGACY_DEFAULTS = {"limit_mode": "first", "wd_filter": "all", "asam_scope": "all", "sam_perturbation": "global"}
+LEGACY_DEFAULTS = {"limit_mode": "first", "wd_filter": "all", "asam_scope": "all", "sam_perturbation": "global",
+                   "hessian_mode": "eval"}
 
 
 def stored_values(stored: dict) -> dict:

@@ -117,3 +117,17 @@ def test_drawing_a_run_leaves_the_callers_matplotlib_backend_alone(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["svg", "4"]
     assert (tmp_path / "plots" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (Path(__file__).parents[1] / "benchmarks").glob("*.py")))
+def test_benchmark_scripts_import_what_exists(script):
+    """A move inside the package must not silently break a benchmark: every name it imports exists."""
+    import ast
+    import importlib
+    tree = ast.parse((Path(__file__).parents[1] / "benchmarks" / script).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("basinlab"):
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                assert hasattr(module, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}"), \
+                    f"{script}: from {node.module} import {alias.name}"

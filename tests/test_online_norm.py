@@ -457,3 +457,20 @@ def test_tiny_convnet_learns():
     with torch.no_grad():
         acc = (net(x).argmax(1) == labels).float().mean().item()
     assert acc > 0.85
+
+
+def test_activation_clamping_passes_the_gradient_at_the_bounds_as_the_reference():
+    """ECM 'ac' is torch.clamp(z, -5, 5) in the reference: d/dz is 1 for -5 <= z <= 5, bounds included."""
+    norm = OnlineNorm1d(3, ecm="ac", affine=True).eval()
+    with torch.no_grad():
+        norm.mu.zero_()
+        norm.var.fill_(1.0 - norm.eps)         # normalised value == input (to rounding)
+        norm.weight.fill_(1.0)
+        norm.bias.zero_()
+    x = torch.tensor([[5.0, -5.0, 7.0], [4.0, 5.5, -6.0]], requires_grad=True)
+    out = norm(x)
+    out.sum().backward()
+    z = x.detach() * torch.rsqrt(norm.var + norm.eps)
+    expected = ((z >= -5) & (z <= 5)).float() * torch.rsqrt(norm.var + norm.eps)
+    torch.testing.assert_close(x.grad, expected)
+    assert x.grad[0, 0] > 0 and x.grad[0, 1] > 0   # exactly at +5 and -5: passed, as torch.clamp does

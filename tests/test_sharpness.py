@@ -9,6 +9,7 @@ from torch import nn
 from torch.func import functional_call
 
 from basinlab.errors import ConfigError
+from basinlab.metrics.hessian import SharpnessInputError
 from basinlab.metrics.sharpness import (
     hessian_eigenvalues,
     hessian_spectrum,
@@ -427,3 +428,66 @@ def test_invalid_arguments():
         hessian_spectrum(model, crit, batches, n_vectors=0)
     with pytest.raises(ConfigError, match="re-iterable"):
         hessian_trace(model, crit, iter(batches))
+
+
+# ------------------------------------------------------------------------------ Hessian mode and honesty
+def _bn_net():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).double()
+    with torch.no_grad():  # running statistics far from the batch's, so the two modes differ
+        net[1].running_mean.fill_(0.7)
+        net[1].running_var.fill_(2.5)
+    return net
+
+
+def _explicit_hessian(net, x, y, batch_statistics: bool):
+    """The Hessian of the loss written out with torch.autograd.functional.hessian over the flat parameters,
+    BatchNorm computed by hand: (h - mean) / sqrt(var + eps) with the batch's (biased) or the running moments."""
+    shapes = [p.shape for p in net.parameters()]
+    flat0 = torch.cat([p.detach().flatten() for p in net.parameters()])
+    bn = net[1]
+
+    def loss(flat):
+        parts, start = [], 0
+        for shape in shapes:
+            parts.append(flat[start:start + shape.numel()].view(shape))
+            start += shape.numel()
+        w1, b1, gamma, beta, w2, b2 = parts
+        h = x @ w1.T + b1
+        mean, var = (h.mean(0), h.var(0, unbiased=False)) if batch_statistics else (bn.running_mean, bn.running_var)
+        h = torch.tanh((h - mean) / torch.sqrt(var + bn.eps) * gamma + beta)
+        return torch.nn.functional.cross_entropy(h @ w2.T + b2, y)
+
+    return torch.autograd.functional.hessian(loss, flat0)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_hessian_mode_matches_the_hessian_written_out(mode):
+    net = _bn_net()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 3, generator=g, dtype=torch.float64), torch.randint(0, 2, (16,), generator=g)
+    stats = {k: v.clone() for k, v in net.state_dict().items()}
+    want = torch.linalg.eigvalsh(_explicit_hessian(net, x, y, batch_statistics=mode == "train"))
+    got = hessian_eigenvalues(net, nn.CrossEntropyLoss(), [(x, y)], top_k=2, max_iter=40, tol=1e-10, mode=mode)
+    assert got.values == pytest.approx(want.flip(0)[:2].tolist(), rel=1e-8)
+    other = torch.linalg.eigvalsh(_explicit_hessian(net, x, y, batch_statistics=mode != "train"))
+    assert abs(other[-1] - want[-1]) > 1e-3 * abs(want[-1])  # the modes measure different functions here
+    assert all(torch.equal(v, stats[k]) for k, v in net.state_dict().items())  # running statistics untouched
+    assert net.training
+
+
+def test_a_tolerance_below_float32_resolution_is_refused_and_float64_meets_it():
+    net = _bn_net().float()
+    x, y = torch.randn(8, 3, generator=torch.Generator().manual_seed(2)), torch.arange(8) % 2
+    with pytest.raises(SharpnessInputError, match="below what float32 arithmetic resolves.*float64"):
+        hessian_eigenvalues(net, nn.CrossEntropyLoss(), [(x, y)], tol=1e-7)
+    res = hessian_eigenvalues(net.double(), nn.CrossEntropyLoss(), [(x, y)], tol=1e-7, max_iter=40)
+    assert res.converged  # the float32 inputs are cast to the model's dtype
+
+
+def test_the_trace_reports_whether_it_met_its_tolerance():
+    net = _bn_net()
+    x, y = torch.randn(8, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64), torch.arange(8) % 2
+    loose = hessian_trace(net, nn.CrossEntropyLoss(), [(x, y)], max_iter=200, tol=0.5, min_samples=2)
+    tight = hessian_trace(net, nn.CrossEntropyLoss(), [(x, y)], max_iter=3, tol=1e-6, min_samples=2)
+    assert loose.converged and not tight.converged and tight.n_samples == 3

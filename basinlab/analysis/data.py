@@ -25,15 +25,23 @@ class MeasurementData:
     ``epoch(e)`` ignores ``e``: a measurement sees the same batches on every pass.
     """
 
-    def __init__(self, source, *, max_batches: int | None = None, num_classes: int | None = None):
+    def __init__(self, source, *, max_batches: int | None = None, num_classes: int | None = None,
+                 dtype: torch.dtype | None = None):
         self._source = source            # a Loader (streamed each pass) or a list of batches (in memory)
         self.max_batches = max_batches
         self.num_classes = num_classes
+        self.dtype = dtype               # inputs cast to it (a float64 measurement), else as loaded
         self._count = None
 
     def epoch(self, epoch: int = 0, start_batch: int = 0):
         batches = self._source if isinstance(self._source, list) else self._source.epoch(0)
-        return itertools.islice(batches, start_batch, self.max_batches)
+        batches = itertools.islice(batches, start_batch, self.max_batches)
+        return batches if self.dtype is None else ((x.to(self.dtype), y) for x, y in batches)
+
+    def cast(self, dtype: torch.dtype) -> MeasurementData:
+        """The same batches with the inputs in `dtype`."""
+        return MeasurementData(self._source, max_batches=self.max_batches, num_classes=self.num_classes,
+                               dtype=dtype)
 
     def __iter__(self):
         return iter(self.epoch(0))

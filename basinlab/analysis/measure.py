@@ -26,7 +26,7 @@ from basinlab.utils.figures import new_figure, save_png
 
 MEASURES = ("hessian", "trace", "spectrum", "keskar")
 COLUMNS = ["measure", "quantity", "value", "std_error", "hvp_count", "converged", "epsilon", "subspace_dim",
-           "seconds", "split", "examples", "checkpoint"]
+           "seconds", "split", "examples", "hessian_mode", "dtype", "checkpoint"]
 
 
 @dataclass
@@ -43,6 +43,8 @@ class MeasureOptions:
     subspace_dim: int | None = None  # keskar: random subspace dimension (None: full space)
     keskar_iter: int = 10            # keskar: L-BFGS-B iterations
     seed: int = 0
+    hessian_mode: str = "eval"       # hessian, trace, spectrum: eval (running statistics) | train (batch statistics)
+    float64: bool = False            # measure in float64 (tolerances below float32's ~5e-5 need it)
 
 
 def model_and_criterion(path, device, which: str = "best"):
@@ -73,7 +75,8 @@ def _row(measure, quantity, value, **extra) -> dict:
 def _hessian(model, criterion, data, opt: MeasureOptions) -> list[dict]:
     tol = 1e-4 if opt.tol is None else opt.tol
     res = sharpness.hessian_eigenvalues(model, criterion, data, top_k=opt.top_k, max_iter=opt.max_iter, tol=tol,
-                                        seed=opt.seed, method=opt.method, return_vectors=False)
+                                        seed=opt.seed, method=opt.method, return_vectors=False,
+                                        mode=opt.hessian_mode)
     return [_row("hessian", f"lambda_{i + 1}", v, hvp_count=res.hvp_count, converged=res.converged)
             for i, v in enumerate(res.values)]
 
@@ -81,13 +84,14 @@ def _hessian(model, criterion, data, opt: MeasureOptions) -> list[dict]:
 def _trace(model, criterion, data, opt: MeasureOptions) -> list[dict]:
     tol = 1e-3 if opt.tol is None else opt.tol
     res = sharpness.hessian_trace(model, criterion, data, max_iter=opt.max_iter, tol=tol, seed=opt.seed,
-                                  min_samples=min(10, max(opt.max_iter, 2)))
-    return [_row("trace", "trace", res.trace, std_error=res.std_error, hvp_count=res.n_samples)]
+                                  min_samples=min(10, max(opt.max_iter, 2)), mode=opt.hessian_mode)
+    return [_row("trace", "trace", res.trace, std_error=res.std_error, hvp_count=res.n_samples,
+                 converged=res.converged)]
 
 
 def _spectrum(model, criterion, data, opt: MeasureOptions) -> tuple[list[dict], sharpness.SpectralDensity]:
     density = sharpness.hessian_spectrum(model, criterion, data, iterations=opt.iterations,
-                                         n_vectors=opt.n_vectors, seed=opt.seed)
+                                         n_vectors=opt.n_vectors, seed=opt.seed, mode=opt.hessian_mode)
     nodes = np.concatenate(density.nodes)
     rows = [_row("spectrum", "trace_slq", density.trace, hvp_count=density.hvp_count),
             _row("spectrum", "largest_ritz_value", nodes.max(), hvp_count=density.hvp_count),
@@ -154,12 +158,19 @@ def measure_checkpoint(path, measures, *, split: str = "train", batches: int | N
     model, cfg, criterion = model_and_criterion(path, dev, which)
     data = measurement_data(cfg, split, batch_size=batch_size, batches=batches, limit=limit,
                             datasets_dir=datasets_dir, device=dev).in_memory()
+    if opt.float64:
+        model, data = model.double(), data.cast(torch.float64)
     report(f"{path}: {cfg.model} on {cfg.dataset} {split} split, {data.num_examples} examples in "
-           f"{len(data)} batches (no augmentation)")
+           f"{len(data)} batches (no augmentation); Hessian in {opt.hessian_mode} mode ("
+           f"{'batch statistics, as training sees it' if opt.hessian_mode == 'train' else 'running statistics'}"
+           f"), {'float64' if opt.float64 else 'float32'}")
     check_measurable(model, criterion, data, path)
     rows, density = run_measures(model, criterion, data, measures, opt, report)
     frame = pd.DataFrame(rows).reindex(columns=COLUMNS)
     frame["split"], frame["examples"], frame["checkpoint"] = split, data.num_examples, str(path)
+    frame["hessian_mode"] = [opt.hessian_mode if m in ("hessian", "trace", "spectrum") else "eval"
+                             for m in frame["measure"]]
+    frame["dtype"] = "float64" if opt.float64 else "float32"
     for column in ("hvp_count", "subspace_dim"):  # integers with gaps, not floats
         frame[column] = frame[column].astype("Int64")
     if output is not None:

@@ -6,8 +6,12 @@ every measurement, so the values are comparable across epochs) and added to resu
 ``lambda_max``, ``lr_times_lambda_max`` (, ``hessian_trace``) and, for a parameter-server run, the
 linear stability threshold on ``lr * lambda_max`` for its delay and momentum (``stability_threshold``,
 asked of the step strategy: any strategy with a ``stability_threshold(optimizer)`` method gets the column).
-Other epochs get NaN in these columns. The measurement leaves weights, modes, buffers, gradients and
-every random generator as they were: a run is bit-identical with and without the monitor.
+Other epochs get NaN in these columns. The Hessian is the training loss's with BatchNorm on each batch's
+statistics (``--hessian-mode train``, the default): the function the optimizer's steps differentiate,
+which is what the stability rules (lr x lambda_max < 2/(1+momentum), the delay thresholds) are about;
+``--hessian-mode eval`` measures the test-time function (running statistics) instead. The measurement
+leaves weights, modes, buffers, gradients and every random generator as they were: a run is
+bit-identical with and without the monitor.
 """
 from __future__ import annotations
 
@@ -31,10 +35,12 @@ def configure(cfg, world_size: int = 1):
     if cfg.log_sharpness_every is None:
         if cfg.log_trace:
             raise ConfigError("--log-trace needs --log-sharpness-every K (the epochs at which to measure)")
+        if cfg.hessian_mode != "train":
+            raise ConfigError("--hessian-mode needs --log-sharpness-every K (it chooses what the monitor measures)")
         return None, []
     every = check_int(cfg.log_sharpness_every, "--log-sharpness-every")
     batches = check_int(cfg.sharpness_batches, "--sharpness-batches")
-    return None, [SharpnessMonitor(every, batches, log_trace=cfg.log_trace, seed=cfg.seed)]
+    return None, [SharpnessMonitor(every, batches, log_trace=cfg.log_trace, seed=cfg.seed, mode=cfg.hessian_mode)]
 
 
 def server_stability(strategy, optimizer) -> float | None:
@@ -46,8 +52,8 @@ def server_stability(strategy, optimizer) -> float | None:
 class SharpnessMonitor(Callback):
     """Adds lambda_max (and trace) columns to results.csv every ``every`` epochs."""
 
-    def __init__(self, every: int, batches: int, *, log_trace: bool = False, seed: int = 0):
-        self.every, self.batches, self.log_trace, self.seed = every, batches, log_trace, seed
+    def __init__(self, every: int, batches: int, *, log_trace: bool = False, seed: int = 0, mode: str = "train"):
+        self.every, self.batches, self.log_trace, self.seed, self.mode = every, batches, log_trace, seed, mode
         self.data = None
 
     def columns(self, strategy) -> list[str]:
@@ -82,10 +88,10 @@ class SharpnessMonitor(Callback):
             self.setup(trainer)
         model, criterion = trainer.model, trainer.criterion
         with torch.random.fork_rng(devices=_cuda_devices(trainer.device)):
-            lam = lambda_max(model, criterion, self.data, seed=self.seed, **LAMBDA_SETTINGS)
+            lam = lambda_max(model, criterion, self.data, seed=self.seed, mode=self.mode, **LAMBDA_SETTINGS)
             out = {"lambda_max": lam, "lr_times_lambda_max": trainer.lr * lam}
             if self.log_trace:
-                out["hessian_trace"] = hessian_trace(model, criterion, self.data, seed=self.seed,
+                out["hessian_trace"] = hessian_trace(model, criterion, self.data, seed=self.seed, mode=self.mode,
                                                      **TRACE_SETTINGS).trace
         threshold = server_stability(trainer.strategy, trainer.optimizer)
         if threshold is not None:

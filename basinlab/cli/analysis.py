@@ -53,7 +53,13 @@ def _add_sharpness(sub) -> None:
     sharp.add_argument("--method", choices=("lanczos", "power"), default="lanczos", help="hessian: eigen-solver")
     sharp.add_argument("--max-iter", type=integer(1, 100_000), default=100,
                        help="hessian: HVP budget (power: per eigenvalue); trace: most Rademacher samples")
-    sharp.add_argument("--tol", type=number(above=0), help="relative tolerance (hessian 1e-4, trace 1e-3)")
+    sharp.add_argument("--tol", type=number(above=0), help="relative tolerance (hessian 1e-4, at least 5e-5 in "
+                                                           "float32; trace 1e-3, the standard error's)")
+    sharp.add_argument("--hessian-mode", choices=("eval", "train"), default="eval",
+                       help="hessian, trace, spectrum: eval = BatchNorm running statistics (the test-time "
+                            "function), train = batch statistics (what training steps see; BN statistics are "
+                            "left untouched) (default: eval)")
+    sharp.add_argument("--float64", action="store_true", help="measure in float64 (needed for --tol below 5e-5)")
     sharp.add_argument("--iterations", type=integer(1, 100_000), default=100, help="spectrum: Lanczos steps per "
                                                                                    "start vector")
     sharp.add_argument("--n-vectors", type=integer(1, 10_000), default=1, help="spectrum: random start vectors")
@@ -105,7 +111,8 @@ def cmd_sharpness(args) -> int:
     from basinlab.analysis.measure import MeasureOptions, measure_checkpoint, parse_measures
     options = MeasureOptions(top_k=args.top_k, method=args.method, max_iter=args.max_iter, tol=args.tol,
                              iterations=args.iterations, n_vectors=args.n_vectors, epsilons=tuple(args.epsilon),
-                             subspace_dim=args.subspace_dim, keskar_iter=args.keskar_iter, seed=args.seed)
+                             subspace_dim=args.subspace_dim, keskar_iter=args.keskar_iter, seed=args.seed,
+                             hessian_mode=args.hessian_mode, float64=args.float64)
     measure_checkpoint(args.checkpoint, parse_measures(args.measure), split=args.split, batches=args.batches,
                        limit=args.limit, batch_size=args.batch_size, device=args.device, which=args.which,
                        datasets_dir=args.datasets_dir, options=options, output=args.output)

@@ -4,9 +4,14 @@ All functions take ``(model, criterion, batches)``:
 
 ``model``
     any :class:`torch.nn.Module`; computations run on the device and in the dtype of its
-    parameters.  During a measurement the whole model is put in **eval mode** (BatchNorm uses
-    its running statistics, dropout is off); afterwards every submodule's ``training`` flag and
-    every buffer are restored, and no parameter value or ``.grad`` is left changed.
+    parameters (floating inputs are cast to it).  ``mode="eval"`` (default): the whole model in
+    eval mode, BatchNorm uses its running statistics, dropout is off: the function the model
+    computes at test time.  ``mode="train"``: BatchNorm layers normalise with the statistics of
+    each batch, as during training (dropout stays off, so the function is deterministic; online
+    normalisation keeps its running state, which has no per-batch form): the Hessian the
+    optimizer's steps see, which the stability rules (lr x lambda_max < 2/(1+momentum)) are about.
+    Afterwards every submodule's ``training`` flag and every buffer (BatchNorm running statistics
+    included) are restored, and no parameter value or ``.grad`` is left changed.
 ``criterion``
     ``criterion(model(x), y) -> scalar``, the **mean** loss over the batch (e.g.
     ``nn.CrossEntropyLoss()``).  The measured function is the mean loss over all samples,
@@ -21,6 +26,10 @@ All functions take ``(model, criterion, batches)``:
 
     One-shot iterators/generators are refused (``SharpnessInputError``): wrap them in ``list``.
     Tensors are moved to the model's device.
+
+Tolerances: a relative ``tol`` below about 400 units in the last place of the parameters' dtype
+(5e-5 in float32) cannot be met honestly, since rounding in the HVPs moves the estimates by more;
+it is refused with a pointer to float64 (``model.double()``; ``basinlab sharpness --float64``).
 
 Randomness comes from a local ``torch.Generator(seed)`` on the CPU (vectors are drawn on the
 CPU and moved), never from the global RNG: the same seed gives the same result.
@@ -54,7 +63,7 @@ from basinlab.errors import ConfigError
 from basinlab.utils.checks import check_int, check_number
 from basinlab.utils.model_state import model_state_kept
 
-__all__ = ["SharpnessInputError", "hessian_vector_product"]
+__all__ = ["HESSIAN_MODES", "SharpnessInputError", "hessian_vector_product"]
 
 
 class SharpnessInputError(ConfigError, ValueError):
@@ -90,10 +99,10 @@ def _is_batch_pair(obj) -> bool:
 
 
 class _Batches:
-    """Re-iterable view of ``batches`` yielding ``(x, y, n)`` on ``device``."""
+    """Re-iterable view of ``batches`` yielding ``(x, y, n)`` on ``device`` (floating x in ``dtype``)."""
 
-    def __init__(self, batches, device):
-        self.device = device
+    def __init__(self, batches, device, dtype=None):
+        self.device, self.dtype = device, dtype
         self.single_list = False
         if isinstance(batches, (list, tuple)):
             if len(batches) == 0:
@@ -126,17 +135,47 @@ class _Batches:
             if n == 0:
                 continue
             count += 1
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), n
+            x = x.to(self.device, non_blocking=True)
+            if self.dtype is not None and x.is_floating_point() and x.dtype != self.dtype:
+                x = x.to(self.dtype)
+            yield x, y.to(self.device, non_blocking=True), n
         if count == 0:
             raise SharpnessInputError("batches yielded no data")
 
 
+HESSIAN_MODES = ("eval", "train")
+
+
 @contextlib.contextmanager
-def _measurement_mode(model: nn.Module):
-    """Eval mode during the measurement; restore every module's flag and every buffer afterwards."""
+def _measurement_mode(model: nn.Module, mode: str = "eval"):
+    """Eval mode (or BatchNorm on batch statistics: `train`) during the measurement; every module's flag
+    and every buffer restored afterwards."""
+    if mode not in HESSIAN_MODES:
+        raise SharpnessInputError(f"mode must be one of {', '.join(HESSIAN_MODES)}, got {mode!r}")
     with model_state_kept(model):
         model.eval()
+        if mode == "train":
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.train()
         yield
+
+
+def tolerance_floor(params: Sequence[Tensor]) -> float:
+    """The smallest relative tolerance the parameters' dtype lets a measurement meet (400 ulp)."""
+    return 400 * torch.finfo(params[0].dtype).eps
+
+
+def check_tolerance(tol: float, params: Sequence[Tensor], name: str = "tol") -> float:
+    """`tol` itself, or SharpnessInputError when it is below what the dtype resolves (0 is allowed: no
+    early stop)."""
+    floor = tolerance_floor(params)
+    if 0 < tol < floor:
+        dtype = str(params[0].dtype).replace("torch.", "")
+        raise SharpnessInputError(f"{name} {tol:g} is below what {dtype} arithmetic resolves (about {floor:.0e} "
+                                  f"relative); use {name} >= {floor:.0e}, or measure in float64 (model.double(), "
+                                  f"basinlab sharpness --float64)")
+    return tol
 
 
 def _flat_dtype(params: Sequence[Tensor]) -> torch.dtype:
@@ -184,7 +223,7 @@ class _HessianOperator:
         self.device = params[0].device
         self.dtype = _flat_dtype(params)
         self.numel = sum(p.numel() for p in params)
-        self.batches = _Batches(batches, self.device)
+        self.batches = _Batches(batches, self.device, params[0].dtype)
         if cache_graph is None:
             cache_graph = self.batches.single_list
         self.count = 0
@@ -232,7 +271,7 @@ def _prepare(model, criterion, params) -> list[Tensor]:
 
 # =============================================================================== HVP
 def hessian_vector_product(model: nn.Module, criterion: Callable, batches, vec: Sequence[Tensor], params=None,
-                           *, cache_graph: bool | None = False) -> list[Tensor]:
+                           *, cache_graph: bool | None = False, mode: str = "eval") -> list[Tensor]:
     """``H v`` for the Hessian of the mean loss over ``batches`` w.r.t. ``params``.
 
     ``params``: the parameters to differentiate (default: all that require grad, in
@@ -246,6 +285,6 @@ def hessian_vector_product(model: nn.Module, criterion: Callable, batches, vec: 
     if len(vec) != len(ps) or any(tuple(v.shape) != tuple(p.shape) for v, p in zip(vec, ps)):
         raise SharpnessInputError("vec must be a list of tensors with the shapes of the parameters")
     vec = [v.detach().to(device=p.device, dtype=p.dtype) for v, p in zip(vec, ps)]
-    with _measurement_mode(model):
+    with _measurement_mode(model, mode):
         op = _HessianOperator(model, criterion, batches, ps, cache_graph)
         return op.matvec_list(vec)

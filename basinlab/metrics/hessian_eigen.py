@@ -19,6 +19,7 @@ from basinlab.metrics.hessian import (
     _measurement_mode,
     _prepare,
     _unflatten,
+    check_tolerance,
 )
 
 __all__ = ["HessianEigen", "hessian_eigenvalues", "lambda_max"]
@@ -128,7 +129,8 @@ def _select(theta: np.ndarray, k: int, which: str) -> np.ndarray:
 # =============================================================================== eigenvalues
 def hessian_eigenvalues(model: nn.Module, criterion: Callable, batches, top_k: int = 1, max_iter: int = 100,
                         tol: float = 1e-4, seed: int = 0, method: str = "lanczos", *, which: str = "LA",
-                        params=None, return_vectors: bool = True, cache_graph: bool | None = None) -> HessianEigen:
+                        params=None, return_vectors: bool = True, cache_graph: bool | None = None,
+                        mode: str = "eval") -> HessianEigen:
     """Top-``top_k`` eigenvalues (and eigenvectors) of the loss Hessian.
 
     ``which="LA"`` (default): the largest *algebraic* eigenvalues (lambda_max first, what
@@ -158,7 +160,7 @@ def hessian_eigenvalues(model: nn.Module, criterion: Callable, batches, top_k: i
     ps = _prepare(model, criterion, params)
     top_k = _check_int(top_k, "top_k")
     max_iter = _check_int(max_iter, "max_iter")
-    tol = _check_positive(tol, "tol", allow_zero=True)
+    tol = check_tolerance(_check_positive(tol, "tol", allow_zero=True), ps)
     seed = _check_int(seed, "seed", minimum=0)
     if method not in ("lanczos", "power"):
         raise SharpnessInputError(f"method must be 'lanczos' or 'power', got {method!r}")
@@ -170,7 +172,7 @@ def hessian_eigenvalues(model: nn.Module, criterion: Callable, batches, top_k: i
     if method == "lanczos" and max_iter < top_k:
         raise SharpnessInputError(f"Lanczos needs max_iter >= top_k, got max_iter={max_iter} < top_k={top_k}")
     gen = torch.Generator().manual_seed(seed)
-    with _measurement_mode(model):
+    with _measurement_mode(model, mode):
         op = _HessianOperator(model, criterion, batches, ps, cache_graph)
         if method == "lanczos":
             values, vecs, converged, history = _eig_lanczos(op, top_k, max_iter, tol, gen, which, return_vectors)
@@ -300,9 +302,9 @@ def _eig_power(op: _HessianOperator, k, max_iter, tol, gen, which, return_vector
 
 
 def lambda_max(model: nn.Module, criterion: Callable, batches, *, max_iter: int = 100, tol: float = 1e-4,
-               seed: int = 0, method: str = "lanczos", params=None) -> float:
+               seed: int = 0, method: str = "lanczos", params=None, mode: str = "eval") -> float:
     """The largest (algebraic) Hessian eigenvalue, e.g. for comparing ``eta * lambda_max`` with
-    :func:`basinlab.methods.asgd.stability_threshold`."""
+    :func:`basinlab.methods.asgd.stability_threshold` (use ``mode="train"``: the Hessian training sees)."""
     res = hessian_eigenvalues(model, criterion, batches, top_k=1, max_iter=max_iter, tol=tol, seed=seed,
-                              method=method, params=params, return_vectors=False)
+                              method=method, params=params, return_vectors=False, mode=mode)
     return float(res.values[0])

@@ -26,11 +26,13 @@ __all__ = ["HessianTrace", "slq_density", "SpectralDensity", "hessian_trace", "h
 
 
 class HessianTrace(NamedTuple):
-    """Result of :func:`hessian_trace`: estimate, its standard error, number of Rademacher samples."""
+    """Result of :func:`hessian_trace`: estimate, its standard error, number of Rademacher samples, and
+    whether the standard error met ``tol * |trace|`` (False: ``max_iter`` samples ran out first)."""
 
     trace: float
     std_error: float
     n_samples: int
+    converged: bool = True
 
 
 def slq_density(nodes, weights, grid, sigma: float) -> np.ndarray:
@@ -98,7 +100,7 @@ class SpectralDensity:
 # =============================================================================== trace
 def hessian_trace(model: nn.Module, criterion: Callable, batches, max_iter: int = 100, tol: float = 1e-3,
                   seed: int = 0, *, min_samples: int = 10, params=None,
-                  cache_graph: bool | None = None) -> HessianTrace:
+                  cache_graph: bool | None = None, mode: str = "eval") -> HessianTrace:
     """Hutchinson estimate of ``trace(H)`` with Rademacher vectors ``z``: ``mean(z^T H z)``.
 
     Draws samples until the standard error ``std(ddof=1) / sqrt(m)`` is at most ``tol * |trace|``
@@ -114,8 +116,8 @@ def hessian_trace(model: nn.Module, criterion: Callable, batches, max_iter: int 
     seed = _check_int(seed, "seed", minimum=0)
     gen = torch.Generator().manual_seed(seed)
     samples: list[float] = []
-    se = math.inf
-    with _measurement_mode(model):
+    se, converged = math.inf, False
+    with _measurement_mode(model, mode):
         op = _HessianOperator(model, criterion, batches, ps, cache_graph)
         for _ in range(max_iter):
             z = _rademacher(gen, op.numel, op.dtype, op.device)
@@ -124,13 +126,15 @@ def hessian_trace(model: nn.Module, criterion: Callable, batches, max_iter: int 
             if m >= 2:
                 se = float(np.std(samples, ddof=1) / math.sqrt(m))
             if m >= min_samples and se <= tol * abs(float(np.mean(samples))):
+                converged = True
                 break
-    return HessianTrace(float(np.mean(samples)), se, len(samples))
+    return HessianTrace(float(np.mean(samples)), se, len(samples), converged or tol == 0)
 
 
 # =============================================================================== SLQ
 def hessian_spectrum(model: nn.Module, criterion: Callable, batches, iterations: int = 100, n_vectors: int = 1,
-                     seed: int = 0, *, params=None, cache_graph: bool | None = None) -> SpectralDensity:
+                     seed: int = 0, *, params=None, cache_graph: bool | None = None,
+                     mode: str = "eval") -> SpectralDensity:
     """Spectral density of the Hessian by stochastic Lanczos quadrature (Ghorbani et al. 2019).
 
     For each of ``n_vectors`` Rademacher start vectors, ``min(iterations, n_params)`` Lanczos
@@ -145,7 +149,7 @@ def hessian_spectrum(model: nn.Module, criterion: Callable, batches, iterations:
     seed = _check_int(seed, "seed", minimum=0)
     gen = torch.Generator().manual_seed(seed)
     nodes, weights = [], []
-    with _measurement_mode(model):
+    with _measurement_mode(model, mode):
         op = _HessianOperator(model, criterion, batches, ps, cache_graph)
         for _ in range(n_vectors):
             v = _rademacher(gen, op.numel, op.dtype, op.device)

@@ -44,7 +44,8 @@ touched by BatchNorm-like passes:
   sum_D(z') and sum_D(z' y), from which the sums of y' = scale z' follow, so it hands them to the
   normaliser's backward (``_Handoff``) and the normaliser skips its own fused reduction pass.
   The gradients reaching E_D[y] and Var_D[y] are added to y' inside the normaliser's backward.
-  ECM 'ac' is hardtanh(-5, 5) (== clamp), in place on the affine output.
+  ECM 'ac' is torch.clamp(z, -5, 5) on the affine output, as the reference: its gradient passes at exactly
+  +-5 (hardtanh's would not).
 
 The backward buffers (u, v) advance inside the autograd backward, i.e. once per backward pass through
 the layer: a training-mode forward that is never backpropagated (``torch.no_grad()``, or an input and
@@ -57,7 +58,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from basinlab.nn.online_norm_scans import _affine_scan, _const_decay_scan, _zeros_ones
@@ -315,8 +315,8 @@ def _affine(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, clamp: bo
     "channel" per (sample, channel) pair: the CPU batch-norm kernels are much faster over many
     short rows than over few long ones (C = 16 of N*H*W = 131072 elements each).
 
-    ``clamp``: ECM 'ac' applied in place to the fresh affine output (hardtanh == clamp to
-    [-5, 5]; the affine's backward does not need its output), saving a full-size allocation.
+    ``clamp``: ECM 'ac', torch.clamp to [-5, 5] as the reference (its gradient passes at the bounds
+    themselves, where hardtanh's is 0).
     """
     n, ch = y.shape[0], y.shape[1]
     if y.numel() == n * ch:
@@ -326,7 +326,7 @@ def _affine(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, clamp: bo
         b = bias.expand(n, ch).reshape(-1)
         z = _unit_bn(y.reshape(1, n * ch, -1), w, b)
     if clamp:
-        z = F.hardtanh(z, -_AC_BOUND, _AC_BOUND, inplace=True)
+        z = torch.clamp(z, -_AC_BOUND, _AC_BOUND)
     return z.view(y.shape)
 
 
@@ -495,11 +495,11 @@ class _OnlineNormNd(nn.Module):
             z = (xc - self.mu.to(cdtype).view(bshape)) * torch.rsqrt(
                 self.var.to(cdtype) + self.eps
             ).view(bshape)
-        clamp = self.ecm == "ac"  # ECM 'ac' == clamp(z, -5, 5), as hardtanh (one-kernel backward)
+        clamp = self.ecm == "ac"  # ECM 'ac' == clamp(z, -5, 5)
         if weight is not None:
             z = _affine(z, weight, bias, clamp=clamp)
         elif clamp:
-            z = F.hardtanh(z, -_AC_BOUND, _AC_BOUND)
+            z = torch.clamp(z, -_AC_BOUND, _AC_BOUND)
         if self.ecm == "ls":  # eval mode
             z = _layer_scale(z)
         return z if z.dtype == in_dtype else z.to(in_dtype)
