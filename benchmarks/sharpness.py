@@ -120,8 +120,9 @@ def plain_power_iteration(model, crit, data, params, steps, seed=0, tol=None):
             hv = op.matvec(v)
             history.append(float(torch.dot(v, hv)))
             v = hv / hv.norm()
-            if tol is not None and len(history) > 1 and pyhessian_stop(history, tol) == len(history):
-                break
+            if tol is not None and len(history) > 1 and \
+                    abs(history[-1] - history[-2]) / (abs(history[-2]) + 1e-6) < tol:
+                break  # PyHessian's rule: the estimate changed by less than tol (relative)
     return _Plain([history[-1]], history)
 
 
