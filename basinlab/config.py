@@ -86,7 +86,7 @@ class TrainConfig:
                                        "model's, else 128)", "-b",
                                  low=1, high=2**20)
     eval_batch_size: int | None = opt(None, "validation batch size (default: the data regime's eval_batch_size, "
-                                            "else --batch-size, else 128)",
+                                            "else max(batch size, 256): no gradients, so larger batches are cheap)",
                                       low=1, high=2**20)
     optimizer: str | None = opt(None, "optimizer name (any torch.optim class); given with a model regime, it "
                                       "replaces that regime by the flags' one-phase regime")
@@ -176,8 +176,11 @@ class TrainConfig:
     seed: int = opt(0, "random seed of everything (weights, data order, augmentation, dropout)",
                     low=0, high=2**63 - 1)
     device: str = opt("auto", "auto|cpu|cuda|cuda:N|mps")
-    amp: str = opt("none", "mixed precision on CUDA: none|bf16|fp16",
-                   choices=("none", "bf16", "fp16"))
+    amp: str = opt("none", "mixed precision: bf16 (CUDA, or a CPU with native bfloat16: AVX-512 BF16/AMX), fp16 "
+                           "(CUDA), auto (bf16 where the device computes it fast, else none), none (float32, "
+                           "bit-reproducible)", choices=("none", "bf16", "fp16", "auto"))
+    eval_amp: str = opt("same", "precision of validation: same as training, or none (float32)",
+                        choices=("same", "none"))
     channels_last: str = opt("auto", "memory format: auto|on|off (auto: channels_last for conv models where faster)",
                              choices=("auto", "on", "off"))
     compile: bool = opt(False, "torch.compile the model")
@@ -265,7 +268,7 @@ OPTION_GROUPS = (
         "log_sharpness_every", "log_trace", "hessian_mode", "sharpness_batches", "log_lowrank")),
     ("records", ("results_dir", "save", "resume", "overwrite", "save_every_steps", "save_all", "nan_policy",
                  "print_freq", "quiet")),
-    ("machine", ("seed", "device", "amp", "channels_last", "compile", "nproc", "sync_bn", "dist_timeout")),
+    ("machine", ("seed", "device", "amp", "eval_amp", "channels_last", "compile", "nproc", "sync_bn", "dist_timeout")),
 )
 # Options that may change when a run is resumed: they do not change what is computed.
 RESUMABLE = {"resume", "overwrite", "quiet", "debug", "save", "results_dir", "epochs", "device", "data_workers",
@@ -274,15 +277,17 @@ RESUMABLE = {"resume", "overwrite", "quiet", "debug", "save", "results_dir", "ep
 
 
 # Options added after runs were stored: the value that reproduces what those runs did.
-LEGACY_DEFAULTS = {"limit_mode": "first", "wd_filter": "all", "asam_scope": "all", "sam_perturbation": "global",
-                   "hessian_mode": "eval"}
+# A detail option gets its legacy value only where its main option was used (else it stays unset).
+LEGACY_DEFAULTS = {"limit_mode": ("first", ()), "wd_filter": ("all", ()), "asam_scope": ("all", ("asam",)),
+                   "sam_perturbation": ("global", ("sam", "asam")), "hessian_mode": ("eval", ("log_sharpness_every",))}
 
 
 def stored_values(stored: dict) -> dict:
     """A stored config's values for today's fields: known keys kept, new ones as the old code behaved."""
     values = {k: v for k, v in stored.items() if k in FIELDS}
-    for key, value in LEGACY_DEFAULTS.items():
-        values.setdefault(key, value)
+    for key, (value, needs) in LEGACY_DEFAULTS.items():
+        if not needs or any(values.get(main) is not None for main in needs):
+            values.setdefault(key, value)
     return values
 
 

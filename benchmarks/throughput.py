@@ -1,21 +1,30 @@
-"""End-to-end training throughput of basinlab vs the pure compute rate of the same model.
+"""Training speed on a CPU (or GPU): pure compute vs basinlab end to end, float32 vs bf16, validation, start-up.
 
-    python3 benchmarks/throughput.py [--batches 20] [--threads N] [--datasets-dir DIR]
+    python3 benchmarks/throughput.py [--batches 20] [--threads N] [--rounds 2] [--datasets-dir DIR]
 
-ResNet-20 on CIFAR-10, batch 128, standard augmentation (pad-crop-flip, normalisation):
-- pure compute: forward + backward + SGD step on one fixed batch already in memory, in the faster
-  memory format (contiguous or channels_last, both measured);
-- end to end: `basinlab.train` over the dataset (loader, augmentation, regime, metrics, NaN check,
-  records), the steady-state epoch (the second) of a run of --batches batches per epoch.
-Measured alternately in one process so that machine load affects both alike; prints both and the ratio.
+ResNet-20 on CIFAR-10, batch 128, channels_last, standard augmentation. Measured in one run, alternating
+so that machine load affects every column alike (read the ratios, not the absolute numbers):
+- pure compute: forward + backward + SGD step on one fixed batch already in memory (no data pipeline),
+  float32 and under bf16 autocast;
+- end to end: `basinlab.train` (loader, augmentation, regime, metrics, NaN check, records), the steady
+  epoch (the second) of a run of --batches batches per epoch, --amp none and --amp bf16;
+- validation: images/s of the same runs' validation (val_time_s);
+- start-up: a fresh `basinlab train -p 1` process until its first training step is logged, against a
+  fresh process that imports torch and builds the model.
+Targets (issue "Speed on the machines researchers without a GPU have"): end-to-end bf16 >= 1.6x
+end-to-end float32; end to end >= 0.9x pure compute in both precisions; start-up <= 1.3x
+`import torch` + model build. bf16 columns need a CPU with native bfloat16 (or a CUDA device).
 Uses the real CIFAR-10 copy when prepared (../shared/tools/prepare_data.py), else synthetic data
 written in the real pickle format.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import pickle
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,23 +35,27 @@ import torch
 import torch.nn as nn
 
 import basinlab
+from basinlab.engine.precision import cpu_bf16_native
 from basinlab.models import create_model
 
 BATCH = 128
+VAL = 1024
 
 
-def compute_rate(memory_format, steps: int) -> float:
-    """Images/s of forward+backward+SGD on one fixed batch (no data pipeline at all)."""
+def compute_rate(bf16: bool, steps: int) -> float:
+    """Images/s of forward+backward+SGD on one fixed batch (channels_last; bf16: under autocast)."""
     torch.manual_seed(0)
-    model = create_model("resnet20", 10, "cifar10").to(memory_format=memory_format)
+    model = create_model("resnet20", 10, "cifar10").to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    x = torch.randn(BATCH, 3, 32, 32).contiguous(memory_format=memory_format)
+    x = torch.randn(BATCH, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (BATCH,))
     loss_fn = nn.CrossEntropyLoss()
+    cast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     for i in range(steps + 2):  # two warm-up steps
         if i == 2:
             start = time.perf_counter()
-        loss = loss_fn(model(x), y)
+        with cast:
+            loss = loss_fn(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -54,7 +67,7 @@ def synthetic_cifar(root: Path) -> Path:
     folder = root / "cifar10" / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for name, n in [(f"data_batch_{i}", 2000) for i in range(1, 6)] + [("test_batch", 1000)]:
+    for name, n in [(f"data_batch_{i}", 2000) for i in range(1, 6)] + [("test_batch", 2000)]:
         batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
                  b"labels": rng.integers(0, 10, n).tolist()}
         with open(folder / name, "wb") as fh:
@@ -62,16 +75,42 @@ def synthetic_cifar(root: Path) -> Path:
     return root
 
 
-def end_to_end_rate(datasets_dir: Path, batches: int, channels_last: str, out: Path) -> float:
+def end_to_end(datasets_dir: Path, batches: int, amp: str, out: Path) -> tuple[float, float]:
+    """(training images/s of the steady epoch, validation images/s) of `basinlab.train`."""
     run = basinlab.train(model="resnet20", dataset="cifar10", datasets_dir=str(datasets_dir), batch_size=BATCH,
-                         train_limit=batches * BATCH, val_limit=BATCH, epochs=2, quiet=True,
-                         channels_last=channels_last, results_dir=str(out), overwrite=True, save="bench")
-    return float(run.history["train_images_per_s"].iloc[-1])
+                         train_limit=batches * BATCH, val_limit=VAL, epochs=2, quiet=True, amp=amp,
+                         channels_last="on", results_dir=str(out), overwrite=True, save=f"bench-{amp}")
+    last = run.history.iloc[-1]
+    return float(last["train_images_per_s"]), VAL / float(last["val_time_s"])
+
+
+def seconds_until(command: list[str], marker: str | None) -> float:
+    """Wall time of a fresh process until a line containing `marker` is printed (or until it exits)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    start = time.perf_counter()
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+        for line in proc.stdout:
+            if marker and marker in line:
+                elapsed = time.perf_counter() - start
+                proc.kill()
+                return elapsed
+        proc.wait()
+    return time.perf_counter() - start
+
+
+def startup(datasets_dir: Path, out: Path) -> tuple[float, float]:
+    """(seconds to the first training step of `basinlab train`, seconds to import torch and build ResNet-20)."""
+    train = [sys.executable, "-m", "basinlab", "train", "--model", "resnet20", "--dataset", "cifar10",
+             "--datasets-dir", str(datasets_dir), "--train-limit", str(4 * BATCH), "--val-limit", "128", "-p", "1",
+             "--epochs", "1", "--results-dir", str(out), "--overwrite", "--save", "startup"]
+    baseline = [sys.executable, "-c", "import torch; from basinlab.models import create_model; "
+                                      "create_model('resnet20', 10, 'cifar10'); print('built')"]
+    return seconds_until(train, "step 1/"), seconds_until(baseline, "built")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=20, help="batches per epoch of the end-to-end run")
+    parser.add_argument("--batches", type=int, default=20, help="batches per epoch of the end-to-end runs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating measurement rounds")
     parser.add_argument("--datasets-dir", default=str(Path.home() / ".cache" / "shared-data"))
@@ -83,25 +122,39 @@ def main() -> None:
     source = "real CIFAR-10 copy"
     if not (data_dir / "cifar10" / "cifar-10-batches-py" / "data_batch_1").is_file():
         data_dir, source = synthetic_cifar(tmp / "data"), "synthetic data in the CIFAR pickle format"
-    print(f"ResNet-20, CIFAR-10 ({source}), batch {BATCH}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
-    formats = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
-    compute = {name: [] for name in formats}
-    e2e = []
+    bf16, what = cpu_bf16_native()
+    print(f"ResNet-20, CIFAR-10 ({source}), batch {BATCH}, torch {torch.__version__}, {torch.get_num_threads()} "
+          f"threads, CPU: {what}")
+    precisions = ["fp32", "bf16"] if bf16 else ["fp32"]
+    columns = {f"{kind} {p}": [] for kind in ("compute", "e2e", "val") for p in precisions}
+    starts, bases = [], []
     for _ in range(args.rounds):
-        for name, fmt in formats.items():
-            compute[name].append(compute_rate(fmt, args.batches))
-        best = max(formats, key=lambda n: statistics.median(compute[n]))
-        e2e.append(end_to_end_rate(data_dir, args.batches, "on" if best == "channels_last" else "off", tmp / "runs"))
-    rates = {name: statistics.median(v) for name, v in compute.items()}
-    best = max(rates, key=rates.get)
-    end_to_end = statistics.median(e2e)
-    for name, rate in rates.items():
-        print(f"  pure compute, {name:13s} {rate:8.1f} images/s")
-    print(f"  end to end (basinlab train, {best}) {end_to_end:8.1f} images/s")
-    ratio = end_to_end / rates[best]
-    print(f"  ratio end-to-end / pure compute (best format): {ratio:.3f}  (target >= 0.9)")
-    sys.exit(0 if ratio >= 0.9 else 1)
+        for p in precisions:
+            columns[f"compute {p}"].append(compute_rate(p == "bf16", args.batches))
+            train, val = end_to_end(data_dir, args.batches, "bf16" if p == "bf16" else "none", tmp / "runs")
+            columns[f"e2e {p}"].append(train)
+            columns[f"val {p}"].append(val)
+        first, base = startup(data_dir, tmp / "runs")
+        starts.append(first)
+        bases.append(base)
+    rate = {name: statistics.median(values) for name, values in columns.items()}
+    for name, value in rate.items():
+        print(f"  {name:12s} {value:8.1f} images/s")
+    checks = []
+    for p in precisions:
+        checks.append((f"end to end / pure compute, {p}", rate[f"e2e {p}"] / rate[f"compute {p}"], ">=", 0.9))
+    if bf16:
+        checks.append(("end to end bf16 / fp32", rate["e2e bf16"] / rate["e2e fp32"], ">=", 1.6))
+        checks.append(("validation bf16 / fp32", rate["val bf16"] / rate["val fp32"], "", None))
+    checks.append(("start-up to first step / (import torch + model)",
+                   statistics.median(starts) / statistics.median(bases), "<=", 1.3))
+    ok = True
+    for name, ratio, sense, target in checks:
+        met = target is None or (ratio >= target if sense == ">=" else ratio <= target)
+        ok &= met
+        goal = f"  (target {sense} {target})" if target is not None else ""
+        print(f"  {name:50s} {ratio:6.3f}{goal}{'' if met else '  MISSED'}")
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":

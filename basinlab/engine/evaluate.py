@@ -45,7 +45,7 @@ class Meter:
         self.sums.copy_(state["sums"])
 
 
-@torch.no_grad()
+@torch.no_grad()  # (not inference_mode: a lazy module materialised here would hold inference tensors)
 def evaluate(model, loader, criterion, *, epoch: int = 0, autocast=contextlib.nullcontext,
              prepare=lambda x: x, progress=None) -> dict:
     """Mean loss and top-1/top-5 accuracy (percent) over every example of `loader` (eval mode).

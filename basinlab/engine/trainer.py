@@ -33,6 +33,7 @@ from basinlab.engine.data_settings import (
 )
 from basinlab.engine.distributed import DataParallel
 from basinlab.engine.evaluate import Meter, evaluate
+from basinlab.engine.precision import resolve_amp
 from basinlab.engine.setup import (
     build_regime,
     check_model_fits_data,
@@ -99,7 +100,8 @@ class Trainer:
         model_config, regime_config = split_model_config(cfg)
         self.train_loader, self.val_loader = data_lib.build_loaders(
             cfg.dataset, cfg.datasets_dir or data_lib.default_datasets_dir(),
-            batch_size=cfg.batch_size or 128, eval_batch_size=cfg.eval_batch_size, device=self.device,
+            batch_size=cfg.batch_size or 128, eval_batch_size=cfg.eval_batch_size or max(cfg.batch_size or 128, 256),
+            device=self.device,
             seed=cfg.seed, train_limit=cfg.train_limit, val_limit=cfg.val_limit, workers=cfg.data_workers,
             augment=cfg.augment, download=cfg.download, rank=self.dist.rank, world_size=self.dist.world_size,
             limit_mode=cfg.limit_mode)
@@ -170,11 +172,10 @@ class Trainer:
         return load_checkpoint(resolve_checkpoint(self.cfg.resume), map_location="cpu")
 
     def _setup_precision(self) -> None:
-        cfg, cuda = self.cfg, self.device.type == "cuda"
-        if cfg.amp != "none" and not cuda:
-            raise ConfigError(f"--amp {cfg.amp} needs a CUDA device (this run uses {self.device})")
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-        self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
+        cfg = self.cfg
+        self.amp, self.amp_dtype, self.amp_note = resolve_amp(cfg.amp, self.device)
+        self.eval_amp_dtype = None if cfg.eval_amp == "none" else self.amp_dtype
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp == "fp16" else None
         self.channels_last = cfg.channels_last == "on" or (
             cfg.channels_last == "auto" and prefers_channels_last(self.model, self.device))
         if self.channels_last:
@@ -188,8 +189,10 @@ class Trainer:
                       f"{self.val_loader.num_examples} val examples, batch {self.train_loader.batch_size}")
         if self.train_loader.source:
             self.log.info(f"data found in {self.train_loader.source}")
-        self.log.info(f"device {self.device}, amp {self.cfg.amp}, channels_last {self.channels_last}, "
+        self.log.info(f"device {self.device}, amp {self.amp}, channels_last {self.channels_last}, "
                       f"step {self.strategy.name}, {self.epochs} epochs")
+        self.log.info(self.amp_note + ("" if self.eval_amp_dtype == self.amp_dtype else
+                                       "; validation in float32 (--eval-amp none)"))
         for line in self.train_loader.subset_notes + self.val_loader.subset_notes:
             self.log.info(line)
         for line in self.regime.describe():
@@ -208,6 +211,11 @@ class Trainer:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def eval_autocast(self):
+        if self.eval_amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.eval_amp_dtype)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
@@ -377,7 +385,7 @@ class Trainer:
         progress = self.log.progress(f"validate {self.epoch + 1}/{self.epochs}", len(self.val_loader),
                                      print_freq=self.cfg.print_freq)
         try:
-            val = evaluate(self.eval_model, self.val_loader, self.eval_criterion, autocast=self.autocast,
+            val = evaluate(self.eval_model, self.val_loader, self.eval_criterion, autocast=self.eval_autocast,
                            prepare=self.prepare, progress=progress)
         finally:
             progress.close()
