@@ -96,3 +96,22 @@ def test_online_norm_under_autocast_keeps_float32_statistics(shape_kind):
         for name in ("mu", "var", "u", "v"):
             assert getattr(layer, name).dtype == torch.float32
             assert rel_err(getattr(layer, name).double(), getattr(reference, name)) < 1e-5, name
+
+
+@native
+def test_the_lr_range_test_and_autohyper_trials_run_under_bf16(tmp_path, no_run_plots):
+    import pandas as pd
+    import yaml
+
+    from basinlab.cli import main
+    from tests.test_autohyper_cli import TINY as AUTOHYPER_TINY
+    out = tmp_path / "lrr"
+    assert main(["lr-range", "--train-limit", "256", "-b", "32", "--optimizer", "SGD", "--num-steps", "10",
+                 "--amp", "bf16", "-o", str(out), "--quiet"]) == 0
+    assert pd.read_csv(out / "lr_range.csv")["loss"].notna().all()
+    config = tmp_path / "autohyper.yaml"
+    config.write_text(yaml.safe_dump({**AUTOHYPER_TINY, "max_epochs": 1}))
+    assert main(["autohyper", "train", "--config", str(config), "--output", str(tmp_path / "ah"), "--cpu",
+                 "--amp", "bf16", "--quiet"]) == 0
+    logs = list((tmp_path / "ah").rglob("log.txt"))
+    assert logs and all("amp bf16: bfloat16 autocast" in log.read_text() for log in logs)

@@ -33,6 +33,8 @@ def _add_autohyper(sub) -> None:
     train.add_argument("--save-freq", type=integer(1, 100_000), default=25, help="keep epoch_<k>.pt every k epochs "
                                                                                  "of a full training")
     train.add_argument("--cpu", action="store_true", help="train on the CPU")
+    train.add_argument("--amp", choices=("none", "bf16", "fp16", "auto"), default="none",
+                       help="mixed precision of every trial and training, as basinlab train's --amp (default: none)")
     train.add_argument("--gpu", type=integer(0, 1024), help="CUDA device index (default: auto)")
     train.add_argument("--search", default="lr", choices=("lr", "lr+wd"),
                        help="lr: autoHyper's lr search (master branch); lr+wd: the joint trust-region search")
@@ -57,6 +59,7 @@ def cmd_autohyper_train(args) -> int:
     if args.checkpoint:
         echo(f"note: --checkpoint {args.checkpoint}: checkpoints are kept in each run folder under {output}")
     summary = run_autohyper(args.config, output, device=_device(args), save_freq=args.save_freq, search=args.search,
+                            amp=args.amp,
                             datasets_dir=str(root / Path(args.data).expanduser()) if args.data else None,
                             seed=args.seed, echo=echo)
     print(f"autoHyper output: {output}")

@@ -72,11 +72,11 @@ class AutoHyper:
     """Runs one autoHyper config: the searches its init_lr asks for, then the full trainings."""
 
     def __init__(self, plan: Plan, output: Path, *, device: str = "auto", datasets_dir: str | None = None,
-                 search: str = "lr", save_freq: int = 25, echo: Callable[[str], None] = print):
+                 search: str = "lr", save_freq: int = 25, echo: Callable[[str], None] = print, amp: str = "none"):
         if search not in SEARCH_MODES:
             raise ConfigError(f"--search must be one of {', '.join(SEARCH_MODES)}; got {search!r}")
         self.plan, self.output, self.device, self.datasets_dir = plan, Path(output), device, datasets_dir
-        self.search_mode, self.save_freq, self.echo = search, save_freq, echo
+        self.search_mode, self.save_freq, self.echo, self.amp = search, save_freq, echo, amp
         self.chosen: tuple[float, float | None] | None = None
 
     # ------------------------------------------------------------------------------------ top level
@@ -137,7 +137,7 @@ class AutoHyper:
     def _train(self, folder: Path, options: dict, callbacks=()) -> Outcome:
         done = folder / DONE_FILE
         options = {**options, "results_dir": str(folder.parent), "save": folder.name, "device": self.device,
-                   "datasets_dir": self.datasets_dir, "quiet": True}
+                   "datasets_dir": self.datasets_dir, "quiet": True, "amp": self.amp}
         if done.is_file() or (folder / "last.pt").is_file():
             _check_same_config(folder, options)
         if done.is_file():
@@ -271,7 +271,7 @@ def _check_same_config(folder: Path, options: dict) -> None:
 # ---------------------------------------------------------------------------------------------- entry point
 def run_autohyper(config: str | Path, output: str | Path, *, device: str = "auto", datasets_dir: str | None = None,
                   search: str = "lr", save_freq: int = 25, seed: int | None = None,
-                  echo: Callable[[str], None] = print) -> pd.DataFrame:
+                  echo: Callable[[str], None] = print, amp: str = "none") -> pd.DataFrame:
     """Read the seed config, write autohyper.yaml, run searches and full trainings; the summary."""
     values = read_seed_config(config)
     if seed is not None:
@@ -282,7 +282,7 @@ def run_autohyper(config: str | Path, output: str | Path, *, device: str = "auto
     for note in plan.notes:
         echo(f"note: {note}")
     runner = AutoHyper(plan, output, device=device, datasets_dir=datasets_dir, search=search, save_freq=save_freq,
-                       echo=echo)
+                       echo=echo, amp=amp)
     return runner.run()
 
 
