@@ -312,8 +312,8 @@ def sam_step_by_hand(perturbation: str, tmp_path):
     the gradient at w + eps on the same rows, averaged over the ranks, one SGD step."""
     from torch.func import functional_call
 
-    from basinlab.engine.trainer import Trainer
     from basinlab.cli.options import build_train_config
+    from basinlab.engine.trainer import Trainer
     cfg = build_train_config(build_parser().parse_args(["train", *SAM_RUN, "--results-dir", str(tmp_path / "hand"),
                                                         "--save", "h"]))
     trainer = Trainer(cfg)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from basinlab.cli import analysis, asgd, runs, train, tuning
+from basinlab.cli import analysis, asgd, runs, sweep, train, tuning
 from basinlab.cli.options import ArgumentParser
 from basinlab.errors import BasinlabError, NonFiniteLossError
 
@@ -18,6 +18,7 @@ COMMANDS = (
     asgd,       # stability
     analysis,   # sharpness, landscape
     tuning,     # lr-range, autohyper
+    sweep,      # sweep
 )
 
 

@@ -1,0 +1,52 @@
+"""`basinlab sweep`: settings x seeds on this machine, resumable, with the papers' median tables."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from basinlab.cli.options import integer
+from basinlab.errors import ConfigError
+
+
+def add_commands(sub) -> None:
+    sweep = sub.add_parser("sweep", help="run settings x seeds from a spec (base, grid, seeds) and summarise "
+                                         "them as median tables",
+                           usage="basinlab sweep SPEC.yaml [--results-dir DIR] [--jobs N] | --status DIR | "
+                                 "--summarize DIR")
+    sweep.add_argument("spec", nargs="?", help="the sweep spec (YAML with base, grid and seeds)")
+    sweep.add_argument("--results-dir", help="folder of the sweep's runs (default: results/<spec file name>)")
+    sweep.add_argument("--jobs", type=integer(1, 1024), default=1,
+                       help="runs at once on this machine; CPU threads are split between them, or one GPU each "
+                            "(default: 1)")
+    sweep.add_argument("--status", metavar="DIR", help="list the state of every run of the sweep in DIR")
+    sweep.add_argument("--summarize", metavar="DIR", help="recompute DIR/summary.csv, .md and .png")
+    sweep.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    import basinlab.sweep as sweeps
+    chosen = [name for name in ("spec", "status", "summarize") if getattr(args, name)]
+    if len(chosen) != 1:
+        raise ConfigError("basinlab sweep takes one of: a SPEC.yaml to run, --status DIR or --summarize DIR")
+    if args.status:
+        states = sweeps.status(args.status)
+        for name, state in states:
+            extra = f" (exit {state.get('exit')}: {state.get('error', '')})" if state["status"] == "failed" else ""
+            print(f"{state['status']:12s} {name}{extra}")
+        counts = {}
+        for _, state in states:
+            counts[state["status"]] = counts.get(state["status"], 0) + 1
+        print(", ".join(f"{n} {status}" for status, n in counts.items()))
+        return 0
+    if args.summarize:
+        sweeps.summarize_folder(args.summarize)
+        print(f"wrote {Path(args.summarize) / 'summary.csv'}, summary.md, summary.png")
+        return 0
+    results_dir = Path(args.results_dir) if args.results_dir else Path("results") / Path(args.spec).stem
+    sweeps.sweep(args.spec, results_dir, jobs=args.jobs)
+    print((results_dir / "summary.md").read_text(), end="")
+    states = sweeps.status(results_dir)
+    failed = [name for name, state in states if state["status"] != "done"]
+    if failed:
+        print(f"{len(failed)} of {len(states)} runs did not finish: basinlab sweep --status {results_dir}")
+        return 1
+    return 0

@@ -1,0 +1,51 @@
+"""Sweeps of settings x seeds: `basinlab sweep SPEC.yaml` and `basinlab.sweep.sweep(...)`.
+
+spec.py reads and checks the spec (every run's config before any starts); runner.py runs the runs on this
+machine, resumably; summary.py writes the papers' median tables.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from basinlab.errors import ConfigError
+from basinlab.records.run_safety import lock_holder
+from basinlab.sweep.runner import STATE, LocalBackend, run_state, run_sweep
+from basinlab.sweep.spec import SweepSpec, from_mapping, read_spec
+from basinlab.sweep.summary import summarize
+
+__all__ = ["sweep", "status", "summarize_folder", "read_spec", "SweepSpec"]
+
+
+def sweep(spec, results_dir="results/sweep", *, jobs: int = 1, echo=print):
+    """Run a sweep (a spec file or a {base, grid, seeds} mapping) on this machine; its summary table."""
+    results_dir = Path(results_dir)
+    spec = read_spec(spec, results_dir) if isinstance(spec, (str, Path)) else from_mapping(spec, results_dir)
+    run_sweep(spec, results_dir, LocalBackend(jobs, echo), echo)
+    return summarize(spec, results_dir)
+
+
+def stored_spec(results_dir) -> SweepSpec:
+    """The spec a sweep folder was run with (kept in DIR/.sweep/spec.yaml)."""
+    path = Path(results_dir) / STATE / "spec.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{results_dir} is not a sweep folder (no {STATE}/spec.yaml)")
+    return read_spec(path, Path(results_dir))
+
+
+def status(results_dir) -> list[tuple[str, dict]]:
+    """(run name, state) of every run of the sweep in `results_dir`; a run marked running by a sweep that no
+    longer runs is interrupted (resumed by the next `basinlab sweep`)."""
+    spec = stored_spec(results_dir)
+    sweep_alive = lock_holder(Path(results_dir) / STATE) is not None
+    states = []
+    for run in spec.runs:
+        state = run_state(Path(results_dir), run.name)
+        if state["status"] == "running" and not sweep_alive:
+            state = {"status": "interrupted"}
+        states.append((run.name, state))
+    return states
+
+
+def summarize_folder(results_dir):
+    """Recompute summary.csv/.md/.png of a sweep folder from its run folders."""
+    return summarize(stored_spec(results_dir), Path(results_dir))

@@ -1,0 +1,150 @@
+"""Running a sweep's runs on this machine: N `basinlab train` processes at a time, resumable.
+
+Each run is a separate process (`python -m basinlab train`), so runs share nothing but the disk, a crash
+ends one run only, and the CPU threads are split between the runs at once (or one GPU per run where there
+are GPUs). What happened to each run is kept in `DIR/.sweep/<name>.json`:
+
+- done: skipped by a later `basinlab sweep` on the same folder;
+- failed: its exit status and last error line, shown by `--status`; tried again (resumed) next time;
+- interrupted (the sweep was killed: its runs die with it): resumed from the run's last.pt, exactly.
+
+The sweep holds `DIR/.sweep/.lock` while it runs, so a second sweep on the same folder is refused rather
+than starting a run twice; each run's own lock guards it as well.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+from basinlab.errors import ConfigError
+from basinlab.records.run_safety import RunLock
+from basinlab.sweep.spec import PlannedRun, SweepSpec
+from basinlab.utils.io import atomic_write_text
+
+STATE = ".sweep"
+
+
+def state_path(results_dir: Path, name: str) -> Path:
+    return results_dir / STATE / f"{name}.json"
+
+
+def run_state(results_dir: Path, name: str) -> dict:
+    """{"status": done|failed|..., ...} of a run, or "pending"/"interrupted" from its folder."""
+    path = state_path(results_dir, name)
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass
+    if (results_dir / name / "last.pt").is_file():
+        return {"status": "interrupted"}
+    return {"status": "pending"}
+
+
+def write_state(results_dir: Path, name: str, state: dict) -> None:
+    atomic_write_text(state_path(results_dir, name), json.dumps(state, indent=1))
+
+
+def command_for(run: PlannedRun, results_dir: Path) -> list[str]:
+    """Resume a run that has a checkpoint; otherwise start it from its options file (a half-made folder of a
+    run killed before its first checkpoint is replaced)."""
+    base = [sys.executable, "-m", "basinlab", "train", "--quiet"]
+    folder = results_dir / run.name
+    if (folder / "last.pt").is_file():
+        return [*base, "--resume", str(folder)]
+    options_file = results_dir / STATE / f"{run.name}.yaml"
+    atomic_write_text(options_file, yaml.safe_dump(run.options, sort_keys=False))
+    fresh = [*base, "--config", str(options_file), "--results-dir", str(results_dir), "--save", run.name]
+    return fresh + (["--overwrite"] if folder.exists() else [])
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the sweep process dies (Linux), so a killed sweep leaves no stray runs."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class LocalBackend:
+    """Up to `jobs` runs at once; CPU threads split between them, or one GPU each where there are GPUs."""
+
+    def __init__(self, jobs: int = 1, echo=print):
+        if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+            raise ConfigError(f"--jobs must be an integer >= 1, got {jobs!r}")
+        self.jobs, self.echo = jobs, echo
+        self.threads = max(1, (os.cpu_count() or 1) // jobs)
+        self.gpus = _gpu_count()
+        self._slots = list(range(jobs))
+        self._slot_lock = threading.Lock()
+
+    def run_all(self, runs: list[PlannedRun], results_dir: Path) -> dict[str, dict]:
+        with ThreadPoolExecutor(self.jobs) as pool:
+            return dict(zip([r.name for r in runs], pool.map(lambda r: self._run(r, results_dir), runs)))
+
+    def _environment(self, slot: int) -> dict:
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "PYTHONUNBUFFERED": "1"}
+        if self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(slot % self.gpus)
+        return env
+
+    def _run(self, run: PlannedRun, results_dir: Path) -> dict:
+        with self._slot_lock:
+            slot = self._slots.pop()
+        try:
+            command = command_for(run, results_dir)
+            how = "resumed" if "--resume" in command else "started"
+            self.echo(f"sweep: {run.name} {how}")
+            write_state(results_dir, run.name, {"status": "running", "pid": os.getpid()})
+            proc = subprocess.run(command, env=self._environment(slot), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
+        finally:
+            with self._slot_lock:
+                self._slots.append(slot)
+        if proc.returncode == 0:
+            state = {"status": "done"}
+        else:
+            lines = [line for line in proc.stderr.splitlines() if line.strip()]
+            state = {"status": "failed", "exit": proc.returncode, "error": lines[-1] if lines else ""}
+        write_state(results_dir, run.name, state)
+        self.echo(f"sweep: {run.name} {state['status']}" + (f" (exit {state['exit']}: {state['error']})"
+                                                            if state["status"] == "failed" else ""))
+        return state
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return 0
+
+
+def run_sweep(spec: SweepSpec, results_dir: Path, backend, echo=print) -> dict[str, dict]:
+    """Run every run of `spec` that is not done yet; the state of every run afterwards."""
+    (results_dir / STATE).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(results_dir / STATE / "spec.yaml",
+                      yaml.safe_dump({"base": spec.base, "grid": spec.grid, "seeds": spec.seeds}, sort_keys=False))
+    try:
+        lock = RunLock(results_dir / STATE).acquire()
+    except ConfigError:
+        raise ConfigError(f"another basinlab sweep is running in {results_dir}; wait for it (or see "
+                          f"basinlab sweep --status {results_dir})") from None
+    try:
+        todo = [run for run in spec.runs if run_state(results_dir, run.name)["status"] != "done"]
+        done = len(spec.runs) - len(todo)
+        echo(f"sweep: {len(spec.runs)} runs in {results_dir} ({done} done, {len(todo)} to run)")
+        states = {run.name: {"status": "done"} for run in spec.runs}
+        states.update(backend.run_all(todo, results_dir))
+        return states
+    finally:
+        lock.release()

@@ -1,0 +1,143 @@
+"""A sweep spec: the runs of settings x seeds, each an ordinary `basinlab train` run, checked before any starts.
+
+    base: {dataset: cifar10, model: resnet20, epochs: 20}   # options shared by every run
+    grid: {norm-mode: [batch, group, online]}               # the cartesian product of these lists
+    seeds: [0, 1, 2]                                        # each setting is run once per seed
+
+Keys are `basinlab train` options (long-flag names, `-` or `_`). A run is named after its grid values,
+`norm-mode_online-s0` (several keys joined by `__`), and lives in `DIR/<name>/`.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from basinlab.api import make_config
+from basinlab.config import FIELDS, normalise_key, read_yaml_mapping
+from basinlab.errors import ConfigError
+
+# Options the sweep decides for every run: where it lives, its name, its seed, how it is resumed.
+OWNED = ("results_dir", "save", "seed", "resume", "overwrite", "config")
+MAX_RUNS = 10_000
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    name: str                 # folder name under the sweep's results folder
+    setting: str              # the name without the seed: runs of one setting share it
+    values: dict              # the grid values of the setting (long-flag names)
+    seed: int
+    options: dict = field(repr=False)   # basinlab.train keyword options (without results_dir/save)
+
+
+@dataclass
+class SweepSpec:
+    base: dict
+    grid: dict
+    seeds: list
+    runs: list[PlannedRun]
+    source: str = ""
+
+
+def _options(mapping, where: str) -> dict:
+    if mapping is None:
+        return {}
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"{where} must be a mapping of basinlab train options, got {type(mapping).__name__}")
+    out = {}
+    for key, value in mapping.items():
+        name = normalise_key(str(key))
+        if name in OWNED:
+            raise ConfigError(f"{where}: '{key}' is set by the sweep for every run (results folder, run name, "
+                              f"seeds: use 'seeds:'); remove it")
+        if name not in FIELDS:
+            close = [n.replace("_", "-") for n in FIELDS if name[:4] in n][:3]
+            hint = f" (did you mean: {', '.join(close)}?)" if close else ""
+            raise ConfigError(f"{where}: unknown option '{key}'{hint}; keys are basinlab train options")
+        out[name] = value
+    return out
+
+
+def _grid(mapping) -> dict:
+    grid = _options(mapping, "grid")
+    for name, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"grid: '{name.replace('_', '-')}' must be a non-empty list of values, got {values!r}")
+        if len({repr(v) for v in values}) != len(values):
+            raise ConfigError(f"grid: '{name.replace('_', '-')}' lists a value twice: {values!r}")
+    return grid
+
+
+def _seeds(value) -> list[int]:
+    seeds = [0] if value is None else value
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0
+                                                       for s in seeds):
+        raise ConfigError(f"seeds must be a non-empty list of integers >= 0, got {value!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds lists a seed twice: {seeds}")
+    return seeds
+
+
+def _text(value) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text) or "x"
+
+
+def setting_name(values: dict) -> str:
+    """`norm-mode_online__lr_0.1`; `base` when the grid is empty."""
+    if not values:
+        return "base"
+    return "__".join(f"{key.replace('_', '-')}_{_text(value)}" for key, value in values.items())
+
+
+def plan_runs(base: dict, grid: dict, seeds: list[int]) -> list[PlannedRun]:
+    keys = list(grid)
+    combos = list(itertools.product(*(grid[k] for k in keys))) if keys else [()]
+    if len(combos) * len(seeds) > MAX_RUNS:
+        raise ConfigError(f"the sweep has {len(combos) * len(seeds)} runs; at most {MAX_RUNS} are allowed")
+    runs, names = [], set()
+    for combo in combos:
+        values = dict(zip(keys, combo))
+        setting = setting_name(values)
+        for seed in seeds:
+            name = f"{setting}-s{seed}"
+            if name in names:
+                raise ConfigError(f"two settings get the run name {name!r}; make the grid values distinct as text")
+            names.add(name)
+            runs.append(PlannedRun(name, setting, values, seed, {**base, **values, "seed": seed}))
+    return runs
+
+
+def check_runs(runs: list[PlannedRun], results_dir: Path) -> None:
+    """Every run's whole config is valid before any starts (the one option schema, presets included)."""
+    for run in runs:
+        try:
+            make_config(**run.options, results_dir=str(results_dir), save=run.name)
+        except ConfigError as exc:
+            raise ConfigError(f"sweep run {run.name}: {exc}") from None
+
+
+def read_spec(path: str | Path, results_dir: Path | None = None) -> SweepSpec:
+    """The spec file, expanded into runs and checked as a whole (nothing runs before it all passes)."""
+    data = read_yaml_mapping(path, what="sweep spec")
+    unknown = [k for k in data if k not in ("base", "grid", "seeds")]
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; a sweep spec has base, grid and seeds")
+    spec = from_mapping(data, results_dir or Path("results"))
+    spec.source = str(path)
+    return spec
+
+
+def from_mapping(data: Mapping, results_dir: Path) -> SweepSpec:
+    base, grid, seeds = _options(data.get("base"), "base"), _grid(data.get("grid")), _seeds(data.get("seeds"))
+    overlap = set(base) & set(grid)
+    if overlap:
+        raise ConfigError(f"'{sorted(overlap)[0]}' is both in base and in grid; keep it in one")
+    runs = plan_runs(base, grid, seeds)
+    check_runs(runs, results_dir)
+    return SweepSpec(base, grid, seeds, runs)

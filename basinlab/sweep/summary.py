@@ -1,0 +1,95 @@
+"""A sweep's tables, as the papers report them: per setting, the median (and mean, std, min, max) over seeds.
+
+    DIR/summary.csv   one row per setting: its grid values, n, and the statistics of the final and of
+                      the best val_acc1 and val_loss of its finished runs
+    DIR/summary.md    the same as a Markdown table (median, with min-max)
+    DIR/summary.png   every seed's final val top-1 per setting, the median marked
+
+Recomputed from the run folders at any time (`basinlab sweep --summarize DIR`); only finished runs count.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from basinlab.records.results import read_results
+from basinlab.sweep.runner import run_state
+from basinlab.sweep.spec import SweepSpec
+from basinlab.utils.figures import new_figure, save_png
+from basinlab.utils.io import atomic_write_text
+
+STATISTICS = ("median", "mean", "std", "min", "max")
+MEASURES = {"final_val_acc1": ("val_acc1", "last"), "best_val_acc1": ("val_acc1", "max"),
+            "final_val_loss": ("val_loss", "last"), "best_val_loss": ("val_loss", "min")}
+
+
+def run_rows(spec: SweepSpec, results_dir: Path) -> pd.DataFrame:
+    """One row per finished run: setting, seed, grid values and the measures of its results.csv."""
+    rows = []
+    for run in spec.runs:
+        if run_state(results_dir, run.name)["status"] != "done":
+            continue
+        history = read_results(results_dir / run.name / "results.csv")
+        row = {"setting": run.setting, "seed": run.seed, "run": run.name,
+               **{key.replace("_", "-"): value for key, value in run.values.items()}}
+        for name, (column, how) in MEASURES.items():
+            values = history[column]
+            row[name] = float(values.iloc[-1] if how == "last" else getattr(values, how)())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summarize(spec: SweepSpec, results_dir: Path) -> pd.DataFrame:
+    """Write summary.csv, summary.md and summary.png; returns the summary table."""
+    runs = run_rows(spec, results_dir)
+    grid_columns = [key.replace("_", "-") for key in spec.grid]
+    settings = list(dict.fromkeys(run.setting for run in spec.runs))
+    rows = []
+    for setting in settings:
+        mine = runs[runs["setting"] == setting] if len(runs) else runs
+        planned = next(run for run in spec.runs if run.setting == setting)
+        row = {"setting": setting, **{key.replace("_", "-"): value for key, value in planned.values.items()},
+               "n": len(mine)}
+        for measure in MEASURES:
+            values = mine[measure] if len(mine) else pd.Series(dtype=float)
+            for stat in STATISTICS:
+                row[f"{measure}_{stat}"] = float(getattr(values, stat)()) if len(values) else float("nan")
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    atomic_write_text(results_dir / "summary.csv", table.to_csv(index=False))
+    atomic_write_text(results_dir / "summary.md", markdown(table, grid_columns, len(spec.seeds)))
+    if len(runs):
+        plot(runs, settings, results_dir / "summary.png")
+    return table
+
+
+def markdown(table: pd.DataFrame, grid_columns: list[str], seeds: int) -> str:
+    """The papers' table: median over seeds, with min-max, of the final and best validation top-1."""
+    head = [*(grid_columns or ["setting"]), "n", "final val top-1 % (median, min-max)",
+            "best val top-1 % (median)", "final val loss (median)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, row in table.iterrows():
+        cells = [str(row[c]) for c in (grid_columns or ["setting"])] + [f"{row['n']}/{seeds}"]
+        if row["n"]:
+            cells += [f"{row['final_val_acc1_median']:.2f} ({row['final_val_acc1_min']:.2f}-"
+                      f"{row['final_val_acc1_max']:.2f})", f"{row['best_val_acc1_median']:.2f}",
+                      f"{row['final_val_loss_median']:.4f}"]
+        else:
+            cells += ["-", "-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: pd.DataFrame, settings: list[str], path: Path) -> Path:
+    fig, ax = new_figure(figsize=(max(5.0, 1.2 * len(settings) + 2), 4))
+    for x, setting in enumerate(settings):
+        values = runs.loc[runs["setting"] == setting, "final_val_acc1"]
+        ax.scatter([x] * len(values), values, color="C0", alpha=0.7, label="runs (one per seed)" if x == 0 else None)
+        if len(values):
+            ax.hlines(values.median(), x - 0.3, x + 0.3, color="C3", label="median" if x == 0 else None)
+    ax.set_xticks(range(len(settings)), settings, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("final validation top-1 (%)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    return save_png(fig, path)

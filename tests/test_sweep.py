@@ -1,0 +1,133 @@
+"""`basinlab sweep`: settings x seeds as ordinary run folders, checked before anything starts, resumable,
+summarised as median tables recomputed here from each run's results.csv."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+import basinlab.sweep as sweeps
+from basinlab.cli import main
+from basinlab.errors import ConfigError
+from basinlab.records.run_safety import RunLock
+
+BASE = {"train-limit": 256, "val-limit": 128, "batch-size": 64, "epochs": 1}
+SPEC = {"base": BASE, "grid": {"lr": [0.001, 0.003]}, "seeds": [0, 1]}
+
+
+def write_spec(tmp_path, spec=SPEC, name="spec.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    out = tmp / "out"
+    assert main(["sweep", str(write_spec(tmp)), "--results-dir", str(out), "--jobs", "2"]) == 0
+    return tmp, out
+
+
+def test_every_run_is_a_run_folder_named_after_its_setting(swept):
+    _, out = swept
+    names = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert names == ["lr_0.001-s0", "lr_0.001-s1", "lr_0.003-s0", "lr_0.003-s1"]
+    for name in names:
+        stored = yaml.safe_load((out / name / "config.yaml").read_text())
+        assert stored["seed"] == int(name[-1]) and stored["lr"] == float(name.split("_")[1].split("-")[0])
+        assert stored["train-limit"] == 256 and (out / name / "last.pt").is_file()
+
+
+def test_the_summary_equals_statistics_recomputed_from_each_results_csv(swept):
+    _, out = swept
+    summary = pd.read_csv(out / "summary.csv").set_index("setting")
+    for setting in ("lr_0.001", "lr_0.003"):
+        finals, bests, losses = [], [], []
+        for seed in (0, 1):
+            history = pd.read_csv(out / f"{setting}-s{seed}" / "results.csv")
+            finals.append(history["val_acc1"].iloc[-1])
+            bests.append(history["val_acc1"].max())
+            losses.append(history["val_loss"].iloc[-1])
+        row = summary.loc[setting]
+        assert row["n"] == 2
+        assert row["final_val_acc1_median"] == pytest.approx(sorted(finals)[0] / 2 + sorted(finals)[1] / 2)
+        assert row["final_val_acc1_min"] == min(finals) and row["final_val_acc1_max"] == max(finals)
+        assert row["final_val_acc1_std"] == pytest.approx(abs(finals[0] - finals[1]) / 2 ** 0.5)  # sample std
+        assert row["best_val_acc1_mean"] == pytest.approx(sum(bests) / 2)
+        assert row["final_val_loss_median"] == pytest.approx(sum(losses) / 2)
+    table = (out / "summary.md").read_text()
+    assert table.splitlines()[0].startswith("| lr | n | final val top-1 %") and "| 0.003 | 2/2 |" in table
+    assert (out / "summary.png").stat().st_size > 5000
+    before = (out / "summary.csv").read_text()
+    assert main(["sweep", "--summarize", str(out)]) == 0
+    assert (out / "summary.csv").read_text() == before
+
+
+def test_a_second_sweep_starts_nothing_twice(swept, capsys):
+    tmp, out = swept
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/results.csv")}
+    assert main(["sweep", str(write_spec(tmp)), "--results-dir", str(out)]) == 0
+    assert "(4 done, 0 to run)" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/results.csv")} == stamps
+    assert main(["sweep", "--status", str(out)]) == 0
+    assert "4 done" in capsys.readouterr().out
+
+
+def test_a_sweep_already_running_in_the_folder_is_refused(swept):
+    tmp, out = swept
+    lock = RunLock(out / ".sweep").acquire()
+    try:
+        with pytest.raises(ConfigError, match="another basinlab sweep is running"):
+            sweeps.sweep(write_spec(tmp), out)
+    finally:
+        lock.release()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"base": BASE, "grid": {"lrr": [0.1]}}, "grid: unknown option 'lrr'"),
+    ({"base": {**BASE, "seed": 3}}, "'seed' is set by the sweep"),
+    ({"base": BASE, "grid": {"lr": 0.1}}, "must be a non-empty list"),
+    ({"base": BASE, "grid": {"lr": [0.1, -1.0]}}, "sweep run lr_-1.0-s0: "),
+    ({"base": BASE, "seeds": [0, 0]}, "seeds lists a seed twice"),
+    ({"base": BASE, "grid": {"lr": [0.1]}, "repeat": 2}, "unknown key 'repeat'"),
+    ({"base": {**BASE, "lr": 0.1}, "grid": {"lr": [0.2]}}, "both in base and in grid"),
+])
+def test_a_bad_spec_is_one_line_before_anything_runs(tmp_path, capsys, spec, message):
+    out = tmp_path / "out"
+    assert main(["sweep", str(write_spec(tmp_path, spec)), "--results-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_a_killed_sweep_resumes_its_runs_exactly(tmp_path):
+    """SIGKILL the sweep mid-run: its run dies with it; the next sweep resumes it from last.pt and ends with
+    the weights of a run that was never interrupted."""
+    spec = {"base": {**BASE, "epochs": 3, "save-every-steps": 1, "channels-last": "off"}, "grid": {"lr": [0.002]},
+            "seeds": [0]}
+    path, out = write_spec(tmp_path, spec), tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "basinlab", "sweep", str(path), "--results-dir", str(out)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = out / "lr_0.002-s0" / "results.csv"
+    deadline = time.monotonic() + 120
+    while not (results.is_file() and len(pd.read_csv(results)) >= 1) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.0)  # the run process gets its SIGKILL when the sweep dies
+    assert [s["status"] for _, s in sweeps.status(out)] == ["interrupted"]
+    assert main(["sweep", str(path), "--results-dir", str(out)]) == 0
+    assert len(pd.read_csv(results)) == 3
+    # the same sweep never interrupted (the same process layout and threads as the resumed run)
+    subprocess.run([sys.executable, "-m", "basinlab", "sweep", str(path), "--results-dir", str(tmp_path / "straight")],
+                   env=env, check=True, stdout=subprocess.DEVNULL)
+    resumed = torch.load(out / "lr_0.002-s0" / "last.pt", weights_only=True)["model"]
+    straight = torch.load(tmp_path / "straight" / "lr_0.002-s0" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
