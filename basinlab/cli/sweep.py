@@ -17,6 +17,17 @@ def add_commands(sub) -> None:
     sweep.add_argument("--jobs", type=integer(1, 1024), default=1,
                        help="runs at once on this machine; CPU threads are split between them, or one GPU each "
                             "(default: 1)")
+    sweep.add_argument("--backend", choices=("local", "slurm"), default="local",
+                       help="local: this machine; slurm: one job per run through submitit (default: local)")
+    slurm = sweep.add_argument_group("Slurm (--backend slurm)")
+    slurm.add_argument("--partition", help="Slurm partition (default: the cluster's default)")
+    slurm.add_argument("--time-min", type=integer(1, 525_600), default=60, help="time limit per run, minutes "
+                                                                                "(default: 60)")
+    slurm.add_argument("--cpus-per-run", type=integer(1, 1024), default=1, help="CPUs per run (default: 1)")
+    slurm.add_argument("--gpus-per-run", type=integer(0, 64), default=0, help="GPUs per run (default: 0)")
+    slurm.add_argument("--array-parallelism", type=integer(1, 100_000), default=64,
+                       help="runs of the job array at once (default: 64)")
+    slurm.add_argument("--no-wait", action="store_true", help="submit and return; follow with --status DIR")
     sweep.add_argument("--status", metavar="DIR", help="list the state of every run of the sweep in DIR")
     sweep.add_argument("--summarize", metavar="DIR", help="recompute DIR/summary.csv, .md and .png")
     sweep.set_defaults(func=cmd_sweep)
@@ -42,7 +53,12 @@ def cmd_sweep(args) -> int:
         print(f"wrote {Path(args.summarize) / 'summary.csv'}, summary.md, summary.png")
         return 0
     results_dir = Path(args.results_dir) if args.results_dir else Path("results") / Path(args.spec).stem
-    sweeps.sweep(args.spec, results_dir, jobs=args.jobs)
+    slurm = dict(partition=args.partition, time_min=args.time_min, cpus_per_run=args.cpus_per_run,
+                 gpus_per_run=args.gpus_per_run, array_parallelism=args.array_parallelism, wait=not args.no_wait)
+    sweeps.sweep(args.spec, results_dir, jobs=args.jobs, backend=args.backend, slurm=slurm)
+    if args.no_wait:
+        print(f"submitted; follow with basinlab sweep --status {results_dir}")
+        return 0
     print((results_dir / "summary.md").read_text(), end="")
     states = sweeps.status(results_dir)
     failed = [name for name, state in states if state["status"] != "done"]

@@ -10,17 +10,30 @@ from pathlib import Path
 from basinlab.errors import ConfigError
 from basinlab.records.run_safety import lock_holder
 from basinlab.sweep.runner import STATE, LocalBackend, run_state, run_sweep
+from basinlab.sweep.slurm import SlurmBackend, in_queue
 from basinlab.sweep.spec import SweepSpec, from_mapping, read_spec
 from basinlab.sweep.summary import summarize
 
 __all__ = ["sweep", "status", "summarize_folder", "read_spec", "SweepSpec"]
 
 
-def sweep(spec, results_dir="results/sweep", *, jobs: int = 1, echo=print):
-    """Run a sweep (a spec file or a {base, grid, seeds} mapping) on this machine; its summary table."""
+def sweep(spec, results_dir="results/sweep", *, jobs: int = 1, backend: str = "local", slurm: dict | None = None,
+          echo=print):
+    """Run a sweep (a spec file or a {base, grid, seeds} mapping); its summary table.
+
+    backend "local": `jobs` runs at once on this machine. "slurm": one Slurm job per run through submitit;
+    `slurm` holds SlurmBackend's settings (partition, time_min, cpus_per_run, gpus_per_run,
+    array_parallelism, wait).
+    """
     results_dir = Path(results_dir)
     spec = read_spec(spec, results_dir) if isinstance(spec, (str, Path)) else from_mapping(spec, results_dir)
-    run_sweep(spec, results_dir, LocalBackend(jobs, echo), echo)
+    if backend == "local":
+        runner = LocalBackend(jobs, echo)
+    elif backend == "slurm":
+        runner = SlurmBackend(**(slurm or {}), echo=echo)
+    else:
+        raise ConfigError(f"--backend must be local or slurm, got {backend!r}")
+    run_sweep(spec, results_dir, runner, echo)
     return summarize(spec, results_dir)
 
 
@@ -40,8 +53,10 @@ def status(results_dir) -> list[tuple[str, dict]]:
     states = []
     for run in spec.runs:
         state = run_state(Path(results_dir), run.name)
-        if state["status"] == "running" and not sweep_alive:
-            state = {"status": "interrupted"}
+        if state["status"] in ("running", "queued"):
+            alive = in_queue(state["job_id"]) if state.get("job_id") else sweep_alive
+            if not alive:
+                state = {"status": "interrupted"}
         states.append((run.name, state))
     return states
 
