@@ -88,6 +88,11 @@ class LocalBackend:
         self._slot_lock = threading.Lock()
 
     def run_all(self, runs: list[PlannedRun], results_dir: Path) -> dict[str, dict]:
+        from basinlab.sweep.slurm import in_queue
+        queued = [run for run in runs if in_queue(run_state(results_dir, run.name).get("job_id", ""))]
+        if queued:  # submitted by an earlier `--backend slurm` sweep and still there: never run twice
+            raise ConfigError(f"{len(queued)} runs of this sweep are in the Slurm queue (e.g. {queued[0].name}); "
+                              f"wait for them (basinlab sweep --status {results_dir}) or use --backend slurm")
         with ThreadPoolExecutor(self.jobs) as pool:
             return dict(zip([r.name for r in runs], pool.map(lambda r: self._run(r, results_dir), runs)))
 
