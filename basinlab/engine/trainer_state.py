@@ -1,0 +1,125 @@
+"""A trainer's checkpointed state: what `last.pt` holds and how a resumed run takes it back.
+
+Kept apart from the loop (trainer.py) so that the loop reads top to bottom; `Trainer` inherits these.
+The stored state: model, optimizer, step strategy, callbacks by state_key, position (epoch, batch,
+global step, batch size), the partial epoch's metrics, best so far, results.csv's rows, scaler and every
+random generator, so a resumed run continues exactly.
+"""
+from __future__ import annotations
+
+import numbers
+
+from basinlab.engine.checkpoint import (
+    load_weights,
+    resolve_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from basinlab.engine.evaluate import Meter
+from basinlab.errors import ConfigError
+from basinlab.optim import optimizer_name_of
+
+
+class CheckpointedState:
+    """state_dict / resume / save of a Trainer (its attributes: see trainer.py)."""
+
+    def state_dict(self) -> dict:
+        return {
+            "format": "basinlab-checkpoint/1",
+            "config": self.cfg.to_dict(),
+            "num_classes": self.train_loader.num_classes,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "optimizer_name": optimizer_name_of(self.optimizer),
+            "strategy": self.strategy.state_dict(),
+            "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
+            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "global_step": self.global_step,
+            "batch_size": self.train_loader.batch_size,
+            "meter": self.meter.state_dict() if self.batch_in_epoch else None,
+            "epoch_seconds": self.epoch_seconds if self.batch_in_epoch else 0.0,
+            "best": dict(self.best), "nonfinite_skipped": self.nonfinite_skipped,
+            "history": [plain_row(row) for row in self.run.results.rows],  # results.csv's rows
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "rng": rng_state(),
+        }
+
+    def _load_state(self, state: dict) -> None:
+        load_weights(self.model, state, resolve_checkpoint(self.cfg.resume),
+                     f"{self.cfg.model} for {self.train_loader.num_classes} classes")
+        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
+        self.global_step = state["global_step"]
+        self.train_loader.batch_size = state["batch_size"]
+        self.optimizer = None
+        self._apply_regime()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._apply_regime()  # param groups follow the regime, not the stored values
+        self.strategy.load_state_dict(state["strategy"])
+        self._load_callback_states(state["callbacks"])
+        self.best, self.nonfinite_skipped = state["best"], state["nonfinite_skipped"]
+        if state["meter"] is not None:
+            self.meter = Meter(self.device)
+            if self.run.is_main:  # the checkpoint holds rank 0's partial sums; other ranks restart theirs
+                self.meter.load_state_dict(state["meter"])
+            self.epoch_seconds = state["epoch_seconds"]
+        if self.scaler and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.run.resume_records(self.epoch, state.get("history"), self.global_step)  # older checkpoints: results.csv
+        where = (f"epoch {self.epoch + 1}, step {self.batch_in_epoch}" if self.batch_in_epoch
+                 else f"the start of epoch {self.epoch + 1}")
+        self.run.log.info(f"resumed from {self.cfg.resume} at {where} (global step {self.global_step})")
+
+    def _load_callback_states(self, stored) -> None:
+        """Give each callback the state stored under its state_key; say which could not be placed."""
+        if isinstance(stored, list):  # checkpoints before state keys: by position, when the list fits
+            if len(stored) != len(self.callbacks):
+                self.log.info(f"note: the checkpoint holds {len(stored)} callback states by position and this run "
+                              f"has {len(self.callbacks)} callbacks; every callback starts fresh")
+                return
+            stored = {cb.state_key: s for cb, s in zip(self.callbacks, stored)}
+        for cb in self.callbacks:
+            if cb.state_key in stored:
+                cb.load_state_dict(stored[cb.state_key])
+            else:
+                self.log.info(f"note: no stored state for callback {cb.state_key}; it starts fresh")
+        unplaced = sorted(set(stored) - {cb.state_key for cb in self.callbacks})
+        if unplaced:
+            self.log.info("note: the checkpoint holds state of callbacks this run does not have: "
+                          + ", ".join(unplaced))
+
+    def save_checkpoint(self, best: bool = False) -> None:
+        if not self.run.is_main:
+            return
+        state = self.state_dict()
+        save_checkpoint(state, self.run.path / "last.pt")
+        self.run.checkpoint_written()
+        if best:
+            save_checkpoint(state, self.run.path / "best.pt")
+        if self.cfg.save_all and self.batch_in_epoch == 0:
+            save_checkpoint(state, self.run.path / f"epoch_{self.epoch}.pt")
+
+
+def check_state_keys(callbacks) -> None:
+    """Refuse two callbacks with one state key: a checkpoint could not tell their states apart."""
+    seen = set()
+    for cb in callbacks:
+        if cb.state_key in seen:
+            raise ConfigError(f"two callbacks share the state key {cb.state_key!r}; give each a distinct "
+                              f"`key` attribute so a checkpoint can tell their states apart")
+        seen.add(cb.state_key)
+
+
+def plain_row(row: dict) -> dict:
+    """A results row as Python numbers and strings (numpy scalars would not load with weights_only)."""
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, bool) or value is None:
+            out[str(key)] = value
+        elif isinstance(value, numbers.Integral):
+            out[str(key)] = int(value)
+        elif isinstance(value, numbers.Real):
+            out[str(key)] = float(value)
+        else:
+            out[str(key)] = str(value)
+    return out
