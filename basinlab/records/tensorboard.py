@@ -18,18 +18,25 @@ def _writing(folder):
 
 
 class TensorBoardLog:
+    """The run's event file, opened at the first value written (importing TensorBoard costs ~0.15 s, which
+    a run should not pay before its first training step)."""
+
     def __init__(self, folder: str | Path, enabled: bool = True):
-        self.writer, self.folder = None, folder
-        if enabled:
+        self.writer, self.folder, self.pending = None, folder, enabled
+
+    def _open(self) -> bool:
+        if self.pending:
+            self.pending = False
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is a dependency; tolerate its absence in minimal installs
-                return
-            with _writing(folder):
-                self.writer = SummaryWriter(log_dir=str(folder))
+                return False
+            with _writing(self.folder):
+                self.writer = SummaryWriter(log_dir=str(self.folder))
+        return self.writer is not None
 
     def epoch(self, row: dict) -> None:
-        if self.writer is None:
+        if not self._open():
             return
         step = int(row["epoch"])
         with _writing(self.folder):
@@ -42,11 +49,11 @@ class TensorBoardLog:
             self.writer.flush()
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        if self.writer is not None:
+        if self._open():
             self.writer.add_scalar(tag, value, step)
 
     def histogram(self, tag: str, values, step: int) -> None:
-        if self.writer is not None:
+        if self._open():
             self.writer.add_histogram(tag, values, step)
 
     def close(self) -> None:
