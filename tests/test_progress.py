@@ -9,7 +9,7 @@ from basinlab.records.plots import PANELS, panel_figure, runs_figure
 from basinlab.records.progress import StepTable, clock
 
 # 512 train / 256 val examples in batches of 64: 8 training and 4 validation steps per epoch.
-RUN = ["--train-limit", "512", "--val-limit", "256", "--batch-size", "64", "--epochs", "2"]
+RUN = ["--train-limit", "512", "--val-limit", "256", "--batch-size", "64", "--eval-batch-size", "64", "--epochs", "2"]
 
 
 def log_lines(run, prefix):
