@@ -264,8 +264,8 @@ class Trainer(CheckpointedState):
         self.global_step += 1
 
     def _apply_regime(self) -> None:
-        self.optimizer = self.regime.apply(self.optimizer, parameter_groups(self.model, self.wd_filter), self.epoch,
-                                           self.batch_in_epoch, self.global_step,
+        groups = lambda: parameter_groups(self.model, self.wd_filter)  # noqa: E731  (built only for a new optimizer)
+        self.optimizer = self.regime.apply(self.optimizer, groups, self.epoch, self.batch_in_epoch, self.global_step,
                                            steps_per_epoch=len(self.train_loader))
 
     @property

@@ -450,7 +450,8 @@ class Regime:
 
         The same object comes back, with its param groups updated and its state (momentum
         buffers, Adam moments) untouched, unless the regime names a different optimizer here
-        (or ``optimizer`` is None): then a new one is created over ``params`` (or, when
+        (or ``optimizer`` is None): then a new one is created over ``params`` (a list, or a callable
+        returning one, called only then; or, when
         ``params`` is None, over the old optimizer's param groups, keeping their extra keys such
         as ``'lr_scale'``). A param group with ``'<key>_scale'`` gets the regime value times
         that factor (``'lr_scale'`` for per-layer lr).
@@ -461,6 +462,8 @@ class Regime:
         if optimizer is not None and optimizer_name_of(optimizer) == name:
             apply_group_settings(optimizer, settings, spec.defaults)
             return optimizer
+        if callable(params):  # built only when an optimizer is created (not on every step)
+            params = params()
         if params is None:
             if optimizer is None:
                 raise ValueError("Regime.apply: give params when there is no optimizer yet")
