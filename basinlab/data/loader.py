@@ -114,10 +114,12 @@ class Loader(abc.ABC):
         t = self.input_transform
         return None if t is None or t.on_batch else t.for_split(self.train)
 
-    def copy_rows(self) -> torch.Tensor:
+    def copy_rows(self) -> torch.Tensor | slice:
         """This rank's positions in a global training batch laid out copy by copy (duplicates):
         random draws are made for the whole global batch and sliced, so ranks match one process."""
         lo, hi = self.shard_bounds()
+        if self.duplicates == 1:
+            return slice(lo, hi)
         return torch.cat([torch.arange(c * self.batch_size + lo, c * self.batch_size + hi)
                           for c in range(self.duplicates)])
 

@@ -74,7 +74,8 @@ class MemoryLoader(Loader):
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch, index in self.index_batches(epoch, start_batch):
-            index = index.repeat(self.duplicates) if self.train else index   # copy-major: [copy 0, copy 1, ...]
+            if self.train and self.duplicates > 1:
+                index = index.repeat(self.duplicates)   # copy-major: [copy 0, copy 1, ...]
             transform = self.sample_transform()
             if transform is not None:
                 images = self._transformed(transform, epoch, index)
