@@ -78,10 +78,10 @@ def apply_data_settings(settings: dict, train_loader, val_loader, *, flag_batch:
     train_loader.duplicates = settings.get("duplicates", 1)
 
 
-def describe_phase(epoch: int, train_loader, val_loader) -> str:
-    """One log line: what a training step of this phase really gets."""
+def describe_phase(train_loader, val_loader) -> str:
+    """What a training step of the current phase really gets (the log line's text)."""
     _, height, width = train_loader.input_shape
-    parts = [f"data from epoch {epoch + 1}: batch {train_loader.batch_size}"]
+    parts = [f"batch {train_loader.batch_size}"]
     if train_loader.duplicates > 1:
         parts[0] += f" x {train_loader.duplicates} duplicates = {train_loader.images_per_batch} images per step"
     parts.append(f"input {height}x{width}")

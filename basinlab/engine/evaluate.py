@@ -62,13 +62,12 @@ def evaluate(model, loader, criterion, *, epoch: int = 0, autocast=contextlib.nu
                 loss = criterion(logits, y)
             meter.update(loss.float(), logits.float(), y)
             if progress is not None:
-                progress.step(y.shape[0], lambda: _running(meter))
+                progress.step(y.shape[0], lambda: _running(meter.result()))
     finally:
         model.train(was_training)
     meter.reduce()
     return meter.result()
 
 
-def _running(meter: Meter) -> str:
-    loss_sum, correct1, _, count = meter.sums.tolist()
-    return f"loss {loss_sum / count:.4f} top1 {100.0 * correct1 / count:.2f}%"
+def _running(so_far: dict) -> str:
+    return f"loss {so_far['loss']:.4f} top1 {so_far['acc1']:.2f}%"

@@ -60,7 +60,7 @@ class Trainer(CheckpointedState):
     def __init__(self, cfg: TrainConfig, *, callbacks=(), strategy: StepStrategy | None = None):
         self.cfg = cfg
         self.callbacks = list(callbacks)
-        self._data_phase = ": "          # the data phase last logged (engine/data_settings.describe_phase)
+        self._data_phase: str | None = None  # the current data phase (engine/data_settings.describe_phase)
         check_state_keys(self.callbacks)
         self.strategy = strategy
         self.stop_signal: int | None = None
@@ -196,22 +196,20 @@ class Trainer(CheckpointedState):
         for line in self.data_regime.describe():
             self.log.info(f"data regime: {line}")
         if self.data_regime.epochs:
-            self.log.info(self._data_phase)
+            self.log.info(f"data from epoch {self.epoch + 1}: {self._data_phase}")
         for line in notes:
             self.log.info(line)
         if self.dist.active:
             self.log.info(self.dist.describe(self.train_loader.batch_size))
 
     # ------------------------------------------------------------------------------------ helpers for strategies
-    def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+    def autocast(self, dtype: torch.dtype | None = None):
+        """Training's autocast (or one in `dtype`); a no-op context without mixed precision."""
+        dtype = self.amp_dtype if dtype is None else dtype
+        return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
 
     def eval_autocast(self):
-        if self.eval_amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.eval_amp_dtype)
+        return self.autocast(self.eval_amp_dtype) if self.eval_amp_dtype is not None else contextlib.nullcontext()
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
@@ -349,10 +347,10 @@ class Trainer(CheckpointedState):
 
     def _step_summary(self, result) -> str:
         """The metrics of a progress line: this batch's loss, the epoch's running means (this process's share)."""
-        loss_sum, correct1, _, count = self.meter.sums.tolist()
-        if not count:
+        so_far = self.meter.result()
+        if not so_far["count"]:
             return f"loss {result.loss.item():.4f} | lr {self.lr:.4g}"
-        return (f"loss {result.loss.item():.4f} (avg {loss_sum / count:.4f}) top1 {100.0 * correct1 / count:.2f}% "
+        return (f"loss {result.loss.item():.4f} (avg {so_far['loss']:.4f}) top1 {so_far['acc1']:.2f}% "
                 f"| lr {self.lr:.4g}")
 
     def _buffers_before_step(self) -> list[torch.Tensor] | None:
@@ -415,9 +413,9 @@ class Trainer(CheckpointedState):
         apply_data_settings(self.data_regime.settings_at(self.epoch), self.train_loader, self.val_loader,
                             flag_batch=self.cfg.batch_size is not None,
                             flag_eval_batch=self.cfg.eval_batch_size is not None)
-        phase = describe_phase(self.epoch, self.train_loader, self.val_loader)
-        if log and phase.split(": ", 1)[1] != self._data_phase.split(": ", 1)[1]:
-            self.log.info(phase)
+        phase = describe_phase(self.train_loader, self.val_loader)
+        if log and phase != self._data_phase:
+            self.log.info(f"data from epoch {self.epoch + 1}: {phase}")
         self._data_phase = phase
 
     # ------------------------------------------------------------------------------------ signals

@@ -53,6 +53,14 @@ def write_state(results_dir: Path, name: str, state: dict) -> None:
     atomic_write_text(state_path(results_dir, name), json.dumps(state, indent=1))
 
 
+def finished_state(proc: subprocess.CompletedProcess) -> dict:
+    """A run's state from its finished `basinlab train` process: done, or failed with its last error line."""
+    if proc.returncode == 0:
+        return {"status": "done"}
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    return {"status": "failed", "exit": proc.returncode, "error": lines[-1] if lines else ""}
+
+
 def command_for(run: PlannedRun, results_dir: Path) -> list[str]:
     """Resume a run that has a checkpoint; otherwise start it from its options file (a half-made folder of a
     run killed before its first checkpoint is replaced)."""
@@ -115,11 +123,7 @@ class LocalBackend:
         finally:
             with self._slot_lock:
                 self._slots.append(slot)
-        if proc.returncode == 0:
-            state = {"status": "done"}
-        else:
-            lines = [line for line in proc.stderr.splitlines() if line.strip()]
-            state = {"status": "failed", "exit": proc.returncode, "error": lines[-1] if lines else ""}
+        state = finished_state(proc)
         write_state(results_dir, run.name, state)
         self.echo(f"sweep: {run.name} {state['status']}" + (f" (exit {state['exit']}: {state['error']})"
                                                             if state["status"] == "failed" else ""))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from basinlab.errors import ConfigError
-from basinlab.sweep.runner import STATE, command_for, run_state, write_state
+from basinlab.sweep.runner import STATE, command_for, finished_state, run_state, write_state
 from basinlab.sweep.spec import PlannedRun
 
 
@@ -24,11 +24,7 @@ def train_in_job(command: list[str], results_dir: str, name: str, threads: int) 
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     write_state(Path(results_dir), name, {"status": "running", "job_id": os.environ.get("SLURM_JOB_ID", "")})
     proc = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if proc.returncode == 0:
-        state = {"status": "done"}
-    else:
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        state = {"status": "failed", "exit": proc.returncode, "error": lines[-1] if lines else ""}
+    state = finished_state(proc)
     write_state(Path(results_dir), name, state)
     return state
 
