@@ -15,6 +15,7 @@ from basinlab.config import FIELDS, OPTION_GROUPS
 from basinlab.errors import ConfigError
 from basinlab.methods.registry import METHODS
 from basinlab.optim import create_optimizer, optimizer_names, optimizer_spec
+from tests.test_data import make_cifar10
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,6 +44,20 @@ def test_the_command_line_imports_no_torch_before_it_needs_it():
 def test_the_optimizer_registry_instantiates_nothing_at_import():
     loaded = _modules_after("import basinlab.optim; basinlab.optim.optimizer_names()")
     assert "torch._dynamo" not in loaded  # what instantiating a torch optimizer pulls in
+
+
+def test_a_run_reaches_its_first_step_without_pandas(tmp_path):
+    """pandas (~0.2 s to import) is loaded where a table is read or written, after the first step."""
+    make_cifar10(tmp_path / "data")
+    code = ("import sys, basinlab\n"
+            "from basinlab.engine.callbacks import Callback\n"
+            "class First(Callback):\n"
+            "    def on_step_end(self, trainer, result):\n"
+            "        if trainer.global_step == 1: print('pandas loaded at step 1:', 'pandas' in sys.modules)\n"
+            f"basinlab.train(dataset='cifar10', model='resnet20', epochs=1, batch_size=4, "
+            f"datasets_dir={str(tmp_path / 'data')!r}, results_dir={str(tmp_path)!r}, callbacks=[First()])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "pandas loaded at step 1: False" in out, out[-2000:]
 
 
 def test_every_option_is_in_exactly_one_help_group():

@@ -81,6 +81,16 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
     assert not (tmp_path / "PWNED").exists()
 
 
+def test_a_batch_batchnorm_cannot_train_on_is_refused_before_the_run_folder(tmp_path):
+    """The set-up probe runs train mode on min(batch, 2) blank images: batch 1 is refused, batch 2 trains."""
+    args = ["train", "--train-limit", "8", "--val-limit", "8", "--epochs", "1", "--quiet",
+            "--results-dir", str(tmp_path)]
+    proc = run_cli(*args, "--batch-size", "1", check_code=2)
+    assert "cannot normalise a batch of 1 sample(s)" in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # refused before any run folder was made
+    assert main([*args, "--batch-size", "2", "--save", "two"]) == 0
+
+
 def test_missing_dataset_folder_names_path_and_layout(tmp_path):
     proc = run_cli("train", "--dataset", "cifar10", "--datasets-dir", tmp_path / "none", "--results-dir", tmp_path,
                    cwd=tmp_path, check_code=2)

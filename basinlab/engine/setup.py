@@ -105,8 +105,9 @@ def make_criterion(model: nn.Module, label_smoothing: float) -> nn.Module:
 def check_model_fits_data(model: nn.Module, input_shape, num_classes: int, model_name: str, dataset: str,
                           device: torch.device, smallest_batch: int | None = None) -> None:
     """Forward blank images through the model before anything is written: two in eval mode (it must take
-    the dataset's images and give one output per class) and, for training, `smallest_batch` in train mode
-    (BatchNorm cannot normalise one value per channel). Weights, buffers, modes and the global random
+    the dataset's images and give one output per class) and, for training, min(`smallest_batch`, 2) in train
+    mode (BatchNorm cannot normalise one value per channel: that fails with 1 sample and never with 2, so a
+    whole batch would only cost a forward pass at start-up). Weights, buffers, modes and the global random
     state are left as they were."""
     shape = "x".join(map(str, input_shape))
     devices = [device] if device.type == "cuda" else []
@@ -116,7 +117,7 @@ def check_model_fits_data(model: nn.Module, input_shape, num_classes: int, model
             out = model(torch.zeros(2, *input_shape, device=device))
             if smallest_batch is not None:
                 model.train()
-                _train_mode_probe(model, smallest_batch, input_shape, model_name, device)
+                _train_mode_probe(model, min(smallest_batch, 2), input_shape, model_name, device)
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"model {model_name} does not take the {dataset} images ({shape}): {first}") from None

@@ -60,14 +60,16 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor, nn
 
 from basinlab.errors import ConfigError
+
+if TYPE_CHECKING:  # pandas takes ~0.2 s to import: loaded where a table is built
+    import pandas as pd
 
 __all__ = [
     "EVBMFFit",
@@ -393,6 +395,8 @@ def model_metrics(model: nn.Module, p: float = 1, include_linear: bool = False) 
     records = []
     for (name, kind, m), r in zip(layers, rows):
         records.append({"layer": name, "kind": kind, "shape": "x".join(str(int(s)) for s in m.weight.shape), **r})
+    import pandas as pd
+
     return pd.DataFrame.from_records(records, columns=["layer", "kind", "shape", *METRIC_COLUMNS])
 
 

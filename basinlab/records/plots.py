@@ -8,10 +8,12 @@ gets loss_steps.png, the loss of every -p step.
 from __future__ import annotations
 
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from basinlab.utils.figures import new_figure, save_png
+
+if TYPE_CHECKING:  # pandas takes ~0.2 s to import: loaded only where a table is read or built
+    import pandas as pd
 
 PANELS = (("loss", "loss", ("train_loss", "val_loss")),
           ("error", "top-1 error (%)", ("train_acc1", "val_acc1")),

@@ -13,11 +13,13 @@ import csv
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from basinlab.errors import WriteError
 from basinlab.utils.io import atomic_write_text
+
+if TYPE_CHECKING:  # pandas takes ~0.2 s to import: loaded only where a table is read or built
+    import pandas as pd
 
 # Outside a terminal and without -p, a progress line at least this often: often enough to tell a live
 # run from a hung one in a batch log, rare enough that a 10-minute epoch writes 20 lines, not 2000.
@@ -108,6 +110,7 @@ class StepTable:
 
     def resume(self, global_step: int, origin: Path | None = None) -> None:
         """Keep the rows up to `global_step`: this run's, or those of the run a branch starts from."""
+        import pandas as pd
         source = origin or self.path
         if not source.is_file():
             return
@@ -138,6 +141,7 @@ class StepTable:
 
 def read_steps(path: Path) -> pd.DataFrame | None:
     """A run's steps.csv, or None when it has none or it cannot be read (the curve is optional)."""
+    import pandas as pd
     try:
         frame = pd.read_csv(path)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError):

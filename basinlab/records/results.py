@@ -6,11 +6,13 @@ here a resumed run keeps the rows of finished epochs and each epoch appears exac
 from __future__ import annotations
 
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from basinlab.errors import ConfigError
 from basinlab.utils.io import atomic_write_text
+
+if TYPE_CHECKING:  # pandas takes ~0.2 s to import: loaded only where a table is read or built
+    import pandas as pd
 
 FIRST_COLUMNS = ["epoch", "lr", "train_loss", "train_acc1", "train_acc5", "val_loss", "val_acc1", "val_acc5",
                  "epoch_time_s", "train_images_per_s", "val_time_s"]
@@ -47,6 +49,7 @@ class ResultsTable:
         atomic_write_text(self.path, self.frame().to_csv(index=False))
 
     def frame(self) -> pd.DataFrame:
+        import pandas as pd
         frame = pd.DataFrame(self.rows)
         if frame.empty:
             return pd.DataFrame(columns=FIRST_COLUMNS)
@@ -56,6 +59,7 @@ class ResultsTable:
 
 def read_results(path: str | Path) -> pd.DataFrame:
     """A run's results.csv, or one line saying why it cannot be read (garbage, no epoch column, text epochs)."""
+    import pandas as pd
     path = Path(path)
     try:
         frame = pd.read_csv(path)

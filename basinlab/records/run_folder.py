@@ -14,8 +14,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import yaml
 
 from basinlab.config import TrainConfig, config_to_yaml, load_yaml, validated_config
@@ -33,6 +33,9 @@ from basinlab.records.run_safety import (
     remove_stale_temporaries,
 )
 from basinlab.utils.io import atomic_write_text
+
+if TYPE_CHECKING:  # pandas takes ~0.2 s to import: loaded only where a table is read or built
+    import pandas as pd
 
 # Plots are redrawn after an epoch at most this often (and always when the run ends): drawing costs
 # ~0.7 s, which dominated short runs and searches of many small trials.
@@ -98,12 +101,14 @@ class RunLog:
 
 
 def environment_facts() -> dict:
+    from importlib.metadata import version
+
     import numpy
     import torch
 
     from basinlab._version import __version__
     facts = {"basinlab": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
-             "numpy": str(numpy.__version__), "pandas": str(pd.__version__), "platform": platform.platform(),
+             "numpy": str(numpy.__version__), "pandas": version("pandas"), "platform": platform.platform(),
              "cuda": torch.version.cuda,
              "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
              "threads": torch.get_num_threads(), "world_size": int(os.environ.get("WORLD_SIZE", "1")),
@@ -281,6 +286,7 @@ class RunFolder:
             self.replaced = None
 
     def result(self, trainer) -> Run:
+        import pandas as pd
         history = self.results.frame()
         if not self.is_main and self.results.path.is_file():  # rank 0 wrote the rows (the trainer waited)
             history = pd.read_csv(self.results.path)
@@ -289,6 +295,7 @@ class RunFolder:
 
 def load_run(path: str | Path) -> Run:
     """The config, results.csv history and checkpoint paths of a run folder written by `basinlab train`."""
+    import pandas as pd
     path = Path(path)
     if not (path / "config.yaml").is_file():
         raise ConfigError(f"{path} is not a basinlab run folder (no config.yaml)")

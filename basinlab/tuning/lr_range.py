@@ -36,15 +36,17 @@ import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
 from basinlab.errors import ConfigError
 from basinlab.utils.figures import new_figure, save_png
+
+if TYPE_CHECKING:  # pandas takes ~0.2 s to import: only the table needs it
+    import pandas as pd
 
 __all__ = [
     "LRRangeResult",
@@ -78,6 +80,8 @@ class LRRangeResult:
         return self.stop_reason != "completed"
 
     def to_dataframe(self) -> pd.DataFrame:
+        import pandas as pd
+
         return pd.DataFrame({"lr": self.lrs, "loss": self.losses, "smoothed": self.smoothed})
 
 
