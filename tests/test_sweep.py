@@ -22,7 +22,7 @@ SPEC = {"base": BASE, "grid": {"lr": [0.001, 0.003]}, "seeds": [0, 1]}
 
 def write_spec(tmp_path, spec=SPEC, name="spec.yaml"):
     path = tmp_path / name
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
 
@@ -97,6 +97,11 @@ def test_a_sweep_already_running_in_the_folder_is_refused(swept):
     ({"base": BASE, "seeds": [0, 0]}, "seeds lists a seed twice"),
     ({"base": BASE, "grid": {"lr": [0.1]}, "repeat": 2}, "unknown key 'repeat'"),
     ({"base": {**BASE, "lr": 0.1}, "grid": {"lr": [0.2]}}, "both in base and in grid"),
+    ({"base": BASE, "variants": {"sam": {"sam": 0.05}}, "grid": {"sam": [0.1]}}, "both in variant sam and in grid"),
+    ({"base": BASE, "variants": {"a b": {}}}, "variants: the name 'a b' must be"),
+    ({"base": BASE, "variants": {"sam": {"sam": -1.0}}}, "sweep run sam-s0: "),
+    ({"base": BASE, "variants": {"x": {"lrr": 0.1}}}, "variants: x: unknown option 'lrr'"),
+    ({"base": BASE, "variants": []}, "variants must be a non-empty mapping"),
 ])
 def test_a_bad_spec_is_one_line_before_anything_runs(tmp_path, capsys, spec, message):
     out = tmp_path / "out"
@@ -104,6 +109,30 @@ def test_a_bad_spec_is_one_line_before_anything_runs(tmp_path, capsys, spec, mes
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not out.exists()
+
+
+def test_variants_are_named_settings_crossed_with_the_grid(tmp_path):
+    """Each variant's options override base's; run names and the tables' first column are the variant's."""
+    spec = {"base": {**BASE, "lr": 0.001}, "seeds": [0], "grid": {"momentum": [0.0, 0.9]},
+            "variants": {"plain": {}, "fast": {"lr": 0.003, "weight-decay": 1e-4}}}
+    planned = sweeps.from_mapping(spec, tmp_path)
+    assert [run.name for run in planned.runs] == ["plain__momentum_0.0-s0", "plain__momentum_0.9-s0",
+                                                  "fast__momentum_0.0-s0", "fast__momentum_0.9-s0"]
+    fast = planned.runs[3].options
+    assert fast["lr"] == 0.003 and fast["weight_decay"] == 1e-4 and fast["momentum"] == 0.9
+    assert planned.runs[0].options["lr"] == 0.001 and "weight_decay" not in planned.runs[0].options
+    assert planned.columns() == ["variant", "momentum"]
+
+
+def test_a_variant_sweep_runs_and_its_table_has_a_variant_column(tmp_path):
+    spec = {"base": BASE, "seeds": [0], "variants": {"sgd": {}, "sam": {"sam": 0.05}}}
+    out = tmp_path / "out"
+    assert main(["sweep", str(write_spec(tmp_path, spec)), "--results-dir", str(out)]) == 0
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["variant"]) == ["sgd", "sam"] and list(summary["n"]) == [1, 1]
+    assert yaml.safe_load((out / "sam-s0" / "config.yaml").read_text())["sam"] == 0.05
+    assert "| variant | n |" in (out / "summary.md").read_text()
+    assert [name for name, state in sweeps.status(out) if state["status"] == "done"] == ["sgd-s0", "sam-s0"]
 
 
 def test_a_killed_sweep_resumes_its_runs_exactly(tmp_path):

@@ -142,7 +142,7 @@ def run_sweep(spec: SweepSpec, results_dir: Path, backend, echo=print) -> dict[s
     """Run every run of `spec` that is not done yet; the state of every run afterwards."""
     (results_dir / STATE).mkdir(parents=True, exist_ok=True)
     atomic_write_text(results_dir / STATE / "spec.yaml",
-                      yaml.safe_dump({"base": spec.base, "grid": spec.grid, "seeds": spec.seeds}, sort_keys=False))
+                      yaml.safe_dump(spec.as_mapping(), sort_keys=False))
     try:
         lock = RunLock(results_dir / STATE).acquire()
     except ConfigError:

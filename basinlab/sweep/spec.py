@@ -4,8 +4,13 @@
     grid: {norm-mode: [batch, group, online]}               # the cartesian product of these lists
     seeds: [0, 1, 2]                                        # each setting is run once per seed
 
-Keys are `basinlab train` options (long-flag names, `-` or `_`). A run is named after its grid values,
-`norm-mode_online-s0` (several keys joined by `__`), and lives in `DIR/<name>/`.
+Settings that are not a product (plain SGD vs SAM vs SmoothOut, each with its own flags) are named
+`variants`, crossed with the grid; a variant's options override base's:
+
+    variants: {sgd: {}, sam: {sam: 0.05}, lb-sam: {batch-size: 2048, sam: 0.05}}
+
+Keys are `basinlab train` options (long-flag names, `-` or `_`). A run is named after its variant and
+grid values, `norm-mode_online-s0` or `sam__lr_0.1-s0` (joined by `__`), and lives in `DIR/<name>/`.
 """
 from __future__ import annotations
 
@@ -40,6 +45,16 @@ class SweepSpec:
     seeds: list
     runs: list[PlannedRun]
     source: str = ""
+    variants: dict = field(default_factory=dict)   # name -> options; empty: no variant axis
+
+    def columns(self) -> list[str]:
+        """The columns that tell settings apart in the tables: the variant, then the grid's keys."""
+        return (["variant"] if self.variants else []) + [key.replace("_", "-") for key in self.grid]
+
+    def as_mapping(self) -> dict:
+        """The spec as written (stored in DIR/.sweep/spec.yaml so that --status can read it back)."""
+        out = {"base": self.base, "grid": self.grid, "seeds": self.seeds}
+        return {**out, "variants": self.variants} if self.variants else out
 
 
 def _options(mapping, where: str) -> dict:
@@ -71,6 +86,23 @@ def _grid(mapping) -> dict:
     return grid
 
 
+VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]*")
+
+
+def _variants(mapping) -> dict[str, dict]:
+    if mapping is None:
+        return {}
+    if not isinstance(mapping, Mapping) or not mapping:
+        raise ConfigError(f"variants must be a non-empty mapping of names to option mappings, got {mapping!r}")
+    out = {}
+    for name, options in mapping.items():
+        if not isinstance(name, str) or not VARIANT_NAME.fullmatch(name):
+            raise ConfigError(f"variants: the name {name!r} must be letters, digits, '.', '+' or '-' (it names "
+                              f"run folders)")
+        out[name] = _options(options, f"variants: {name}")
+    return out
+
+
 def _seeds(value) -> list[int]:
     seeds = [0] if value is None else value
     if isinstance(seeds, int) and not isinstance(seeds, bool):
@@ -89,27 +121,34 @@ def _text(value) -> str:
 
 
 def setting_name(values: dict) -> str:
-    """`norm-mode_online__lr_0.1`; `base` when the grid is empty."""
+    """`norm-mode_online__lr_0.1`, `sam__lr_0.1` with a variant; `base` when there is neither."""
     if not values:
         return "base"
-    return "__".join(f"{key.replace('_', '-')}_{_text(value)}" for key, value in values.items())
+    return "__".join(value if key == "variant" else f"{key.replace('_', '-')}_{_text(value)}"
+                     for key, value in values.items())
 
 
-def plan_runs(base: dict, grid: dict, seeds: list[int]) -> list[PlannedRun]:
+def plan_runs(base: dict, grid: dict, seeds: list[int], variants: dict | None = None) -> list[PlannedRun]:
     keys = list(grid)
     combos = list(itertools.product(*(grid[k] for k in keys))) if keys else [()]
-    if len(combos) * len(seeds) > MAX_RUNS:
-        raise ConfigError(f"the sweep has {len(combos) * len(seeds)} runs; at most {MAX_RUNS} are allowed")
+    named = list((variants or {None: {}}).items())
+    if len(named) * len(combos) * len(seeds) > MAX_RUNS:
+        raise ConfigError(f"the sweep has {len(named) * len(combos) * len(seeds)} runs; at most {MAX_RUNS} "
+                          f"are allowed")
     runs, names = [], set()
-    for combo in combos:
-        values = dict(zip(keys, combo))
-        setting = setting_name(values)
-        for seed in seeds:
-            name = f"{setting}-s{seed}"
-            if name in names:
-                raise ConfigError(f"two settings get the run name {name!r}; make the grid values distinct as text")
-            names.add(name)
-            runs.append(PlannedRun(name, setting, values, seed, {**base, **values, "seed": seed}))
+    for variant, options in named:
+        for combo in combos:
+            values = ({} if variant is None else {"variant": variant}) | dict(zip(keys, combo))
+            setting = setting_name(values)
+            grid_values = dict(zip(keys, combo))
+            for seed in seeds:
+                name = f"{setting}-s{seed}"
+                if name in names:
+                    raise ConfigError(f"two settings get the run name {name!r}; make the grid values distinct "
+                                      f"as text")
+                names.add(name)
+                runs.append(PlannedRun(name, setting, values, seed,
+                                       {**base, **options, **grid_values, "seed": seed}))
     return runs
 
 
@@ -125,9 +164,9 @@ def check_runs(runs: list[PlannedRun], results_dir: Path) -> None:
 def read_spec(path: str | Path, results_dir: Path | None = None) -> SweepSpec:
     """The spec file, expanded into runs and checked as a whole (nothing runs before it all passes)."""
     data = read_yaml_mapping(path, what="sweep spec")
-    unknown = [k for k in data if k not in ("base", "grid", "seeds")]
+    unknown = [k for k in data if k not in ("base", "grid", "seeds", "variants")]
     if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; a sweep spec has base, grid and seeds")
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; a sweep spec has base, grid, variants and seeds")
     spec = from_mapping(data, results_dir or Path("results"))
     spec.source = str(path)
     return spec
@@ -135,9 +174,16 @@ def read_spec(path: str | Path, results_dir: Path | None = None) -> SweepSpec:
 
 def from_mapping(data: Mapping, results_dir: Path) -> SweepSpec:
     base, grid, seeds = _options(data.get("base"), "base"), _grid(data.get("grid")), _seeds(data.get("seeds"))
+    variants = _variants(data.get("variants"))
     overlap = set(base) & set(grid)
     if overlap:
         raise ConfigError(f"'{sorted(overlap)[0]}' is both in base and in grid; keep it in one")
-    runs = plan_runs(base, grid, seeds)
+    for name, options in variants.items():
+        if set(options) & set(grid):
+            raise ConfigError(f"'{sorted(set(options) & set(grid))[0]}' is both in variant {name} and in grid; "
+                              f"keep it in one")
+    if "variant" in grid:
+        raise ConfigError("grid: 'variant' is the name of the variants column; use variants: for named settings")
+    runs = plan_runs(base, grid, seeds, variants)
     check_runs(runs, results_dir)
-    return SweepSpec(base, grid, seeds, runs)
+    return SweepSpec(base, grid, seeds, runs, variants=variants)

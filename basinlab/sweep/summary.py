@@ -1,6 +1,6 @@
 """A sweep's tables, as the papers report them: per setting, the median (and mean, std, min, max) over seeds.
 
-    DIR/summary.csv   one row per setting: its grid values, n, and the statistics of the final and of
+    DIR/summary.csv   one row per setting: its variant and grid values, n, and the statistics of the final and of
                       the best val_acc1 and val_loss of its finished runs
     DIR/summary.md    the same as a Markdown table (median, with min-max)
     DIR/summary.png   every seed's final val top-1 per setting, the median marked
@@ -43,7 +43,7 @@ def run_rows(spec: SweepSpec, results_dir: Path) -> pd.DataFrame:
 def summarize(spec: SweepSpec, results_dir: Path) -> pd.DataFrame:
     """Write summary.csv, summary.md and summary.png; returns the summary table."""
     runs = run_rows(spec, results_dir)
-    grid_columns = [key.replace("_", "-") for key in spec.grid]
+    grid_columns = spec.columns()
     settings = list(dict.fromkeys(run.setting for run in spec.runs))
     rows = []
     for setting in settings:
