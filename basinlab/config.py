@@ -202,6 +202,8 @@ class TrainConfig:
                              "(plots/loss_steps.png); 0: a bar on a terminal, elsewhere a line every 30 s", "-p",
                           low=0, high=2**31 - 1)
     quiet: bool = opt(False, "print nothing on the console (log.txt still gets every line)")
+    report: bool = opt(False, "also refresh report.html in the run folder (interactive curves, `basinlab report`; "
+                              "needs basinlab[report]) whenever the plots are redrawn")
     debug: bool = opt(False, "show tracebacks")
     trust_model_code: bool = opt(False, "import the model code (file.py:factory or module:factory) that a config file "
                                         "or checkpoint names; without it only code named on the command line or in "
@@ -267,13 +269,13 @@ OPTION_GROUPS = (
     ("measurements during training (basinlab.analysis.monitor, basinlab.tuning.method)", (
         "log_sharpness_every", "log_trace", "hessian_mode", "sharpness_batches", "log_lowrank")),
     ("records", ("results_dir", "save", "resume", "overwrite", "save_every_steps", "save_all", "nan_policy",
-                 "print_freq", "quiet")),
+                 "print_freq", "quiet", "report")),
     ("machine", ("seed", "device", "amp", "eval_amp", "channels_last", "compile", "nproc", "sync_bn", "dist_timeout")),
 )
 # Options that may change when a run is resumed: they do not change what is computed.
 RESUMABLE = {"resume", "overwrite", "quiet", "debug", "save", "results_dir", "epochs", "device", "data_workers",
              "print_freq", "save_every_steps", "save_all", "compile", "nan_policy", "datasets_dir", "nproc",
-             "dist_timeout", "trust_model_code"}
+             "dist_timeout", "trust_model_code", "report"}
 
 
 # Options added after runs were stored: the value that reproduces what those runs did.

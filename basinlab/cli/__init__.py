@@ -18,7 +18,7 @@ COMMANDS = (
     asgd,       # stability
     analysis,   # sharpness, landscape
     tuning,     # lr-range, autohyper
-    sweep,      # sweep
+    sweep,      # sweep, report
 )
 
 

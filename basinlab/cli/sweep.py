@@ -1,4 +1,5 @@
-"""`basinlab sweep`: settings x seeds on this machine, resumable, with the papers' median tables."""
+"""`basinlab sweep`: settings x seeds on this machine, resumable, with the papers' median tables; `basinlab report`:
+runs and sweeps compared on one interactive page."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,6 +32,20 @@ def add_commands(sub) -> None:
     sweep.add_argument("--status", metavar="DIR", help="list the state of every run of the sweep in DIR")
     sweep.add_argument("--summarize", metavar="DIR", help="recompute DIR/summary.csv, .md and .png")
     sweep.set_defaults(func=cmd_sweep)
+    report = sub.add_parser("report", help="one self-contained interactive HTML page comparing runs and sweeps "
+                                           "(curves, the options that differ, sweep tables)",
+                            usage="basinlab report RUN_OR_SWEEP [RUN_OR_SWEEP ...] [-o report.html] [--title T]")
+    report.add_argument("folders", nargs="+", help="run folders and sweep folders (a sweep brings all its runs)")
+    report.add_argument("-o", "--output", default="report.html", help="the HTML file (default: report.html)")
+    report.add_argument("--title", default="", help="page title (default: the runs' names)")
+    report.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+    from basinlab.sweep.report import report
+    written = report(args.folders, args.output, args.title)
+    print(f"wrote {written}")
+    return 0
 
 
 def cmd_sweep(args) -> int:

@@ -157,6 +157,7 @@ class RunFolder:
         self.replaced: Path | None = None  # the old run --overwrite moved aside, until a checkpoint exists
         self.results_dir = None
         self.title = path.name
+        self.report = False  # --report: report.html beside the plots
 
     @classmethod
     def open(cls, cfg: TrainConfig, resume: bool, barrier=lambda: None, branch_from: Path | None = None) -> RunFolder:
@@ -167,6 +168,9 @@ class RunFolder:
         `branch_from`: a checkpoint behind its run's last one, continued in the new folder --save names.
         `barrier` lets every rank check before rank 0 writes.
         """
+        if cfg.report:
+            from basinlab.records.report import require_bokeh
+            require_bokeh()  # refused before anything is written
         if resume and branch_from is None:
             resume_path = Path(cfg.resume)
             folder = cls(resume_path if resume_path.is_dir() else resume_path.parent, is_main_process(),
@@ -209,6 +213,7 @@ class RunFolder:
             atomic_write_text(self.path / "env.yaml", yaml.safe_dump(facts, sort_keys=False))
         (self.path / "plots").mkdir(exist_ok=True)
         self.title = f"{self.path.name}: {Path(str(cfg.model)).name}"  # a model file: its name
+        self.report = bool(cfg.report)
         self.log.attach(self.path / "log.txt")
         if self.replaced is not None:
             self.log.info(f"--overwrite: the old run is kept in {self.replaced} until this run's first checkpoint")
@@ -259,10 +264,15 @@ class RunFolder:
             self.draw_plots()
 
     def draw_plots(self) -> None:
-        """Redraw plots/*.png from results.csv (after an epoch, at most every PLOT_INTERVAL_S, and at the end)."""
+        """Redraw plots/*.png from results.csv (after an epoch, at most every PLOT_INTERVAL_S, and at the end),
+        and report.html with --report."""
         from basinlab.records.plots import plot_run  # matplotlib import deferred to the first plot
         if self.is_main and self.plots_due and self.results.rows:
             plot_run(self.results.frame(), self.path / "plots", title=self.title, steps=read_steps(self.steps.path))
+            if self.report:
+                from basinlab.records.report import write_report
+                from basinlab.records.report_data import read_run_data
+                write_report([read_run_data(self.path)], self.path / "report.html", title=self.title)
         self.plots_due, self.last_plot = False, time.monotonic()
 
     def close(self) -> None:

@@ -43,7 +43,16 @@ def run_rows(spec: SweepSpec, results_dir: Path) -> pd.DataFrame:
 def summarize(spec: SweepSpec, results_dir: Path) -> pd.DataFrame:
     """Write summary.csv, summary.md and summary.png; returns the summary table."""
     runs = run_rows(spec, results_dir)
-    grid_columns = spec.columns()
+    table = summary_table(spec, runs)
+    atomic_write_text(results_dir / "summary.csv", table.to_csv(index=False))
+    atomic_write_text(results_dir / "summary.md", markdown(table, spec.columns(), len(spec.seeds)))
+    if len(runs):
+        plot(runs, list(table["setting"]), results_dir / "summary.png")
+    return table
+
+
+def summary_table(spec: SweepSpec, runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per setting (in the spec's order): its values, n, and each measure's statistics over seeds."""
     settings = list(dict.fromkeys(run.setting for run in spec.runs))
     rows = []
     for setting in settings:
@@ -56,12 +65,7 @@ def summarize(spec: SweepSpec, results_dir: Path) -> pd.DataFrame:
             for stat in STATISTICS:
                 row[f"{measure}_{stat}"] = float(getattr(values, stat)()) if len(values) else float("nan")
         rows.append(row)
-    table = pd.DataFrame(rows)
-    atomic_write_text(results_dir / "summary.csv", table.to_csv(index=False))
-    atomic_write_text(results_dir / "summary.md", markdown(table, grid_columns, len(spec.seeds)))
-    if len(runs):
-        plot(runs, settings, results_dir / "summary.png")
-    return table
+    return pd.DataFrame(rows)
 
 
 def markdown(table: pd.DataFrame, grid_columns: list[str], seeds: int) -> str:

@@ -1,0 +1,146 @@
+"""What a report page shows, read from run folders: each run's curves, its config, and the options that differ.
+
+No plotting here (report.py draws): these are the tables the page is built from, tested on their own.
+
+    RunData          one run folder: name, config (as stored), results.csv, steps.csv, per-epoch low-rank means
+    differing_options(configs)   the options whose values are not the same in every run (flattened: model-config.depth)
+    run_table(runs)  one row per run: its differing options and its final / best metrics
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+from basinlab.errors import ConfigError
+from basinlab.records.progress import read_steps
+from basinlab.records.results import FIRST_COLUMNS, TIME_COLUMNS, read_results
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# Options that tell nothing about what a run computed: where it lives and how it talks.
+NOT_COMPARED = ("save", "results-dir", "resume", "overwrite", "quiet", "print-freq", "report", "datasets-dir",
+                "data-workers", "tensorboard", "config")
+# Low-rank means plotted per epoch from lowrank.csv (--log-lowrank, autoHyper's trials)
+LOWRANK_MEANS = {"S": ("S_in", "S_out"), "rank": ("rank_in", "rank_out")}
+
+
+@dataclass
+class RunData:
+    name: str                                   # unique on the page (the folder name, made unique if needed)
+    path: Path
+    config: dict                                # config.yaml as stored (flag names, nested mappings)
+    history: pd.DataFrame                       # results.csv
+    steps: pd.DataFrame | None = None           # steps.csv (-p N), fractional epochs
+    lowrank: pd.DataFrame | None = None         # per-epoch means of lowrank.csv
+    group: str = ""                             # the sweep it belongs to, if any
+    extra: dict = field(default_factory=dict)   # e.g. the sweep's seed and setting
+
+    def method_columns(self) -> list[str]:
+        """results.csv columns beyond the engine's own that hold numbers (delays, lambda_max, SmoothOut A...)."""
+        own = set(FIRST_COLUMNS) | set(TIME_COLUMNS)
+        return [c for c in self.history.columns if c not in own and _numeric(self.history[c])]
+
+
+def _numeric(column) -> bool:
+    import pandas as pd
+    return pd.api.types.is_numeric_dtype(column) and bool(column.notna().any())
+
+
+def read_run_data(path: str | Path, name: str | None = None, group: str = "") -> RunData:
+    """One run folder; a folder without config.yaml or results.csv is refused in one line."""
+    path = Path(path)
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(f"{path} is not a basinlab run folder (no config.yaml) nor a sweep folder (no .sweep/)")
+    results = path / "results.csv"
+    if not results.is_file() or results.stat().st_size == 0:
+        raise ConfigError(f"{path} has no results yet (results.csv is missing or empty): nothing to report")
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path / 'config.yaml'} is not readable YAML ({type(exc).__name__})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path / 'config.yaml'} is not a mapping of options")
+    return RunData(name or path.name, path, config, read_results(results), read_steps(path / "steps.csv"),
+                   lowrank_means(path / "lowrank.csv"), group)
+
+
+def lowrank_means(path: Path) -> pd.DataFrame | None:
+    """Per epoch: the mean over conv layers of each unfolding pair's S (knowledge gain) and rank."""
+    import pandas as pd
+    if not path.is_file():
+        return None
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError):
+        return None
+    needed = {"epoch", *(c for pair in LOWRANK_MEANS.values() for c in pair)}
+    if not needed <= set(frame.columns) or frame.empty:
+        return None
+    if "kind" in frame.columns:
+        frame = frame[frame["kind"] == "conv"]
+    means = {name: (frame[a] + frame[b]) / 2 for name, (a, b) in LOWRANK_MEANS.items()}
+    return pd.DataFrame({"epoch": frame["epoch"], **means}).groupby("epoch", as_index=False).mean()
+
+
+def unique_names(paths: list[Path]) -> list[str]:
+    """Folder names, prefixed by as many parent folders as it takes to tell them apart."""
+    depth = 1
+    while True:
+        names = ["/".join(p.resolve().parts[-depth:]) for p in paths]
+        if len(set(names)) == len(names) or depth > max(len(p.resolve().parts) for p in paths):
+            return names
+        depth += 1
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """{'model-config': {'depth': 8}} -> {'model-config.depth': 8}; lists stay values."""
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def differing_options(configs: dict[str, dict]) -> list[str]:
+    """The (flattened) options whose value is not the same in every run, in the order first seen.
+
+    An option missing from some configs differs (it was added in a later basinlab version or by a method).
+    With one run nothing differs."""
+    flat = {name: flatten(config) for name, config in configs.items()}
+    keys = list(dict.fromkeys(key for config in flat.values() for key in config))
+    missing = object()
+    return [key for key in keys if key.split(".")[0] not in NOT_COMPARED
+            and len({repr(config.get(key, missing)) for config in flat.values()}) > 1]
+
+
+def final_metrics(history: pd.DataFrame) -> dict:
+    """Epochs run, final and best validation top-1 (with its epoch), final validation and training loss."""
+    if history.empty:
+        return {"epochs run": 0}
+    best = int(history["val_acc1"].idxmax()) if history["val_acc1"].notna().any() else None
+    return {"epochs run": int(history["epoch"].iloc[-1]),
+            "final val top-1 %": float(history["val_acc1"].iloc[-1]),
+            "best val top-1 %": math.nan if best is None else float(history["val_acc1"].loc[best]),
+            "best epoch": None if best is None else int(history["epoch"].loc[best]),
+            "final val loss": float(history["val_loss"].iloc[-1]),
+            "final train loss": float(history["train_loss"].iloc[-1])}
+
+
+def run_table(runs: list[RunData]) -> pd.DataFrame:
+    """One row per run: name, the options that differ between the runs, then its final metrics."""
+    import pandas as pd
+    differing = differing_options({run.name: run.config for run in runs})
+    rows = []
+    for run in runs:
+        flat = flatten(run.config)
+        rows.append({"run": run.name, **{key: flat.get(key, "") for key in differing},
+                     **final_metrics(run.history)})
+    return pd.DataFrame(rows)

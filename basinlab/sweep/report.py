@@ -1,0 +1,59 @@
+"""`basinlab report RUN_OR_SWEEP... -o report.html`: runs and sweeps on one page (basinlab.records.report).
+
+A folder is a sweep when it holds .sweep/spec.yaml: every run of it that has results joins the curves and the
+run table, and its finished runs give the summary table and the per-seed scatter (recomputed from the run
+folders, as `basinlab sweep --summarize`, without writing anything into the sweep folder). Any other folder
+must be a run folder. Run names are the folder names, prefixed by parent folders where two would clash.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from basinlab.errors import ConfigError
+from basinlab.records.report import SweepTables, write_report
+from basinlab.records.report_data import RunData, read_run_data, unique_names
+from basinlab.sweep.runner import STATE
+from basinlab.sweep.summary import run_rows, summary_table
+
+
+def is_sweep_folder(path: Path) -> bool:
+    return (path / STATE / "spec.yaml").is_file()
+
+
+def _sweep_runs(folder: Path) -> tuple[list[Path], SweepTables]:
+    from basinlab.sweep import stored_spec
+    spec = stored_spec(folder)
+    with_results = [folder / run.name for run in spec.runs if (folder / run.name / "results.csv").is_file()
+                    and (folder / run.name / "results.csv").stat().st_size]
+    finished = run_rows(spec, folder)
+    return with_results, SweepTables(folder.name, summary_table(spec, finished), finished, spec.columns())
+
+
+def gather(paths) -> tuple[list[RunData], list[SweepTables]]:
+    """The runs (each once) and sweeps that the given folders hold."""
+    folders, groups, sweeps = [], [], []
+    for given in paths:
+        path = Path(given).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"{path} is not a folder; give run folders or sweep folders (made by basinlab "
+                              f"train / basinlab sweep)")
+        if is_sweep_folder(path):
+            runs, tables = _sweep_runs(path)
+            folders += runs
+            groups += [path.name] * len(runs)
+            sweeps.append(tables)
+        else:
+            folders.append(path)
+            groups.append("")
+    unique = list(dict.fromkeys(p.resolve() for p in folders))
+    if not unique:
+        raise ConfigError("no run with results in " + ", ".join(map(str, paths)))
+    names = unique_names(unique)
+    group_of = {p.resolve(): g for p, g in zip(folders, groups)}
+    return [read_run_data(p, name, group_of[p]) for p, name in zip(unique, names)], sweeps
+
+
+def report(paths, output="report.html", title: str = "") -> Path:
+    """Write the page for run and sweep folders; returns its path."""
+    runs, sweeps = gather(paths)
+    return write_report(runs, output, sweeps, title)
