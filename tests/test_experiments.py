@@ -11,7 +11,7 @@ from basinlab.sweep import read_spec
 from basinlab.tuning.seed_config import plan_from_config, read_seed_config
 
 EXPERIMENTS = Path(__file__).parents[1] / "experiments"
-SPECS = sorted([*EXPERIMENTS.glob("*/reduced.yaml"), *EXPERIMENTS.glob("*/paper.yaml")])
+SPECS = sorted(p for p in EXPERIMENTS.glob("*/*.yaml") if not p.name.startswith("autohyper-"))
 AUTOHYPER = sorted(EXPERIMENTS.glob("autohyper/autohyper-*.yaml"))
 
 
