@@ -102,6 +102,8 @@ def test_a_sweep_already_running_in_the_folder_is_refused(swept):
     ({"base": BASE, "variants": {"sam": {"sam": -1.0}}}, "sweep run sam-s0: "),
     ({"base": BASE, "variants": {"x": {"lrr": 0.1}}}, "variants: x: unknown option 'lrr'"),
     ({"base": BASE, "variants": []}, "variants must be a non-empty mapping"),
+    ({"base": {**BASE, "model": "resnet20", "depth": 8}}, "sweep run base-s0: unknown config key 'depth' for model "
+                                                          "'resnet20'; allowed: norm, in_channels"),
 ])
 def test_a_bad_spec_is_one_line_before_anything_runs(tmp_path, capsys, spec, message):
     out = tmp_path / "out"

@@ -12,6 +12,7 @@ config key (see basinlab.nn.norms.NormSpec).
 from basinlab.models import alexnet, keskar, mnist, resnet, vgg, wide_resnet  # noqa: E402,F401
 from basinlab.models.registry import (
     absolute_model_spec,
+    check_config_keys,
     create_model,
     get_model_factory,
     is_model_name,
@@ -22,4 +23,4 @@ from basinlab.models.registry import (
 )
 
 __all__ = ["create_model", "get_model_factory", "is_model_name", "is_user_model", "list_models", "register_model",
-           "absolute_model_spec", "trust_model_code"]
+           "absolute_model_spec", "trust_model_code", "check_config_keys"]

@@ -160,13 +160,26 @@ def _signature(factory) -> tuple[bool, list[str], bool]:
     return by_position, keys, open_ended
 
 
-def _call_factory(label: str, factory, num_classes: int, dataset: str, config: dict) -> nn.Module:
-    by_position, keys, open_ended = _signature(factory)
+def check_config_keys(name: str, config: dict) -> None:
+    """create_model's unknown-key error, without building anything (a sweep checks every run this way first).
+    Only registered models: a user's model file is never imported for a check."""
+    key = _ALIASES.get(name.strip().lower(), name.strip().lower()) if isinstance(name, str) else None
+    if key in _MODELS:
+        _check_keys(key, _MODELS[key], config)
+
+
+def _check_keys(label: str, factory, config: dict) -> None:
+    _, keys, open_ended = _signature(factory)
     if not open_ended:
         for key in config:
             if key not in keys:
                 allowed = ", ".join(keys) or "none"
                 raise ConfigError(f"unknown config key {key!r} for model {label!r}; allowed: {allowed}")
+
+
+def _call_factory(label: str, factory, num_classes: int, dataset: str, config: dict) -> nn.Module:
+    by_position, _, open_ended = _signature(factory)
+    _check_keys(label, factory, config)
     if by_position:
         return factory(num_classes, dataset, **config)
     named = inspect.signature(factory).parameters

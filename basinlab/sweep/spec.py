@@ -22,7 +22,9 @@ from pathlib import Path
 
 from basinlab.api import make_config
 from basinlab.config import FIELDS, normalise_key, read_yaml_mapping
+from basinlab.engine.setup import split_model_config
 from basinlab.errors import ConfigError
+from basinlab.models import check_config_keys
 
 # Options the sweep decides for every run: where it lives, its name, its seed, how it is resumed.
 OWNED = ("results_dir", "save", "seed", "resume", "overwrite", "config")
@@ -153,10 +155,12 @@ def plan_runs(base: dict, grid: dict, seeds: list[int], variants: dict | None = 
 
 
 def check_runs(runs: list[PlannedRun], results_dir: Path) -> None:
-    """Every run's whole config is valid before any starts (the one option schema, presets included)."""
+    """Every run's whole config is valid before any starts (the one option schema, presets included, and the
+    model config's keys against the model's factory)."""
     for run in runs:
         try:
-            make_config(**run.options, results_dir=str(results_dir), save=run.name)
+            cfg = make_config(**run.options, results_dir=str(results_dir), save=run.name)
+            check_config_keys(cfg.model, split_model_config(cfg)[0])
         except ConfigError as exc:
             raise ConfigError(f"sweep run {run.name}: {exc}") from None
 
