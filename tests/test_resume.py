@@ -141,3 +141,15 @@ def test_nan_policy_skip_counts_batches(tmp_path):
     frame = pd.read_csv(tmp_path / "skip" / "results.csv")
     assert frame["nonfinite_skipped"].tolist() == [1]
     assert torch.isfinite(final_weights(tmp_path / "skip")["fc.weight"]).all()
+
+
+def test_a_resumed_run_keeps_its_preset_in_config_yaml(tmp_path):
+    """The preset is a label of the stored options (never applied twice): config.yaml still names it."""
+    import yaml
+    args = ["train", "--preset", "smoothout-f1-mnist-sb", "--dataset", "mnist5k", "--train-limit", "256",
+            "--val-limit", "128", "--quiet", "--results-dir", str(tmp_path), "--save", "p"]
+    assert main([*args, "--epochs", "1"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "p"), "--epochs", "2", "--quiet"]) == 0
+    stored = yaml.safe_load((tmp_path / "p" / "config.yaml").read_text())
+    assert stored["preset"] == "smoothout-f1-mnist-sb" and stored["epochs"] == 2 and stored["model"] == "f1"
+    assert len(pd.read_csv(tmp_path / "p" / "results.csv")) == 2

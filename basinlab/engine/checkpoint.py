@@ -137,5 +137,6 @@ def resume_values(given: dict) -> dict:
         raise ConfigError(f"{flags} cannot change when resuming (the run would not be the same run); "
                           f"allowed on resume: --epochs, --device, --quiet and other run controls")
     values = stored_values(stored)
-    values.update(given, preset=None, overwrite=False)
+    # the stored preset stays as a label: its options are already in the stored values (never applied twice)
+    values.update(given, overwrite=False)
     return values
