@@ -26,7 +26,8 @@ def _sweep_runs(folder: Path) -> tuple[list[Path], SweepTables]:
     with_results = [folder / run.name for run in spec.runs if (folder / run.name / "results.csv").is_file()
                     and (folder / run.name / "results.csv").stat().st_size]
     finished = run_rows(spec, folder)
-    return with_results, SweepTables(folder.name, summary_table(spec, finished), finished, spec.columns())
+    name = "/".join(folder.resolve().parts[-2:])  # experiments/<paper>/runs: the parent says more than "runs"
+    return with_results, SweepTables(name, summary_table(spec, finished), finished, spec.columns())
 
 
 def gather(paths) -> tuple[list[RunData], list[SweepTables]]:
