@@ -113,6 +113,14 @@ def test_a_bad_spec_is_one_line_before_anything_runs(tmp_path, capsys, spec, mes
     assert not out.exists()
 
 
+@pytest.mark.parametrize("given, jobs, each", [("4", 2, 2), ("1", 2, 1), ("", 1, os.cpu_count()),
+                                                ("x", 1, os.cpu_count())])
+def test_runs_share_the_threads_the_user_allows(monkeypatch, given, jobs, each):
+    from basinlab.sweep.runner import LocalBackend
+    monkeypatch.setenv("OMP_NUM_THREADS", given)
+    assert LocalBackend(jobs).threads == each
+
+
 def test_variants_are_named_settings_crossed_with_the_grid(tmp_path):
     """Each variant's options override base's; run names and the tables' first column are the variant's."""
     spec = {"base": {**BASE, "lr": 0.001}, "seeds": [0], "grid": {"momentum": [0.0, 0.9]},

@@ -83,14 +83,22 @@ def _die_with_parent() -> None:
         pass
 
 
+def thread_budget() -> int:
+    """The CPU threads a sweep may use: OMP_NUM_THREADS where the user set it (a share of a shared machine),
+    else every CPU."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    return int(given) if given.isdigit() and int(given) > 0 else (os.cpu_count() or 1)
+
+
 class LocalBackend:
-    """Up to `jobs` runs at once; CPU threads split between them, or one GPU each where there are GPUs."""
+    """Up to `jobs` runs at once; the CPU threads (thread_budget) split between them, or one GPU each where
+    there are GPUs."""
 
     def __init__(self, jobs: int = 1, echo=print):
         if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
             raise ConfigError(f"--jobs must be an integer >= 1, got {jobs!r}")
         self.jobs, self.echo = jobs, echo
-        self.threads = max(1, (os.cpu_count() or 1) // jobs)
+        self.threads = max(1, thread_budget() // jobs)
         self.gpus = _gpu_count()
         self._slots = list(range(jobs))
         self._slot_lock = threading.Lock()
