@@ -29,6 +29,7 @@ CURVES = (("loss", "loss", ("train_loss", "val_loss"), True),
           ("top-1 error (%)", "error", ("train_acc1", "val_acc1"), False),
           ("learning rate", "lr", ("lr",), True))
 DASH = {"train": "dashed", "val": "solid"}
+LEGEND_RUNS = 4  # legends inside figures up to this many runs (train and val: twice as many entries)
 
 
 @dataclass
@@ -100,10 +101,19 @@ def curve_figures(runs: list[RunData], colours: dict) -> list:
 
 
 def _with_legend(fig):
+    """A legend inside the figure (click hides a line) while it is small; beyond LEGEND_RUNS runs it would
+    cover the lines, and the colour key above the figures names the runs instead."""
     if fig.legend:
         fig.legend.click_policy, fig.legend.label_text_font_size = "hide", "8pt"
         fig.legend.background_fill_alpha = 0.6
+        fig.legend.visible = len({str(item.label) for item in fig.legend.items}) <= 2 * LEGEND_RUNS
     return fig
+
+
+def colour_key(colours: dict) -> str:
+    """Each run's name in its colour (the figures' legends are hidden when there are many runs)."""
+    return " ".join(f'<span style="color:{colour};font:bold 12px sans-serif;margin-right:12px">&#9632; '
+                    f"{html.escape(name)}</span>" for name, colour in colours.items())
 
 
 def series_figures(runs: list[RunData], colours: dict) -> list:
@@ -187,7 +197,8 @@ def page(runs: list[RunData], sweeps: list[SweepTables], title: str):
         const shown = new Set(toggle.active.map((i) => "run:" + toggle.labels[i]));
         for (const line of lines) { line.visible = shown.has(line.tags[0]); }"""))
     parts = [Div(text=f"{STYLE}<h2>{html.escape(title)}</h2><p>{len(runs)} run(s). Untick a run to hide its "
-                      f"lines everywhere; click a legend entry to hide one line; drag to pan, scroll to zoom.</p>"),
+                      f"lines everywhere; click a legend entry to hide one line; drag to pan, scroll to zoom; "
+                      f"hover a line for its run and values.</p><p>{colour_key(colours)}</p>"),
              toggle, gridplot(figures, ncols=2, toolbar_location="right"),
              Div(text=STYLE + html_table(run_table(runs), "Runs: the options that differ, and their results"))]
     for sweep in sweeps:
