@@ -145,12 +145,13 @@ for (const root of Object.values(Bokeh.index)) for (const view of walk(root)) if
 return null;"""
 
 
-def _pixels(browser, colour: str) -> int:
-    """Screen pixels of exactly this colour: a run's lines are drawn in its own palette colour."""
+def _pixels(browser, colour: str, below: int) -> int:
+    """Screen pixels of exactly this colour below the checkboxes (the figures; above them the colour key names
+    each run in its colour): a run's lines are drawn in its own palette colour."""
     from PIL import Image
-    image = np.asarray(Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("RGB")).reshape(-1, 3)
+    image = np.asarray(Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("RGB"))[below:]
     rgb = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
-    return int((image == rgb).all(axis=1).sum())
+    return int((image.reshape(-1, 3) == rgb).all(axis=1).sum())
 
 
 def test_the_page_in_headless_chromium_draws_every_run_and_a_checkbox_hides_one(two_runs, tmp_path):
@@ -168,14 +169,16 @@ def test_the_page_in_headless_chromium_draws_every_run_and_a_checkbox_hides_one(
         colours = dict(zip(("slow", "fast"), palette(2)))
         shown = browser.execute_script(VISIBILITY)
         assert set(shown) == {"run:slow", "run:fast"} and all(all(v) for v in shown.values())
-        assert all(_pixels(browser, c) > 100 for c in colours.values())  # each run's lines are on screen
-        boxes = browser.execute_script(TOGGLE_ELEMENT).shadow_root.find_elements(By.CSS_SELECTOR, "input")
+        toggle = browser.execute_script(TOGGLE_ELEMENT)
+        below = int(toggle.rect["y"] + toggle.rect["height"])
+        assert all(_pixels(browser, c, below) > 100 for c in colours.values())  # each run's lines are on screen
+        boxes = toggle.shadow_root.find_elements(By.CSS_SELECTOR, "input")
         assert len(boxes) == 2
         boxes[1].click()  # untick "fast"
         time.sleep(0.5)
         shown = browser.execute_script(VISIBILITY)
         assert not any(shown["run:fast"]) and all(shown["run:slow"])
-        assert _pixels(browser, colours["fast"]) == 0 and _pixels(browser, colours["slow"]) > 100
+        assert _pixels(browser, colours["fast"], below) == 0 and _pixels(browser, colours["slow"], below) > 100
         browser.save_screenshot(str(tmp_path / "report.png"))
         assert (tmp_path / "report.png").stat().st_size > 10_000
     finally:
