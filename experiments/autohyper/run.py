@@ -32,11 +32,11 @@ HERE = Path(__file__).parent
 SAME = ("model", "dataset", "epochs", "batch_size", "train_limit", "val_limit", "amp", "data_workers")
 
 
-def autohyper(scale: str, seed: int, runs: Path, datasets_dir: str, jobs: int) -> None:
+def autohyper(scale: str, seed: int, runs: Path, datasets_dir: str, amp: str, jobs: int) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
     command = [sys.executable, "-m", "basinlab", "autohyper", "train",
                "--config", str(HERE / f"autohyper-{scale}.yaml"), "--output", str(runs / f"autohyper-s{seed}"),
-               "--seed", str(seed), "--amp", "auto", "--quiet", "--data", datasets_dir]
+               "--seed", str(seed), "--amp", amp, "--quiet", "--data", datasets_dir]
     subprocess.run(command, env=env, check=True)
 
 
@@ -131,7 +131,8 @@ def main() -> None:
     if not args.compare_only:
         datasets_dir = str(Path(spec.base.get("datasets_dir", "~/data")).expanduser())
         with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(lambda s: autohyper(args.scale, s, args.runs, datasets_dir, args.jobs), spec.seeds))
+            amp = spec.base.get("amp", "none")  # the grid's precision: the same trainings
+            list(pool.map(lambda s: autohyper(args.scale, s, args.runs, datasets_dir, amp, args.jobs), spec.seeds))
         subprocess.run([sys.executable, "-m", "basinlab", "sweep", str(HERE / f"{args.scale}.yaml"),
                         "--results-dir", str(args.runs / "grid"), "--jobs", str(args.jobs)], check=True)
     compare(args.scale, args.runs, args.out)
