@@ -9,12 +9,11 @@ No plotting here (report.py draws): these are the tables the page is built from,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import yaml
-
+from basinlab.config import read_yaml_mapping
 from basinlab.errors import ConfigError
 from basinlab.records.progress import read_steps
 from basinlab.records.results import FIRST_COLUMNS, TIME_COLUMNS, read_results
@@ -37,8 +36,6 @@ class RunData:
     history: pd.DataFrame                       # results.csv
     steps: pd.DataFrame | None = None           # steps.csv (-p N), fractional epochs
     lowrank: pd.DataFrame | None = None         # per-epoch means of lowrank.csv
-    group: str = ""                             # the sweep it belongs to, if any
-    extra: dict = field(default_factory=dict)   # e.g. the sweep's seed and setting
 
     def method_columns(self) -> list[str]:
         """results.csv columns beyond the engine's own that hold numbers (delays, lambda_max, SmoothOut A...)."""
@@ -51,7 +48,7 @@ def _numeric(column) -> bool:
     return pd.api.types.is_numeric_dtype(column) and bool(column.notna().any())
 
 
-def read_run_data(path: str | Path, name: str | None = None, group: str = "") -> RunData:
+def read_run_data(path: str | Path, name: str | None = None) -> RunData:
     """One run folder; a folder without config.yaml or results.csv is refused in one line."""
     path = Path(path)
     if not (path / "config.yaml").is_file():
@@ -59,14 +56,9 @@ def read_run_data(path: str | Path, name: str | None = None, group: str = "") ->
     results = path / "results.csv"
     if not results.is_file() or results.stat().st_size == 0:
         raise ConfigError(f"{path} has no results yet (results.csv is missing or empty): nothing to report")
-    try:
-        config = yaml.safe_load((path / "config.yaml").read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path / 'config.yaml'} is not readable YAML ({type(exc).__name__})") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path / 'config.yaml'} is not a mapping of options")
+    config = read_yaml_mapping(path / "config.yaml", what="run config")  # safe_load, size and alias limits
     return RunData(name or path.name, path, config, read_results(results), read_steps(path / "steps.csv"),
-                   lowrank_means(path / "lowrank.csv"), group)
+                   lowrank_means(path / "lowrank.csv"))
 
 
 def lowrank_means(path: Path) -> pd.DataFrame | None:

@@ -32,7 +32,7 @@ def _sweep_runs(folder: Path) -> tuple[list[Path], SweepTables]:
 
 def gather(paths) -> tuple[list[RunData], list[SweepTables]]:
     """The runs (each once) and sweeps that the given folders hold."""
-    folders, groups, sweeps = [], [], []
+    folders, sweeps = [], []
     for given in paths:
         path = Path(given).expanduser()
         if not path.is_dir():
@@ -41,17 +41,13 @@ def gather(paths) -> tuple[list[RunData], list[SweepTables]]:
         if is_sweep_folder(path):
             runs, tables = _sweep_runs(path)
             folders += runs
-            groups += [path.name] * len(runs)
             sweeps.append(tables)
         else:
             folders.append(path)
-            groups.append("")
     unique = list(dict.fromkeys(p.resolve() for p in folders))
     if not unique:
         raise ConfigError("no run with results in " + ", ".join(map(str, paths)))
-    names = unique_names(unique)
-    group_of = {p.resolve(): g for p, g in zip(folders, groups)}
-    return [read_run_data(p, name, group_of[p]) for p, name in zip(unique, names)], sweeps
+    return [read_run_data(p, name) for p, name in zip(unique, unique_names(unique))], sweeps
 
 
 def report(paths, output="report.html", title: str = "") -> Path:
