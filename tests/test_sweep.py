@@ -145,9 +145,10 @@ def test_a_variant_sweep_runs_and_its_table_has_a_variant_column(tmp_path):
     assert [name for name, state in sweeps.status(out) if state["status"] == "done"] == ["sgd-s0", "sam-s0"]
 
 
-def test_a_killed_sweep_resumes_its_runs_exactly(tmp_path):
+def test_a_killed_sweep_resumes_its_runs_exactly(tmp_path, monkeypatch):
     """SIGKILL the sweep mid-run: its run dies with it; the next sweep resumes it from last.pt and ends with
     the weights of a run that was never interrupted."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # every sweep here (and so every run part) uses one thread
     spec = {"base": {**BASE, "epochs": 3, "save-every-steps": 1, "channels-last": "off"}, "grid": {"lr": [0.002]},
             "seeds": [0]}
     path, out = write_spec(tmp_path, spec), tmp_path / "out"
