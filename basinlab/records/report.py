@@ -38,7 +38,6 @@ class SweepTables:
     name: str
     summary: pd.DataFrame          # per setting: grid values, n, medians...
     runs: pd.DataFrame             # per run: setting, seed, run, final_val_acc1
-    columns: list[str]             # the columns that tell settings apart (variant, grid keys)
 
 
 def palette(n: int) -> list[str]:

@@ -27,7 +27,7 @@ def _sweep_runs(folder: Path) -> tuple[list[Path], SweepTables]:
                     and (folder / run.name / "results.csv").stat().st_size]
     finished = run_rows(spec, folder)
     name = "/".join(folder.resolve().parts[-2:])  # experiments/<paper>/runs: the parent says more than "runs"
-    return with_results, SweepTables(name, summary_table(spec, finished), finished, spec.columns())
+    return with_results, SweepTables(name, summary_table(spec, finished), finished)
 
 
 def gather(paths) -> tuple[list[RunData], list[SweepTables]]:
