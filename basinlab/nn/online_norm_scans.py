@@ -11,12 +11,32 @@ from collections import OrderedDict
 import torch
 
 _CHUNK = 256  # longest batch scanned with one matrix; longer batches go chunk by chunk
+_CACHE_MAX = 32  # entries per cache: one per (batch length, decay, device, dtype) a model meets
 
 
-_MATRICES: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+class _LRUCache:
+    """Constants built once per key (plain tensors, outside any inference mode), the least recently used
+    dropped beyond _CACHE_MAX; a builder returning None is not cached."""
+
+    def __init__(self):
+        self._entries: OrderedDict[tuple, object] = OrderedDict()
+
+    def get(self, key: tuple, build):
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        with torch.inference_mode(False), torch.no_grad():  # usable inside and outside inference mode
+            value = build()
+        if value is not None:
+            self._entries[key] = value
+            while len(self._entries) > _CACHE_MAX:
+                self._entries.popitem(last=False)
+        return value
 
 
-_MATRICES_MAX = 32
+_MATRICES = _LRUCache()
+_POWERS = _LRUCache()
+_CONSTS = _LRUCache()
 
 
 def _decay_matrix(n: int, alpha: float, scale: float, device, dtype) -> torch.Tensor:
@@ -26,21 +46,14 @@ def _decay_matrix(n: int, alpha: float, scale: float, device, dtype) -> torch.Te
     M[k, 0] = alpha^k and M[k, j+1] = scale alpha^(k-1-j) for j < k (0 above the diagonal).
     Built in float64 from non-negative powers only (no alpha^-n), cached per key (LRU).
     """
-    key = (n, alpha, scale, device, dtype)
-    mat = _MATRICES.get(key)
-    if mat is not None:
-        _MATRICES.move_to_end(key)
-        return mat
-    with torch.inference_mode(False), torch.no_grad():  # a plain tensor, usable anywhere
+    def build():
         k = torch.arange(n + 1, dtype=torch.float64)
         expo = k[:, None] - 1.0 - k[None, :n]  # k-1-j
         body = torch.where(expo >= 0, torch.pow(float(alpha), expo.clamp(min=0.0)) * scale, 0.0)
         first = torch.pow(float(alpha), k)[:, None]
-        mat = torch.cat([first, body], dim=1).to(device=device, dtype=dtype)
-    _MATRICES[key] = mat
-    while len(_MATRICES) > _MATRICES_MAX:
-        _MATRICES.popitem(last=False)
-    return mat
+        return torch.cat([first, body], dim=1).to(device=device, dtype=dtype)
+
+    return _MATRICES.get((n, alpha, scale, device, dtype), build)
 
 
 def _exact_matmul(mat: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
@@ -57,9 +70,6 @@ def _exact_matmul(mat: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     return mat @ rhs
 
 
-_POWERS: OrderedDict[tuple, tuple] = OrderedDict()
-
-
 _PRODUCT_RANGE = (1e-250, 1e250)  # float64 partial products kept well inside the normal range
 
 
@@ -70,23 +80,15 @@ def _decay_powers(n: int, alpha: float, scale: float, device):
     qext[j+1] = scale alpha^-(j+1). Used only when alpha^n >= 1e-250, so that the negative powers
     stay below 1e250 (no overflow, no underflow).
     """
-    key = (n, alpha, scale, device)
-    pw = _POWERS.get(key)
-    if pw is None:
+    def build():
         if not (alpha > 0.0 and n * math.log(alpha) > math.log(_PRODUCT_RANGE[0])):
             return None
-        with torch.inference_mode(False), torch.no_grad():
-            k = torch.arange(n + 1, dtype=torch.float64)
-            pext = torch.pow(float(alpha), k)
-            qext = float(scale) / pext
-            qext[0] = 1.0
-            pw = (pext.unsqueeze(1).to(device), qext.unsqueeze(1).to(device))
-        _POWERS[key] = pw
-        while len(_POWERS) > _MATRICES_MAX:
-            _POWERS.popitem(last=False)
-    else:
-        _POWERS.move_to_end(key)
-    return pw
+        pext = torch.pow(float(alpha), torch.arange(n + 1, dtype=torch.float64))
+        qext = float(scale) / pext
+        qext[0] = 1.0
+        return pext.unsqueeze(1).to(device), qext.unsqueeze(1).to(device)
+
+    return _POWERS.get((n, alpha, scale, device), build)
 
 
 def _const_decay_scan(inp: torch.Tensor, s0: torch.Tensor, alpha: float, scale: float):
@@ -180,22 +182,7 @@ def _affine_scan_doubling(a: torch.Tensor, c: torch.Tensor, s0: torch.Tensor):
     return torch.cat([s0.unsqueeze(0), c[:-1]], dim=0), c[-1]
 
 
-_CONSTS: OrderedDict[tuple, tuple] = OrderedDict()
-
-
 def _zeros_ones(n: int, device, dtype):
     """Cached constant (zeros(n), ones(n)) used as unit statistics for F.batch_norm-based ops."""
-    key = (n, device, dtype)
-    pair = _CONSTS.get(key)
-    if pair is None:
-        with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable anywhere
-            pair = (
-                torch.zeros(n, device=device, dtype=dtype),
-                torch.ones(n, device=device, dtype=dtype),
-            )
-        _CONSTS[key] = pair
-        while len(_CONSTS) > _MATRICES_MAX:
-            _CONSTS.popitem(last=False)
-    else:
-        _CONSTS.move_to_end(key)
-    return pair
+    return _CONSTS.get((n, device, dtype), lambda: (torch.zeros(n, device=device, dtype=dtype),
+                                                     torch.ones(n, device=device, dtype=dtype)))
