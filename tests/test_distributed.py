@@ -124,14 +124,19 @@ def test_resume_under_torchrun_continues_the_same_run(ddp, single, tmp_path):
     assert frame["val_acc1"].iloc[1] == pd.read_csv(single / "results.csv")["val_acc1"].iloc[1]
 
 
-FAILING_MODEL = textwrap.dedent("""
+MISBEHAVING_MODELS = textwrap.dedent("""
     import os, pathlib, signal, time
     import torch
     import torch.nn as nn
 
-    class Flaky(nn.Module):
-        # rank 1: NaN output at its 2nd training forward, then an exception at its 4th (once rank 0 has
-        # written the step checkpoint of the 3rd batch)
+    def wait_for_checkpoint(run):
+        checkpoint = pathlib.Path(run) / "last.pt"
+        while not checkpoint.exists():
+            time.sleep(0.05)
+
+    class Rank1Misbehaves(nn.Module):
+        # a linear model whose rank-1 copy calls misbehave() at each training forward (not the setup's shape
+        # probe, which runs without gradients)
         def __init__(self, num_classes):
             super().__init__()
             self.fc = nn.Linear(28 * 28, num_classes)
@@ -139,50 +144,35 @@ FAILING_MODEL = textwrap.dedent("""
 
         def forward(self, x):
             out = self.fc(x.flatten(1))
-            # training forwards only (not the setup's shape probe, which runs without gradients)
             if not self.training or not torch.is_grad_enabled() or os.environ.get("RANK") != "1":
                 return out
             self.calls += 1
+            return self.misbehave(out)
+
+    class Flaky(Rank1Misbehaves):
+        # NaN output at its 2nd training forward, then an exception at its 4th (once rank 0 has written the
+        # step checkpoint of the 3rd batch)
+        def misbehave(self, out):
             if self.calls == 2:
                 return out * float("nan")
             if self.calls == 4:
-                checkpoint = pathlib.Path(os.environ["FLAKY_RUN"]) / "last.pt"
-                while not checkpoint.exists():
-                    time.sleep(0.05)
+                wait_for_checkpoint(os.environ["FLAKY_RUN"])
                 raise RuntimeError("rank 1 exploded on purpose")
+            return out
+
+    class Killed(Rank1Misbehaves):
+        # SIGKILLed at its 5th training forward of the first attempt, once rank 0 has written the step
+        # checkpoint of the 4th batch; a resumed run trains through
+        def misbehave(self, out):
+            marker = pathlib.Path(os.environ["KILLED_RUN"] + ".killed")
+            if self.calls == 5 and not marker.exists():
+                wait_for_checkpoint(os.environ["KILLED_RUN"])
+                marker.touch()
+                os.kill(os.getpid(), signal.SIGKILL)
             return out
 
     def flaky(num_classes, dataset):
         return Flaky(num_classes)
-""")
-
-
-KILLED_MODEL = textwrap.dedent("""
-    import os, pathlib, signal, time
-    import torch
-    import torch.nn as nn
-
-    class Killed(nn.Module):
-        # rank 1 is SIGKILLed at its 5th training forward of the first attempt, once rank 0 has written
-        # the step checkpoint of the 4th batch; a resumed run trains through
-        def __init__(self, num_classes):
-            super().__init__()
-            self.fc = nn.Linear(28 * 28, num_classes)
-            self.calls = 0
-
-        def forward(self, x):
-            out = self.fc(x.flatten(1))
-            if not self.training or not torch.is_grad_enabled() or os.environ.get("RANK") != "1":
-                return out
-            self.calls += 1
-            marker = pathlib.Path(os.environ["KILLED_RUN"] + ".killed")
-            if self.calls == 5 and not marker.exists():
-                checkpoint = pathlib.Path(os.environ["KILLED_RUN"]) / "last.pt"
-                while not checkpoint.exists():
-                    time.sleep(0.05)
-                marker.touch()
-                os.kill(os.getpid(), signal.SIGKILL)
-            return out
 
     def killed(num_classes, dataset):
         return Killed(num_classes)
@@ -190,7 +180,7 @@ KILLED_MODEL = textwrap.dedent("""
 
 
 def test_a_killed_rank_ends_the_job_and_the_run_resumes(tmp_path):
-    (tmp_path / "killed.py").write_text(KILLED_MODEL)
+    (tmp_path / "killed.py").write_text(MISBEHAVING_MODELS)
     run = tmp_path / "runs" / "killed"
     ENV["KILLED_RUN"] = str(run)
     timeout = 120
@@ -214,7 +204,7 @@ def test_a_killed_rank_ends_the_job_and_the_run_resumes(tmp_path):
 
 
 def test_failing_rank_ends_the_job_and_skipped_batches_are_agreed(tmp_path):
-    (tmp_path / "flaky.py").write_text(FAILING_MODEL)
+    (tmp_path / "flaky.py").write_text(MISBEHAVING_MODELS)
     ENV["FLAKY_RUN"] = str(tmp_path / "runs" / "flaky")
     timeout = 150
     try:
