@@ -11,9 +11,9 @@ from basinlab.optim.factory import (
     optimizer_spec,
     register_optimizer,
 )
-from basinlab.optim.regime import (
+from basinlab.optim.regime import Regime
+from basinlab.optim.regime_config import (
     REGIME_CONFIG_KEYS,
-    Regime,
     batch_size_rule,
     fixed_regime,
     one_phase_regime,

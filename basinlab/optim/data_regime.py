@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from basinlab.errors import ConfigError
-from basinlab.optim.regime import _fmt, _plain
+from basinlab.optim.regime_phases import fmt, plain
 
 DATA_REGIME_KEYS = ("batch_size", "eval_batch_size", "input_size", "scale_size", "autoaugment", "cutout",
                     "duplicates")
@@ -98,11 +98,11 @@ class DataRegime:
         return [ep for ep, _ in self._acc]
 
     def describe(self) -> list[str]:
-        return [f"epoch {e['epoch']}: " + " ".join(f"{k}={_fmt(v)}" for k, v in e.items() if k != "epoch")
+        return [f"epoch {e['epoch']}: " + " ".join(f"{k}={fmt(v)}" for k, v in e.items() if k != "epoch")
                 for e in self._entries]
 
     def to_config(self) -> list[dict]:
-        return _plain(copy.deepcopy(self._entries))
+        return plain(copy.deepcopy(self._entries))
 
     def __repr__(self) -> str:
         return f"DataRegime({self.to_config()!r})"
