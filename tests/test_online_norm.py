@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import basinlab.nn.online_norm as online_norm
+import basinlab.nn.online_norm_affine as online_norm_affine
 import basinlab.nn.online_norm_scans as online_norm_scans
 from basinlab.nn.online_norm import OnlineNorm1d, OnlineNorm2d, _OnlineNormFunction
 from basinlab.nn.online_norm_reference import OnlineNormReference
@@ -119,7 +120,7 @@ def test_matches_reference_long_batch_no_affine(dtype, ecm):
 def test_matches_reference_on_fallback_scan_paths(dtype, monkeypatch):
     # the cheap closed forms are switched off: constant decays through the matrix of powers,
     # the v-recurrence through the log-depth doubling scan; plain sums instead of the fused kernel
-    monkeypatch.setattr(online_norm, "_FUSED_SUMS", [False])
+    monkeypatch.setattr(online_norm_affine, "_FUSED_SUMS", [False])
     monkeypatch.setattr(online_norm_scans, "_decay_powers", lambda *args: None)
     monkeypatch.setattr(online_norm_scans, "_affine_scan_products", lambda *args: None)
     for kind, ecm in (("4d", "ls"), ("2d", "ac")):
