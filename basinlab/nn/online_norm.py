@@ -34,9 +34,8 @@ touched by BatchNorm-like passes:
   V -> A V + c (products and sums only, any sign or size of A, log2 B vectorised steps).
   No logarithms anywhere. Batches longer than ``_CHUNK`` are scanned chunk by chunk.
 * the affine (and ECM 'ac', both in ``online_norm_affine.py``) are ordinary autograd. The affine is written
-  as an inference-mode batch
-  norm with unit statistics over the [1, B*C, D] view (``_unit_bn``/``_affine``): exactly w y + b,
-  with one fused kernel forward and one backward. ECM 'ls' needs mean_{C,H,W}(z^2) per sample for
+  as an inference-mode batch norm with unit statistics over the [1, B*C, D] view (``_unit_bn``/``_affine``):
+  exactly w y + b, with one fused kernel forward and one backward. ECM 'ls' needs mean_{C,H,W}(z^2) per sample for
   z = w y + b: the normaliser also returns E_D[y] and Var_D[y] per (sample, channel) (known exactly
   from its statistics), so E_D[z^2] = w^2 Var_D[y] + (w E_D[y] + b)^2 costs no pass over the
   tensor, and the affine and the per-sample scale fold into the same single per-(n, c) map
