@@ -122,38 +122,40 @@ class Constant(Schedule):
         return "constant lr"
 
 
-class Cosine(Schedule):
+def _cos_anneal(start: float, end: float, fraction: float) -> float:
+    return end + (start - end) * (1.0 + math.cos(math.pi * fraction)) / 2.0
+
+
+def _lin_anneal(start: float, end: float, fraction: float) -> float:
+    return start + (end - start) * fraction
+
+
+class _ToEndLr(Schedule):
+    """From the phase's lr to end_lr over 'epochs', then end_lr; the curve between is the subclass's ``anneal``."""
+
+    required = ("epochs",)
+    optional = {"end_lr": 0.0}
+    anneal = staticmethod(_lin_anneal)
+
+    def validate(self):
+        _num("epochs", self.get("epochs"), self.where, positive=True)
+        _num("end_lr", self.get("end_lr"), self.where, nonneg=True)
+
+    def _lr(self, base, t):
+        return self.anneal(base, self.get("end_lr"), min(t / self.get("epochs"), 1.0))
+
+    def describe(self, base_lr):
+        return f"{self.name} {_fmt(base_lr)} -> {_fmt(self.get('end_lr'))} over {_fmt(self.get('epochs'))} epochs"
+
+
+class Cosine(_ToEndLr):
     name = "cosine"
-    required = ("epochs",)
-    optional = {"end_lr": 0.0}
-
-    def validate(self):
-        _num("epochs", self.get("epochs"), self.where, positive=True)
-        _num("end_lr", self.get("end_lr"), self.where, nonneg=True)
-
-    def _lr(self, base, t):
-        end, T = self.get("end_lr"), self.get("epochs")
-        return end + (base - end) * (1 + math.cos(math.pi * min(t / T, 1.0))) / 2
-
-    def describe(self, base_lr):
-        return f"cosine {_fmt(base_lr)} -> {_fmt(self.get('end_lr'))} over {_fmt(self.get('epochs'))} epochs"
+    anneal = staticmethod(_cos_anneal)
 
 
-class Linear(Schedule):
+class Linear(_ToEndLr):
     name = "linear"
-    required = ("epochs",)
-    optional = {"end_lr": 0.0}
-
-    def validate(self):
-        _num("epochs", self.get("epochs"), self.where, positive=True)
-        _num("end_lr", self.get("end_lr"), self.where, nonneg=True)
-
-    def _lr(self, base, t):
-        end, T = self.get("end_lr"), self.get("epochs")
-        return base + (end - base) * min(t / T, 1.0)
-
-    def describe(self, base_lr):
-        return f"linear {_fmt(base_lr)} -> {_fmt(self.get('end_lr'))} over {_fmt(self.get('epochs'))} epochs"
+    anneal = staticmethod(_lin_anneal)
 
 
 class LinearWarmup(Schedule):
@@ -263,14 +265,6 @@ class StepDecay(Schedule):
 # Deliberate differences from torch: time is continuous in epochs (torch counts steps and ends its
 # first phase one step earlier), and momentum is not cycled (a regime schedule drives the lr only;
 # torch cycles momentum between 0.85 and 0.95 by default).
-
-
-def _cos_anneal(start: float, end: float, fraction: float) -> float:
-    return end + (start - end) * (1.0 + math.cos(math.pi * fraction)) / 2.0
-
-
-def _lin_anneal(start: float, end: float, fraction: float) -> float:
-    return start + (end - start) * fraction
 
 
 class CosineRestarts(Schedule):
