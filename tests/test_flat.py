@@ -58,6 +58,18 @@ def weights(model):
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
+def smoothout_first_step(trainer):
+    """One SmoothOut step on the first batch, and what a recomputation needs: a copy of the model and its
+    weights before the step, the batch, a generator at the noise's state before the step and the noised names."""
+    strategy, model = trainer.strategy, trainer.model
+    ref_model, w0 = copy.deepcopy(model), weights(model)
+    gen = torch.Generator().set_state(strategy.noise.generator.get_state())
+    x, y = first_batch(trainer)
+    strategy.train_step(trainer, x, y)
+    names = [n for n, p in model.named_parameters() if any(p is q for q in strategy.noise.params)]
+    return ref_model, w0, gen, x, y, names
+
+
 def chunk_grads(model, params, chunks, batch_rows):
     """Gradients of sum_k (n_k / B) L_k(params_k) by plain autograd on `model` (train mode)."""
     names = list(params[0])
@@ -161,13 +173,8 @@ def test_norm_parameters_excluded_by_default_and_included_with_flag(tmp_path):
 @pytest.mark.parametrize("adapt", ["none", "filter"])
 def test_smoothout_step_equals_clean_weights_minus_noisy_gradient(tmp_path, adapt):
     trainer = make_trainer(tmp_path, smoothout=0.05, smoothout_adapt=adapt, ghost_batch=16)
-    strategy, model = trainer.strategy, trainer.model
-    ref_model, w0 = copy.deepcopy(model), weights(model)
-    gen = torch.Generator().set_state(strategy.noise.generator.get_state())
-    x, y = first_batch(trainer)
-    strategy.train_step(trainer, x, y)
-
-    names = [n for n, p in model.named_parameters() if any(p is q for q in strategy.noise.params)]
+    model = trainer.model
+    ref_model, w0, gen, x, y, names = smoothout_first_step(trainer)
     chunks = list(zip(x.split(16), y.split(16)))
     noisy = []
     for _ in chunks:  # fresh noise per chunk, drawn in the same order as the strategy
@@ -182,12 +189,8 @@ def test_smoothout_step_equals_clean_weights_minus_noisy_gradient(tmp_path, adap
 
 def test_no_denoise_keeps_the_noise(tmp_path):
     trainer = make_trainer(tmp_path, smoothout=0.05, denoise=False)
-    strategy, model = trainer.strategy, trainer.model
-    ref_model, w0 = copy.deepcopy(model), weights(model)
-    gen = torch.Generator().set_state(strategy.noise.generator.get_state())
-    x, y = first_batch(trainer)
-    strategy.train_step(trainer, x, y)
-    names = [n for n, p in model.named_parameters() if any(p is q for q in strategy.noise.params)]
+    model = trainer.model
+    ref_model, w0, gen, x, y, names = smoothout_first_step(trainer)
     tau = dict(zip(names, reference_noise([w0[n] for n in names], gen, 0.05, "uniform", "none")))
     noisy = {n: w0[n] + tau.get(n, 0) for n in w0}
     grads = chunk_grads(ref_model, [noisy], [(x, y)], len(x))
