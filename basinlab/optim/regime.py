@@ -51,7 +51,6 @@ from basinlab.optim.schedules import LR_PARAMS
 __all__ = ["Regime", "DEFAULT_OPTIMIZER"]
 
 
-
 class Regime:
     """Optimizer settings as a pure function of (epoch, step in epoch, global step).
 
@@ -94,7 +93,6 @@ class Regime:
         self.wd_filter: str | None = None   # the weight decay scope a phase declares (optim/weight_decay.py)
         self._phases: list[Phase] = []
         self._checked: set = set()
-        self._has_steps = False
         if isinstance(phases, Regime):
             if phases._fn is not None:
                 self._fn = phases._fn
@@ -111,10 +109,7 @@ class Regime:
         entries, self.wd_filter = declared_scope(entries)
         self._phases = build_phases(entries)
         self._entries = [ph.entry for ph in self._phases]
-        self._has_steps = any(ph.kind == "step" for ph in self._phases)
 
-
-    # ------------------------------------------------------------------ construction
     # ------------------------------------------------------------------ callables
     def _call(self, t: float) -> dict:
         raw = self._fn(t)
