@@ -10,8 +10,10 @@ pieces together: config (with presets and resume), the methods a config asks for
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from basinlab.config import RULES, TrainConfig, from_mapping, load_yaml, validated_config
-from basinlab.engine.checkpoint import resume_values
+from basinlab.engine.checkpoint import resolve_checkpoint, resume_values
 from basinlab.engine.distributed import current_world_size
 from basinlab.engine.evaluate import evaluate
 from basinlab.engine.inspect import (
@@ -21,13 +23,15 @@ from basinlab.engine.inspect import (
     prepare_evaluation,
 )
 from basinlab.engine.trainer import Trainer
+from basinlab.errors import ConfigError
 from basinlab.methods.registry import build_method
-from basinlab.models import absolute_model_spec, is_user_model
+from basinlab.models import absolute_model_spec, is_user_model, trusting_model_code
 from basinlab.models import trust_model_code as trust_user_model
 from basinlab.presets import get_preset
 from basinlab.records.run_folder import Run
 from basinlab.records.run_folder import load_run as read_run
-from basinlab.utils.schema import check_value
+from basinlab.records.run_safety import is_run_folder
+from basinlab.utils.schema import check_value, shown
 
 __all__ = ["train", "load_run", "load_model", "make_config", "evaluate_checkpoint", "export_safetensors",
            "model_from_checkpoint"]
@@ -46,27 +50,48 @@ def make_config(base: dict | None = None, **options) -> TrainConfig:
         values["model"] = absolute_model_spec(named)
         trust_user_model(values["model"])
     if values.get("resume"):
-        return validated_config(resume_values(values))
+        return validated_config(_resumed_values(values))
     preset = check_value("--preset", RULES["preset"], values.get("preset"))
     if preset:
         values = {**from_mapping(get_preset(preset), where=f"preset {preset}"), **values}
     return validated_config(values)
 
 
-def train(config=None, *, callbacks=(), strategy=None, **options) -> Run:
+def _resumed_values(values: dict) -> dict:
+    """The stored config with this command's run controls. The run's location is where its checkpoint is now
+    (a moved run stays itself); a different one comes only from --save on this command: a branch."""
+    folder = Path(values["resume"])
+    if folder.is_dir() and is_run_folder(folder) and not (folder / "last.pt").is_file():
+        raise ConfigError(f"{folder} has no checkpoint: its run stopped before its first one ({folder}/log.txt says "
+                          f"why), so there is nothing to resume; start it again with the command that started it, "
+                          f"without --resume (it replaces the folder), e.g. basinlab train --config "
+                          f"{folder}/config.yaml")
+    resumed = resume_values(values)
+    if "save" not in values:
+        here = resolve_checkpoint(values["resume"]).parent
+        resumed.update(save=here.name, results_dir=str(here.parent))
+    return resumed
+
+
+def train(config=None, *, callbacks=(), strategy=None, trust_model_code: bool = False, **options) -> Run:
     """Train with the same options as `basinlab train` (keyword names = long flags with underscores).
 
     `config` is a TrainConfig, a YAML file or None. `callbacks` run after the methods' own;
-    `strategy` replaces the step strategy the options would choose.
+    `strategy` replaces the step strategy the options would choose. `trust_model_code=True` lets this call
+    import the model code (file.py:factory) that `config` or a resumed checkpoint names; a model named in
+    `options` is trusted anyway, and no file can grant trust itself.
     Returns a Run with `.path`, `.config`, `.history` (pandas DataFrame, one row per epoch) and `.model`.
     """
-    if isinstance(config, TrainConfig):
-        cfg = config.replace(**options) if options else config
-    else:
-        cfg = make_config(load_yaml(config) if config is not None else {}, **options)
-    method_strategy, method_callbacks = build_method(cfg, current_world_size())
-    trainer = Trainer(cfg, strategy=strategy or method_strategy, callbacks=[*method_callbacks, *callbacks])
-    return trainer.fit()
+    if not isinstance(trust_model_code, bool):
+        raise ConfigError(f"trust_model_code must be True or False, got {shown(trust_model_code)}")
+    with trusting_model_code(trust_model_code):
+        if isinstance(config, TrainConfig):
+            cfg = config.replace(**options) if options else config
+        else:
+            cfg = make_config(load_yaml(config) if config is not None else {}, **options)
+        method_strategy, method_callbacks = build_method(cfg, current_world_size())
+        trainer = Trainer(cfg, strategy=strategy or method_strategy, callbacks=[*method_callbacks, *callbacks])
+        return trainer.fit()
 
 
 def evaluate_checkpoint(path, *, dataset=None, split="val", datasets_dir=None, batch_size=256, limit=None,

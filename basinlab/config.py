@@ -205,9 +205,6 @@ class TrainConfig:
     report: bool = opt(False, "also refresh report.html in the run folder (interactive curves, `basinlab report`; "
                               "needs basinlab[report]) whenever the plots are redrawn")
     debug: bool = opt(False, "show tracebacks")
-    trust_model_code: bool = opt(False, "import the model code (file.py:factory or module:factory) that a config file "
-                                        "or checkpoint names; without it only code named on the command line or in "
-                                        "the Python call is imported")
 
     # ---------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -255,7 +252,7 @@ RULES = {name: _rule(f) for name, f in FIELDS.items() if field_kind(f.type) is n
 
 # How `basinlab train --help` groups the options (every field in exactly one group; tests check it).
 OPTION_GROUPS = (
-    ("general", ("preset", "debug", "trust_model_code")),
+    ("general", ("preset", "debug")),
     ("model", ("model", "model_config", "depth")),
     ("data", ("dataset", "datasets_dir", "download", "train_limit", "val_limit", "limit_mode", "augment",
               "data_workers")),
@@ -275,7 +272,7 @@ OPTION_GROUPS = (
 # Options that may change when a run is resumed: they do not change what is computed.
 RESUMABLE = {"resume", "overwrite", "quiet", "debug", "save", "results_dir", "epochs", "device", "data_workers",
              "print_freq", "save_every_steps", "save_all", "compile", "nan_policy", "datasets_dir", "nproc",
-             "dist_timeout", "trust_model_code", "report"}
+             "dist_timeout", "report"}
 
 
 # Options added after runs were stored: the value that reproduces what those runs did.
@@ -297,11 +294,28 @@ def normalise_key(key: str) -> str:
     return key.strip().lstrip("-").replace("-", "_")
 
 
+# Trust to import model code is the person's choice for one process, given only on the command line
+# (--trust-model-code) or as basinlab.train(..., trust_model_code=True): never a field, never stored. A file
+# saying `false` grants nothing (run folders written before this rule hold that line) and is ignored.
+TRUST_KEY = "trust_model_code"
+
+
+def _refuse_granted_trust(key, value, where: str) -> None:
+    if value is False or value is None:
+        return
+    raise ConfigError(f"'{key}' in {where} is refused: a file or a stored run cannot grant trust to import model "
+                      f"code; remove the key and, if you trust the model it names, pass --trust-model-code on the "
+                      f"command line or trust_model_code=True to basinlab.train()")
+
+
 def from_mapping(values: dict, where: str = "config") -> dict:
     """Validate keys of a mapping (YAML file or keyword arguments) and return field-name keys."""
     out = {}
     for key, value in values.items():
         name = normalise_key(str(key))
+        if name == TRUST_KEY:
+            _refuse_granted_trust(key, value, where)
+            continue
         if name not in FIELDS:
             close = [n.replace("_", "-") for n in FIELDS if name[:3] in n]
             hint = f" (did you mean: {', '.join(close[:4])}?)" if close else ""

@@ -89,11 +89,16 @@ def _add_field(parser, name: str, field) -> None:
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field, shown in the groups of config.OPTION_GROUPS."""
+    """One flag per config field, shown in the groups of config.OPTION_GROUPS, and --trust-model-code."""
     for title, names in OPTION_GROUPS:
         group = parser.add_argument_group(title)
         for name in names:
             _add_field(group, name, FIELDS[name])
+        if title == "general":  # not a config field: the person's word for this one command (cli.main)
+            group.add_argument("--trust-model-code", action="store_true", default=argparse.SUPPRESS,
+                               help="import the model code (file.py:factory or module:factory) that --config or the "
+                                    "resumed checkpoint names; without it only code named by --model is imported. "
+                                    "Never stored, and no file can set it")
 
 
 def train_options(args: argparse.Namespace) -> dict:

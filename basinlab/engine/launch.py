@@ -59,6 +59,8 @@ def launch_requested(args) -> bool:
 def argv_from_args(args) -> list[str]:
     """The `basinlab train` arguments the user typed (argparse suppressed the defaults), minus --nproc."""
     argv = ["--config", str(args.config)] if getattr(args, "config", None) else []
+    if getattr(args, "trust_model_code", False) is True:  # the person's word, not a field: passed on as given
+        argv.append("--trust-model-code")
     for name, value in vars(args).items():
         if name not in FIELDS or name == "nproc":
             continue

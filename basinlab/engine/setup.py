@@ -68,6 +68,12 @@ def split_model_config(cfg: TrainConfig) -> tuple[dict, dict]:
     return model_config, regime_config
 
 
+def attach_data_regime(model: nn.Module, regime_config: dict) -> None:
+    """A `data_regime` in the model config replaces the model's own (as a model file's would be read)."""
+    if "data_regime" in regime_config:
+        model.data_regime = regime_config.pop("data_regime")
+
+
 def build_regime(cfg: TrainConfig, model: nn.Module, regime_config: dict) -> tuple[Regime, list[str]]:
     """The optimisation regime of a run and log lines saying where it came from and what overrode it.
 
@@ -75,8 +81,6 @@ def build_regime(cfg: TrainConfig, model: nn.Module, regime_config: dict) -> tup
     Explicit --lr/--momentum/--wd override a model regime (and the log says so). --optimizer or
     --lr-milestones replace a model regime by the one-phase regime the flags describe.
     """
-    if "data_regime" in regime_config:
-        model.data_regime = regime_config.pop("data_regime")
     source = "the model config" if regime_config else f"model {cfg.model}"
     regime = regime_from_model_config(dict(regime_config), default=getattr(model, "regime", None))
     if regime is not None and (cfg.optimizer is not None or cfg.lr_milestones is not None):

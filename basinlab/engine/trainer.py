@@ -30,6 +30,7 @@ from basinlab.engine.distributed import DataParallel
 from basinlab.engine.evaluate import Meter, evaluate
 from basinlab.engine.precision import resolve_amp
 from basinlab.engine.setup import (
+    attach_data_regime,
     build_regime,
     check_model_fits_data,
     make_criterion,
@@ -39,7 +40,7 @@ from basinlab.engine.setup import (
 from basinlab.engine.steps import STRATEGIES, StepStrategy
 from basinlab.engine.trainer_state import CheckpointedState, check_state_keys
 from basinlab.errors import ConfigError, NonFiniteLossError, WriteError
-from basinlab.models import create_model, trust_model_code
+from basinlab.models import create_model
 from basinlab.optim import DataRegime
 from basinlab.optim.weight_decay import describe as describe_weight_decay
 from basinlab.optim.weight_decay import parameter_groups
@@ -101,12 +102,11 @@ class Trainer(CheckpointedState):
             seed=cfg.seed, train_limit=cfg.train_limit, val_limit=cfg.val_limit, workers=cfg.data_workers,
             augment=cfg.augment, download=cfg.download, rank=self.dist.rank, world_size=self.dist.world_size,
             limit_mode=cfg.limit_mode)
-        if cfg.trust_model_code:
-            trust_model_code(cfg.model)
         self.model = create_model(cfg.model, self.train_loader.num_classes, cfg.dataset, **model_config)
         self.model = self.dist.convert_norms(self.model, self.log)
         self.model.to(self.device)
         transform_note = attach_input_transform(self.model, cfg.model, (self.train_loader, self.val_loader))
+        attach_data_regime(self.model, regime_config)
         self.data_regime = DataRegime(getattr(self.model, "data_regime", None) or [])
         check_data_regime(self.data_regime, self.train_loader, self.val_loader, flag_batch=cfg.batch_size is not None)
         self._apply_data_regime(log=False)   # the first phase's input size is what the probe must fit
@@ -141,13 +141,14 @@ class Trainer(CheckpointedState):
         return min(chunk, batch % chunk or chunk)
 
     def _branch_from(self, resume_state) -> Path | None:
-        """The checkpoint to branch from when --resume names one behind its run's last.pt (None: resume in place).
-
-        Resuming such a checkpoint in place would rewrite the run's later epochs, so it needs --save NEW.
-        """
+        """The checkpoint a new run continues from when --save on this command names another folder than the
+        checkpoint's (None: resume in place). Continuing one behind its run's last.pt in place would rewrite the
+        run's later epochs, so that needs --save NEW."""
         if resume_state is None:
             return None
         checkpoint = resolve_checkpoint(self.cfg.resume)
+        if (Path(self.cfg.results_dir) / self.cfg.save).resolve() != checkpoint.parent.resolve():
+            return checkpoint  # api.make_config sets the checkpoint's own folder unless --save was given
         latest = checkpoint.parent / "last.pt"
         if not latest.is_file() or latest.resolve() == checkpoint.resolve():
             return None
@@ -155,12 +156,9 @@ class Trainer(CheckpointedState):
         last = load_checkpoint(latest, map_location="cpu")
         if all(last.get(k) == resume_state.get(k) for k in position):
             return None  # e.g. best.pt of the last epoch: the same point of the run
-        target = (Path(self.cfg.results_dir) / self.cfg.save).resolve() if self.cfg.save else None
-        if target is None or target == checkpoint.parent.resolve():
-            raise ConfigError(f"{checkpoint} is behind the run's last.pt (epoch {last.get('epoch')}, step "
-                              f"{last.get('global_step')}); resuming it in place would rewrite that run: add --save "
-                              f"NEW to branch a new run from it")
-        return checkpoint
+        raise ConfigError(f"{checkpoint} is behind the run's last.pt (epoch {last.get('epoch')}, step "
+                          f"{last.get('global_step')}); resuming it in place would rewrite that run: add --save NEW "
+                          f"to branch a new run from it")
 
     def _read_resume_checkpoint(self):
         if not self.cfg.resume:
@@ -233,8 +231,7 @@ class Trainer(CheckpointedState):
             self.nonfinite_skipped += 1
             return False
         raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at epoch {self.epoch + 1}, step "
-                                 f"{self.batch_in_epoch + 1} of {len(self.train_loader)}; the last good checkpoint "
-                                 f"and the records so far are kept in {self.run.path}")
+                                 f"{self.batch_in_epoch + 1} of {len(self.train_loader)}; {self.run.kept_note()}")
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
@@ -303,6 +300,9 @@ class Trainer(CheckpointedState):
                     self.log.epoch(row)
             for cb in self.callbacks:
                 cb.on_fit_end(self)
+        except BaseException as exc:  # the reason the run ended belongs in its log, not only on a terminal
+            self.run.log.file_only(f"error: {type(exc).__name__}: {exc}")
+            raise
         finally:  # records are complete whatever ends the run (NaN stop, signal, error)
             self.run.close()
         self.dist.finish()
@@ -373,7 +373,7 @@ class Trainer(CheckpointedState):
         """Validate, assemble the results row, let callbacks extend it, write records and checkpoints."""
         if train["count"] == 0:
             raise NonFiniteLossError(f"every batch of epoch {self.epoch + 1} had a non-finite loss and was skipped; "
-                                     f"the last good checkpoint and the records so far are kept in {self.run.path}")
+                                     f"{self.run.kept_note()}")
         self.dist.sync_buffers(self.model)  # validate (on every shard) the model rank 0 checkpoints
         started = time.perf_counter()
         progress = self.log.progress(f"validate {self.epoch + 1}/{self.epochs}", len(self.val_loader),
@@ -386,8 +386,7 @@ class Trainer(CheckpointedState):
         val_seconds = time.perf_counter() - started
         if not math.isfinite(val["loss"]):
             raise NonFiniteLossError(f"the validation loss after epoch {self.epoch + 1} is {val['loss']}; the model is "
-                                     f"broken, so this epoch is not recorded: the last good checkpoint and the "
-                                     f"records so far are kept in {self.run.path}")
+                                     f"broken, so this epoch is not recorded; {self.run.kept_note()}")
         row = {"epoch": self.epoch + 1, "lr": self.lr,
                "train_loss": train["loss"], "train_acc1": train["acc1"], "train_acc5": train["acc5"],
                "val_loss": val["loss"], "val_acc1": val["acc1"], "val_acc5": val["acc5"],

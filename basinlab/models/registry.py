@@ -23,7 +23,7 @@ from torch import nn
 from basinlab.errors import ConfigError
 
 __all__ = ["register_model", "list_models", "create_model", "get_model_factory", "is_model_name", "is_user_model",
-           "absolute_model_spec", "trust_model_code"]
+           "absolute_model_spec", "trust_model_code", "trusting_model_code"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _ALIASES: dict[str, str] = {}

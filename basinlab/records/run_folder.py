@@ -18,18 +18,30 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from basinlab.config import TrainConfig, config_to_yaml, load_yaml, validated_config
+from basinlab.config import (
+    TrainConfig,
+    config_to_yaml,
+    normalise_key,
+    read_yaml_mapping,
+    stored_values,
+    validated_config,
+)
 from basinlab.errors import ConfigError, WriteError
 from basinlab.records import ResultsTable, TensorBoardLog
 from basinlab.records.progress import Progress, StepTable, read_steps
 from basinlab.records.results import read_results
 from basinlab.records.run_safety import (
+    LOCK_FILE,
+    Replacement,
     RunLock,
     check_replaceable,
     default_run_name,
+    differing_options,
+    is_unfinished_start,
     move_aside,
     new_run_path,
-    put_back,
+    os_failure,
+    recover_trash,
     remove_stale_temporaries,
 )
 from basinlab.utils.io import atomic_write_text
@@ -60,7 +72,13 @@ class RunLog:
 
     def attach(self, path: Path) -> None:
         self.path = path
-        self.file = open(path, "a", buffering=1)
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise ConfigError(f"{path} is not a regular file (a link or a folder); basinlab appends its log only "
+                              f"to a file of its own: remove it and retry")
+        try:
+            self.file = open(path, "a", buffering=1)
+        except OSError as exc:
+            raise os_failure(exc, "open the log", path) from None
         self.file.writelines(self.pending)
         self.pending = []
 
@@ -78,6 +96,14 @@ class RunLog:
             self.pending.append(line)
         if not self.quiet:
             print(message, flush=True)
+
+    def file_only(self, message: str) -> None:
+        """A line for log.txt alone: the error that ends a run (the command line prints it on its own)."""
+        if self.file is not None:
+            try:
+                self.file.write(f"{dt.datetime.now():%H:%M:%S} {message}\n")
+            except OSError:
+                self.file = None
 
     def epoch(self, row: dict) -> None:
         self.info(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} top1 {row['train_acc1']:.2f}% | "
@@ -154,7 +180,9 @@ class RunFolder:
         self.plots_due, self.last_plot = False, time.monotonic()  # short runs: drawn once, at the end
         self.tensorboard = TensorBoardLog(None, enabled=False)  # the real one once the folder exists
         self.lock: RunLock | None = None
-        self.replaced: Path | None = None  # the old run --overwrite moved aside, until a checkpoint exists
+        self.replaced: Replacement | None = None  # the old run moved aside, until this run has a checkpoint
+        self.created = False  # this process made the folder (a failed setup removes it)
+        self.restarts_unfinished = False  # it replaces an earlier start of the same command (no checkpoint)
         self.results_dir = None
         self.title = path.name
         self.report = False  # --report: report.html beside the plots
@@ -163,10 +191,11 @@ class RunFolder:
     def open(cls, cfg: TrainConfig, resume: bool, barrier=lambda: None, branch_from: Path | None = None) -> RunFolder:
         """Decide the run folder and check that it may be used; nothing is written until `create`.
 
-        An existing folder is never replaced without --overwrite (and then only as run_safety allows);
-        a folder being resumed is locked now, and temporary files a killed run left in it are removed.
-        `branch_from`: a checkpoint behind its run's last one, continued in the new folder --save names.
-        `barrier` lets every rank check before rank 0 writes.
+        An existing folder is never replaced without --overwrite (and then only as run_safety allows), except
+        a start of this same command that stopped before its first checkpoint; a folder being resumed is
+        locked now, and temporary files a killed run left in it are removed. Replacements whose process died
+        are settled first (run_safety.recover_trash). `branch_from`: a checkpoint continued in the new folder
+        --save names. `barrier` lets every rank check before rank 0 writes.
         """
         if cfg.report:
             from basinlab.records.report import require_bokeh
@@ -176,37 +205,53 @@ class RunFolder:
             folder = cls(resume_path if resume_path.is_dir() else resume_path.parent, is_main_process(),
                          cfg.quiet, resume=True)
             if folder.is_main:
+                folder._recover_trash(folder.path.parent)
                 folder.lock = RunLock(folder.path).acquire()
                 remove_stale_temporaries(folder.path)
             return folder
         cfg.save = cfg.save or default_run_name()
         path = new_run_path(cfg.results_dir, cfg.save)
-        if branch_from is not None and path.exists() and any(path.iterdir()):
-            raise ConfigError(f"--save {cfg.save}: {path} already exists; a branch needs a new run folder")
-        if path.exists() and any(path.iterdir()):
-            if not cfg.overwrite:
-                raise ConfigError(f"run folder {path} already exists; use --resume {path} to continue it, "
-                                  f"--overwrite to replace it, or --save NAME for a new one")
-            check_replaceable(path)
-        barrier()
         folder = cls(path, is_main_process(), cfg.quiet, resume=False, branch_from=branch_from)
+        if folder.is_main:
+            folder._recover_trash(path.parent)
+        folder.check_target(cfg)
+        barrier()
         folder.results_dir = cfg.results_dir
         return folder
+
+    def _recover_trash(self, parent: Path) -> None:
+        for line in recover_trash(parent):
+            self.log.info(line)
+
+    def check_target(self, cfg: TrainConfig, late: bool = False) -> None:
+        """Refuse a new run's folder when something is there that it may not replace (see `open`); `late`: it
+        appeared during this run's setup."""
+        path = self.path
+        self.restarts_unfinished = False
+        if not os.path.lexists(path) or (path.is_dir() and not path.is_symlink() and not any(path.iterdir())):
+            return
+        if self.branch_from is not None:
+            raise ConfigError(f"{path} already exists; a branch needs a new run folder: give --save a new name")
+        if cfg.overwrite:
+            check_replaceable(path)
+            return
+        if not is_unfinished_start(path):
+            there = "appeared while this run was being set up (another process wrote it)" if late else "already exists"
+            raise ConfigError(f"run folder {path} {there}; use --resume {path} to continue it, "
+                              f"--overwrite to replace it, or --save NAME for a new one")
+        differs = differing_options(path, cfg)
+        if differs:
+            raise ConfigError(f"run folder {path} holds a start that stopped before its first checkpoint ({path}/"
+                              f"log.txt says why) with other options ({differs}); use --overwrite to replace it, or "
+                              f"--save NAME for a new run")
+        self.restarts_unfinished = True
 
     def create(self, cfg: TrainConfig) -> None:
         """Make the folder (moving a replaced run aside), lock it, write env.yaml, config.yaml and the log."""
         if not self.is_main:
             return
         if not self.resuming:
-            if self.path.exists() and any(self.path.iterdir()):
-                check_replaceable(self.path)  # again: another process may have started on it meanwhile
-                self.replaced = move_aside(self.path, self.results_dir)
-            try:
-                (self.path / "plots").mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ConfigError(f"cannot create run folder {self.path}: {exc.strerror} "
-                                  f"(--results-dir must be a folder you can write to)") from None
-            self.lock = RunLock(self.path).acquire()
+            self._make_folder(cfg)
             facts = environment_facts()
             if self.branch_from is not None:
                 facts["branched_from"] = str(self.branch_from.resolve())
@@ -216,7 +261,10 @@ class RunFolder:
         self.report = bool(cfg.report)
         self.log.attach(self.path / "log.txt")
         if self.replaced is not None:
-            self.log.info(f"--overwrite: the old run is kept in {self.replaced} until this run's first checkpoint")
+            what = ("an earlier start of this same run, which stopped before its first checkpoint"
+                    if self.restarts_unfinished else "the old run (--overwrite)")
+            self.log.info(f"replacing {what}: it is kept in {self.replaced.aside} until this run's first "
+                          f"checkpoint")
         if self.branch_from is not None:
             self.log.info(f"branched from {self.branch_from.resolve()}: a new run that continues from it (the "
                           f"original run is left as it is)")
@@ -224,11 +272,49 @@ class RunFolder:
         atomic_write_text(self.path / "config.yaml", config_to_yaml(cfg))
         self.steps.write_kept()
 
+    def _make_folder(self, cfg: TrainConfig) -> None:
+        """The new run's folder by one mkdir, locked; what is there now is checked again (another process may
+        have written it during setup), and replaced only as `check_target` allowed."""
+        path = self.path
+        if os.path.lexists(path) and (path.is_symlink() or not path.is_dir() or any(path.iterdir())):
+            self.check_target(cfg, late=True)
+            old_lock = RunLock(path).acquire(record_pid=False)  # nobody starts on it between the check and the move
+            try:
+                self.replaced = move_aside(path)
+            finally:
+                old_lock.release()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(path)
+            self.created = True
+        except FileExistsError:
+            if path.is_symlink() or not path.is_dir() or any(path.iterdir()):
+                raise ConfigError(f"run folder {path} appeared while this run was being set up (another process "
+                                  f"wrote it); use --save NAME for a new run") from None
+        except OSError as exc:
+            raise os_failure(exc, "create run folder", path) from None
+        self.lock = RunLock(path).acquire()
+        if set(os.listdir(path)) - {LOCK_FILE}:  # another start took the empty folder before our lock
+            self.lock.release()
+            self.lock = None
+            raise ConfigError(f"run folder {path} was taken by another process during setup; use --save NAME")
+        try:
+            (path / "plots").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise os_failure(exc, "create run folder", path) from None
+
     def checkpoint_written(self) -> None:
         """The new run has a checkpoint: the run it replaced can go."""
         if self.replaced is not None:
-            shutil.rmtree(self.replaced, ignore_errors=True)
+            self.replaced.discard()
             self.replaced = None
+
+    def kept_note(self) -> str:
+        """What a run that stops now leaves: the last checkpoint, or none (said plainly, never claimed)."""
+        if (self.path / "last.pt").is_file():
+            return f"the last good checkpoint and the records so far are kept in {self.path}"
+        return (f"no checkpoint was written yet, so there is nothing to resume: the same command starts the run "
+                f"again (it replaces {self.path})")
 
     def abandon(self) -> None:
         """Setup failed: release what open() and create() took; a new folder they made is removed."""
@@ -236,10 +322,10 @@ class RunFolder:
         self.log.close()
         if self.lock is not None:
             self.lock.release()
-        if not self.resuming and self.lock is not None:
+        if self.created:
             shutil.rmtree(self.path, ignore_errors=True)
         if self.replaced is not None:
-            put_back(self.replaced, self.path)
+            self.replaced.put_back()
             self.replaced = None
 
     def resume_records(self, completed_epochs: int, stored_rows: list[dict] | None = None,
@@ -279,20 +365,20 @@ class RunFolder:
         """Final plots, TensorBoard and log flushed, lock released: on every exit of a run, errors included.
 
         A run that replaced another with --overwrite and ends before its first checkpoint gives the
-        old run its place back.
+        old run its place back (an earlier start of the same command without checkpoint just goes).
         """
         try:
             self.draw_plots()
         except WriteError as exc:  # the run's own error (e.g. disk full) is what the user must see
             print(f"basinlab: plots not redrawn: {exc}", file=sys.stderr)
         self.tensorboard.close()
-        if self.replaced is not None:
+        if self.replaced is not None and not self.restarts_unfinished:
             self.log.info(f"no checkpoint was written: the replaced run returns to {self.path}")
         self.log.close()
         if self.lock is not None:
             self.lock.release()
-        if self.replaced is not None:
-            put_back(self.replaced, self.path)
+        if self.replaced is not None:  # an earlier start without checkpoint: this one's log is the one to keep
+            self.replaced.discard() if self.restarts_unfinished else self.replaced.put_back()
             self.replaced = None
 
     def result(self, trainer) -> Run:
@@ -309,7 +395,9 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     if not (path / "config.yaml").is_file():
         raise ConfigError(f"{path} is not a basinlab run folder (no config.yaml)")
-    cfg = validated_config(load_yaml(path / "config.yaml"))
+    stored = read_yaml_mapping(path / "config.yaml", what="run config")
+    # as a checkpoint's config: today's fields kept (a stored trust-model-code line is never honoured)
+    cfg = validated_config(stored_values({normalise_key(str(k)): v for k, v in stored.items()}))
     results = path / "results.csv"
     history = read_results(results) if results.is_file() and results.stat().st_size else pd.DataFrame()
     return Run(path, cfg, history)
