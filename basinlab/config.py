@@ -375,6 +375,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for name, rule in RULES.items():
         setattr(cfg, name, check_value(flag(name), rule, getattr(cfg, name)))
     cfg.model_config = parse_literal_dict(cfg.model_config)
+    reserved = sorted(set(cfg.model_config) & {"num_classes", "dataset"})
+    if reserved:
+        raise ConfigError(f"--model-config sets {reserved[0]!r}, which comes from the data (the dataset's classes, "
+                          f"--dataset); remove it from the model config and choose the dataset with --dataset")
     if cfg.grad_clip is not None:
         check_number(cfg.grad_clip, "--grad-clip")
     return cfg

@@ -140,3 +140,11 @@ def test_list_names_models_and_datasets(capsys):
     out = capsys.readouterr().out
     for name in ("resnet20", "cifar10_shallow", "mnist5k", "cifar100", "tiny-imagenet"):
         assert name in out
+
+
+@pytest.mark.parametrize("key", ["num_classes", "dataset"])
+def test_the_model_config_cannot_set_what_the_data_decides(tmp_path, capsys, key):
+    assert main(["train", *SMALL, "--model-config", f"{{'{key}': 3}}", "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"sets '{key}', which comes from the data" in err[0]
+    assert not any(tmp_path.iterdir())
