@@ -19,14 +19,8 @@ from PIL import Image
 
 from basinlab.data import DATASETS, build_loaders, default_datasets_dir, list_datasets
 from basinlab.data.catalog import PAD_CROP_FLIP
-from basinlab.data.formats import (
-    decode_rgb,
-    read_arrays,
-    read_cifar_batch,
-    read_idx,
-    read_mnist_split,
-    scan_image_folder,
-)
+from basinlab.data.folders import scan_image_folder
+from basinlab.data.formats import decode_rgb, read_arrays, read_cifar_batch, read_idx, read_mnist_split
 from basinlab.data.loader import derive_seed
 from basinlab.data.memory import PAD, CropFlip, MemoryLoader, crop_flip_params
 from basinlab.data.stream import eval_transform, random_resized_crop_box, to_uint8_chw
@@ -361,13 +355,18 @@ def test_streamed_loader_with_workers_is_released_promptly(tmp_path):
 
 def test_streamed_loader_reports_a_corrupt_image_in_one_line(tmp_path):
     make_image_folder(tmp_path / "imagefolder")
-    bad = tmp_path / "imagefolder" / "val" / "ant" / "0.png"
+    bad = tmp_path / "imagefolder" / "val" / "zebra" / "1.png"   # in the second val batch: found mid-epoch
     bad.write_bytes(b"not a png")
     for workers in (0, 1):
-        _, val = build_loaders("imagefolder", tmp_path, batch_size=4, workers=workers)
+        _, val = build_loaders("imagefolder", tmp_path, batch_size=4, input_size=8, workers=workers)
         with pytest.raises(DataError) as err:
             collect(val)
         one_line_error(err, "cannot decode image", bad)
+    first = tmp_path / "imagefolder" / "val" / "ant" / "0.png"   # in the first val batch: refused at setup
+    first.write_bytes(b"not a png")
+    with pytest.raises(DataError) as err:
+        build_loaders("imagefolder", tmp_path, batch_size=4, input_size=8, workers=1)
+    one_line_error(err, "cannot decode image", first)
 
 
 # ------------------------------------------------------------------------------- tiny-imagenet

@@ -143,12 +143,16 @@ def shifted_16(image):
     return random_shift(image.resize((16, 16)))
 
 
+def mirrored_16(image):
+    return mirror(image.resize((16, 16)))
+
+
 def test_streamed_per_sample_transform_runs_in_the_workers(tmp_path):
     from basinlab.data import build_loaders
     from basinlab.engine.data_settings import attach_input_transform
     make_image_folder(tmp_path / "imagefolder")
     model = torch.nn.Linear(1, 1)
-    model.input_transform = {"train": shifted_16, "eval": mirror}
+    model.input_transform = {"train": shifted_16, "eval": mirrored_16}
     results = []
     for workers in (0, 2):
         train, val = build_loaders("imagefolder", tmp_path, batch_size=4, input_size=16, workers=workers)

@@ -2,7 +2,8 @@
 
 Small datasets (mnist5k, mnist, fashion-mnist, cifar10, cifar100, tiny-imagenet) live on the
 training device as uint8 tensors and are augmented a batch at a time (memory.py); image folders
-(imagenet, imagefolder) are decoded by DataLoader workers (stream.py). Both loaders share the
+(imagenet, imagefolder) are decoded by DataLoader workers (stream.py), after their first batch has
+been decoded here, so that a bad image or transform is refused at setup. Both loaders share the
 interface of loader.Loader: deterministic in (seed, epoch, batch), resumable at any batch,
 sharded for data-parallel runs.
 """
@@ -15,8 +16,9 @@ import numpy as np
 import torch
 
 from basinlab.data.catalog import DATASETS, NO_AUGMENT, DatasetInfo, dataset_info, list_datasets
+from basinlab.data.folders import scan_image_folder_at
 from basinlab.data.formats import download as _download
-from basinlab.data.formats import read_arrays_at, read_mnist5k, scan_image_folder_at
+from basinlab.data.formats import read_arrays_at, read_mnist5k
 from basinlab.data.loader import Loader
 from basinlab.data.locate import Place, locate
 from basinlab.data.memory import MemoryLoader
@@ -124,6 +126,7 @@ def _stream_loaders(info, root, sizes, limits, augment, input_size, workers, com
         loader = StreamLoader(info.name, chosen, num_classes=len(folder.classes), mean=info.mean, std=info.std,
                               batch_size=sizes[name], train=train, augment=augment, input_size=size,
                               workers=workers, **common)
-        loader.subset_notes, loader.source = notes, place.describe()
+        loader.subset_notes, loader.source = folder.notes[name] + notes, place.describe()
+        loader.check_first_batch()   # an unreadable image or failing transform is refused now, not mid-epoch
         loaders.append(loader)
     return tuple(loaders)

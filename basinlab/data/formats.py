@@ -1,30 +1,30 @@
 """Readers of the standard on-disk dataset formats.
 
 In-memory datasets come back as `Split(images, labels)`: uint8 numpy images [N, C, H, W] and int64
-labels. Image-folder datasets come back as file lists (`FolderData`); stream.py decodes them.
+labels. Image-folder datasets come back as file lists (folders.py); stream.py decodes them.
 Every bad-data case raises `DataError` with one line naming the problem, the path and the layout.
 """
 from __future__ import annotations
 
 import gzip
 import importlib.util
+import math
 import os
 import pickle
 import struct
 import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from basinlab.data.catalog import DATASETS, data_error
+from basinlab.data.folders import IMAGE_EXTENSIONS, walk_split
+from basinlab.data.folders import list_images as list_images  # re-exported: formats.list_images
 from basinlab.data.locate import MNIST_STEMS, locate
 from basinlab.errors import DataError
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
 
 class Split(NamedTuple):
@@ -36,14 +36,6 @@ class ArrayData(NamedTuple):
     train: Split
     val: Split
     num_classes: int
-
-
-@dataclass
-class FolderData:
-    root: Path
-    classes: list[str]                 # class index = position in this sorted list
-    train: list[tuple[str, int]]       # (file path, class index)
-    val: list[tuple[str, int]]
 
 
 def read_arrays(name: str, root: Path) -> ArrayData:
@@ -60,7 +52,7 @@ def read_arrays_at(name: str, folder: Path) -> ArrayData:
     return readers[name](name, Path(folder))
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -69,25 +61,53 @@ def _one_line(exc: BaseException) -> str:
 _IDX_KINDS = {"images": (0x00000803, 3), "labels": (0x00000801, 1)}   # uint8 data, 3 or 1 dims
 
 
-MAX_IDX_BYTES = 1 << 31  # 2 GiB: MNIST-like files are ~50 MB; a header claiming more is refused unread
+MAX_IDX_BYTES = 1 << 31  # 2 GiB: MNIST-like files are ~50 MB; a gzip whose header claims more is refused unread
+_CHUNK = 1 << 20
 
 
-def _read_file_bytes(path: Path, name: str, expected: str, header: int, ndim: int) -> bytes:
-    """The IDX file's bytes, reading a gzip stream no further than its header says it holds (no gzip bomb)."""
+def _idx_sizes(dims: tuple[int, ...]) -> tuple[str, int]:
+    """('AxBxC', the bytes of data they make), in Python integers: four uint32 never overflow."""
+    return "x".join(map(str, dims)), math.prod(dims)
+
+
+def _read_file_bytes(path: Path, name: str, expected: str, magic: int, ndim: int) -> bytes:
+    """The IDX file's bytes, checked against the size its header gives before anything is allocated:
+    a raw file by its size on disk, a gzip stream read in chunks no further than the header says."""
+    header = 4 + 4 * ndim
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as fh:
             head = fh.read(header)
             if len(head) < header:
                 raise data_error(name, f"file too short for an IDX header ({len(head)} bytes)", path, expected)
-            dims = struct.unpack(f">{ndim}I", head[4:header])
-            size = int(np.prod(dims, dtype=np.int64))
+            found = int.from_bytes(head[:4], "big")
+            if found != magic:
+                raise data_error(name, f"bad IDX magic number 0x{found:08x}", path, expected)
+            shape, size = _idx_sizes(struct.unpack(f">{ndim}I", head[4:header]))
+            if opener is open:
+                held = os.fstat(fh.fileno()).st_size - header
+                if held != size:
+                    raise data_error(name, f"header says {shape} = {size} bytes of data but the file holds {held}",
+                                     path, expected)
+                return head + fh.read()
             if size > MAX_IDX_BYTES:
-                raise data_error(name, f"header claims {'x'.join(map(str, dims))} = {size:,} bytes, over the "
-                                 f"{MAX_IDX_BYTES:,} allowed", path, expected)
-            return head + fh.read(size + 1)  # one byte more tells a file longer than its header
+                raise data_error(name, f"header claims {shape} = {size:,} bytes, over the {MAX_IDX_BYTES:,} "
+                                 f"allowed", path, expected)
+            return head + _read_at_most(fh, size + 1)  # one byte more tells a stream longer than its header
     except (OSError, EOFError, zlib.error) as exc:
-        raise data_error(name, f"cannot read ({_one_line(exc)})", path, expected) from None
+        raise data_error(name, f"cannot read ({one_line(exc)})", path, expected) from None
+
+
+def _read_at_most(fh, count: int) -> bytes:
+    """Up to `count` bytes, in chunks: memory grows with what the file holds, not with what it claims."""
+    chunks, left = [], count
+    while left > 0:
+        chunk = fh.read(min(left, _CHUNK))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def read_idx(path: Path, *, name: str, kind: str) -> np.ndarray:
@@ -95,16 +115,13 @@ def read_idx(path: Path, *, name: str, kind: str) -> np.ndarray:
     magic, ndim = _IDX_KINDS[kind]
     expected = f"an IDX {kind} file with magic 0x{magic:08x}, raw or .gz"
     header = 4 + 4 * ndim
-    data = _read_file_bytes(path, name, expected, header, ndim)
-    found = int.from_bytes(data[:4], "big")
-    if found != magic:
-        raise data_error(name, f"bad IDX magic number 0x{found:08x}", path, expected)
+    data = _read_file_bytes(path, name, expected, magic, ndim)
     dims = struct.unpack(f">{ndim}I", data[4:header])
-    size = int(np.prod(dims))
-    if len(data) - header != size:
+    shape, size = _idx_sizes(dims)
+    if len(data) - header != size:   # a gzip stream shorter or longer than its header says
         held = f"{len(data) - header}" if len(data) - header <= size else "more"
-        raise data_error(name, f"header says {'x'.join(map(str, dims))} = {size} bytes of data but the file "
-                         f"holds {held}", path, expected)
+        raise data_error(name, f"header says {shape} = {size} bytes of data but the file holds {held}", path,
+                         expected)
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()  # writable, for torch
 
 
@@ -134,7 +151,16 @@ def read_mnist_split(name: str, folder: Path, split: str) -> Split:
 
 
 def read_mnist(name: str, folder: Path) -> ArrayData:
-    return ArrayData(read_mnist_split(name, folder, "train"), read_mnist_split(name, folder, "val"), 10)
+    train, val = read_mnist_split(name, folder, "train"), read_mnist_split(name, folder, "val")
+    if train.images.shape[2:] != val.images.shape[2:]:  # else the model, built for train, fails at validation
+        train_file, val_file = (_find_idx(folder, MNIST_STEMS[split][0]) for split in ("train", "val"))
+        raise DataError(f"dataset '{name}': the train images are {_hw(train.images)} ({train_file}) but the val "
+                        f"images are {_hw(val.images)} ({val_file}); both splits must hold images of one size")
+    return ArrayData(train, val, 10)
+
+
+def _hw(images: np.ndarray) -> str:
+    return "x".join(map(str, images.shape[2:]))
 
 
 def _check_labels(name: str, labels: np.ndarray, num_classes: int, path) -> None:
@@ -174,7 +200,7 @@ def read_cifar_batch(name: str, path: Path) -> Split:
         with open(path, "rb") as fh:
             batch = _BatchUnpickler(fh, encoding="bytes").load()
     except Exception as exc:  # a corrupt pickle can fail in many ways; all mean the same to the user
-        raise data_error(name, f"cannot unpickle {path.name} ({_one_line(exc)})", path.parent, expected) from None
+        raise data_error(name, f"cannot unpickle {path.name} ({one_line(exc)})", path.parent, expected) from None
     if not isinstance(batch, dict):
         raise data_error(name, f"{path.name} holds a {type(batch).__name__}, not a dict", path.parent, expected)
     batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
@@ -210,7 +236,7 @@ def decode_rgb(path, name: str) -> PIL.Image.Image:  # noqa: F821
         raise data_error(name, f"image header claims over {Image.MAX_IMAGE_PIXELS:,} pixels (a decompression "
                          f"bomb?)", path, "images of ordinary size") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise data_error(name, f"cannot decode image ({_one_line(exc)})", path,
+        raise data_error(name, f"cannot decode image ({one_line(exc)})", path,
                          "an image file Pillow can read: " + ", ".join(sorted(IMAGE_EXTENSIONS))) from None
 
 
@@ -228,22 +254,6 @@ def decode_all(paths: list[str], name: str, size: tuple[int, int]) -> np.ndarray
         for i, pixels in enumerate(pool.map(lambda p: _decode_fixed(p, name, size), paths, chunksize=64)):
             out[i] = pixels.transpose(2, 0, 1)
     return out
-
-
-def list_images(folder: Path) -> list[str]:
-    """Image files under `folder` (recursively, following links but never around a loop), sorted by path."""
-    found, seen = [], set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:  # a link back to a folder already read: reading it again would duplicate images
-            warnings.warn(f"{dirpath} links back to {real}, already read: not followed", stacklevel=2)
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found += [os.path.join(dirpath, f) for f in filenames
-                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
-    return sorted(found)
 
 
 # ------------------------------------------------------------------------------- tiny-imagenet
@@ -273,14 +283,17 @@ def read_tiny_imagenet(name: str, folder: Path) -> ArrayData:
     if not classes:
         raise data_error(_TINY, "empty wnids.txt", folder, _TINY_LAYOUT)
     index = {wnid: i for i, wnid in enumerate(classes)}
+    folders = {wnid: folder / "train" / wnid / "images" for wnid in classes}
+    missing = next((wnid for wnid in classes if not folders[wnid].is_dir()), None)
+    if missing is not None:
+        raise data_error(_TINY, f"no images for class {missing}", folders[missing], _TINY_LAYOUT)
+    found, _ = walk_split(_TINY, folder / "train", folders, _TINY_LAYOUT)   # the links not followed are warned
     train_paths, train_labels = [], []
     for wnid in classes:
-        images = folder / "train" / wnid / "images"
-        found = list_images(images) if images.is_dir() else []
-        if not found:
-            raise data_error(_TINY, f"no images for class {wnid}", images, _TINY_LAYOUT)
-        train_paths += found
-        train_labels += [index[wnid]] * len(found)
+        if not found[wnid]:
+            raise data_error(_TINY, f"no images for class {wnid}", folders[wnid], _TINY_LAYOUT)
+        train_paths += found[wnid]
+        train_labels += [index[wnid]] * len(found[wnid])
     val_paths, val_labels = _tiny_val(folder, index)
     splits = [Split(decode_all(p, _TINY, (64, 64)), np.asarray(y, dtype=np.int64))
               for p, y in ((train_paths, train_labels), (val_paths, val_labels))]
@@ -313,7 +326,7 @@ def read_mnist5k(path: Path | None = None) -> ArrayData:
     try:
         table = pd.read_csv(path, header=None, dtype=np.int64).to_numpy()
     except Exception as exc:  # pandas raises many types for a malformed CSV
-        raise data_error("mnist5k", f"cannot parse CSV ({_one_line(exc)})", path, expected) from None
+        raise data_error("mnist5k", f"cannot parse CSV ({one_line(exc)})", path, expected) from None
     if table.ndim != 2 or table.shape[1] != 785 or len(table) <= MNIST5K_TRAIN:
         raise data_error("mnist5k", f"table of shape {list(table.shape)}", path, f"more than 4000 {expected}")
     pixels, labels = table[:, :784], table[:, 784]
@@ -324,42 +337,6 @@ def read_mnist5k(path: Path | None = None) -> ArrayData:
     images = pixels.astype(np.uint8).reshape(-1, 1, 28, 28)
     train, val = order[:MNIST5K_TRAIN], order[MNIST5K_TRAIN:]
     return ArrayData(Split(images[train], labels[train]), Split(images[val], labels[val]), 10)
-
-
-# -------------------------------------------------------------------------------- image folders
-def _class_folders(folder: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
-
-
-def _folder_samples(name: str, split_dir: Path, classes: list[str], index: dict[str, int],
-                    layout: str) -> list[tuple[str, int]]:
-    samples = []
-    for cls in classes:
-        if cls not in index:
-            raise data_error(name, f"class folder '{cls}' has no match in train/", split_dir, layout)
-        samples += [(path, index[cls]) for path in list_images(split_dir / cls)]
-    if not samples:
-        raise data_error(name, "no image files", split_dir, layout)
-    return samples
-
-
-def scan_image_folder(name: str, root: Path) -> FolderData:
-    """{train,val|test}/<class>/... in root/<name>/ or in root itself (see locate.py)."""
-    return scan_image_folder_at(name, locate(name, root).folder)
-
-
-def scan_image_folder_at(name: str, base: Path) -> FolderData:
-    layout = DATASETS[name].layout
-    val_dir = next((base / v for v in ("val", "test") if (base / v).is_dir()), None)
-    if val_dir is None:
-        raise data_error(name, "no val/ or test/ folder", base, layout)
-    classes = _class_folders(base / "train")
-    if not classes:
-        raise data_error(name, "no class folders", base / "train", layout)
-    index = {cls: i for i, cls in enumerate(classes)}
-    train = _folder_samples(name, base / "train", classes, index, layout)
-    val = _folder_samples(name, val_dir, _class_folders(val_dir), index, layout)
-    return FolderData(base, classes, train, val)
 
 
 # ------------------------------------------------------------------------------------ download
@@ -383,4 +360,4 @@ def download(name: str, root: Path) -> None:
         for train in (True, False):
             dataset_class(str(target), train=train, download=True)
     except Exception as exc:  # network and checksum failures come in many types
-        raise data_error(name, f"download failed ({_one_line(exc)})", target, info.layout) from None
+        raise data_error(name, f"download failed ({one_line(exc)})", target, info.layout) from None

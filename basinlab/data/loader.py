@@ -51,7 +51,7 @@ class Loader(abc.ABC):
     more or fewer than each other: reduce sums once after the loop, not per batch.
     """
 
-    subset_notes: list[str] = []  # log lines describing a --train-limit/--val-limit subset
+    subset_notes: list[str] = []  # log lines on the examples kept: links not followed, a --train-limit subset
     source: str = ""              # where the files were found and in which layout (data/locate.py)
 
     def __init__(self, dataset_name: str, *, num_classes: int, num_examples: int,

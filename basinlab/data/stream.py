@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from basinlab.data.formats import decode_rgb
+from basinlab.data.catalog import data_error
+from basinlab.data.formats import decode_rgb, one_line
 from basinlab.data.loader import Loader, derive_seed, normalise, normalise_constants
 from basinlab.data.transforms import image_to_tensor, seeded_rngs
-from basinlab.errors import DataError
+from basinlab.errors import BasinlabError
 
 SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)
@@ -92,22 +93,46 @@ class ImageFileDataset(Dataset):
         self.seed = seed
         self.scale_size: int | None = None
         self.transform = None   # the model's per-sample input_transform for this split
+        self.first_shape: tuple[tuple[int, ...], str] | None = None   # (its output's shape, for which file)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, key: tuple[int, int, tuple[int, int], int]) -> tuple[torch.Tensor, int]:
         epoch, i, size, copy = key
-        image = decode_rgb(self.paths[i], self.dataset_name)
+        path = self.paths[i]
+        image = decode_rgb(path, self.dataset_name)
+        try:
+            tensor = self._transform(image, epoch, i, size, copy)
+        except BasinlabError as exc:   # the model's transform returned something unusable
+            raise type(exc)(f"{exc} (on {path})") from None
+        except Exception as exc:  # noqa: BLE001 - whatever a transform raises on this image, name the image
+            doer = "the model's input_transform" if self.transform is not None else "the crop and resize"
+            raise data_error(self.dataset_name, f"{doer} failed on this image ({one_line(exc)})", path,
+                             "an image it can transform") from None
+        if self.transform is not None:
+            self._check_shape(tuple(tensor.shape), path)
+        return tensor, self.labels[i]
+
+    def _check_shape(self, shape: tuple[int, ...], path: str) -> None:
+        """The model's transform must give one shape for every image, or batches cannot be stacked."""
+        if self.first_shape is None:
+            self.first_shape = (shape, path)
+        elif shape != self.first_shape[0]:
+            raise data_error(self.dataset_name, f"the model's input_transform gave {list(shape)} for this image but "
+                             f"{list(self.first_shape[0])} for {self.first_shape[1]}", path,
+                             "one shape for every image: resize or crop in the transform")
+
+    def _transform(self, image, epoch: int, i: int, size: tuple[int, int], copy: int) -> torch.Tensor:
         if self.transform is not None:
             with seeded_rngs(derive_seed("sample-transform", self.seed, epoch, i, copy)):
-                return image_to_tensor(self.transform(image), "input_transform"), self.labels[i]
+                return image_to_tensor(self.transform(image), "input_transform")
         if self.augment:
             parts = ("sample", self.seed, epoch, i) + ((copy,) if copy else ())  # copy 0: the plain draw
             image = train_transform(image, size, random.Random(derive_seed(*parts)))
         else:
             image = eval_transform(image, size, self.scale_size)
-        return to_uint8_chw(image), self.labels[i]
+        return to_uint8_chw(image)
 
 
 class _PlanSampler(Sampler):
@@ -123,21 +148,20 @@ class _PlanSampler(Sampler):
 
     def __iter__(self):
         # Built eagerly: a lazy generator kept by the DataLoader would hold the loader strongly.
-        size = tuple(self.loader.input_shape[-2:])
-        copies = self.loader.duplicates if self.loader.train else 1
-        return iter([[(self.epoch, i, size, c) for c in range(copies) for i in index.tolist()]
+        return iter([self.loader.batch_keys(self.epoch, index)
                      for _, index in self.loader.index_batches(self.epoch, self.start_batch)])
 
     def __len__(self) -> int:
         return max(0, len(self.loader) - self.start_batch)
 
 
-def _worker_error_line(exc: DataError) -> str:
-    """The original one-line message of a DataError re-raised from a worker (which adds a traceback)."""
+def _worker_error_line(exc: BasinlabError) -> str:
+    """The original one-line message of an error re-raised from a worker (which adds a traceback)."""
     lines = [line for line in str(exc).splitlines() if line.strip()]
+    marker = f"{type(exc).__name__}: "
     for line in reversed(lines):
-        if "DataError: " in line:
-            return line.split("DataError: ", 1)[1]
+        if marker in line:
+            return line.split(marker, 1)[1]
     return lines[-1] if lines else "data loading failed"
 
 
@@ -178,10 +202,28 @@ class StreamLoader(Loader):
         self.dataset.scale_size = size
 
     def set_sample_transform(self) -> None:
-        """Hand the model's per-sample input_transform to the dataset the workers hold."""
+        """Hand the model's per-sample input_transform to the dataset the workers hold; a new one is tried
+        on the first batch here, so that a transform failing on these images is refused at setup."""
         transform = self.sample_transform()
-        self._settle_workers(self.dataset.transform is not transform)
-        self.dataset.transform = transform
+        if self.dataset.transform is transform:
+            return
+        self._settle_workers(True)
+        self.dataset.transform, self.dataset.first_shape = transform, None
+        if transform is not None:
+            self.check_first_batch()   # also records the shape every later image must have
+
+    def batch_keys(self, epoch: int, index: torch.Tensor) -> list[tuple]:
+        """The dataset keys of one batch: (epoch, example, input size, copy), copy by copy."""
+        size = tuple(self.input_shape[-2:])
+        copies = self.duplicates if self.train else 1
+        return [(epoch, i, size, c) for c in range(copies) for i in index.tolist()]
+
+    def check_first_batch(self) -> None:
+        """Decode and transform this rank's first batch here (no worker processes), so that an undecodable
+        image or a failing transform stops the run at setup, naming the file, not in the middle of epoch 1."""
+        first = next(self.index_batches(0), None)
+        for key in self.batch_keys(0, first[1]) if first is not None else []:
+            self.dataset[key]   # decoded and transformed, then dropped
 
     def _settle_workers(self, changed: bool) -> None:
         if changed:
@@ -202,14 +244,14 @@ class StreamLoader(Loader):
 
     @staticmethod
     def _next_batch(batches):
-        """The next batch, or None at the end; a worker's DataError comes back as its own one line."""
+        """The next batch, or None at the end; a worker's DataError or ConfigError comes back as its own line."""
         try:
             return next(batches)
         except StopIteration:
             return None
-        except DataError as exc:
-            message = _worker_error_line(exc)
+        except BasinlabError as exc:
+            kind, message = type(exc), _worker_error_line(exc)
             # torch's re-raise leaves a frame <-> exception cycle that would keep the DataLoader
             # alive until a garbage collection, whose teardown then waits 5 s on each worker.
             traceback.clear_frames(exc.__traceback__)
-        raise DataError(message)
+        raise kind(message)
