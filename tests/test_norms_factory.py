@@ -159,3 +159,58 @@ def test_spec_is_frozen_and_serialisable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.mode = "batch"
     assert NormSpec(**spec.to_dict()) == spec
+
+
+# ---- the norm-plus-activation seam -----------------------------------------------------------------------
+class SelfActivatingNorm(nn.BatchNorm2d):
+    """Stands for FRN+TLU or EvoNorm: a norm that applies its own activation."""
+
+    def forward(self, x):
+        return torch.relu(super().forward(x))
+
+
+class SelfActivatingNorm1d(nn.BatchNorm1d):
+    def forward(self, x):
+        return torch.relu(super().forward(x))
+
+
+def relus_on_norm_outputs(model, x) -> tuple[int, int]:
+    """(ReLUs applied directly to a norm layer's output, all ReLUs run) in one forward pass."""
+    norm_outputs, kept, counts, handles = set(), [], [0, 0], []
+
+    def after_norm(module, inputs, output):
+        kept.append(output)  # alive until the end: no later tensor can reuse its id
+        norm_outputs.add(id(output))
+
+    def before_relu(module, inputs):
+        counts[0] += id(inputs[0]) in norm_outputs
+        counts[1] += 1
+    for m in model.modules():
+        if is_norm_module(m):
+            handles.append(m.register_forward_hook(after_norm))
+        elif isinstance(m, nn.ReLU):
+            handles.append(m.register_forward_pre_hook(before_relu))
+    with torch.no_grad():
+        model(x)
+    for handle in handles:
+        handle.remove()
+    return tuple(counts)
+
+
+@pytest.mark.parametrize("name, dataset, shape, config", [
+    ("resnet20", "cifar10", (2, 3, 32, 32), {}), ("resnet50", "imagenet", (2, 3, 64, 64), {}),
+    ("wide_resnet", "cifar10", (2, 3, 32, 32), {"depth": 10, "widen_factor": 1}),
+    ("vgg11_bn", "cifar10", (2, 3, 32, 32), {}), ("alexnet_bn", "cifar10", (2, 3, 32, 32), {}),
+    ("mnist", "mnist", (2, 1, 28, 28), {}), ("f1", "mnist", (2, 1, 28, 28), {}), ("c1", "cifar10", (2, 3, 32, 32), {})])
+def test_a_norm_that_brings_its_activation_gets_no_relu_after_it(monkeypatch, name, dataset, shape, config):
+    """Every model family builds norm + activation through NormSpec.norm_act: where the mode's layer brings its
+    own activation, no ReLU is applied to its output; ReLUs elsewhere (after a residual sum) stay."""
+    from basinlab.models import create_model
+    from basinlab.nn import norms
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    on_norms, total = relus_on_norm_outputs(create_model(name, 10, dataset, **config).eval(), x)
+    assert on_norms > 0
+    monkeypatch.setattr(norms, "NORMS_WITH_ACTIVATION", frozenset({"batch"}))
+    monkeypatch.setattr(NormSpec, "_make_batch", lambda self, c, dim: (SelfActivatingNorm if dim == 2
+                                                                        else SelfActivatingNorm1d)(c))
+    assert relus_on_norm_outputs(create_model(name, 10, dataset, **config).eval(), x) == (0, total - on_norms)

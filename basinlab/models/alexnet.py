@@ -37,7 +37,7 @@ def conv_stack(convs, in_channels: int, norm: NormSpec, pool_padding: int) -> nn
     layers, cin = [], in_channels
     for cout, kernel, stride, padding, pool in convs:
         layers += [nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=False),
-                   norm.make(cout), nn.ReLU()]
+                   *norm.norm_act(cout)]
         if pool:
             layers.append(nn.MaxPool2d(3, stride=2, padding=pool_padding))
         cin = cout
@@ -46,8 +46,7 @@ def conv_stack(convs, in_channels: int, norm: NormSpec, pool_padding: int) -> nn
 
 def fc_block(cin: int, cout: int, norm: NormSpec, dropout: float) -> list[nn.Module]:
     # A bias right before a norm layer is cancelled by its mean subtraction.
-    return [nn.Linear(cin, cout, bias=norm.mode == "none"), norm.make(cout, dim=1), nn.ReLU(),
-            nn.Dropout(dropout)]
+    return [nn.Linear(cin, cout, bias=norm.mode == "none"), *norm.norm_act(cout, dim=1), nn.Dropout(dropout)]
 
 
 class AlexNet(nn.Module):

@@ -32,7 +32,7 @@ KESKAR_EPOCHS = 200  # the SmoothOut trainer's default --epochs
 
 def linear_block(cin: int, cout: int, norm: NormSpec) -> list[nn.Module]:
     # A bias right before a norm layer is cancelled by its mean subtraction.
-    return [nn.Linear(cin, cout, bias=norm.mode == "none"), norm.make(cout, dim=1), nn.ReLU()]
+    return [nn.Linear(cin, cout, bias=norm.mode == "none"), *norm.norm_act(cout, dim=1)]
 
 
 class KeskarF1(nn.Module):
@@ -59,8 +59,8 @@ class KeskarShallow(nn.Module):
                  dropout: float = 0.5):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 5, padding=2, bias=False), nn.MaxPool2d(3, 2), norm.make(64), nn.ReLU(),
-            nn.Conv2d(64, 64, 5, padding=2, bias=False), nn.MaxPool2d(3, 2), norm.make(64), nn.ReLU())
+            nn.Conv2d(in_channels, 64, 5, padding=2, bias=False), nn.MaxPool2d(3, 2), *norm.norm_act(64),
+            nn.Conv2d(64, 64, 5, padding=2, bias=False), nn.MaxPool2d(3, 2), *norm.norm_act(64))
         side = _pooled(_pooled(size))
         self.classifier = nn.Sequential(
             nn.Flatten(),

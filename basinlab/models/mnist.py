@@ -31,15 +31,15 @@ class MnistNet(nn.Module):
                  width: int = 16, hidden: int = 128, dropout: float = 0.25, size: int = 28):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 5, padding=2, bias=False), norm.make(width), nn.ReLU(),
+            nn.Conv2d(in_channels, width, 5, padding=2, bias=False), *norm.norm_act(width),
             nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 5, padding=2, bias=False), norm.make(2 * width), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 5, padding=2, bias=False), *norm.norm_act(2 * width),
             nn.MaxPool2d(2))
         side = size // 4
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(2 * width * side * side, hidden, bias=norm.mode == "none"),
-            norm.make(hidden, dim=1), nn.ReLU(), nn.Dropout(dropout),
+            *norm.norm_act(hidden, dim=1), nn.Dropout(dropout),
             nn.Linear(hidden, num_classes))
         init_weights_(self)
 

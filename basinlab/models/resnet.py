@@ -74,15 +74,15 @@ class BasicBlock(nn.Module):
     def __init__(self, cin: int, planes: int, stride: int, norm: NormSpec):
         super().__init__()
         self.conv1 = conv3x3(cin, planes, stride)
-        self.bn1 = norm.make(planes)
+        self.bn1, self.act1 = norm.norm_act(planes)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = norm.make(planes)
-        # Not in-place: hooks (autoHyper metrics, landscape probes) may hold activations.
+        # Not in-place: hooks (autoHyper metrics, landscape probes) may hold activations. After the sum: ReLU.
         self.relu = nn.ReLU()
         self.downsample = projection(cin, planes, stride, norm)
 
     def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.act1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
         return self.relu(out + shortcut)
@@ -97,17 +97,17 @@ class Bottleneck(nn.Module):
         super().__init__()
         width = planes * self.expansion
         self.conv1 = conv1x1(cin, planes)
-        self.bn1 = norm.make(planes)
+        self.bn1, self.act1 = norm.norm_act(planes)
         self.conv2 = conv3x3(planes, planes, stride)
-        self.bn2 = norm.make(planes)
+        self.bn2, self.act2 = norm.norm_act(planes)
         self.conv3 = conv1x1(planes, width)
         self.bn3 = norm.make(width)
         self.relu = nn.ReLU()
         self.downsample = projection(cin, width, stride, norm)
 
     def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.act2(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         shortcut = x if self.downsample is None else self.downsample(x)
         return self.relu(out + shortcut)
@@ -129,8 +129,7 @@ class CifarResNet(nn.Module):
         n = (depth - 2) // 6
         self.depth = depth
         self.conv1 = conv3x3(in_channels, 16)
-        self.bn1 = norm.make(16)
-        self.relu = nn.ReLU()
+        self.bn1, self.act1 = norm.norm_act(16)
         self.layer1 = make_stage(BasicBlock, 16, 16, n, 1, norm)
         self.layer2 = make_stage(BasicBlock, 16, 32, n, 2, norm)
         self.layer3 = make_stage(BasicBlock, 32, 64, n, 2, norm)
@@ -139,7 +138,7 @@ class CifarResNet(nn.Module):
         init_weights_(self)
 
     def forward(self, x):
-        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.act1(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(self.avgpool(x).flatten(1))
 
@@ -161,8 +160,7 @@ class ImageNetResNet(nn.Module):
         else:
             self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
             self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.bn1 = norm.make(64)
-        self.relu = nn.ReLU()
+        self.bn1, self.act1 = norm.norm_act(64)
         cin = 64
         for i, (planes, count) in enumerate(zip((64, 128, 256, 512), blocks)):
             setattr(self, f"layer{i + 1}", make_stage(block, cin, planes, count, 1 if i == 0 else 2, norm))
@@ -172,7 +170,7 @@ class ImageNetResNet(nn.Module):
         init_weights_(self)
 
     def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(self.avgpool(x).flatten(1))
 

@@ -34,18 +34,17 @@ WRN_EPOCHS = 200
 class WideBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, dropout: float, norm: NormSpec):
         super().__init__()
-        self.bn1 = norm.make(cin)
+        self.bn1, self.act1 = norm.norm_act(cin)
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = norm.make(cout)
+        self.bn2, self.act2 = norm.norm_act(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.relu = nn.ReLU()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         project = stride != 1 or cin != cout
         self.shortcut = nn.Conv2d(cin, cout, 1, stride=stride, bias=False) if project else None
 
     def forward(self, x):
-        pre = self.relu(self.bn1(x))
-        out = self.conv2(self.dropout(self.relu(self.bn2(self.conv1(pre)))))
+        pre = self.act1(self.bn1(x))
+        out = self.conv2(self.dropout(self.act2(self.bn2(self.conv1(pre)))))
         return out + (x if self.shortcut is None else self.shortcut(pre))
 
 
@@ -66,15 +65,14 @@ class WideResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
             cin = width
         self.layer1, self.layer2, self.layer3 = stages
-        self.bn = norm.make(cin)
-        self.relu = nn.ReLU()
+        self.bn, self.act = norm.norm_act(cin)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)
         init_weights_(self)
 
     def forward(self, x):
         x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
-        return self.fc(self.avgpool(self.relu(self.bn(x))).flatten(1))
+        return self.fc(self.avgpool(self.act(self.bn(x))).flatten(1))
 
 
 @register_model("wide_resnet", aliases=("wrn",))

@@ -42,6 +42,10 @@ _DATASET_DEFAULTS = {
 }
 
 
+# Modes whose layer applies its own activation (FRN+TLU, EvoNorm): models put no ReLU after them.
+NORMS_WITH_ACTIVATION: frozenset[str] = frozenset()
+
+
 @dataclass(frozen=True)
 class NormSpec:
     """Which normaliser to build and its settings; immutable and validated on creation."""
@@ -112,6 +116,16 @@ class NormSpec:
         layer = builder(num_features, dim)
         init_norm_(layer)
         return layer
+
+    def activation(self) -> nn.Module:
+        """The activation after this mode's norm layer: ReLU, or Identity where the norm brings its own
+        (timm's norm_act: FRN+TLU, EvoNorm), so a model never stacks a ReLU on top of it."""
+        return nn.Identity() if self.mode in NORMS_WITH_ACTIVATION else nn.ReLU()
+
+    def norm_act(self, num_features: int, dim: int = 2) -> tuple[nn.Module, nn.Module]:
+        """(norm layer, the activation after it): the one builder every model family calls for a norm followed
+        by an activation. ReLU has no state, so checkpoints of either kind keep their keys."""
+        return self.make(num_features, dim), self.activation()
 
     # One builder per mode keeps each rule next to its reason.
     def _make_batch(self, c: int, dim: int) -> nn.Module:
