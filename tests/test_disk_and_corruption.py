@@ -1,5 +1,6 @@
 """A full disk and corrupt checkpoints: one line, a documented exit status, nothing lost."""
 import contextlib
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from basinlab.cli import main
-from basinlab.engine.checkpoint import load_checkpoint
+from basinlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from basinlab.errors import CheckpointError
 
 TINY = ["--model-config", "{'width': 2, 'hidden': 4}", "--train-limit", "256", "--val-limit", "128", "-b", "64",
@@ -59,10 +60,46 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes(tmp_path, cap
 
 
 @pytest.fixture(scope="module")
-def small_checkpoint(tmp_path_factory):
+def small_run(tmp_path_factory):
+    """A run folder after one epoch (copy it before changing anything)."""
     folder = tmp_path_factory.mktemp("small")
     assert main(["train", *TINY, "--epochs", "1", "--results-dir", str(folder), "--save", "run"]) == 0
-    return (folder / "run" / "last.pt").read_bytes()
+    return folder / "run"
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(small_run):
+    return (small_run / "last.pt").read_bytes()
+
+
+def test_a_flipped_byte_of_the_optimizer_state_refuses_the_resume(small_run, tmp_path, capsys, no_run_plots):
+    run = Path(shutil.copytree(small_run, tmp_path / "run"))
+    state = torch.load(run / "last.pt", weights_only=True)
+    buffers = [t for entry in state["optimizer"]["state"].values() for t in entry.values() if t.numel() > 1]
+    buffer = max(buffers, key=lambda t: t.numel())  # the optimizer's own state (Adam's moments here)
+    raw = bytearray((run / "last.pt").read_bytes())
+    at = raw.find(buffer.contiguous().view(-1).view(torch.uint8).numpy().tobytes()[:64])
+    assert at > 0, "the tensor's bytes are stored as they are"
+    raw[at + 21] ^= 0x01
+    (run / "last.pt").write_bytes(bytes(raw))
+    history = (run / "results.csv").read_bytes()
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{run / 'last.pt'} is corrupt" in err[0] and "do not match the checksum" in err[0]
+    assert "best.pt" in err[0]  # what to use instead
+    assert (run / "last.pt").read_bytes() == bytes(raw) and (run / "results.csv").read_bytes() == history
+
+
+def test_a_checkpoint_with_the_previous_checksum_still_resumes(small_run, tmp_path, no_run_plots):
+    """last.pt as basinlab wrote it before the whole-state checksum: a checksum of the model tensors only."""
+    from basinlab.engine.checkpoint import tensors_checksum
+    run = Path(shutil.copytree(small_run, tmp_path / "run"))
+    state = torch.load(run / "last.pt", weights_only=True)
+    state["checksum"] = {"model": tensors_checksum(state["model"])}
+    torch.save(state, run / "last.pt")
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 0
+    assert list(pd.read_csv(run / "results.csv")["epoch"]) == [1, 2]
+    assert set(torch.load(run / "last.pt", weights_only=True)["checksum"]) == {"state"}  # written the new way
 
 
 def test_every_truncation_of_a_checkpoint_is_refused_in_one_line(small_checkpoint, tmp_path):
@@ -106,7 +143,7 @@ def test_a_checkpoint_of_another_architecture_names_both(tmp_path, small_checkpo
     (folder / "best.pt").write_bytes(small_checkpoint)
     state = torch.load(folder / "best.pt", weights_only=True)
     state["config"]["model_config"] = {"width": 3, "hidden": 4}  # the weights were made with width 2
-    torch.save(state, folder / "best.pt")
+    save_checkpoint(state, folder / "best.pt")  # sealed: the checksum covers the config too
     assert main(["evaluate", str(folder)]) == 2
     err = capsys.readouterr().err.strip()
     assert "best.pt holds a mnist for 10 classes that does not fit the mnist for 10 classes" in err

@@ -8,7 +8,8 @@ from basinlab.cli.options import BATCH, COUNT, SEED, add_trust_option, integer, 
 
 def add_commands(sub) -> None:
     ev = sub.add_parser("evaluate", help="loss and top-1/top-5 of a checkpoint (the seeds' -e/--evaluate)")
-    ev.add_argument("checkpoint", help="checkpoint file or run folder (uses best.pt of a folder)")
+    ev.add_argument("checkpoint", help="checkpoint file, run folder (uses best.pt of a folder) or a .safetensors "
+                                       "file written by `basinlab export`")
     ev.add_argument("--dataset", help="dataset (default: the run's)")
     ev.add_argument("--split", choices=("train", "val"), default="val")
     ev.add_argument("--datasets-dir")
@@ -43,7 +44,8 @@ def add_commands(sub) -> None:
     export.add_argument("run", help="run folder or checkpoint")
     export.add_argument("--safetensors", action="store_true", default=True, help="(the only format)")
     export.add_argument("--which", choices=("best", "last"), default="best")
-    export.add_argument("-o", "--output", type=output_file, help="output file (default: <run>/model.safetensors)")
+    export.add_argument("-o", "--output", type=output_file, help="output file (default: <run>/model.safetensors); "
+                                                                 "written atomically: a failed write leaves no file")
     export.set_defaults(func=cmd_export)
 
 

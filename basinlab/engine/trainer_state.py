@@ -13,8 +13,9 @@ from basinlab.engine.checkpoint import (
     load_weights,
     resolve_checkpoint,
     rng_state,
-    save_checkpoint,
+    sealed,
     set_rng_state,
+    write_checkpoint,
 )
 from basinlab.engine.evaluate import Meter
 from basinlab.errors import ConfigError
@@ -91,13 +92,13 @@ class CheckpointedState:
     def save_checkpoint(self, best: bool = False) -> None:
         if not self.run.is_main:
             return
-        state = self.state_dict()
-        save_checkpoint(state, self.run.path / "last.pt")
+        state = sealed(self.state_dict())  # one checksum for the two or three files written
+        write_checkpoint(state, self.run.path / "last.pt")
         self.run.checkpoint_written()
         if best:
-            save_checkpoint(state, self.run.path / "best.pt")
+            write_checkpoint(state, self.run.path / "best.pt")
         if self.cfg.save_all and self.batch_in_epoch == 0:
-            save_checkpoint(state, self.run.path / f"epoch_{self.epoch}.pt")
+            write_checkpoint(state, self.run.path / f"epoch_{self.epoch}.pt")
 
 
 def check_state_keys(callbacks) -> None:
