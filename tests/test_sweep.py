@@ -14,6 +14,7 @@ import yaml
 import basinlab.sweep as sweeps
 from basinlab.cli import main
 from basinlab.errors import ConfigError
+from basinlab.records.results import TIME_COLUMNS
 from basinlab.records.run_safety import RunLock
 
 BASE = {"train-limit": 256, "val-limit": 128, "batch-size": 64, "epochs": 1}
@@ -89,8 +90,27 @@ def test_a_sweep_already_running_in_the_folder_is_refused(swept):
         lock.release()
 
 
+def test_a_deleted_run_is_named_by_summarize_and_trained_again_by_the_next_sweep(swept, capsys):
+    """The run folder of a finished run is deleted: --summarize names it and summarises the rest; the next sweep
+    trains it again (the same run: the same seed and threads give the same results) and nothing else."""
+    import shutil
+    tmp, out = swept
+    old = pd.read_csv(out / "lr_0.003-s1" / "results.csv")
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/results.csv") if "lr_0.003-s1" not in str(p)}
+    shutil.rmtree(out / "lr_0.003-s1")
+    assert main(["sweep", "--summarize", str(out)]) == 0
+    assert "(1 of 4): lr_0.003-s1" in capsys.readouterr().err
+    assert list(pd.read_csv(out / "summary.csv")["n"]) == [2, 1]
+    assert main(["sweep", str(write_spec(tmp)), "--results-dir", str(out), "--jobs", "2"]) == 0
+    assert "(3 done, 1 to run)" in capsys.readouterr().out
+    new = pd.read_csv(out / "lr_0.003-s1" / "results.csv")
+    pd.testing.assert_frame_equal(new.drop(columns=TIME_COLUMNS), old.drop(columns=TIME_COLUMNS), rtol=1e-6)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert list(pd.read_csv(out / "summary.csv")["n"]) == [2, 2]
+
+
 @pytest.mark.parametrize("spec, message", [
-    ({"base": BASE, "grid": {"lrr": [0.1]}}, "grid: unknown option 'lrr'"),
+    ({"base": BASE, "grid": {"lrr": [0.1]}}, "unknown option 'lrr' in the sweep spec's grid"),
     ({"base": {**BASE, "seed": 3}}, "'seed' is set by the sweep"),
     ({"base": BASE, "grid": {"lr": 0.1}}, "must be a non-empty list"),
     ({"base": BASE, "grid": {"lr": [0.1, -1.0]}}, "sweep run lr_-1.0-s0: "),
@@ -100,7 +120,7 @@ def test_a_sweep_already_running_in_the_folder_is_refused(swept):
     ({"base": BASE, "variants": {"sam": {"sam": 0.05}}, "grid": {"sam": [0.1]}}, "both in variant sam and in grid"),
     ({"base": BASE, "variants": {"a b": {}}}, "variants: the name 'a b' must be"),
     ({"base": BASE, "variants": {"sam": {"sam": -1.0}}}, "sweep run sam-s0: "),
-    ({"base": BASE, "variants": {"x": {"lrr": 0.1}}}, "variants: x: unknown option 'lrr'"),
+    ({"base": BASE, "variants": {"x": {"lrr": 0.1}}}, "unknown option 'lrr' in the sweep spec's variant x"),
     ({"base": BASE, "variants": []}, "variants must be a non-empty mapping"),
     ({"base": {**BASE, "model": "resnet20", "depth": 8}}, "sweep run base-s0: unknown config key 'depth' for model "
                                                           "'resnet20'; allowed: norm, in_channels"),

@@ -150,3 +150,18 @@ def test_trust_is_never_stored_and_a_resume_asks_for_it_again(tmp_path, capsys, 
     assert basinlab.train(str(config), trust_model_code=True, results_dir=str(results), save="p").history is not None
     with pytest.raises(ConfigError, match="names code to import"):  # the keyword's trust ended with its call
         basinlab.train(str(config), results_dir=str(results), save="q")
+
+
+def test_a_sweep_passes_the_command_lines_trust_on_to_its_runs(tmp_path, capsys, monkeypatch):
+    from basinlab.models import registry
+    monkeypatch.setattr(registry, "_TRUSTED", set())
+    model_file = tmp_path / "nets.py"
+    model_file.write_text(USER_MODEL)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"base": {"model": f"{model_file}:tiny", "train-limit": 64, "val-limit": 32,
+                                             "batch-size": 32, "epochs": 1}, "seeds": [0]}))
+    out = tmp_path / "out"
+    assert main(["sweep", str(spec), "--results-dir", str(out)]) == 2
+    assert "names code to import" in capsys.readouterr().err
+    assert main(["sweep", str(spec), "--results-dir", str(out), "--trust-model-code"]) == 0
+    assert (out / "s0" / "last.pt").is_file() or any(out.glob("*/last.pt"))

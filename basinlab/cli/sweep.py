@@ -11,13 +11,20 @@ from basinlab.errors import ConfigError
 def add_commands(sub) -> None:
     sweep = sub.add_parser("sweep", help="run settings x seeds from a spec (base, grid, seeds) and summarise "
                                          "them as median tables",
-                           usage="basinlab sweep SPEC.yaml [--results-dir DIR] [--jobs N] | --status DIR | "
-                                 "--summarize DIR")
+                           usage="basinlab sweep SPEC.yaml [--results-dir DIR] [--jobs N] [--allow-changed-spec] | "
+                                 "--status DIR | --summarize DIR")
     sweep.add_argument("spec", nargs="?", help="the sweep spec (YAML with base, grid and seeds)")
     sweep.add_argument("--results-dir", help="folder of the sweep's runs (default: results/<spec file name>)")
     sweep.add_argument("--jobs", type=integer(1, 1024), default=1,
                        help="runs at once on this machine; CPU threads are split between them, or one GPU each "
                             "(default: 1)")
+    sweep.add_argument("--allow-changed-spec", action="store_true",
+                       help="run a spec that differs from the one DIR was run with: the runs whose options changed "
+                            "are trained again from scratch (their old folders move to DIR/.sweep/replaced/); without "
+                            "it such a spec is refused")
+    sweep.add_argument("--trust-model-code", action="store_true",
+                       help="import the model code (file.py:factory) that the spec names, here and in every run it "
+                            "starts; no spec can set this itself")
     sweep.add_argument("--backend", choices=("local", "slurm"), default="local",
                        help="local: this machine; slurm: one job per run through submitit (default: local)")
     slurm = sweep.add_argument_group("Slurm (--backend slurm)")
@@ -70,7 +77,8 @@ def cmd_sweep(args) -> int:
     results_dir = Path(args.results_dir) if args.results_dir else Path("results") / Path(args.spec).stem
     slurm = dict(partition=args.partition, time_min=args.time_min, cpus_per_run=args.cpus_per_run,
                  gpus_per_run=args.gpus_per_run, array_parallelism=args.array_parallelism, wait=not args.no_wait)
-    sweeps.sweep(args.spec, results_dir, jobs=args.jobs, backend=args.backend, slurm=slurm)
+    sweeps.sweep(args.spec, results_dir, jobs=args.jobs, backend=args.backend, slurm=slurm,
+                 allow_changed_spec=args.allow_changed_spec)
     if args.no_wait:
         print(f"submitted; follow with basinlab sweep --status {results_dir}")
         return 0

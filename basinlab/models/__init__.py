@@ -21,7 +21,9 @@ from basinlab.models.registry import (
     register_model,
     trust_model_code,
     trusting_model_code,
+    trusts_all_model_code,
 )
 
 __all__ = ["create_model", "get_model_factory", "is_model_name", "is_user_model", "list_models", "register_model",
-           "absolute_model_spec", "trust_model_code", "trusting_model_code", "check_config_keys"]
+           "absolute_model_spec", "trust_model_code", "trusting_model_code", "trusts_all_model_code",
+           "check_config_keys"]

@@ -23,7 +23,7 @@ from torch import nn
 from basinlab.errors import ConfigError
 
 __all__ = ["register_model", "list_models", "create_model", "get_model_factory", "is_model_name", "is_user_model",
-           "absolute_model_spec", "trust_model_code", "trusting_model_code"]
+           "absolute_model_spec", "trust_model_code", "trusting_model_code", "trusts_all_model_code"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _ALIASES: dict[str, str] = {}
@@ -92,6 +92,11 @@ def trust_model_code(name: str | None = None) -> None:
         _TRUSTED.add(name.strip())
 
 
+def trusts_all_model_code() -> bool:
+    """Whether this process was given --trust-model-code (a sweep passes it on to the runs it starts)."""
+    return _TRUST_ALL[0]
+
+
 @contextlib.contextmanager
 def trusting_model_code(trust: bool = True):
     """Within the block, any user model may be imported (the user's --trust-model-code for one command)."""
@@ -103,6 +108,16 @@ def trusting_model_code(trust: bool = True):
         _TRUST_ALL[0] = before
 
 
+def check_import_allowed(name: str) -> None:
+    """Refuse a user model spec this process was not told to import (named by a file, not by the person)."""
+    spec = name.strip()
+    if spec not in _TRUSTED and not _TRUST_ALL[0]:
+        target = spec.rpartition(":")[0]
+        raise ConfigError(f"model {spec!r} names code to import ({target}) and came from a config file or "
+                          f"checkpoint; basinlab imports model code only when you name it: pass --model {spec} "
+                          f"(model=... in Python) or --trust-model-code")
+
+
 def get_model_factory(name: str) -> tuple[str, Callable[..., nn.Module]]:
     """(canonical name, factory) for a registered name, an alias or a user ``target:factory``."""
     if not isinstance(name, str) or not name.strip():
@@ -112,13 +127,8 @@ def get_model_factory(name: str) -> tuple[str, Callable[..., nn.Module]]:
     if key in _MODELS:
         return key, _MODELS[key]
     if ":" in name:
-        spec = name.strip()
-        if spec not in _TRUSTED and not _TRUST_ALL[0]:
-            target = spec.rpartition(":")[0]
-            raise ConfigError(f"model {spec!r} names code to import ({target}) and came from a config file or "
-                              f"checkpoint; basinlab imports model code only when you name it: pass --model {spec} "
-                              f"(model=... in Python) or --trust-model-code")
-        return name, _load_user_factory(spec)
+        check_import_allowed(name)
+        return name, _load_user_factory(name.strip())
     raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())} "
                       f"(or your own as 'path/to/file.py:factory' or 'package.module:factory')")
 
@@ -162,10 +172,12 @@ def _signature(factory) -> tuple[bool, list[str], bool]:
 
 def check_config_keys(name: str, config: dict) -> None:
     """create_model's unknown-key error, without building anything (a sweep checks every run this way first).
-    Only registered models: a user's model file is never imported for a check."""
+    Only registered models: a user's model file is never imported for a check (only whether it may be)."""
     key = _ALIASES.get(name.strip().lower(), name.strip().lower()) if isinstance(name, str) else None
     if key in _MODELS:
         _check_keys(key, _MODELS[key], config)
+    elif is_user_model(name):
+        check_import_allowed(name)  # refused before any run starts, as each run would refuse it
 
 
 def _check_keys(label: str, factory, config: dict) -> None:

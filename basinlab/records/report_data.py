@@ -3,6 +3,7 @@
 No plotting here (report.py draws): these are the tables the page is built from, tested on their own.
 
     RunData          one run folder: name, config (as stored), results.csv, steps.csv, per-epoch low-rank means
+    read_history(path)   a results.csv whose number columns hold numbers (else one line naming file and column)
     differing_options(configs)   the options whose values are not the same in every run (flattened: model-config.depth)
     run_table(runs)  one row per run: its differing options and its final / best metrics
 """
@@ -17,6 +18,7 @@ from basinlab.config import read_yaml_mapping
 from basinlab.errors import ConfigError
 from basinlab.records.progress import read_steps
 from basinlab.records.results import FIRST_COLUMNS, TIME_COLUMNS, read_results
+from basinlab.utils.schema import shown
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -48,6 +50,28 @@ def _numeric(column) -> bool:
     return pd.api.types.is_numeric_dtype(column) and bool(column.notna().any())
 
 
+def read_history(path: str | Path) -> pd.DataFrame:
+    """A run's results.csv (read_results) whose columns of numbers hold only numbers: the engine's own columns,
+    and any other column where some cells are numbers. Text in one (a hand-edited or damaged file) is one line
+    naming the file, the column and the epoch, rather than a table that cannot be drawn or summarised."""
+    import pandas as pd
+    frame = read_results(path)
+    for column in frame.columns:
+        values = frame[column]
+        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            continue
+        given = values.notna()
+        numbers = pd.to_numeric(values, errors="coerce").notna()
+        if column in FIRST_COLUMNS or (numbers & given).any():
+            bad = frame.index[given & ~numbers]
+            if len(bad):
+                raise ConfigError(f"{path}: column {column} holds text where numbers belong "
+                                  f"({shown(values[bad[0]], 40)} at epoch {frame['epoch'][bad[0]]}); the file was "
+                                  f"edited or damaged: repair that cell, or leave the run out (in a sweep folder, "
+                                  f"delete that results.csv: the next basinlab sweep trains the run again)")
+    return frame
+
+
 def read_run_data(path: str | Path, name: str | None = None) -> RunData:
     """One run folder; a folder without config.yaml or results.csv is refused in one line."""
     path = Path(path)
@@ -57,7 +81,7 @@ def read_run_data(path: str | Path, name: str | None = None) -> RunData:
     if not results.is_file() or results.stat().st_size == 0:
         raise ConfigError(f"{path} has no results yet (results.csv is missing or empty): nothing to report")
     config = read_yaml_mapping(path / "config.yaml", what="run config")  # safe_load, size and alias limits
-    return RunData(name or path.name, path, config, read_results(results), read_steps(path / "steps.csv"),
+    return RunData(name or path.name, path, config, read_history(results), read_steps(path / "steps.csv"),
                    lowrank_means(path / "lowrank.csv"))
 
 

@@ -2,8 +2,9 @@
 
 A folder is a sweep when it holds .sweep/spec.yaml: every run of it that has results joins the curves and the
 run table, and its finished runs give the summary table and the per-seed scatter (recomputed from the run
-folders, as `basinlab sweep --summarize`, without writing anything into the sweep folder). Any other folder
-must be a run folder. Run names are the folder names, prefixed by parent folders where two would clash.
+folders, as `basinlab sweep --summarize`, without writing anything into the sweep folder). Runs recorded as
+done whose results.csv is gone are left out and named in one warning line. Any other folder must be a run
+folder. Run names are the folder names, prefixed by parent folders where two would clash.
 """
 from __future__ import annotations
 
@@ -12,26 +13,29 @@ from pathlib import Path
 from basinlab.errors import ConfigError
 from basinlab.records.report import SweepTables, write_report
 from basinlab.records.report_data import RunData, read_run_data, unique_names
-from basinlab.sweep.runner import STATE
-from basinlab.sweep.summary import run_rows, summary_table
+from basinlab.sweep.state import SPEC_FILE, STATE, has_results, warn_stderr
+from basinlab.sweep.summary import missing_note, missing_runs, run_rows, summary_table
 
 
 def is_sweep_folder(path: Path) -> bool:
-    return (path / STATE / "spec.yaml").is_file()
+    return (path / STATE / SPEC_FILE).is_file()
 
 
-def _sweep_runs(folder: Path) -> tuple[list[Path], SweepTables]:
+def _sweep_runs(folder: Path, warn) -> tuple[list[Path], SweepTables]:
     from basinlab.sweep import stored_spec
     spec = stored_spec(folder)
-    with_results = [folder / run.name for run in spec.runs if (folder / run.name / "results.csv").is_file()
-                    and (folder / run.name / "results.csv").stat().st_size]
+    missing = missing_runs(spec, folder)
+    if missing and warn is not None:
+        warn(missing_note(missing, len(spec.runs), folder))
+    with_results = [folder / run.name for run in spec.runs if has_results(folder / run.name)]
     finished = run_rows(spec, folder)
     name = "/".join(folder.resolve().parts[-2:])  # experiments/<paper>/runs: the parent says more than "runs"
     return with_results, SweepTables(name, summary_table(spec, finished), finished)
 
 
-def gather(paths) -> tuple[list[RunData], list[SweepTables]]:
-    """The runs (each once) and sweeps that the given folders hold."""
+def gather(paths, warn=warn_stderr) -> tuple[list[RunData], list[SweepTables]]:
+    """The runs (each once) and sweeps that the given folders hold; `warn` gets one line per sweep naming its
+    runs whose results are gone."""
     folders, sweeps = [], []
     for given in paths:
         path = Path(given).expanduser()
@@ -39,7 +43,7 @@ def gather(paths) -> tuple[list[RunData], list[SweepTables]]:
             raise ConfigError(f"{path} is not a folder; give run folders or sweep folders (made by basinlab "
                               f"train / basinlab sweep)")
         if is_sweep_folder(path):
-            runs, tables = _sweep_runs(path)
+            runs, tables = _sweep_runs(path, warn)
             folders += runs
             sweeps.append(tables)
         else:
@@ -50,7 +54,7 @@ def gather(paths) -> tuple[list[RunData], list[SweepTables]]:
     return [read_run_data(p, name) for p, name in zip(unique, unique_names(unique))], sweeps
 
 
-def report(paths, output="report.html", title: str = "") -> Path:
+def report(paths, output="report.html", title: str = "", warn=warn_stderr) -> Path:
     """Write the page for run and sweep folders; returns its path."""
-    runs, sweeps = gather(paths)
+    runs, sweeps = gather(paths, warn)
     return write_report(runs, output, sweeps, title)

@@ -6,14 +6,15 @@ are GPUs). What happened to each run is kept in `DIR/.sweep/<name>.json`:
 
 - done: skipped by a later `basinlab sweep` on the same folder;
 - failed: its exit status and last error line, shown by `--status`; tried again (resumed) next time;
-- interrupted (the sweep was killed: its runs die with it): resumed from the run's last.pt, exactly.
+- interrupted (the sweep was killed: its runs die with it): resumed from the run's last.pt, exactly;
+- missing (recorded done, but its results.csv is gone): trained again from scratch.
 
-The sweep holds `DIR/.sweep/.lock` while it runs, so a second sweep on the same folder is refused rather
-than starting a run twice; each run's own lock guards it as well.
+The sweep takes `DIR/.sweep/.lock` before it writes anything into DIR and holds it while it runs, so a second
+sweep on the same folder is refused, having changed nothing, rather than starting a run twice; each run's own
+lock guards it as well (state.py). A spec that would reuse runs made with other options is refused (changes.py).
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -25,32 +26,11 @@ from pathlib import Path
 import yaml
 
 from basinlab.errors import ConfigError
-from basinlab.records.run_safety import RunLock
+from basinlab.models import trusts_all_model_code
+from basinlab.sweep.changes import replaced_folder, retire_runs, spec_change
 from basinlab.sweep.spec import PlannedRun, SweepSpec
+from basinlab.sweep.state import SPEC_FILE, STATE, lock_sweep_folder, run_state, write_state
 from basinlab.utils.io import atomic_write_text
-
-STATE = ".sweep"
-
-
-def state_path(results_dir: Path, name: str) -> Path:
-    return results_dir / STATE / f"{name}.json"
-
-
-def run_state(results_dir: Path, name: str) -> dict:
-    """{"status": done|failed|..., ...} of a run, or "pending"/"interrupted" from its folder."""
-    path = state_path(results_dir, name)
-    if path.is_file():
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            pass
-    if (results_dir / name / "last.pt").is_file():
-        return {"status": "interrupted"}
-    return {"status": "pending"}
-
-
-def write_state(results_dir: Path, name: str, state: dict) -> None:
-    atomic_write_text(state_path(results_dir, name), json.dumps(state, indent=1))
 
 
 def finished_state(proc: subprocess.CompletedProcess) -> dict:
@@ -65,6 +45,8 @@ def command_for(run: PlannedRun, results_dir: Path) -> list[str]:
     """Resume a run that has a checkpoint; otherwise start it from its options file (a half-made folder of a
     run killed before its first checkpoint is replaced)."""
     base = [sys.executable, "-m", "basinlab", "train", "--quiet"]
+    if trusts_all_model_code():  # `basinlab sweep --trust-model-code`: the person's word, passed on as given
+        base.append("--trust-model-code")
     folder = results_dir / run.name
     if (folder / "last.pt").is_file():
         return [*base, "--resume", str(folder)]
@@ -146,17 +128,29 @@ def _gpu_count() -> int:
         return 0
 
 
-def run_sweep(spec: SweepSpec, results_dir: Path, backend, echo=print) -> dict[str, dict]:
-    """Run every run of `spec` that is not done yet; the state of every run afterwards."""
-    (results_dir / STATE).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(results_dir / STATE / "spec.yaml",
-                      yaml.safe_dump(spec.as_mapping(), sort_keys=False))
+def run_sweep(spec: SweepSpec, results_dir: Path, backend, echo=print, *,
+              allow_changed_spec: bool = False) -> dict[str, dict]:
+    """Run every run of `spec` that is not done yet; the state of every run afterwards.
+
+    The folder's lock is taken before anything is written into it; a spec that would reuse runs made with
+    other options is refused unless `allow_changed_spec` (then those runs are trained again, changes.py); a
+    run recorded as done whose results are gone is trained again."""
+    text = spec.as_yaml()
+    lock = lock_sweep_folder(results_dir)
     try:
-        lock = RunLock(results_dir / STATE).acquire()
-    except ConfigError:
-        raise ConfigError(f"another basinlab sweep is running in {results_dir}; wait for it (or see "
-                          f"basinlab sweep --status {results_dir})") from None
-    try:
+        change = spec_change(spec, results_dir)
+        if change and not allow_changed_spec:
+            raise ConfigError(change.refusal())
+        if change:
+            retire_runs(list(change.changed), results_dir)
+            echo(f"sweep: the spec differs from the stored one ({change.summary()}): {len(change.changed)} "
+                 f"changed runs are trained again (their old folders, if any, are in {replaced_folder(results_dir)}/)")
+        atomic_write_text(results_dir / STATE / SPEC_FILE, text)
+        missing = [run.name for run in spec.runs if run_state(results_dir, run.name)["status"] == "missing"]
+        if missing:
+            retire_runs(missing, results_dir)
+            echo(f"sweep: {len(missing)} runs were done but their results.csv is gone (e.g. {missing[0]}): "
+                 f"trained again (what was left of them is in {replaced_folder(results_dir)}/)")
         todo = [run for run in spec.runs if run_state(results_dir, run.name)["status"] != "done"]
         done = len(spec.runs) - len(todo)
         echo(f"sweep: {len(spec.runs)} runs in {results_dir} ({done} done, {len(todo)} to run)")

@@ -9,14 +9,16 @@ whose job vanished without a state (time limit, node failure) is resumed from it
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from basinlab.errors import ConfigError
-from basinlab.sweep.runner import STATE, command_for, finished_state, run_state, write_state
+from basinlab.sweep.runner import command_for, finished_state
 from basinlab.sweep.spec import PlannedRun
+from basinlab.sweep.state import STATE, run_state, write_state
 
 
 def train_in_job(command: list[str], results_dir: str, name: str, threads: int) -> dict:
@@ -51,6 +53,16 @@ class SlurmBackend:
     array_parallelism: int = 64
     wait: bool = True
     echo: object = print
+
+    def check_cluster(self) -> None:
+        """Before anything is written: submitit is installed and this machine can submit Slurm jobs."""
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            raise ConfigError("--backend slurm needs submitit: pip install 'basinlab[slurm]'") from None
+        if shutil.which("srun") is None:
+            raise ConfigError("--backend slurm needs a Slurm cluster, and srun is not on PATH here; run the sweep "
+                              "on the cluster's login node, or use --backend local")
 
     def _executor(self, results_dir: Path):
         try:

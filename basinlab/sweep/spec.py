@@ -20,15 +20,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from basinlab.api import make_config
-from basinlab.config import FIELDS, normalise_key, read_yaml_mapping
+from basinlab.config import from_mapping as from_options
+from basinlab.config import normalise_key, read_yaml_mapping
 from basinlab.engine.setup import split_model_config
 from basinlab.errors import ConfigError
 from basinlab.models import check_config_keys
+from basinlab.utils.schema import shown
 
 # Options the sweep decides for every run: where it lives, its name, its seed, how it is resumed.
 OWNED = ("results_dir", "save", "seed", "resume", "overwrite", "config")
 MAX_RUNS = 10_000
+# A run's folder name: DIR/.sweep/<name>.json's temporary file and DIR/.sweep/replaced/<name>-<time>-<hex> add
+# up to 21 bytes to it, within the 255 of every common file system.
+MAX_NAME_BYTES = 200
 
 
 @dataclass(frozen=True)
@@ -58,33 +65,36 @@ class SweepSpec:
         out = {"base": self.base, "grid": self.grid, "seeds": self.seeds}
         return {**out, "variants": self.variants} if self.variants else out
 
+    def as_yaml(self) -> str:
+        try:
+            return yaml.safe_dump(self.as_mapping(), sort_keys=False)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"the sweep spec holds a value that YAML cannot store ({str(exc)[:80]}); give "
+                              f"numbers, text, lists and mappings") from None
+
 
 def _options(mapping, where: str) -> dict:
+    """The mapping's options under their field names, their keys checked by the one option check of
+    `basinlab train` (basinlab.config.from_mapping: unknown and refused keys are refused here as there)."""
     if mapping is None:
         return {}
     if not isinstance(mapping, Mapping):
         raise ConfigError(f"{where} must be a mapping of basinlab train options, got {type(mapping).__name__}")
-    out = {}
-    for key, value in mapping.items():
-        name = normalise_key(str(key))
-        if name in OWNED:
+    for key in mapping:
+        if normalise_key(str(key)) in OWNED:
             raise ConfigError(f"{where}: '{key}' is set by the sweep for every run (results folder, run name, "
                               f"seeds: use 'seeds:'); remove it")
-        if name not in FIELDS:
-            close = [n.replace("_", "-") for n in FIELDS if name[:4] in n][:3]
-            hint = f" (did you mean: {', '.join(close)}?)" if close else ""
-            raise ConfigError(f"{where}: unknown option '{key}'{hint}; keys are basinlab train options")
-        out[name] = value
-    return out
+    return from_options(mapping, where=f"the sweep spec's {where}")
 
 
 def _grid(mapping) -> dict:
     grid = _options(mapping, "grid")
     for name, values in grid.items():
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"grid: '{name.replace('_', '-')}' must be a non-empty list of values, got {values!r}")
-        if len({repr(v) for v in values}) != len(values):
-            raise ConfigError(f"grid: '{name.replace('_', '-')}' lists a value twice: {values!r}")
+            raise ConfigError(f"grid: '{name.replace('_', '-')}' must be a non-empty list of values, got "
+                              f"{shown(values)}")
+        if len({_as_text(v) for v in values}) != len(values):
+            raise ConfigError(f"grid: '{name.replace('_', '-')}' lists a value twice: {shown(values)}")
     return grid
 
 
@@ -101,24 +111,32 @@ def _variants(mapping) -> dict[str, dict]:
         if not isinstance(name, str) or not VARIANT_NAME.fullmatch(name):
             raise ConfigError(f"variants: the name {name!r} must be letters, digits, '.', '+' or '-' (it names "
                               f"run folders)")
-        out[name] = _options(options, f"variants: {name}")
+        out[name] = _options(options, f"variant {name}")
     return out
 
 
-def _seeds(value) -> list[int]:
+def seeds_of(value) -> list[int]:
     seeds = [0] if value is None else value
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
     if not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0
                                                        for s in seeds):
-        raise ConfigError(f"seeds must be a non-empty list of integers >= 0, got {value!r}")
+        raise ConfigError(f"seeds must be a non-empty list of integers >= 0, got {shown(value)}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds lists a seed twice: {seeds}")
     return seeds
 
 
+def _as_text(value) -> str:
+    """repr, also for integers too long for repr (Python refuses over 4300 digits)."""
+    try:
+        return repr(value)
+    except ValueError:
+        return f"<int {hash(value)}>"
+
+
 def _text(value) -> str:
-    text = value if isinstance(value, str) else repr(value)
+    text = value if isinstance(value, str) else _as_text(value)
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", text) or "x"
 
 
@@ -146,8 +164,8 @@ def plan_runs(base: dict, grid: dict, seeds: list[int], variants: dict | None = 
             for seed in seeds:
                 name = f"{setting}-s{seed}"
                 if name in names:
-                    raise ConfigError(f"two settings get the run name {name!r}; make the grid values distinct "
-                                      f"as text")
+                    raise ConfigError(f"two settings get the run name {short_name(name)!r}; make the grid values "
+                                      f"distinct as text")
                 names.add(name)
                 runs.append(PlannedRun(name, setting, values, seed,
                                        {**base, **options, **grid_values, "seed": seed}))
@@ -159,10 +177,25 @@ def check_runs(runs: list[PlannedRun], results_dir: Path) -> None:
     model config's keys against the model's factory)."""
     for run in runs:
         try:
-            cfg = make_config(**run.options, results_dir=str(results_dir), save=run.name)
+            # the spec's options as a file's (base): a model it names is not trusted by being checked here
+            cfg = make_config(run.options, results_dir=str(results_dir), save=run.name)
             check_config_keys(cfg.model, split_model_config(cfg)[0])
         except ConfigError as exc:
-            raise ConfigError(f"sweep run {run.name}: {exc}") from None
+            raise ConfigError(f"sweep run {short_name(run.name)}: {exc}") from None
+
+
+def short_name(name: str) -> str:
+    return name if len(name) <= 80 else f"{name[:60]}...<{len(name)} characters>"
+
+
+def check_names(runs: list[PlannedRun]) -> None:
+    """Every run's folder name fits the file system (long grid values make long names)."""
+    for run in runs:
+        size = len(run.name.encode())
+        if size > MAX_NAME_BYTES:
+            raise ConfigError(f"sweep run {short_name(run.name)}: its name (made of its grid values) has {size} "
+                              f"bytes, and a run folder's name at most {MAX_NAME_BYTES}; use shorter grid values, "
+                              f"or put a long value in a variant (whose name you choose)")
 
 
 def read_spec(path: str | Path, results_dir: Path | None = None) -> SweepSpec:
@@ -177,7 +210,7 @@ def read_spec(path: str | Path, results_dir: Path | None = None) -> SweepSpec:
 
 
 def from_mapping(data: Mapping, results_dir: Path) -> SweepSpec:
-    base, grid, seeds = _options(data.get("base"), "base"), _grid(data.get("grid")), _seeds(data.get("seeds"))
+    base, grid, seeds = _options(data.get("base"), "base"), _grid(data.get("grid")), seeds_of(data.get("seeds"))
     variants = _variants(data.get("variants"))
     overlap = set(base) & set(grid)
     if overlap:
@@ -190,4 +223,5 @@ def from_mapping(data: Mapping, results_dir: Path) -> SweepSpec:
         raise ConfigError("grid: 'variant' is the name of the variants column; use variants: for named settings")
     runs = plan_runs(base, grid, seeds, variants)
     check_runs(runs, results_dir)
+    check_names(runs)
     return SweepSpec(base, grid, seeds, runs, variants=variants)

@@ -5,7 +5,9 @@
     DIR/summary.md    the same as a Markdown table (median, with min-max)
     DIR/summary.png   every seed's final val top-1 per setting, the median marked
 
-Recomputed from the run folders at any time (`basinlab sweep --summarize DIR`); only finished runs count.
+Recomputed from the run folders at any time (`basinlab sweep --summarize DIR`); only finished runs count. A run
+recorded as done whose results.csv is gone (`missing`) is left out and named in one warning line; a results.csv
+with text in a column of numbers is one line naming the file and the column (exit 2).
 """
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from basinlab.records.results import read_results
-from basinlab.sweep.runner import run_state
+from basinlab.errors import ConfigError
+from basinlab.records.report_data import read_history
 from basinlab.sweep.spec import SweepSpec
+from basinlab.sweep.state import RESULTS, run_state
 from basinlab.utils.figures import new_figure, save_png
 from basinlab.utils.io import atomic_write_text
 
@@ -30,18 +33,37 @@ def run_rows(spec: SweepSpec, results_dir: Path) -> pd.DataFrame:
     for run in spec.runs:
         if run_state(results_dir, run.name)["status"] != "done":
             continue
-        history = read_results(results_dir / run.name / "results.csv")
+        path = results_dir / run.name / RESULTS
+        history = read_history(path)
         row = {"setting": run.setting, "seed": run.seed, "run": run.name,
                **{key.replace("_", "-"): value for key, value in run.values.items()}}
         for name, (column, how) in MEASURES.items():
+            if column not in history or not history[column].notna().any():
+                raise ConfigError(f"{path} has no {column} values; the tables need them from every finished run "
+                                  f"(repair the file, or delete the run folder and run the sweep again)")
             values = history[column]
             row[name] = float(values.iloc[-1] if how == "last" else getattr(values, how)())
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def summarize(spec: SweepSpec, results_dir: Path) -> pd.DataFrame:
-    """Write summary.csv, summary.md and summary.png; returns the summary table."""
+def missing_runs(spec: SweepSpec, results_dir: Path) -> list[str]:
+    """The runs recorded as done whose results.csv is gone (deleted or emptied)."""
+    return [run.name for run in spec.runs if run_state(results_dir, run.name)["status"] == "missing"]
+
+
+def missing_note(names: list[str], total: int, results_dir: Path) -> str:
+    listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (f"runs of {results_dir} recorded as done whose results.csv is gone ({len(names)} of {total}): {listed}; "
+            f"left out here (basinlab sweep SPEC.yaml --results-dir {results_dir} trains them again)")
+
+
+def summarize(spec: SweepSpec, results_dir: Path, warn=None) -> pd.DataFrame:
+    """Write summary.csv, summary.md and summary.png; returns the summary table. `warn` gets one line naming
+    the runs left out because their results are gone."""
+    missing = missing_runs(spec, results_dir)
+    if missing and warn is not None:
+        warn(missing_note(missing, len(spec.runs), results_dir))
     runs = run_rows(spec, results_dir)
     table = summary_table(spec, runs)
     atomic_write_text(results_dir / "summary.csv", table.to_csv(index=False))
