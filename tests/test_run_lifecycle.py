@@ -240,3 +240,15 @@ def test_a_data_regime_in_the_model_config_is_applied_and_checked(tmp_path, caps
                  "--save", "b"]) == 2
     assert "'batch_size' must be an integer > 0" in one_line(capsys)
     assert not (tmp_path / "r" / "b").exists()
+
+
+def test_evaluate_uses_the_data_regime_of_the_model_config(tmp_path, capsys, no_run_plots):
+    """The run trained and validated at 20x20 (the model config's data regime); evaluate measures it so too."""
+    regime = "{'data_regime': [{'epoch': 0, 'input_size': 20}]}"
+    assert main(["train", "--model", "resnet", "-d", "8", "--train-limit", "128", "--val-limit", "64", "-b", "64",
+                 "--epochs", "1", "--quiet", "--model-config", regime, "--results-dir", str(tmp_path),
+                 "--save", "r"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "r" / "last.pt"), "--limit", "64"]) == 0
+    measured = float(capsys.readouterr().out.split("loss ")[1].split()[0])
+    assert measured == pytest.approx(pd.read_csv(tmp_path / "r" / "results.csv")["val_loss"][0], abs=1e-4)

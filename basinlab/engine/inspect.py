@@ -12,7 +12,7 @@ from basinlab.config import stored_values, validated_config
 from basinlab.data.stream import StreamLoader
 from basinlab.engine.checkpoint import MAX_CONFIG_DEPTH, check_layout, load_checkpoint, load_weights, resolve_checkpoint
 from basinlab.engine.data_settings import attach_input_transform
-from basinlab.engine.setup import check_model_fits_data, pick_device, split_model_config
+from basinlab.engine.setup import attach_data_regime, check_model_fits_data, pick_device, split_model_config
 from basinlab.errors import CheckpointError, ConfigError
 from basinlab.models import create_model
 from basinlab.models import trust_model_code as trust_user_model
@@ -52,11 +52,12 @@ def _rebuild(state: dict, source: Path, device, trust_model_code: bool):
     cfg = config_from_state(state, source)
     if trust_model_code:
         trust_user_model(cfg.model)
-    model_config, _ = split_model_config(cfg)
+    model_config, regime_config = split_model_config(cfg)
     try:
         model = create_model(cfg.model, state["num_classes"], cfg.dataset, **model_config)
     except ConfigError as exc:  # an unknown model, a bad model config, code the user did not trust
         raise ConfigError(f"{source}: {exc}") from None
+    attach_data_regime(model, regime_config)  # the run's data regime (input sizes) as it trained with it
     load_weights(model, state, source, f"{cfg.model} for {state['num_classes']} classes")
     return model.to(device).eval(), cfg
 
