@@ -35,8 +35,9 @@ CHECKPOINT_GLOBS = ("last.pt", "best.pt", "epoch_*.pt")
 # What a start that never checkpointed can have written: such a folder may be replaced by the trash's recovery.
 STUB_ENTRIES = {LOCK_FILE, "plots", "env.yaml", RUN_MARKER, "log.txt", "tensorboard", "results.csv", "steps.csv",
                 "report.html"}
-# errnos of a failed write (exit 4: free space or permissions are the cure); any other OSError is bad input (2)
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG}
+# errnos of a failed write (exit 4: free space or permissions are the cure, as for a sweep's folder); any other
+# OSError (a path that is a file, a link, missing) is bad input (2)
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG, errno.EACCES, errno.EPERM}
 
 
 def os_failure(exc: OSError, doing: str, path) -> BasinlabError:
@@ -44,7 +45,7 @@ def os_failure(exc: OSError, doing: str, path) -> BasinlabError:
     reason = exc.strerror or type(exc).__name__
     if exc.errno in WRITE_ERRNOS:
         return WriteError(f"cannot {doing} {path}: {reason}")
-    return ConfigError(f"cannot {doing} {path}: {reason} (check the path and its permissions)")
+    return ConfigError(f"cannot {doing} {path}: {reason} (check the path)")
 
 
 def default_run_name() -> str:
