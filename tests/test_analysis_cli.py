@@ -113,6 +113,7 @@ def test_sharpness_on_a_few_validation_batches_in_a_subspace(checkpoint, tmp_pat
     (["--top-k", "0"], "--top-k"),
     (["--split", "test"], "--split"),
     (["--batches", "99"], "--batches"),
+    (["--measure", "keskar", "--epsilon", "1e30", "--keskar-iter", "2", "--limit", "32"], "--epsilon 1e+30"),
 ])
 def test_sharpness_bad_input_is_one_line(checkpoint, tmp_path, capsys, args, needle):
     code = main(["sharpness", str(checkpoint), "-o", str(tmp_path / "x.csv"), "-b", "32", *args])

@@ -422,3 +422,15 @@ def test_data_regime():
         DataRegime([{"epoch": 0, "batchsize": 3}])
     with pytest.raises(ConfigError, match="'batch_size' must be an integer > 0"):
         DataRegime([{"epoch": 0, "batch_size": 0}])
+
+
+# ---------------------------------------------------------------- numbers no float holds (issue #34, item J)
+def test_a_regime_refuses_numbers_without_a_finite_float_value_and_keeps_finite_ones():
+    huge = 10**400  # float(huge) raises OverflowError: it used to stop a run in its first optimizer step
+    for phase in ({"lr": huge}, {"lr": 0.1, "momentum": huge}, {"lr": 0.1, "momentum": float("nan")},
+                  {"lr": 0.1, "weight_decay": float("inf")},
+                  {"lr": 0.1, "schedule": {"name": "cosine", "epochs": huge}}):
+        with pytest.raises(ConfigError, match=r"regime phase 0: '\w+'.* must be a finite number, got"):
+            Regime([{"epoch": 0, **phase}])
+    # an integer a float holds is a number like any other
+    assert Regime([{"epoch": 0, "lr": 10**300, "momentum": 0.9}]).settings_at(0)["lr"] == 10**300

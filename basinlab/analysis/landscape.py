@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from decimal import Decimal, InvalidOperation
+from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, InvalidOperation
 from pathlib import Path
 
 import torch
@@ -24,47 +24,79 @@ from torch import nn
 from basinlab.engine.evaluate import evaluate, topk_correct
 from basinlab.errors import ConfigError
 from basinlab.utils.io import atomic_write_text
+from basinlab.utils.schema import shown
 
 MAX_POINTS = 1_000_000   # a range longer than this is a typo, not a plot
 
 
 # ----------------------------------------------------------------------------------------- ranges
 MAX_COORDINATE = 1000  # alpha/beta: multiples of a direction's (filter-normalised) size; Li et al. use [-1, 1]
+RANGE_EXAMPLE = "use start:step:stop such as -1:0.1:2.01"
+# The number of points, (stop - start) / step, is computed with exponents as wide as decimal allows: a step
+# of 1e-999999999 is refused as too many points, not with decimal.Overflow.
+_WIDE = Context(Emax=MAX_EMAX, Emin=MIN_EMIN)
 
 
 def _decimal(text: str, what: str) -> Decimal:
     try:
         value = Decimal(text.strip())
     except InvalidOperation:
-        raise ConfigError(f"{what}: {text!r} is not a number; use start:step:stop such as -1:0.1:2.01") from None
-    if not value.is_finite() or abs(value) > MAX_COORDINATE:
-        raise ConfigError(f"{what}: {text!r} must be a finite number between {-MAX_COORDINATE} and "
-                          f"{MAX_COORDINATE}; use start:step:stop such as -1:0.1:2.01")
+        if _is_float_text(text):  # a number whose exponent is beyond even decimal's, e.g. 1e99999999999999999999
+            value = Decimal("Infinity")
+        else:
+            raise ConfigError(f"{what}: {shown(text)} is not a number; {RANGE_EXAMPLE}") from None
+    if not value.is_finite() or value.copy_abs() > MAX_COORDINATE:  # copy_abs and > are exact: no overflow
+        raise ConfigError(f"{what}: {shown(text)} must be a finite number between {-MAX_COORDINATE} and "
+                          f"{MAX_COORDINATE}; {RANGE_EXAMPLE}")
     return value
+
+
+def _is_float_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_range(text: str, what: str = "--alpha") -> list[float]:
     """``start:step:stop`` (stop exclusive, like numpy.arange), a single number, or a comma list.
 
-    Values are computed as exact decimals ``start + i * step`` and only then rounded to floats.
+    Values are computed as exact decimals ``start + i * step`` and only then rounded to floats; at most
+    MAX_POINTS of them, distinct as floats in a start:step:stop range.
     """
     if not isinstance(text, str) or not text.strip():
         raise ConfigError(f"{what} must be start:step:stop (e.g. -1:0.1:2.01), one number or a comma list")
     text = text.strip()
     if ":" not in text:
-        return [float(_decimal(part, what)) for part in text.split(",")]
+        parts = text.split(",")
+        if len(parts) > MAX_POINTS:
+            raise ConfigError(f"{what}: the list has {len(parts)} points; at most {MAX_POINTS} are allowed")
+        return [float(_decimal(part, what)) + 0.0 for part in parts]  # + 0.0: -0 is the point 0.0
     parts = text.split(":")
     if len(parts) != 3:
-        raise ConfigError(f"{what}: {text!r} must have three fields start:step:stop, e.g. -1:0.1:2.01")
+        raise ConfigError(f"{what}: {shown(text)} must have three fields start:step:stop, e.g. -1:0.1:2.01")
     start, step, stop = (_decimal(part, what) for part in parts)
     if step == 0:
-        raise ConfigError(f"{what}: the step of {text!r} must not be zero")
-    count = math.ceil((stop - start) / step)
-    if count <= 0:
-        raise ConfigError(f"{what}: {text!r} is empty (stop must lie beyond start in the direction of step)")
-    if count > MAX_POINTS:
-        raise ConfigError(f"{what}: {text!r} has {count} points; at most {MAX_POINTS} are allowed")
-    return [float(start + i * step) for i in range(count)]
+        raise ConfigError(f"{what}: the step of {shown(text)} must not be zero")
+    span = _WIDE.divide(_WIDE.subtract(stop, start), step)
+    if span <= 0:
+        raise ConfigError(f"{what}: {shown(text)} is empty (stop must lie beyond start in the direction of step)")
+    if span > MAX_POINTS:
+        raise ConfigError(f"{what}: {shown(text)} has {math.ceil(span) if span < 10**15 else f'{span:.3g}'} "
+                          f"points; at most {MAX_POINTS} are allowed")
+    values = [float(start + i * step) + 0.0 for i in range(math.ceil(span))]
+    if len(set(values)) < len(values):
+        raise ConfigError(f"{what}: the step of {shown(text)} is below float precision there (points repeat as "
+                          f"floats); use a larger step")
+    return values
+
+
+def check_grid_size(alphas: list, betas: list | None, what: str = "--alpha and --beta") -> None:
+    """A 2-D grid of at most MAX_POINTS points (each range alone may have that many)."""
+    if betas is not None and len(alphas) * len(betas) > MAX_POINTS:
+        raise ConfigError(f"{what} make a grid of {len(alphas)} x {len(betas)} = {len(alphas) * len(betas)} points; "
+                          f"at most {MAX_POINTS} are allowed")
 
 
 # ----------------------------------------------------------------------------------------- states

@@ -4,12 +4,14 @@ from __future__ import annotations
 import re
 
 from basinlab.cli.options import BATCH, COUNT, SEED, add_trust_option, integer, number, output_file
+from basinlab.errors import ConfigError
 
 DEFAULT_INTERPOLATION = "-1:0.1:2.01"   # Keskar et al.: from 1 beyond A to 1 beyond B, 31 points
 DEFAULT_DIRECTIONS = "-1:0.05:1.01"     # Li et al.: [-1, 1] around the model, 41 points
 
-# argparse takes "-1:0.1:2.01" for an unknown option; values that start like a number are values here
-_NUMBER_LIKE = re.compile(r"^-(\d|\.\d)")
+# argparse takes "-1:0.1:2.01" for an unknown option; values that start like a number are values here (-inf
+# and -nan too, so that --alpha -inf is refused as a value rather than as "expected one argument")
+_NUMBER_LIKE = re.compile(r"^-(\d|\.\d|(inf|infinity|nan)$)", re.IGNORECASE)
 
 
 def _data_options(parser, default_split) -> None:
@@ -113,9 +115,13 @@ def cmd_sharpness(args) -> int:
                              iterations=args.iterations, n_vectors=args.n_vectors, epsilons=tuple(args.epsilon),
                              subspace_dim=args.subspace_dim, keskar_iter=args.keskar_iter, seed=args.seed,
                              hessian_mode=args.hessian_mode, float64=args.float64)
-    measure_checkpoint(args.checkpoint, parse_measures(args.measure), split=args.split, batches=args.batches,
-                       limit=args.limit, batch_size=args.batch_size, device=args.device, which=args.which,
-                       datasets_dir=args.datasets_dir, options=options, output=args.output)
+    try:
+        measure_checkpoint(args.checkpoint, parse_measures(args.measure), split=args.split, batches=args.batches,
+                           limit=args.limit, batch_size=args.batch_size, device=args.device, which=args.which,
+                           datasets_dir=args.datasets_dir, options=options, output=args.output)
+    except FloatingPointError as exc:  # metrics/keskar.py: the loss overflowed inside the box (--epsilon 1e8)
+        raise ConfigError(f"keskar sharpness with --epsilon {' '.join(f'{e:g}' for e in args.epsilon)}: {exc}; "
+                          f"use smaller boxes (Keskar et al. use 1e-3 and 5e-4)") from None
     return 0
 
 
@@ -136,10 +142,11 @@ def cmd_interpolate(args) -> int:
 
 
 def cmd_directions(args) -> int:
-    from basinlab.analysis.landscape import parse_range
+    from basinlab.analysis.landscape import check_grid_size, parse_range
     from basinlab.analysis.views import random_directions
     alphas = parse_range(args.alpha, "--alpha")
     betas = parse_range(args.beta, "--beta") if args.beta is not None else None
+    check_grid_size(alphas, betas)
     frame, csv, png = random_directions(args.checkpoint, alphas, betas, seed=args.seed,
                                         include_bias_bn=args.include_bias_bn, points_per_pass=args.points_per_pass,
                                         **_common(args))

@@ -1,11 +1,10 @@
 """`basinlab stability`: the table of stable learning rates under gradient delay (spec 02-async-sgd.md)."""
 from __future__ import annotations
 
-from pathlib import Path
-
-from basinlab.cli.options import integer, number
+from basinlab.cli.options import integer, number, output_file
 from basinlab.errors import ConfigError
 from basinlab.methods.asgd.stability import KINDS, adjusted_lr, stability_table
+from basinlab.utils.io import atomic_write_text
 
 DEFAULT_DELAYS = [0, 1, 4, 16, 32]
 MAX_DELAY = 4096  # thresholds for longer delays need more than 10 s; the paper's go to 128
@@ -23,7 +22,8 @@ def add_commands(sub) -> None:
                    help="standard: momentum at the server (asgd); shifted: per-worker momentum (msgd)")
     p.add_argument("--raw", action="store_true",
                    help="thresholds on eta*lambda_max instead of the effective eta/(1-gamma)*lambda_max")
-    p.add_argument("--csv", help="also write the table to this CSV file")
+    p.add_argument("--csv", type=output_file, help="also write the table to this CSV file (in a folder that "
+                                                   "exists)")
     p.set_defaults(func=cmd_stability)
 
 
@@ -61,11 +61,10 @@ def cmd_stability(args) -> int:
           f"eigenvalue lambda_max can be kept)")
     print(format_table(table))
     print("adjust-lr factor: eta_tau / eta_0 = sin(pi/(4 tau + 2)), what `basinlab train --adjust-lr` applies")
-    if args.csv:
-        path = Path(args.csv)
+    if args.csv:  # its folder was checked before computing (output_file); a failed write is exit 4
         out = table.copy()
         out.index.name = "delay"
         out.columns = [c.replace(" ", "_").replace("-", "_").replace("=", "") for c in out.columns]
-        out.to_csv(path)
-        print(f"wrote {path}")
+        atomic_write_text(args.csv, out.to_csv())
+        print(f"wrote {args.csv}")
     return 0

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from basinlab.cli.options import SEED, integer, number, output_folder
 from basinlab.errors import ConfigError
+from basinlab.utils.schema import shown
 
 DISTRIBUTED_FLAGS = ("--multiprocessing-distributed", "--dist-url", "--dist-backend", "--world-size", "--rank")
 
@@ -80,11 +81,15 @@ def _output_folder(args, root: Path) -> Path:
     from basinlab.tuning.autohyper import STATE_FILE
     if not args.resume:
         return root / Path(args.output).expanduser()
-    path = Path(args.resume).expanduser().resolve()
-    for candidate in (path, *path.parents):
-        if (candidate / STATE_FILE).is_file():
-            return candidate
-    raise ConfigError(f"--resume {args.resume}: no autoHyper output folder ({STATE_FILE}) there or above it")
+    try:
+        path = Path(args.resume).expanduser().resolve()
+        found = next((c for c in (path, *path.parents) if (c / STATE_FILE).is_file()), None)
+    except (OSError, RuntimeError) as exc:  # a name longer than the file system allows; a symlink loop
+        raise ConfigError(f"--resume {shown(args.resume)}: {getattr(exc, 'strerror', None) or exc}") from None
+    if found is None:
+        raise ConfigError(f"--resume {shown(args.resume)}: no autoHyper output folder ({STATE_FILE}) there or "
+                          f"above it")
+    return found
 
 
 # ---------------------------------------------------------------------------------------------- lr-range

@@ -5,7 +5,6 @@ The rules (what a phase may name, how settings and schedules carry over) are in 
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from numbers import Real
 from typing import Any
@@ -16,9 +15,11 @@ from basinlab.errors import ConfigError
 from basinlab.optim.factory import all_param_group_keys, check_settings, optimizer_spec
 from basinlab.optim.schedules import Schedule, make_schedule
 from basinlab.optim.weight_decay import WD_FILTERS, translate_regularizer
+from basinlab.utils.schema import finite_float, shown
 
 DEFAULT_OPTIMIZER = "SGD"
 _POSITION_KEYS = ("epoch", "step")
+MAX_STEP = 2**63 - 1  # optimizer steps are counted in int64
 CONTROL_KEYS = ("epoch", "step", "optimizer", "schedule", "wd_filter")
 # Keys of the reference regimes that we replace with named schedules.
 _REFERENCE_KEYS = {
@@ -51,8 +52,8 @@ def plain(v):
 
 
 def is_number(v) -> bool:
-    """A finite real number (bools excluded)."""
-    return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(float(v))
+    """A finite real number (bools excluded; integers beyond the float range too)."""
+    return finite_float(v) is not None
 
 
 class Phase:
@@ -76,18 +77,18 @@ def normalize_phases(phases) -> list[dict]:
                     epoch = float(key) if "." in key else int(key)
                 except ValueError:
                     raise ConfigError(
-                        f"regime (dict format): keys are epochs, got {key!r}"
+                        f"regime (dict format): keys are epochs, got {shown(key)}"
                     ) from None
             if not is_number(epoch):
-                raise ConfigError(f"regime (dict format): keys are epochs, got {key!r}")
+                raise ConfigError(f"regime (dict format): keys are epochs, got {shown(key)}")
             if not isinstance(value, Mapping):
                 raise ConfigError(
-                    f"regime (dict format): epoch {key!r} maps to {value!r}; expected a dict of settings"
+                    f"regime (dict format): epoch {shown(key)} maps to {shown(value)}; expected a dict of settings"
                 )
             for pk in _POSITION_KEYS:
                 if pk in value:
                     raise ConfigError(
-                        f"regime (dict format): the entry for epoch {key!r} names {pk!r}; "
+                        f"regime (dict format): the entry for epoch {shown(key)} names {pk!r}; "
                         "in the dict format the key is the epoch"
                     )
             entries.append((epoch, {"epoch": epoch, **value}))
@@ -97,7 +98,7 @@ def normalize_phases(phases) -> list[dict]:
         out = []
         for i, e in enumerate(phases):
             if not isinstance(e, Mapping):
-                raise ConfigError(f"regime phase {i}: expected a dict of settings, got {e!r}")
+                raise ConfigError(f"regime phase {i}: expected a dict of settings, got {shown(e)}")
             out.append(dict(e))
     elif phases is None:
         raise ConfigError("regime: none given; expected a list of phases, a dict keyed by epoch or a callable")
@@ -107,7 +108,29 @@ def normalize_phases(phases) -> list[dict]:
         )
     if not out:
         raise ConfigError("regime: no phases; give at least one, e.g. [{'epoch': 0, 'lr': 0.1}]")
+    for i, entry in enumerate(out):
+        _check_numbers(entry, f"regime phase {i}")
     return out
+
+
+_MAX_NESTING = 4  # lists and dicts nest 3 deep at most in a phase: 'regularizer': [{'value': 1e-4}]
+
+
+def _check_numbers(entry: Mapping, where: str) -> None:
+    """Every number in an entry's settings, schedule and regularizer has a finite float value: torch and the
+    schedules compute in floats, so NaN, infinities and integers beyond the float range (10**400) would
+    fail in the middle of a run. 'epoch' and 'step' have their own checks (_start_of)."""
+    pending = [(shown(k), v, 1) for k, v in entry.items() if k not in _POSITION_KEYS]
+    while pending:
+        path, value, depth = pending.pop()
+        if isinstance(value, (Mapping, list, tuple)):
+            if depth >= _MAX_NESTING:
+                raise ConfigError(f"{where}: {path} nests deeper than any setting does")
+            items = value.items() if isinstance(value, Mapping) else enumerate(value)
+            pending.extend((f"{path}[{shown(k)}]", v, depth + 1) for k, v in items)
+        elif isinstance(value, Real) and not isinstance(value, bool) and not is_number(value):
+            raise ConfigError(f"{where}: {path} must be a finite number, got {shown(value)}")
+
 
 def declared_scope(entries: list[dict]) -> tuple[list[dict], str | None]:
     """convNet's 'regularizer' as weight_decay plus its scope; returns (entries, the scope (wd_filter) of the
@@ -157,12 +180,12 @@ class _Running:
 def _check_keys(raw: Mapping, where: str, group_keys) -> None:
     for key in raw:
         if not isinstance(key, str):
-            raise ConfigError(f"{where}: keys must be strings, got {key!r}")
+            raise ConfigError(f"{where}: keys must be strings, got {shown(key)}")
         if key in CONTROL_KEYS or key in group_keys:
             continue
         if key in _REFERENCE_KEYS:
             raise ConfigError(f"{where}: {key!r} is not supported: {_REFERENCE_KEYS[key]}")
-        raise ConfigError(f"{where}: unknown key {key!r}; allowed: "
+        raise ConfigError(f"{where}: unknown key {shown(key)}; allowed: "
                           f"{', '.join(list(CONTROL_KEYS) + sorted(group_keys))}")
 
 
@@ -181,9 +204,9 @@ def _start_of(raw: Mapping, i: int, last_start: dict) -> tuple[str, Any]:
     if isinstance(start, float) and start.is_integer():
         start = int(start)
     if kind == "epoch" and (not is_number(start) or start < 0):
-        raise ConfigError(f"{where}: 'epoch' must be a number >= 0, got {start!r}")
-    if kind == "step" and (not isinstance(start, int) or isinstance(start, bool) or start < 0):
-        raise ConfigError(f"{where}: 'step' must be an integer >= 0, got {start!r}")
+        raise ConfigError(f"{where}: 'epoch' must be a number >= 0, got {shown(start)}")
+    if kind == "step" and (not isinstance(start, int) or isinstance(start, bool) or not 0 <= start <= MAX_STEP):
+        raise ConfigError(f"{where}: 'step' must be an integer in [0, 2**63 - 1], got {shown(start)}")
     if i == 0 and start != 0:
         raise ConfigError(f"{where}: the first phase must start at epoch 0 (or step 0), got {kind} {fmt(start)}")
     prev = last_start[kind]
@@ -211,7 +234,7 @@ def _accumulate(i: int, raw: Mapping, kind: str, start, running: _Running) -> Ph
     check_settings(spec, named, where + ": ")
     for k, v in named.items():
         if k == "lr" and (not is_number(v) or v < 0):
-            raise ConfigError(f"{where}: 'lr' must be a number >= 0, got {v!r}")
+            raise ConfigError(f"{where}: 'lr' must be a number >= 0, got {shown(v)}")
         entry[k] = running.acc[k] = v
     _accumulate_schedule(i, raw, named, entry, running, where)
     if i == 0 and "lr" not in running.acc:
@@ -268,4 +291,4 @@ def _dry_run(spec, settings, where) -> None:
 def _check_schedule_values(ph: Phase, where: str) -> None:
     lr = ph.schedule.lr(ph.base_lr, 0.0)
     if not is_number(lr) or lr < 0:
-        raise ConfigError(f"{where}: the schedule starts at lr {lr!r}; expected a number >= 0")
+        raise ConfigError(f"{where}: the schedule starts at lr {shown(lr)}; expected a number >= 0")

@@ -1,11 +1,10 @@
 """The argument checks every layer shares: one line naming the option, what is allowed and what was given."""
 from __future__ import annotations
 
-import math
 import numbers
 
 from basinlab.errors import ConfigError
-from basinlab.utils.schema import shown
+from basinlab.utils.schema import finite_float, shown
 
 
 def check_int(value, name: str, minimum: int = 1, *, maximum: int | None = None, optional: bool = False,
@@ -25,8 +24,8 @@ def check_int(value, name: str, minimum: int = 1, *, maximum: int | None = None,
 
 def check_number(value, name: str, *, allow_zero: bool = False, error=ConfigError) -> float:
     """`value` as a finite float > 0 (>= 0 with `allow_zero`; booleans refused), else `error`."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
-    if not ok or float(value) < 0 or (float(value) == 0 and not allow_zero):
+    number = finite_float(value)
+    if number is None or number < 0 or (number == 0 and not allow_zero):
         kind = "non-negative" if allow_zero else "positive"
-        raise error(f"{name} must be a {kind} finite number, got {value!r}")
-    return float(value)
+        raise error(f"{name} must be a {kind} finite number, got {shown(value)}")
+    return number

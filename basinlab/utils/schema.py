@@ -16,13 +16,32 @@ MAX_TEXT = 4096      # characters of a string option (paths, names)
 MAX_LIST = 10_000    # items of a list option
 
 
+def finite_float(value) -> float | None:
+    """`value` as a finite float; None for what is no real number (booleans too), NaN, the infinities and the
+    integers and fractions beyond the float range (where float() raises OverflowError)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (OverflowError, ValueError, TypeError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def shown(value, limit: int = 80) -> str:
     """repr(value), shortened; safe for integers too long for repr (Python refuses > 4300 digits)."""
     try:
         text = repr(value)
     except ValueError:
+        if not isinstance(value, int):
+            return f"<a {type(value).__name__}>"
         return f"<an integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
-    return text if len(text) <= limit else text[: limit - 20] + f"...<{len(text)} characters>"
+    except RecursionError:
+        return f"<a {type(value).__name__} nested too deep to show>"
+    if len(text) <= limit:
+        return text
+    length = len(value) if isinstance(value, str) else len(text)  # a string's own length, not its repr's
+    return text[: limit - 20] + f"...<{length} characters>"
 
 
 @dataclass(frozen=True)
@@ -75,6 +94,22 @@ def check_value(flag: str, rule: Rule, value):
     return value
 
 
+def check_text(flag: str, rule: Rule, text: str):
+    """A command-line word for an int or float option, converted and checked against `rule`; the ConfigError
+    names the word as typed (shortened), not what float() made of it ('1e999' and 10**400 become inf)."""
+    if rule.kind not in (int, float):
+        raise TypeError(f"check_text reads int and float options, not {rule.kind.__name__}")
+    try:
+        value = rule.kind(text)
+    except (ValueError, OverflowError):  # int('1.5'), an integer of over 4300 digits
+        ok = False
+    else:
+        ok, value = _conforms(rule, value)
+    if not ok:
+        raise ConfigError(f"{flag + ' ' if flag else ''}must be {rule.allowed()}, got {shown(text)}")
+    return value
+
+
 def _conforms(rule: Rule, value):
     kind = rule.kind
     if kind is bool:
@@ -83,8 +118,8 @@ def _conforms(rule: Rule, value):
         ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
         return ok and _in_range(rule, value), (int(value) if ok else value)
     if kind is float:
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
-        return ok and _in_range(rule, float(value)), (float(value) if ok else value)
+        number = finite_float(value)
+        return number is not None and _in_range(rule, number), (value if number is None else number)
     if kind is str:
         ok = isinstance(value, str) and 0 < len(value) <= MAX_TEXT and "\x00" not in value
         return ok and (not rule.choices or value in rule.choices), value
