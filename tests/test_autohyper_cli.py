@@ -158,7 +158,10 @@ def test_diverged_trial_counts_as_zero(tmp_path):
     ({"network": "DenseNet121"}, "network 'DenseNet121' is not available"),
     ({"dataset": "SVHN"}, "dataset 'SVHN' is not supported"),
     ({"loss": "mse"}, "loss 'mse'"),
-    ({"n_trials": 0}, "n_trials must be an integer >= 1"),
+    ({"n_trials": 0}, "n_trials must be an integer in [1, 10000]"),
+    ({"n_trials": 10**400}, "n_trials must be an integer in [1, 10000]"),
+    ({"early_stop_threshold": 10**400}, "early_stop_threshold must be a number"),
+    ({"init_lr": 10**400}, "init_lr entries must be numbers > 0"),
 ])
 def test_bad_config_is_one_line(tmp_path, capsys, changes, message):
     config = write_config(tmp_path, **changes)

@@ -130,7 +130,16 @@ def test_the_command_line_refuses_a_huge_integer_for_a_float_option_in_one_line(
     code = main(["train", "--lr", HUGE_TEXT, "--results-dir", str(tmp_path / "results"), "--quiet"])
     line = one_error_line(capsys)
     assert code == 2 and "--lr" in line and "must be a finite number" in line
+    assert "<401 characters>" in line and "got inf" not in line
     assert not (tmp_path / "results").exists()
+
+
+def test_a_path_too_long_for_the_file_system_is_one_line(tmp_path, capsys):
+    long = str(tmp_path / ("a" * 5000))
+    for argv in (["evaluate", long], ["plot", long, "-o", str(tmp_path / "x.png")],
+                 ["stability", "--csv", long + ".csv"], ["export", str(tmp_path), "-o", long]):
+        assert main(argv) == 2, argv
+        assert len(one_error_line(capsys)) < 400
 
 
 # ----------------------------------------------------------------------------------------- ranges
@@ -203,3 +212,14 @@ def test_autohyper_resume_with_a_name_too_long_for_the_file_system_is_one_line(c
     assert main(["autohyper", "train", "--resume", "x" * 5000]) == 2
     line = one_error_line(capsys)
     assert "--resume 'xxxx" in line and "<5000 characters>" in line
+
+
+@pytest.mark.parametrize("entry", [{"input_size": 10**400}, {"duplicates": 10**400}, {"cutout": 10**400},
+                                   {"eval_batch_size": 10**400}, {"input_size": [10**400, 2]}])
+def test_a_data_regime_refuses_sizes_that_could_exhaust_memory(entry):
+    from basinlab.data.transforms import Cutout
+    from basinlab.optim import DataRegime
+    with pytest.raises(ConfigError) as caught:
+        regime = DataRegime([{"epoch": 0, **entry}])
+        Cutout.from_setting(regime.settings_at(0)["cutout"], "data regime")
+    assert len(str(caught.value)) < 300

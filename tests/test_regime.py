@@ -420,7 +420,7 @@ def test_data_regime():
     assert DataRegime([]).settings_at(3) == {} and DataRegime(None).settings_at(0) == {}
     with pytest.raises(ConfigError, match="unknown key 'batchsize'"):
         DataRegime([{"epoch": 0, "batchsize": 3}])
-    with pytest.raises(ConfigError, match="'batch_size' must be an integer > 0"):
+    with pytest.raises(ConfigError, match=r"'batch_size' must be an integer in \[1, 1048576\]"):
         DataRegime([{"epoch": 0, "batch_size": 0}])
 
 

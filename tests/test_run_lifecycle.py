@@ -238,7 +238,7 @@ def test_a_data_regime_in_the_model_config_is_applied_and_checked(tmp_path, caps
     assert main(["train", "--train-limit", "256", "--epochs", "1", "--model-config",
                  "{'data_regime': [{'epoch': 0, 'batch_size': 'x'}]}", "--results-dir", str(tmp_path / "r"),
                  "--save", "b"]) == 2
-    assert "'batch_size' must be an integer > 0" in one_line(capsys)
+    assert "'batch_size' must be an integer in [1, 1048576]" in one_line(capsys)
     assert not (tmp_path / "r" / "b").exists()
 
 

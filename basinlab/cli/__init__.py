@@ -6,11 +6,13 @@ signal N.
 """
 from __future__ import annotations
 
+import errno
 import sys
 
 from basinlab.cli import analysis, asgd, runs, sweep, train, tuning
 from basinlab.cli.options import ArgumentParser
 from basinlab.errors import BasinlabError, NonFiniteLossError
+from basinlab.utils.schema import shown
 
 COMMANDS = (
     train,      # train, list
@@ -45,6 +47,12 @@ def main(argv=None) -> int:
             raise
         print(f"basinlab: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if debug or exc.errno != errno.ENAMETOOLONG:
+            raise
+        print(f"basinlab: error: a path is too long for the file system ({shown(exc.filename, 60)}); give a "
+              f"shorter one", file=sys.stderr)
+        return 2
     except Exception as exc:  # noqa: BLE001 - one line for the user; the traceback with --debug
         code = getattr(exc, "exit_code", None)  # an interrupted run has its own exit status
         if debug:

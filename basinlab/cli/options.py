@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 from pathlib import Path
 
-from basinlab.config import FIELDS, OPTION_GROUPS, WHEN_UNSET, TrainConfig, load_yaml
+from basinlab.config import FIELDS, OPTION_GROUPS, RULES, WHEN_UNSET, TrainConfig, load_yaml
 from basinlab.errors import ConfigError
-from basinlab.utils.schema import Rule, check_value
+from basinlab.utils.schema import Rule, check_text, check_value, shown
 
 # The seeds' flags that basinlab spells differently: answered with the basinlab equivalent.
 SEED_FLAGS = {
@@ -75,6 +76,18 @@ def _help(name: str, field) -> str:
     return f"{text} (default: {shown})"
 
 
+def _checked_word(rule: Rule):
+    """argparse type of an int or float option: the word checked by its rule, named as typed when refused
+    (float() would turn '1e999' or a 401-digit integer into inf before any check saw it)."""
+    def convert(text: str):
+        try:
+            return check_text("", rule, text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = rule.kind.__name__
+    return convert
+
+
 def _add_field(parser, name: str, field) -> None:
     long_flag = "--" + name.replace("_", "-")
     flags = [long_flag, *field.metadata.get("flags", ())]
@@ -82,6 +95,8 @@ def _add_field(parser, name: str, field) -> None:
     kind = _field_type(field.type)
     if kind is bool:
         extra["action"] = argparse.BooleanOptionalAction
+    elif kind in (int, float):
+        extra.setdefault("type", _checked_word(dataclasses.replace(RULES[name], optional=False)))
     elif kind is not list:
         extra.setdefault("type", kind)
     # defaults are suppressed so that only what the user typed is returned (it overrides files and presets)
@@ -131,7 +146,7 @@ def integer(low: int, high: int):
         try:
             return check_value("", rule, int(text))
         except (ValueError, ConfigError):
-            raise argparse.ArgumentTypeError(f"must be {rule.allowed()}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"must be {rule.allowed()}, got {shown(text)}") from None
     convert.__name__ = "integer"
     return convert
 
@@ -149,7 +164,7 @@ def number(low: float | None = None, high: float | None = None, *, high_open: bo
             return value
         except (ValueError, ConfigError):
             allowed = f"a finite number > {above:g}" if above is not None else rule.allowed()
-            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {shown(text)}") from None
     convert.__name__ = "number"
     return convert
 
@@ -162,16 +177,22 @@ BATCH = integer(1, 2**20)
 def output_file(text: str) -> Path:
     """A file to write: not a folder, in a folder that exists."""
     path = Path(text)
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
-    if not path.parent.is_dir():
-        raise argparse.ArgumentTypeError(f"the folder {path.parent} does not exist")
+    try:
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
+        if not path.parent.is_dir():
+            raise argparse.ArgumentTypeError(f"the folder {path.parent} does not exist")
+    except OSError as exc:  # a name too long for the file system
+        raise argparse.ArgumentTypeError(f"{shown(text)}: {exc.strerror}") from None
     return path
 
 
 def output_folder(text: str) -> Path:
     """A folder to write into (made if missing): not an existing file."""
     path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
+    try:
+        if path.exists() and not path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{shown(text)}: {exc.strerror}") from None
     return path

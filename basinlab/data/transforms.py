@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from basinlab.errors import ConfigError
+from basinlab.utils.schema import shown
 
 
 @contextlib.contextmanager
@@ -46,6 +47,9 @@ def seeded_rngs(seed: int, device: torch.device | None = None):
 
 
 # ------------------------------------------------------------------------------------------- cutout
+MAX_CUTOUT = 65_536  # holes and side lengths: beyond any image
+
+
 @dataclass(frozen=True)
 class Cutout:
     holes: int
@@ -59,9 +63,9 @@ class Cutout:
         else:
             unknown, holes, length = set(), 1, value
         for number in (holes, length):
-            if unknown or isinstance(number, bool) or not isinstance(number, int) or number <= 0:
-                raise ConfigError(f"{where}: cutout must be a side length N > 0 or {{'holes': H, 'length': N}}, "
-                                  f"got {value!r}")
+            if unknown or isinstance(number, bool) or not isinstance(number, int) or not 0 < number <= MAX_CUTOUT:
+                raise ConfigError(f"{where}: cutout must be a side length N in [1, {MAX_CUTOUT}] or {{'holes': H, "
+                                  f"'length': N}}, got {shown(value)}")
         return cls(holes, length)
 
     def masks(self, generator: torch.Generator, count: int, height: int, width: int) -> torch.Tensor:

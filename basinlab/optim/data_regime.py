@@ -7,10 +7,18 @@ from typing import Any
 
 from basinlab.errors import ConfigError
 from basinlab.optim.regime_phases import fmt, plain
+from basinlab.utils.checks import check_int
+from basinlab.utils.schema import shown
 
 DATA_REGIME_KEYS = ("batch_size", "eval_batch_size", "input_size", "scale_size", "autoaugment", "cutout",
                     "duplicates")
 _POSITIVE_INT_KEYS = ("batch_size", "eval_batch_size", "scale_size", "duplicates")
+MAX_SIDE = 65_536  # pixels: sizes that could exhaust memory are refused before anything is allocated
+_MAXIMA = {"batch_size": 2**20, "eval_batch_size": 2**20, "scale_size": MAX_SIDE, "duplicates": 1024}
+
+
+def _size(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_SIDE
 
 
 class DataRegime:
@@ -66,15 +74,13 @@ class DataRegime:
                 if k not in allowed:
                     raise ConfigError(f"data regime entry {i}: unknown key {k!r}; "
                                       f"allowed: epoch, {', '.join(sorted(allowed))}")
-                if k in _POSITIVE_INT_KEYS and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
-                    raise ConfigError(f"data regime entry {i}: {k!r} must be an integer > 0, got {v!r}")
+                if k in _POSITIVE_INT_KEYS:
+                    check_int(v, f"data regime entry {i}: {k!r}", 1, maximum=_MAXIMA[k])
                 if k == "input_size":
-                    ok = (isinstance(v, int) and not isinstance(v, bool) and v > 0) or (
-                        isinstance(v, (list, tuple)) and len(v) == 2
-                        and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v))
+                    ok = _size(v) or (isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_size, v)))
                     if not ok:
-                        raise ConfigError(f"data regime entry {i}: 'input_size' must be an integer > 0 or [h, w], "
-                                          f"got {v!r}")
+                        raise ConfigError(f"data regime entry {i}: 'input_size' must be an integer in [1, "
+                                          f"{MAX_SIDE}] or [h, w], got {shown(v)}")
                 acc[k] = v
             self._entries.append({"epoch": ep, **{k: v for k, v in e.items() if k != "epoch"}})
             self._acc.append((ep, dict(acc)))

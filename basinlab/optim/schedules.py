@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from numbers import Real
 from typing import Any
 
 from basinlab.errors import ConfigError
+from basinlab.utils.schema import finite_float, shown
 
 __all__ = ["Schedule", "make_schedule", "register_schedule", "schedule_names", "LR_PARAMS"]
 
@@ -42,9 +42,10 @@ LR_PARAMS = ("end_lr", "from_lr", "to_lr")
 
 
 def _num(name: str, value, where: str, *, positive=False, nonneg=False) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
-        raise ConfigError(f"{where}: {name!r} must be a finite number, got {value!r}")
-    value = float(value)
+    number = finite_float(value)
+    if number is None:
+        raise ConfigError(f"{where}: {name!r} must be a finite number, got {shown(value)}")
+    value = number
     if positive and value <= 0:
         raise ConfigError(f"{where}: {name!r} must be > 0, got {value:g}")
     if nonneg and value < 0:

@@ -11,13 +11,13 @@ Every value is checked here, so a bad config fails before the first trial, with 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from basinlab.config import read_yaml_mapping
 from basinlab.errors import ConfigError
 from basinlab.utils.checks import check_int
+from basinlab.utils.schema import finite_float, shown
 
 DEFAULTS = {  # the seed's example config ("Suggested Default"), except init_lr and early stopping
     "dataset": "CIFAR10", "network": "ResNet18CIFAR", "optimizer": "AdaM", "scheduler": None,
@@ -115,8 +115,9 @@ def plan_from_config(values: dict) -> Plan:
     if values["loss"] != "cross_entropy":
         raise ConfigError(f"loss {values['loss']!r} is not supported; allowed: cross_entropy")
     threshold = values["early_stop_threshold"]
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
-        raise ConfigError(f"early_stop_threshold must be a number (< 0 disables early stopping), got {threshold!r}")
+    if finite_float(threshold) is None:
+        raise ConfigError(f"early_stop_threshold must be a number (< 0 disables early stopping), got "
+                          f"{shown(threshold)}")
     return Plan(
         model=model, model_config=model_config, dataset=map_dataset(values["dataset"]), optimizer=optimizer,
         optimizer_settings=settings, schedule=schedule, init_lrs=parse_init_lr(values["init_lr"]),
@@ -147,8 +148,14 @@ def _number(value):
     return value
 
 
+# Counts that size loops and allocations: bounded before anything starts (the seed's own configs use far less).
+_MAXIMA = {"n_trials": 10_000, "max_epochs": 100_000, "trial_epochs": 100_000, "early_stop_patience": 100_000,
+           "mini_batch_size": 2**20, "num_workers": 256, "seed": 2**63 - 1, "train_limit": 2**31 - 1,
+           "val_limit": 2**31 - 1}
+
+
 def _int(values: dict, key: str, minimum: int) -> int:
-    return check_int(values[key], key, minimum)
+    return check_int(values[key], key, minimum, maximum=_MAXIMA.get(key))
 
 
 def _optional_int(values: dict, key: str) -> int | None:
@@ -286,8 +293,8 @@ def parse_init_lr(value) -> list:
         elif item == "sota_auto":
             raise ConfigError("init_lr 'sota_auto' (the reference's random search, which selected on the test set) "
                               "is not supported; use 'auto'")
-        elif isinstance(item, (int, float)) and not isinstance(item, bool) and math.isfinite(item) and item > 0:
-            out.append(float(item))
+        elif (finite_float(item) or 0) > 0:
+            out.append(finite_float(item))
         else:
-            raise ConfigError(f"init_lr entries must be numbers > 0 or 'auto', got {item!r}")
+            raise ConfigError(f"init_lr entries must be numbers > 0 or 'auto', got {shown(item)}")
     return out
