@@ -223,3 +223,9 @@ def test_a_data_regime_refuses_sizes_that_could_exhaust_memory(entry):
         regime = DataRegime([{"epoch": 0, **entry}])
         Cutout.from_setting(regime.settings_at(0)["cutout"], "data regime")
     assert len(str(caught.value)) < 300
+
+
+def test_a_huge_word_for_a_choice_is_a_short_line(capsys):
+    assert main(["evaluate", "run", "--split", "a" * 5000]) == 2
+    line = one_error_line(capsys)
+    assert "invalid choice" in line and len(line) < 300

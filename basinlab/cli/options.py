@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import re
 from pathlib import Path
 
 from basinlab.config import FIELDS, OPTION_GROUPS, RULES, WHEN_UNSET, TrainConfig, load_yaml
@@ -30,6 +31,8 @@ class ArgumentParser(argparse.ArgumentParser):
     "did you mean" suggestions for unknown flags."""
 
     def error(self, message):
+        # argparse quotes what was typed in full ("invalid choice: '<5,000 characters>'"): one line stays short
+        message = re.sub(r"'([^']{80,})'", lambda found: shown(found.group(1)), message)
         raise ConfigError(f"{self.prog}: {message}")
 
     def parse_args(self, args=None, namespace=None):
