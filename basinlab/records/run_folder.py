@@ -26,7 +26,7 @@ from basinlab.config import (
     stored_values,
     validated_config,
 )
-from basinlab.errors import ConfigError, WriteError
+from basinlab.errors import BasinlabError, ConfigError, WriteError
 from basinlab.records import ResultsTable, TensorBoardLog
 from basinlab.records.progress import Progress, StepTable, read_steps
 from basinlab.records.results import read_results
@@ -378,8 +378,11 @@ class RunFolder:
         if self.lock is not None:
             self.lock.release()
         if self.replaced is not None:  # an earlier start without checkpoint: this one's log is the one to keep
-            self.replaced.discard() if self.restarts_unfinished else self.replaced.put_back()
-            self.replaced = None
+            replaced, self.replaced = self.replaced, None
+            try:
+                replaced.discard() if self.restarts_unfinished else replaced.put_back()
+            except BasinlabError as exc:  # the run's own error is what ends it; this one is said, not raised
+                print(f"basinlab: {exc}; the next start in {self.path.parent} puts it back", file=sys.stderr)
 
     def result(self, trainer) -> Run:
         import pandas as pd

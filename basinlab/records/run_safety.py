@@ -209,10 +209,15 @@ class Replacement:
         self._settled()
 
     def put_back(self) -> None:
-        """The new run ended before its first checkpoint: its folder goes and the old run returns."""
-        if os.path.lexists(self.run):
-            shutil.rmtree(self.run)
-        os.replace(self.aside, self.run)
+        """The new run ended before its first checkpoint: its folder goes and the old run returns. If that
+        fails, the intent stays for the next start in this folder to settle (recover_trash)."""
+        try:
+            if os.path.lexists(self.run):
+                shutil.rmtree(self.run)
+            os.replace(self.aside, self.run)
+        except OSError as exc:
+            os.close(self.fd)
+            raise os_failure(exc, f"put the replaced run back from {self.aside} to", self.run) from None
         self._settled()
 
     def _settled(self) -> None:
