@@ -33,8 +33,8 @@ from basinlab.records.run_folder import load_run as read_run
 from basinlab.records.run_safety import is_run_folder
 from basinlab.utils.schema import check_value, shown
 
-__all__ = ["train", "load_run", "load_model", "make_config", "evaluate_checkpoint", "export_safetensors",
-           "model_from_checkpoint"]
+__all__ = ["train", "build_run", "load_run", "load_model", "make_config", "evaluate_checkpoint",
+           "export_safetensors", "model_from_checkpoint"]
 
 
 def make_config(base: dict | None = None, **options) -> TrainConfig:
@@ -89,9 +89,18 @@ def train(config=None, *, callbacks=(), strategy=None, trust_model_code: bool = 
             cfg = config.replace(**options) if options else config
         else:
             cfg = make_config(load_yaml(config) if config is not None else {}, **options)
-        method_strategy, method_callbacks = build_method(cfg, current_world_size())
-        trainer = Trainer(cfg, strategy=strategy or method_strategy, callbacks=[*method_callbacks, *callbacks])
-        return trainer.fit()
+        return build_run(cfg, callbacks=callbacks, strategy=strategy).fit()
+
+
+def build_run(cfg: TrainConfig, *, callbacks=(), strategy=None, workflow: str = "train") -> Trainer:
+    """The one place a run is put together: the methods `cfg` asks for (each refuses, in one line, what it
+    cannot do in this `workflow` or in this many processes), then the engine's Trainer, not yet set up.
+
+    `callbacks` run after the methods' own; `strategy` replaces the step strategy the options would choose.
+    `workflow` is the program the run serves: "train" (basinlab train, sweeps), "lr-range", "autohyper".
+    """
+    method_strategy, method_callbacks = build_method(cfg, current_world_size(), workflow)
+    return Trainer(cfg, strategy=strategy or method_strategy, callbacks=[*method_callbacks, *callbacks])
 
 
 def evaluate_checkpoint(path, *, dataset=None, split="val", datasets_dir=None, batch_size=256, limit=None,

@@ -263,7 +263,7 @@ OPTION_GROUPS = (
     ("flat minima: SmoothOut, SAM, ASAM (basinlab.methods.flat)", (
         "smoothout", "smoothout_noise", "smoothout_adapt", "smoothout_schedule", "smoothout_include_bn", "denoise",
         "sam", "asam", "asam_eta", "asam_scope", "sam_perturbation", "lr_scale_batch")),
-    ("measurements during training (basinlab.analysis.monitor, basinlab.tuning.method)", (
+    ("measurements during training (basinlab.methods.sharpness_monitor, basinlab.methods.lowrank)", (
         "log_sharpness_every", "log_trace", "hessian_mode", "sharpness_batches", "log_lowrank")),
     ("records", ("results_dir", "save", "resume", "overwrite", "save_every_steps", "save_all", "nan_policy",
                  "print_freq", "quiet", "report")),

@@ -10,7 +10,6 @@ from torch import nn
 
 import basinlab
 from basinlab.analysis.measure import COLUMNS
-from basinlab.analysis.monitor import LAMBDA_SETTINGS, TRACE_SETTINGS, SharpnessMonitor, configure, server_stability
 from basinlab.api import make_config
 from basinlab.cli import main
 from basinlab.data import build_loaders
@@ -19,6 +18,13 @@ from basinlab.engine.steps import PlainStep
 from basinlab.errors import ConfigError
 from basinlab.methods.asgd.server import ParameterServerStep
 from basinlab.methods.asgd.stability import stability_threshold
+from basinlab.methods.sharpness_monitor.method import (
+    LAMBDA_SETTINGS,
+    TRACE_SETTINGS,
+    SharpnessMonitor,
+    configure,
+    server_stability,
+)
 from basinlab.metrics.sharpness import hessian_eigenvalues, hessian_trace
 
 TINY = dict(model_config="{'width': 4, 'hidden': 16}", train_limit=96, val_limit=64, batch_size=32, quiet=True)

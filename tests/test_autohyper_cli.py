@@ -13,7 +13,7 @@ import basinlab
 from basinlab.cli import main
 from basinlab.errors import ConfigError
 from basinlab.optim import Regime
-from basinlab.tuning import autohyper as ah
+from basinlab.workflows import autohyper as ah
 from basinlab.tuning.callbacks import TrainLossEarlyStop
 from basinlab.tuning.seed_config import plan_from_config, read_seed_config
 

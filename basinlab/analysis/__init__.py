@@ -4,7 +4,6 @@
   of a checkpoint (measure.py, on top of basinlab.metrics.sharpness).
 * ``basinlab landscape interpolate|directions``: 1-D interpolation between two checkpoints and 1-D/2-D
   filter-normalised random-direction plots (landscape.py).
-* ``basinlab train --log-sharpness-every k``: lambda_max (and trace) columns in results.csv (monitor.py).
 
-Kept free of heavy imports: ``basinlab train`` imports the monitor module on every run.
+The sharpness monitor during training (``--log-sharpness-every k``) is a method: basinlab.methods.sharpness_monitor.
 """

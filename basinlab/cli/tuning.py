@@ -49,7 +49,7 @@ def _add_autohyper(sub) -> None:
 
 
 def cmd_autohyper_train(args) -> int:
-    from basinlab.tuning.autohyper import run_autohyper
+    from basinlab.workflows.autohyper import run_autohyper
     used = [f for f in DISTRIBUTED_FLAGS if getattr(args, "distributed_" + f.strip("-").replace("-", "_")) is not None]
     if used:
         raise ConfigError(f"{used[0]} is not supported by basinlab autohyper; each training runs in this process "
@@ -78,7 +78,7 @@ def _device(args) -> str:
 
 def _output_folder(args, root: Path) -> Path:
     """--output, or the autoHyper folder that --resume names (itself or an ancestor of it)."""
-    from basinlab.tuning.autohyper import STATE_FILE
+    from basinlab.workflows.autohyper import STATE_FILE
     if not args.resume:
         return root / Path(args.output).expanduser()
     try:
@@ -114,7 +114,7 @@ def _add_lr_range(sub) -> None:
 
 def cmd_lr_range(args) -> int:
     from basinlab.cli.options import build_train_config
-    from basinlab.tuning.lr_range_run import run_lr_range
+    from basinlab.workflows.lr_range import run_lr_range
     if getattr(args, "resume", None):
         raise ConfigError("lr-range starts from a fresh model; --resume is not allowed here")
     cfg = build_train_config(args)

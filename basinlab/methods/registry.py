@@ -1,25 +1,25 @@
 """The methods a run can use, in one explicit list, and how a config picks its step strategy and callbacks.
 
-Each entry's `configure(cfg, world_size)` returns `(step strategy or None, [callbacks])` and refuses,
-with one line, the options it cannot honour (e.g. in a `world_size`-process job). At most one entry may
-supply the step strategy; the engine itself knows none of these options.
+Each entry's `configure(cfg, world_size, workflow)` returns `(step strategy or None, [callbacks])` and
+refuses, with one line, the options it cannot honour (in a `world_size`-process job, or in the LR range test).
+At most one entry may supply the step strategy; the engine itself knows none of these options.
 
-    methods/asgd/      --server ssgd|asgd|msgd         simulated parameter server (step strategy)
-    methods/flat/      --smoothout, --sam, --asam      flat-minima steps (step strategy)
-    analysis/monitor   --log-sharpness-every           lambda_max during training (callback)
-    tuning/method      --log-lowrank, AdaS             low-rank metrics, AdaS's epoch update (callback)
+    methods/asgd/                --server ssgd|asgd|msgd   simulated parameter server (step strategy)
+    methods/flat/                --smoothout, --sam, --asam  flat-minima steps (step strategy)
+    methods/sharpness_monitor/   --log-sharpness-every     lambda_max during training (callback)
+    methods/lowrank/             --log-lowrank, AdaS       low-rank metrics, AdaS's epoch update (callback)
 
 A new method adds its module to METHODS; see docs/extending.md.
 """
 from __future__ import annotations
 
-from basinlab.analysis import monitor as sharpness_monitor
 from basinlab.config import TrainConfig
 from basinlab.engine.steps import PlainStep
 from basinlab.errors import ConfigError
 from basinlab.methods.asgd import method as asgd
 from basinlab.methods.flat import method as flat
-from basinlab.tuning import method as lowrank_log
+from basinlab.methods.lowrank import method as lowrank_log
+from basinlab.methods.sharpness_monitor import method as sharpness_monitor
 
 METHODS = (
     asgd,               # --server ssgd|asgd|msgd
@@ -29,11 +29,19 @@ METHODS = (
 )
 
 
-def build_method(cfg: TrainConfig, world_size: int = 1):
-    """Return (step strategy, callbacks) for a run of `world_size` processes."""
+WORKFLOWS = ("train", "lr-range", "autohyper")  # the programs a run can serve (basinlab.api.build_run)
+
+
+def build_method(cfg: TrainConfig, world_size: int = 1, workflow: str = "train"):
+    """Return (step strategy, callbacks) for a run of `world_size` processes serving `workflow`.
+
+    Each method does in the LR range test and autoHyper's trainings what it does in `basinlab train`, or
+    refuses in one line saying why (its `configure(cfg, world_size, workflow)`)."""
+    if workflow not in WORKFLOWS:
+        raise ValueError(f"workflow must be one of {WORKFLOWS}, got {workflow!r}")
     strategy, owner, callbacks = None, None, []
     for module in METHODS:
-        found, more = module.configure(cfg, world_size)
+        found, more = module.configure(cfg, world_size, workflow)
         if found is not None:
             if strategy is not None:
                 raise ConfigError(f"{owner} and {module.METHOD_NAME} options cannot be combined in one run")

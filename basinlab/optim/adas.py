@@ -26,7 +26,7 @@ normalisation affine parameters, linear layers) are handled by ``non_conv``:
   for BatchNorm parameters after a conv; the reference's final linear layer followed a separate
   recurrence driven by the last conv's output S, which this option approximates by the last conv.
 
-The engine calls :meth:`AdaS.epoch_step` once at the end of every epoch (``basinlab.tuning.method``
+The engine calls :meth:`AdaS.epoch_step` once at the end of every epoch (``basinlab.methods.lowrank``
 does it for every run whose optimizer is AdaS). Per-group state (``R``, the previous ``Gbar``, the
 epoch count) lives in the param-group dicts, so ``state_dict()`` / ``load_state_dict()`` round-trip
 it with the momentum buffers.

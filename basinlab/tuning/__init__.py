@@ -7,13 +7,10 @@
 - :func:`lr_range_test` / :func:`plot_lr_range`: Smith's LR range test with the steepest, valley
   and min/10 suggestions; model, optimizer and RNG states are restored afterwards.
 
-On the engine (imported on demand, they pull in the trainer):
-
-- :mod:`basinlab.tuning.method`: ``--log-lowrank`` (lowrank.csv) and AdaS's per-epoch update;
-- :mod:`basinlab.tuning.autohyper`: ``run_autohyper`` (``basinlab autohyper train``), with the seed's
-  YAML read by :mod:`basinlab.tuning.seed_config`;
-- :mod:`basinlab.tuning.lr_range_run`: ``run_lr_range`` (``basinlab lr-range``);
-- the ``cosine_restarts`` and ``one_cycle`` regime schedules the seed names live in :mod:`basinlab.optim.schedules`.
+The programs that run trainings for them are basinlab.workflows: ``run_autohyper`` (``basinlab autohyper
+train``, with the seed's YAML read by :mod:`basinlab.tuning.seed_config`) and ``run_lr_range`` (``basinlab
+lr-range``). ``--log-lowrank`` and AdaS's per-epoch update are the method basinlab.methods.lowrank; the
+``cosine_restarts`` and ``one_cycle`` regime schedules the seed names live in :mod:`basinlab.optim.schedules`.
 """
 
 from basinlab.tuning.lr_range import (

@@ -24,10 +24,14 @@ def _refuse_without_server(cfg) -> None:
                           f"single-worker SGD)")
 
 
-def configure(cfg, world_size: int = 1):
+def configure(cfg, world_size: int = 1, workflow: str = "train"):
     if cfg.server is None:
         _refuse_without_server(cfg)
         return None, []
+    if workflow == "lr-range":
+        raise ConfigError(f"--server {cfg.server} cannot run in the LR range test: the test reads each step's loss "
+                          f"as the answer to that step's lr, and the server's delayed gradients come from earlier "
+                          f"lrs; run the LR range test without --server")
     if world_size > 1:
         raise ConfigError(f"--server {cfg.server} simulates its asynchronous workers inside one process and "
                           f"cannot run in a {world_size}-process job; run it without torchrun/--nproc")

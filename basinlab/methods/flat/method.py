@@ -84,9 +84,13 @@ def _check_processes(cfg: TrainConfig, world_size: int) -> None:
                           f"{world_size} model copies would drift apart; keep --denoise or run one process")
 
 
-def configure(cfg: TrainConfig, world_size: int = 1):
-    """(step strategy or None, callbacks) for the flat-minima options of `cfg`."""
+def configure(cfg: TrainConfig, world_size: int = 1, workflow: str = "train"):
+    """(step strategy or None, callbacks) for the flat-minima options of `cfg`; in the LR range test every
+    step is this strategy's, as in training."""
     _check_details(cfg)
+    if workflow == "lr-range" and cfg.lr_scale_batch is not None:
+        raise ConfigError("--lr-scale-batch scales the regime's lr, which the LR range test replaces by its sweep: "
+                          "it would change nothing there; drop it")
     if cfg.smoothout is None and cfg.sam is None and cfg.asam is None and cfg.lr_scale_batch is None:
         if cfg.ghost_batch is not None and cfg.server:
             _check_combinations(cfg)

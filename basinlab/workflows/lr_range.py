@@ -1,9 +1,10 @@
-"""The LR range test on what a train config describes (model, data, optimizer, AMP, grad clipping).
+"""The LR range test on what a train config describes (model, data, optimizer, AMP, grad clipping, method).
 
-The engine builds everything: a :class:`~basinlab.engine.trainer.Trainer` is set up in a temporary
-run folder (deleted afterwards), and each sweep step is the engine's own forward / backward /
-optimizer step, so AMP, channels_last and --grad-clip apply as in training. The optimizer is the
-one the config's regime starts with (its momentum, betas, weight decay), with the lr swept.
+The run is built as any run is (basinlab.api.build_run, workflow "lr-range") and set up in a temporary run
+folder (deleted afterwards); each sweep step is the run's own step strategy (plain, ghost batches, SmoothOut,
+SAM/ASAM), so AMP, channels_last, --grad-clip and the method apply as in training. Methods that cannot mean
+the same here (the simulated server, epoch-end measurements) refuse in one line. The optimizer is the one
+the config's regime starts with (its momentum, betas, weight decay), with the lr swept.
 """
 from __future__ import annotations
 
@@ -12,8 +13,6 @@ import math
 import shutil
 import tempfile
 from pathlib import Path
-
-import torch
 
 from basinlab.config import TrainConfig
 from basinlab.tuning.lr_range import LRRangeResult, lr_range_test, plot_lr_range
@@ -32,36 +31,33 @@ class _EpochCycle:
         return iter(batches)
 
 
-def _engine_step(trainer):
+def _run_step(trainer):
+    """One step of the run's own strategy; a non-finite loss (skipped, not raised: nan_policy skip) is returned
+    for the sweep to record and stop on."""
     def step(model, optimizer, batch):
         x, y = batch
-        loss, _ = trainer.forward(x, y)
-        if not bool(torch.isfinite(loss)):
-            optimizer.zero_grad(set_to_none=True)
-            return loss.detach()  # the sweep records it and stops
-        trainer.backward(loss)
-        trainer.optimizer_step()
-        return loss.detach()
+        return trainer.strategy.train_step(trainer, x, y).loss
     return step
 
 
 def run_lr_range(cfg: TrainConfig, output: str | Path, *, start_lr: float = 1e-7, end_lr: float = 10.0,
                  num_steps: int = 100, smooth: float = 0.98, diverge_factor: float = 4.0) -> LRRangeResult:
     """Sweep, then write ``lr_range.csv``, ``lr_range.png`` and ``lr_range.json`` into ``output``."""
-    from basinlab.engine.trainer import Trainer
+    from basinlab.api import build_run
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="lr-range-", dir=output))
-    trainer = Trainer(cfg.replace(results_dir=str(scratch), save="setup", quiet=True, resume=None, overwrite=True))
+    trainer = build_run(cfg.replace(results_dir=str(scratch), save="setup", quiet=True, resume=None, overwrite=True,
+                                    nan_policy="skip"), workflow="lr-range")
     try:
         trainer.setup()
         result = lr_range_test(trainer.model, trainer.optimizer, None, _EpochCycle(trainer.train_loader),
                                start_lr=start_lr, end_lr=end_lr, num_steps=num_steps, smooth=smooth,
-                               diverge_factor=diverge_factor, step_fn=_engine_step(trainer))
+                               diverge_factor=diverge_factor, step_fn=_run_step(trainer))
     finally:
         _close(trainer)
         shutil.rmtree(scratch, ignore_errors=True)
-    write_lr_range(result, output, cfg)
+    write_lr_range(result, output, cfg, step=trainer.strategy.name)
     return result
 
 
@@ -74,10 +70,11 @@ def _close(trainer) -> None:
         dist.finish()
 
 
-def write_lr_range(result: LRRangeResult, output: Path, cfg: TrainConfig) -> None:
+def write_lr_range(result: LRRangeResult, output: Path, cfg: TrainConfig, step: str = "plain") -> None:
     atomic_write_text(output / "lr_range.csv", result.to_dataframe().to_csv(index=False))
     plot_lr_range(result, output / "lr_range.png")
     facts = {"suggestions": {k: (v if math.isfinite(v) else None) for k, v in result.suggestions.items()},
              "stop_reason": result.stop_reason, "steps": int(len(result.lrs)), "trimmed": list(result.trimmed),
-             "model": cfg.model, "dataset": cfg.dataset, "batch_size": cfg.batch_size, "seed": cfg.seed}
+             "model": cfg.model, "dataset": cfg.dataset, "batch_size": cfg.batch_size, "seed": cfg.seed,
+             "step": step}
     atomic_write_text(output / "lr_range.json", json.dumps(facts, indent=2))

@@ -30,7 +30,7 @@ TRACE_SETTINGS = {"max_iter": 50, "tol": 1e-2}
 METHOD_NAME = "--log-sharpness-every (sharpness monitor)"
 
 
-def configure(cfg, world_size: int = 1):
+def configure(cfg, world_size: int = 1, workflow: str = "train"):
     """(None, [SharpnessMonitor]) when --log-sharpness-every is set, else (None, [])."""
     if cfg.log_sharpness_every is None:
         if cfg.log_trace:
@@ -38,6 +38,9 @@ def configure(cfg, world_size: int = 1):
         if cfg.hessian_mode != "train":
             raise ConfigError("--hessian-mode needs --log-sharpness-every K (it chooses what the monitor measures)")
         return None, []
+    if workflow == "lr-range":
+        raise ConfigError("--log-sharpness-every measures at the end of epochs, and the LR range test has none (its "
+                          "steps sweep the lr); measure a checkpoint with basinlab sharpness instead")
     every = check_int(cfg.log_sharpness_every, "--log-sharpness-every")
     batches = check_int(cfg.sharpness_batches, "--sharpness-batches")
     return None, [SharpnessMonitor(every, batches, log_trace=cfg.log_trace, seed=cfg.seed, mode=cfg.hessian_mode)]

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from basinlab.engine.callbacks import Callback
+from basinlab.errors import ConfigError
 from basinlab.metrics.lowrank import knowledge_gain_zero_fraction, metric_layers, model_metrics
 from basinlab.optim.adas import AdaS
 from basinlab.utils.io import atomic_write_text
@@ -38,8 +39,11 @@ MEAN_COLUMNS = ("S_in", "S_out", "rank_in", "rank_out", "cond_in", "cond_out")
 METHOD_NAME = "--log-lowrank (low-rank metrics)"
 
 
-def configure(cfg, world_size: int = 1):
+def configure(cfg, world_size: int = 1, workflow: str = "train"):
     """(no step strategy, [the epoch-end callback]) for every run."""
+    if workflow == "lr-range" and cfg.log_lowrank:
+        raise ConfigError("--log-lowrank logs at the end of epochs, and the LR range test has none (its steps sweep "
+                          "the lr); drop it")
     return None, [LowRankEpochEnd(log=bool(cfg.log_lowrank))]
 
 

@@ -34,13 +34,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from basinlab.api import build_run
 from basinlab.config import from_mapping, validated_config
 from basinlab.engine.checkpoint import resume_values
-from basinlab.engine.trainer import Trainer
 from basinlab.errors import ConfigError, NonFiniteLossError
 from basinlab.records.run_folder import load_run
 from basinlab.tuning.callbacks import SaveEvery, TrainLossEarlyStop
-from basinlab.tuning.method import LowRankEpochEnd
 from basinlab.tuning.search import SearchBudgetExceeded, autohyper_search, autohyper_search_lr_wd, response_Z
 from basinlab.tuning.seed_config import Plan, plan_from_config, read_seed_config
 from basinlab.utils.figures import new_figure, save_png
@@ -244,13 +243,12 @@ def _wd_text(wd: float | None) -> str:
 
 
 def train_trial(options: dict, callbacks=()) -> None:
-    """One training of the search or of the final runs, through the engine.
+    """One training of the search or of the final runs, built as any run is (basinlab.api.build_run).
 
-    The options are the fixed set a Plan writes (model, data, regime, epochs...), so no method's step
-    strategy is involved; the low-rank callback gives the response Z and drives AdaS.
+    The options are the fixed set a Plan writes (model, data, regime, epochs, --log-lowrank...); the
+    low-rank method gives the response Z and drives AdaS.
     """
-    cfg = _config(options)
-    Trainer(cfg, callbacks=[LowRankEpochEnd(log=cfg.log_lowrank), *callbacks]).fit()
+    build_run(_config(options), callbacks=callbacks, workflow="autohyper").fit()
 
 
 def _config(options: dict):

@@ -1,0 +1,71 @@
+"""One way to build a run: every program that trains goes through basinlab.api.build_run, and every method flag
+does in the LR range test what it does in `basinlab train`, or is refused in one line saying why."""
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from basinlab.cli import build_parser, main
+from basinlab.cli.options import build_train_config
+from basinlab.config import OPTION_GROUPS
+from basinlab.methods.registry import build_method
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--train-limit", "128", "--val-limit", "32", "-b", "32"]
+METHOD_GROUPS = ("asynchronous SGD", "flat minima", "measurements during training")
+# Every option of the method groups, each in a combination a training accepts.
+METHOD_FLAGS = {
+    "server": ["--server", "asgd", "--workers", "2", "--delay", "1", "--schedule", "random", "--adjust-lr"],
+    "smoothout": ["--smoothout", "0.001", "--smoothout-noise", "normal", "--smoothout-adapt", "filter",
+                  "--smoothout-schedule", "anneal", "--smoothout-include-bn", "--no-denoise", "--ghost-batch", "16"],
+    "sam": ["--sam", "0.05", "--sam-perturbation", "global"],
+    "asam": ["--asam", "0.5", "--asam-eta", "0.02", "--asam-scope", "all"],
+    "ghost-batch": ["--ghost-batch", "16"],
+    "lr-scale-batch": ["--ghost-batch", "16", "--lr-scale-batch", "sqrt"],
+    "sharpness-monitor": ["--log-sharpness-every", "1", "--log-trace", "--hessian-mode", "eval",
+                          "--sharpness-batches", "1"],
+    "lowrank": ["--log-lowrank"],
+}
+REFUSED_IN_LR_RANGE = {"server": "cannot run in the LR range test", "lr-scale-batch": "replaces by its sweep",
+                       "sharpness-monitor": "the LR range test has none", "lowrank": "the LR range test has none"}
+
+
+def test_every_option_of_the_methods_is_tried():
+    tried = {flag.lstrip("-").replace("no-", "").replace("-", "_") for argv in METHOD_FLAGS.values()
+             for flag in argv if flag.startswith("--")}
+    owned = {name for title, names in OPTION_GROUPS if title.startswith(METHOD_GROUPS) for name in names}
+    assert owned - {"ghost_batch"} <= tried
+
+
+def test_a_trainer_is_built_only_by_build_run():
+    """Outside the engine (and its tests), the only `Trainer(...)` call is basinlab.api.build_run's."""
+    calls = []
+    for path in sorted((ROOT / "basinlab").rglob("*.py")):
+        if "engine" in path.relative_to(ROOT / "basinlab").parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "Trainer":
+                calls.append(str(path.relative_to(ROOT)))
+    assert calls == ["basinlab/api.py"]
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_FLAGS))
+def test_the_lr_range_test_runs_each_method_as_training_does_or_says_why_not(tmp_path, capsys, method):
+    argv = METHOD_FLAGS[method]
+    code = main(["lr-range", *SMALL, *argv, "--num-steps", "3", "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    if method in REFUSED_IN_LR_RANGE:
+        assert code == 2 and len(err) == 1 and REFUSED_IN_LR_RANGE[method] in err[0]
+        assert not (tmp_path / "out" / "lr_range.json").exists()
+        return
+    assert code == 0, err
+    trained_with = build_method(build_train_config(build_parser().parse_args(["train", *argv])), 1)[0].name
+    assert json.loads((tmp_path / "out" / "lr_range.json").read_text())["step"] == trained_with != "plain"
+
+
+def test_autohyper_takes_no_method_flag(capsys):
+    """autoHyper's trainings are what its seed config says: its command line has no method flag to ignore."""
+    for argv in METHOD_FLAGS.values():
+        assert main(["autohyper", "train", argv[0], *argv[1:2]]) == 2
+        assert "unrecognized argument" in capsys.readouterr().err
