@@ -10,9 +10,9 @@ from pathlib import Path
 
 from basinlab.errors import ConfigError
 from basinlab.sweep.runner import LocalBackend, run_sweep
-from basinlab.sweep.slurm import SlurmBackend, in_queue
+from basinlab.sweep.slurm import SlurmBackend
 from basinlab.sweep.spec import SweepSpec, from_mapping, read_spec
-from basinlab.sweep.state import SPEC_FILE, STATE, check_results_dir, run_state, sweep_running, warn_stderr
+from basinlab.sweep.state import SPEC_FILE, STATE, check_results_dir, in_queue, run_state, sweep_running, warn_stderr
 from basinlab.sweep.summary import summarize
 
 __all__ = ["sweep", "status", "summarize_folder", "read_spec", "SweepSpec"]

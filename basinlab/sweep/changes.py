@@ -28,7 +28,7 @@ from basinlab.config import normalise_key, read_yaml_mapping
 from basinlab.errors import ConfigError, WriteError
 from basinlab.records.run_safety import lock_holder
 from basinlab.sweep.spec import SweepSpec, plan_runs, seeds_of
-from basinlab.sweep.state import SPEC_FILE, STATE, forget_run, run_state, state_path
+from basinlab.sweep.state import SPEC_FILE, STATE, forget_run, in_queue, run_state, state_path
 from basinlab.utils.schema import shown
 
 # Options that change nothing a run computes: a resumed sweep may move its data or print differently.
@@ -163,7 +163,6 @@ def replaced_folder(results_dir: Path) -> Path:
 def retire_runs(names: list[str], results_dir: Path) -> list[Path]:
     """Make the runs pending again: their folders moved into DIR/.sweep/replaced/ (kept, never deleted), their
     states forgotten. Refused, before anything moves, while a process trains one of them or Slurm holds its job."""
-    from basinlab.sweep.slurm import in_queue
     for name in names:
         holder = lock_holder(results_dir / name) if (results_dir / name).is_dir() else None
         job = str(run_state(results_dir, name).get("job_id") or "")

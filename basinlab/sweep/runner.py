@@ -18,42 +18,16 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import yaml
-
 from basinlab.errors import ConfigError
-from basinlab.models import trusts_all_model_code
 from basinlab.sweep.changes import replaced_folder, retire_runs, spec_change
+from basinlab.sweep.commands import command_for, finished_state
 from basinlab.sweep.spec import PlannedRun, SweepSpec
-from basinlab.sweep.state import SPEC_FILE, STATE, lock_sweep_folder, run_state, write_state
+from basinlab.sweep.state import SPEC_FILE, STATE, in_queue, lock_sweep_folder, run_state, write_state
 from basinlab.utils.io import atomic_write_text
-
-
-def finished_state(proc: subprocess.CompletedProcess) -> dict:
-    """A run's state from its finished `basinlab train` process: done, or failed with its last error line."""
-    if proc.returncode == 0:
-        return {"status": "done"}
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    return {"status": "failed", "exit": proc.returncode, "error": lines[-1] if lines else ""}
-
-
-def command_for(run: PlannedRun, results_dir: Path) -> list[str]:
-    """Resume a run that has a checkpoint; otherwise start it from its options file (a half-made folder of a
-    run killed before its first checkpoint is replaced)."""
-    base = [sys.executable, "-m", "basinlab", "train", "--quiet"]
-    if trusts_all_model_code():  # `basinlab sweep --trust-model-code`: the person's word, passed on as given
-        base.append("--trust-model-code")
-    folder = results_dir / run.name
-    if (folder / "last.pt").is_file():
-        return [*base, "--resume", str(folder)]
-    options_file = results_dir / STATE / f"{run.name}.yaml"
-    atomic_write_text(options_file, yaml.safe_dump(run.options, sort_keys=False))
-    fresh = [*base, "--config", str(options_file), "--results-dir", str(results_dir), "--save", run.name]
-    return fresh + (["--overwrite"] if folder.exists() else [])
 
 
 def _die_with_parent() -> None:
@@ -86,7 +60,6 @@ class LocalBackend:
         self._slot_lock = threading.Lock()
 
     def run_all(self, runs: list[PlannedRun], results_dir: Path) -> dict[str, dict]:
-        from basinlab.sweep.slurm import in_queue
         queued = [run for run in runs if in_queue(run_state(results_dir, run.name).get("job_id", ""))]
         if queued:  # submitted by an earlier `--backend slurm` sweep and still there: never run twice
             raise ConfigError(f"{len(queued)} runs of this sweep are in the Slurm queue (e.g. {queued[0].name}); "

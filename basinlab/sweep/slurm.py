@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from basinlab.errors import ConfigError
-from basinlab.sweep.runner import command_for, finished_state
+from basinlab.sweep.commands import command_for, finished_state
 from basinlab.sweep.spec import PlannedRun
-from basinlab.sweep.state import STATE, run_state, write_state
+from basinlab.sweep.state import STATE, in_queue, run_state, write_state
 
 
 def train_in_job(command: list[str], results_dir: str, name: str, threads: int) -> dict:
@@ -29,17 +29,6 @@ def train_in_job(command: list[str], results_dir: str, name: str, threads: int) 
     state = finished_state(proc)
     write_state(Path(results_dir), name, state)
     return state
-
-
-def in_queue(job_id: str) -> bool:
-    """Whether Slurm still has the job (pending or running)."""
-    if not job_id:
-        return False
-    try:
-        out = subprocess.run(["squeue", "-h", "-j", str(job_id)], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return out.returncode == 0 and bool(out.stdout.strip())
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -153,3 +154,14 @@ def sweep_running(results_dir: Path) -> bool:
     except (ConfigError, WriteError):
         return False
     return lock_holder(folder) is not None
+
+
+def in_queue(job_id: str) -> bool:
+    """Whether Slurm still has the job (pending or running)."""
+    if not job_id:
+        return False
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", str(job_id)], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and bool(out.stdout.strip())
