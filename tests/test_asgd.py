@@ -235,9 +235,9 @@ def test_a_skipped_push_is_left_out_of_the_mean():
     (dict(server="asgd", workers=0), "--workers must be an integer in [1, 4096]"),
     (dict(server="asgd", workers=4, delay=-1), "--delay must be an integer in [0, 4096]"),
     (dict(server="hogwild", workers=4), "--server must be one of ssgd, asgd, msgd"),
-    (dict(server="asgd", workers=4, schedule="fifo"), "--schedule must be one of"),
-    (dict(workers=4), "need(s) --server"),
-    (dict(adjust_lr=True), "need(s) --server"),
+    (dict(server="asgd", workers=4, worker_order="fifo"), "--worker-order must be one of"),
+    (dict(workers=4), "--workers needs --server ssgd|asgd|msgd"),
+    (dict(adjust_lr=True), "--adjust-lr needs --server"),
     (dict(server="asgd", workers=4, nproc=2), "one process"),
 ])
 def test_invalid_combinations_are_refused_in_one_line(options, message):
@@ -274,7 +274,7 @@ def test_ssgd_run_equals_large_batch_run(tmp_path):
 
 @pytest.mark.parametrize("options", [
     # k = 2 with 5 batches per epoch: a group spans the epoch end (saved gradient sum and BN sum); normal schedule RNG
-    dict(server="asgd", workers=4, delay=1, schedule="normal", batch_size=32, train_limit=160),
+    dict(server="asgd", workers=4, delay=1, worker_order="normal", batch_size=32, train_limit=160),
     # per-worker momentum buffers, adjusted lr
     dict(server="msgd", workers=3, batch_size=32, train_limit=192, adjust_lr=True, optimizer="SGD", lr=0.05,
          momentum=0.9),

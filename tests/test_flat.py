@@ -356,7 +356,7 @@ def test_evaluation_under_zero_noise_equals_plain_evaluation(tmp_path):
 # ------------------------------------------------------------------------------------------ refusals
 @pytest.mark.parametrize("options, words", [
     (dict(smoothout=0.01, sam=0.05), "cannot be combined"),
-    (dict(sam=0.05, asam=0.5), "--sam and --asam"),
+    (dict(sam=0.05, asam=0.5), "--sam cannot be combined with --asam"),
     (dict(smoothout=0.01, server="asgd"), "--server"),
     (dict(lr_scale_batch="sqrt"), "needs --ghost-batch"),
     (dict(ghost_batch=16, lr_scale_batch="cube"), "sqrt, linear"),

@@ -71,7 +71,7 @@ def test_train_help_shows_groups_and_defaults():
     for title, _ in OPTION_GROUPS:
         assert f"\n{title}:\n" in text
     assert "(default: 0.1)" in text  # --lr-multiplier
-    assert "(default: round_robin)" in text  # --schedule
+    assert "(default: round_robin)" in text  # --worker-order
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.__name__)

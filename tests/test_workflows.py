@@ -16,7 +16,7 @@ SMALL = ["--train-limit", "128", "--val-limit", "32", "-b", "32"]
 METHOD_GROUPS = ("asynchronous SGD", "flat minima", "measurements during training")
 # Every option of the method groups, each in a combination a training accepts.
 METHOD_FLAGS = {
-    "server": ["--server", "asgd", "--workers", "2", "--delay", "1", "--schedule", "random", "--adjust-lr"],
+    "server": ["--server", "asgd", "--workers", "2", "--delay", "1", "--worker-order", "random", "--adjust-lr"],
     "smoothout": ["--smoothout", "0.001", "--smoothout-noise", "normal", "--smoothout-adapt", "filter",
                   "--smoothout-schedule", "anneal", "--smoothout-include-bn", "--no-denoise", "--ghost-batch", "16"],
     "sam": ["--sam", "0.05", "--sam-perturbation", "global"],

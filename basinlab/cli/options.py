@@ -7,7 +7,7 @@ import difflib
 import re
 from pathlib import Path
 
-from basinlab.config import FIELDS, OPTION_GROUPS, RULES, WHEN_UNSET, TrainConfig, load_yaml
+from basinlab.config import FIELDS, OPTION_GROUPS, RENAMED, RULES, WHEN_UNSET, TrainConfig, load_yaml, note_renamed
 from basinlab.errors import ConfigError
 from basinlab.utils.schema import Rule, check_text, check_value, shown
 
@@ -106,6 +106,14 @@ def _add_field(parser, name: str, field) -> None:
     parser.add_argument(*flags, dest=name, default=argparse.SUPPRESS, help=_help(name, field), **extra)
 
 
+class _Renamed(argparse.Action):
+    """An old spelling of an option (config.RENAMED): stored under the new name, with a one-line note."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        note_renamed(option_string, "on the command line")
+        setattr(namespace, self.dest, values)
+
+
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     """One flag per config field, shown in the groups of config.OPTION_GROUPS, and --trust-model-code."""
     for title, names in OPTION_GROUPS:
@@ -117,6 +125,9 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
                                help="import the model code (file.py:factory or module:factory) that --config or the "
                                     "resumed checkpoint names; without it only code named by --model is imported. "
                                     "Never stored, and no file can set it")
+    for old, new in RENAMED.items():  # old spellings: hidden, with a note (config.RENAMED)
+        parser.add_argument("--" + old.replace("_", "-"), dest=new, action=_Renamed, default=argparse.SUPPRESS,
+                            help=argparse.SUPPRESS, **FIELDS[new].metadata["argparse"])
 
 
 def train_options(args: argparse.Namespace) -> dict:

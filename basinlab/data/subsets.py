@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 
-LIMIT_MODES = ("stratified", "first")
 # The subsets' own seed, the same for every run: runs of different --seed (a paper's five seeds) train and
 # validate on the same examples, so their differences are the seed's, not the subset's.
 SUBSET_SEED = 0

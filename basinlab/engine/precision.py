@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
+from basinlab.choices import AMP_MODES
 from basinlab.errors import ConfigError
 
-AMP_MODES = ("none", "bf16", "fp16", "auto")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -59,6 +59,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from basinlab.choices import HESSIAN_MODES
 from basinlab.errors import ConfigError
 from basinlab.utils.checks import check_int, check_number
 from basinlab.utils.model_state import model_state_kept
@@ -143,7 +144,6 @@ class _Batches:
             raise SharpnessInputError("batches yielded no data")
 
 
-HESSIAN_MODES = ("eval", "train")
 
 
 @contextlib.contextmanager

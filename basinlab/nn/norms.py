@@ -24,10 +24,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from basinlab.choices import ECM_MODES, NORM_MODES
 from basinlab.errors import ConfigError
-
-NORM_MODES = ("batch", "group", "layer", "instance", "online", "none")
-ECM_MODES = ("ls", "ac", "none")
 
 # The reference command lines spell some fields differently; accept their spelling too.
 _KEY_ALIASES = {"norm_mode": "mode", "norm": "mode", "gn_num_groups": "gn_groups",

@@ -60,6 +60,7 @@ import torch
 import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
+from basinlab.choices import ECM_MODES
 from basinlab.nn.online_norm_affine import (
     _AC_BOUND,
     _affine,
@@ -72,7 +73,7 @@ from basinlab.nn.online_norm_scans import _affine_scan, _const_decay_scan
 
 __all__ = ["OnlineNorm1d", "OnlineNorm2d"]
 
-_ECM_MODES = ("ls", "ac", "none")
+_ECM_MODES = ECM_MODES
 
 
 def _compute_dtype(x_dtype: torch.dtype, state_dtype: torch.dtype) -> torch.dtype:

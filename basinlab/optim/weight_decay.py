@@ -13,9 +13,8 @@ from collections.abc import Mapping
 
 import torch
 
+from basinlab.choices import WD_FILTERS
 from basinlab.errors import ConfigError
-
-WD_FILTERS = ("all", "weights")
 
 
 def weight_decay_config(value: float = 1e-4, log: bool = False, filter: str = "weights") -> dict:  # noqa: A002

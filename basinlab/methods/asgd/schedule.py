@@ -17,10 +17,11 @@ import math
 
 import torch
 
+from basinlab.choices import WORKER_ORDERS
 from basinlab.data.loader import make_generator
 from basinlab.errors import ConfigError
 
-SCHEDULES = ("round_robin", "random", "normal")
+SCHEDULES = WORKER_ORDERS  # --worker-order
 NORMAL_STD = 0.2          # compute-time spread relative to its mean
 _MIN_DURATION = 0.01      # a normal draw can be <= 0; a computation still takes some time
 
@@ -106,5 +107,5 @@ class NormalTimes(Scheduler):
 def make_scheduler(name: str, workers: int, seed: int) -> Scheduler:
     kinds = {cls.name: cls for cls in (RoundRobin, UniformRandom, NormalTimes)}
     if name not in kinds:
-        raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}; got {name!r}")
+        raise ConfigError(f"--worker-order must be one of {', '.join(SCHEDULES)}; got {name!r}")
     return kinds[name](workers, seed)

@@ -28,13 +28,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from basinlab.choices import SERVER_MODES
 from basinlab.engine.steps import StepResult, StepStrategy
 from basinlab.errors import ConfigError
 from basinlab.methods.asgd.schedule import make_scheduler
 from basinlab.methods.asgd.snapshots import FlatLayout, SnapshotPool, copy_all
 from basinlab.methods.asgd.stability import adjusted_lr, closed_form_threshold, stability_threshold
 
-MODES = ("ssgd", "asgd", "msgd")
+MODES = SERVER_MODES
 
 
 def _allowed_delays(workers: int) -> str:

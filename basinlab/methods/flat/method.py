@@ -13,12 +13,12 @@ The strategies live in smoothout.py and sam.py (the lr rule in chunks.py); the n
 """
 from __future__ import annotations
 
-from basinlab.config import FIELDS, TrainConfig
+from basinlab.config import TrainConfig
 from basinlab.errors import ConfigError
-from basinlab.methods.flat.chunks import LR_SCALINGS, lr_scale_factor
+from basinlab.methods.flat.chunks import lr_scale_factor
 from basinlab.methods.flat.noise import NoiseModel
 from basinlab.methods.flat.sam import SharpnessAwareStep, asam_perturbation, sam_perturbation
-from basinlab.methods.flat.smoothout import SCHEDULES, GhostBatchStep, strength_coefficient
+from basinlab.methods.flat.smoothout import GhostBatchStep, strength_coefficient
 from basinlab.utils.checks import check_number
 
 METHOD_NAME = "--smoothout/--sam/--asam (flat minima)"
@@ -26,55 +26,11 @@ METHOD_NAME = "--smoothout/--sam/--asam (flat minima)"
 __all__ = ["configure", "GhostBatchStep", "SharpnessAwareStep", "sam_perturbation", "asam_perturbation",
            "strength_coefficient", "lr_scale_factor"]
 
-# Options that only mean something with their main option.
-_SMOOTHOUT_DETAILS = ("smoothout_noise", "smoothout_adapt", "smoothout_schedule", "smoothout_include_bn", "denoise")
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _given(cfg: TrainConfig, name: str) -> bool:
-    return getattr(cfg, name) != FIELDS[name].default
-
-
-def _check_details(cfg: TrainConfig) -> None:
-    """Refuse detail options whose main option is missing (they would silently do nothing)."""
-    if cfg.smoothout is None:
-        for name in _SMOOTHOUT_DETAILS:
-            if _given(cfg, name):
-                raise ConfigError(f"{_flag(name)} needs --smoothout A (the noise strength); "
-                                  f"add --smoothout or drop {_flag(name)}")
-    for detail in ("asam_eta", "asam_scope"):
-        if cfg.asam is None and _given(cfg, detail):
-            raise ConfigError(f"{_flag(detail)} needs --asam RHO; add --asam or drop {_flag(detail)}")
-    if cfg.sam is None and cfg.asam is None and _given(cfg, "sam_perturbation"):
-        raise ConfigError("--sam-perturbation needs --sam RHO or --asam RHO; add one or drop --sam-perturbation")
-    if cfg.lr_scale_batch is not None and cfg.ghost_batch is None:
-        raise ConfigError("--lr-scale-batch needs --ghost-batch M (it scales lr by batch/M); "
-                          "add --ghost-batch or drop --lr-scale-batch")
-
-
-def _check_combinations(cfg: TrainConfig) -> None:
-    sharpness = "--sam" if cfg.sam is not None else "--asam" if cfg.asam is not None else None
-    if cfg.server:
-        used = "--smoothout" if cfg.smoothout is not None else sharpness or "--ghost-batch"
-        raise ConfigError(f"{used} cannot be combined with --server {cfg.server}: the simulated parameter "
-                          f"server has its own step; run flat-minima methods without --server")
-    if cfg.sam is not None and cfg.asam is not None:
-        raise ConfigError("--sam and --asam cannot be combined; choose one (ASAM is SAM with adaptive scaling)")
-    if sharpness and cfg.smoothout is not None:
-        raise ConfigError(f"--smoothout and {sharpness} cannot be combined in one run; choose one flat-minima method")
-
-
 def _check_values(cfg: TrainConfig) -> None:
-    if cfg.lr_scale_batch is not None and cfg.lr_scale_batch not in LR_SCALINGS:
-        raise ConfigError(f"--lr-scale-batch must be one of {', '.join(LR_SCALINGS)}; got {cfg.lr_scale_batch!r}")
-    if cfg.smoothout_schedule not in SCHEDULES:
-        raise ConfigError(f"--smoothout-schedule must be one of {', '.join(SCHEDULES)}; got {cfg.smoothout_schedule!r}")
+    """What the option statements cannot say: the radii are numbers the steps can use."""
     for name in ("sam", "asam"):
         if getattr(cfg, name) is not None:
-            check_number(getattr(cfg, name), _flag(name))
+            check_number(getattr(cfg, name), "--" + name)
     check_number(cfg.asam_eta, "--asam-eta", allow_zero=True)
 
 
@@ -86,16 +42,13 @@ def _check_processes(cfg: TrainConfig, world_size: int) -> None:
 
 def configure(cfg: TrainConfig, world_size: int = 1, workflow: str = "train"):
     """(step strategy or None, callbacks) for the flat-minima options of `cfg`; in the LR range test every
-    step is this strategy's, as in training."""
-    _check_details(cfg)
+    step is this strategy's, as in training. Detail options without their main option, and methods that
+    cannot be combined, were refused with the config (their `needs` and `conflicts`, config.check_relations)."""
     if workflow == "lr-range" and cfg.lr_scale_batch is not None:
         raise ConfigError("--lr-scale-batch scales the regime's lr, which the LR range test replaces by its sweep: "
                           "it would change nothing there; drop it")
     if cfg.smoothout is None and cfg.sam is None and cfg.asam is None and cfg.lr_scale_batch is None:
-        if cfg.ghost_batch is not None and cfg.server:
-            _check_combinations(cfg)
         return None, []  # plain training; a --ghost-batch alone is the engine's gradient accumulation
-    _check_combinations(cfg)
     _check_values(cfg)
     _check_processes(cfg, world_size)
     if cfg.sam is not None or cfg.asam is not None:

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from basinlab.choices import NOISE_SCALES, NOISE_TYPES
 from basinlab.errors import ConfigError
 from basinlab.nn.norms import is_norm_module
 
-NOISE_TYPES = ("uniform", "normal")
 EVALUATION_FLAGS = ("--noise", "--noise-type", "--noise-adapt")
-ADAPT_MODES = ("none", "weight", "filter")
+ADAPT_MODES = NOISE_SCALES
 _TINY = 1e-30  # guards the division by a random direction's norm (zero only with probability 0)
 
 

@@ -38,7 +38,6 @@ def sam_perturbation(grads, rho: float) -> tuple[list[torch.Tensor], torch.Tenso
     return torch._foreach_mul(grads, rho / norm), norm
 
 
-ASAM_SCOPES = ("weights", "all")
 
 
 def asam_perturbation(params, grads, rho: float, eta: float,

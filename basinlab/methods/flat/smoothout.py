@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import math
 
+from basinlab.choices import STRENGTH_SCHEDULES
 from basinlab.data.loader import derive_seed
 from basinlab.engine.steps import PlainStep, check_ghost_batch, describe_chunks
 from basinlab.errors import ConfigError
 from basinlab.methods.flat.chunks import scale_regime_lr
 from basinlab.methods.flat.noise import NoiseModel, WeightNoise, noise_generator, perturbed_parameters
 
-SCHEDULES = ("constant", "anneal", "tanh")
+SCHEDULES = STRENGTH_SCHEDULES
 ANNEAL_INDEX = 0.55  # the reference's --anneal-index default
 TANH_SCALE = 10.0    # the reference's --tanh-scale default
 

@@ -1,0 +1,20 @@
+"""The words options accept, defined once: basinlab.config's choices and the modules that act on them (norm
+layers, the parameter server, the noise models, precision, ...) import them from here, so the two never drift."""
+
+LIMIT_MODES = ("stratified", "first")            # data/subsets.py
+WD_FILTERS = ("all", "weights")                  # optim/weight_decay.py
+NORM_MODES = ("batch", "group", "layer", "instance", "online", "none")   # nn/norms.py
+ECM_MODES = ("ls", "ac", "none")                 # nn/online_norm.py
+SERVER_MODES = ("ssgd", "asgd", "msgd")          # methods/asgd/server.py
+WORKER_ORDERS = ("round_robin", "random", "normal")                       # methods/asgd/schedule.py
+NOISE_TYPES = ("uniform", "normal")              # methods/flat/noise.py
+NOISE_SCALES = ("none", "weight", "filter")      # methods/flat/noise.py (filter: AdaSmoothOut)
+STRENGTH_SCHEDULES = ("constant", "anneal", "tanh")                       # methods/flat/smoothout.py
+ASAM_SCOPES = ("weights", "all")                 # methods/flat/sam.py
+SAM_PERTURBATIONS = ("local", "global")          # methods/flat/sam.py
+LR_SCALINGS = ("sqrt", "linear")                 # methods/flat/chunks.py
+HESSIAN_MODES = ("train", "eval")                # metrics/hessian.py
+AMP_MODES = ("none", "bf16", "fp16", "auto")     # engine/precision.py
+EVAL_AMP_MODES = ("same", "none")                # engine/precision.py
+CHANNELS_LAST_MODES = ("auto", "on", "off")      # engine/setup.py
+NAN_POLICIES = ("stop", "skip")                  # engine/trainer.py
