@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from basinlab._version import __version__
 
-_API = ("train", "load_run", "load_model", "make_config", "evaluate_checkpoint", "export_safetensors",
+_API = ("train", "build_run", "load_run", "load_model", "make_config", "evaluate_checkpoint", "export_safetensors",
         "model_from_checkpoint")
 
 

@@ -9,7 +9,17 @@ from basinlab.methods.asgd import presets as asgd_presets
 from basinlab.methods.flat import presets as flat_presets
 from basinlab.nn import presets as online_norm_presets
 
-PRESET_TABLES = (online_norm_presets.PRESETS, asgd_presets.PRESETS, flat_presets.PRESETS)
+USER_PRESETS: dict[str, dict] = {}  # register_preset's: a fork's or a script's own
+PRESET_TABLES = (online_norm_presets.PRESETS, asgd_presets.PRESETS, flat_presets.PRESETS, USER_PRESETS)
+
+
+def register_preset(name: str, options: dict, about: str = "") -> None:
+    """Make `name` a preset (`--preset NAME`, `preset=NAME`): `options` are `basinlab train` options (checked
+    now), `about` the line `basinlab list` shows."""
+    from basinlab.config import from_mapping
+    if not isinstance(name, str) or not name or name in all_presets():
+        raise ConfigError(f"preset name must be a new non-empty name, got {name!r} (taken: {name in all_presets()})")
+    USER_PRESETS[name] = {"_about": about, **from_mapping(options, where=f"preset {name}")}
 
 
 def all_presets() -> dict[str, dict]:

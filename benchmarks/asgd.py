@@ -3,7 +3,7 @@
     python3 benchmarks/asgd.py [--steps 10] [--rounds 5] [--workers 32] [--threads 1] [--device cpu]
 
 For ResNet-20 on a CIFAR-shaped synthetic batch of 128 and the MNIST convnet on a batch of 128, runs
-the trainer's own step code (Trainer.forward/backward/optimizer_step) through PlainStep (synchronous
+the engine's own step code (StepContext.forward/backward/optimizer_step) through PlainStep (synchronous
 training) and through ParameterServerStep (asgd with N workers, pure delay N-1; msgd and ssgd too),
 one step of each in turn in one process so machine load hits all alike, and prints the median
 time per step and the median over rounds of its ratio to plain training (target for asgd: <= 1.15).
@@ -26,8 +26,8 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from basinlab.api import make_config  # noqa: E402
+from basinlab.engine.step_context import StepContext  # noqa: E402
 from basinlab.engine.steps import PlainStep  # noqa: E402
-from basinlab.engine.trainer import Trainer  # noqa: E402
 from basinlab.methods.asgd.server import ParameterServerStep  # noqa: E402
 from basinlab.models import create_model  # noqa: E402
 
@@ -35,17 +35,14 @@ BATCH = 128
 MODELS = {"resnet20": ("cifar10", (3, 32, 32)), "mnist": ("mnist5k", (1, 28, 28))}
 
 
-def bare_trainer(model: nn.Module, device: torch.device, momentum: float) -> Trainer:
-    """A Trainer holding just what step strategies use, so the real forward/backward/step code runs."""
-    trainer = Trainer.__new__(Trainer)
-    trainer.cfg = make_config(grad_clip=None)
-    trainer.model = trainer.train_model = model
-    trainer.device, trainer.criterion = device, nn.CrossEntropyLoss()
-    trainer.optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=momentum)
-    trainer.scaler, trainer.amp_dtype, trainer.channels_last = None, None, False
-    trainer.global_step = trainer.epoch = trainer.batch_in_epoch = trainer.nonfinite_skipped = 0
-    trainer.log = types.SimpleNamespace(info=lambda message: None)
-    return trainer
+def bare_context(model: nn.Module, device: torch.device, momentum: float):
+    """(StepContext, a stand-in RunInfo): what step strategies use, built without a run, so the real
+    forward/backward/step code runs."""
+    ctx = StepContext.from_config(make_config(grad_clip=None, channels_last="off"), model, device)
+    ctx.optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=momentum)
+    run = types.SimpleNamespace(log=lambda message: None, batch_size=BATCH, epochs=1, steps_per_epoch=1,
+                                device=device, epoch=0)
+    return ctx, run
 
 
 def strategies(workers: int) -> dict:
@@ -55,21 +52,21 @@ def strategies(workers: int) -> dict:
             f"ssgd N={workers}": (lambda: ParameterServerStep("ssgd", workers), 0.0)}
 
 
-def time_steps(strategy, trainer, x, y, steps: int) -> float:
+def time_steps(strategy, ctx, x, y, steps: int) -> float:
     if x.is_cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(steps):
-        strategy.train_step(trainer, x, y)
+        strategy.train_step(ctx, x, y)
     if x.is_cuda:
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / steps
 
 
-def server_overhead(strategy, trainer, steps: int = 200) -> float:
+def server_overhead(strategy, ctx, steps: int = 200) -> float:
     """Seconds per push of the server alone: gradients are left as they are, no forward/backward."""
     server = strategy.server
-    params = [p for p in trainer.model.parameters()]
+    params = [p for p in ctx.model.parameters()]
 
     def compute(worker):
         for p in params:
@@ -93,16 +90,16 @@ def bench_model(name: str, args, device: torch.device) -> None:
     y = torch.randint(0, 10, (BATCH,), device=device)
     runs = {}
     for label, (make, momentum) in strategies(args.workers).items():
-        trainer = bare_trainer(copy.deepcopy(base), device, momentum)
+        ctx, run = bare_context(copy.deepcopy(base), device, momentum)
         strategy = make()
-        strategy.setup(trainer)
-        time_steps(strategy, trainer, x, y, 2)  # warm-up (allocations, first-touch)
-        runs[label] = (strategy, trainer, [])
+        strategy.setup(ctx, run)
+        time_steps(strategy, ctx, x, y, 2)  # warm-up (allocations, first-touch)
+        runs[label] = (strategy, ctx, [])
     for _ in range(args.rounds):
         spent = dict.fromkeys(runs, 0.0)
         for _ in range(args.steps):  # one step of each in turn: load changes hit all alike
-            for label, (strategy, trainer, _) in runs.items():
-                spent[label] += time_steps(strategy, trainer, x, y, 1)
+            for label, (strategy, ctx, _) in runs.items():
+                spent[label] += time_steps(strategy, ctx, x, y, 1)
         for label, (_, _, times) in runs.items():
             times.append(spent[label] / args.steps)
     n_params = sum(p.numel() for p in base.parameters())
@@ -110,12 +107,12 @@ def bench_model(name: str, args, device: torch.device) -> None:
           f"{args.rounds} rounds of {args.steps} interleaved steps; median time and median per-round ratio")
     plain_times = runs["plain"][2]
     plain = statistics.median(plain_times)
-    for label, (strategy, trainer, times) in runs.items():
+    for label, (strategy, ctx, times) in runs.items():
         median = statistics.median(times)
         ratio = statistics.median(t / p for t, p in zip(times, plain_times))
         line = f"  {label:10s} {median * 1e3:8.1f} ms/step  ratio {ratio:5.3f}"
         if label != "plain":
-            own = server_overhead(strategy, trainer)
+            own = server_overhead(strategy, ctx)
             mem = strategy.server.memory()
             held = mem["snapshots_max"] * mem["snapshot_bytes"] + mem["momentum_bytes_max"] + mem["group_buffer_bytes"]
             line += (f"  | server work {own * 1e3:6.2f} ms/push ({own / plain:.1%} of a plain step)"

@@ -63,7 +63,7 @@ def time_steps(trainer: Trainer, x, y, steps: int) -> float:
     """Seconds per step over `steps` steps."""
     start = clock(trainer.device)
     for _ in range(steps):
-        trainer.strategy.train_step(trainer, x, y)
+        trainer.strategy.train_step(trainer.step_context, x, y)
     return (clock(trainer.device) - start) / steps
 
 

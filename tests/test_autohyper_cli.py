@@ -13,9 +13,9 @@ import basinlab
 from basinlab.cli import main
 from basinlab.errors import ConfigError
 from basinlab.optim import Regime
-from basinlab.workflows import autohyper as ah
 from basinlab.tuning.callbacks import TrainLossEarlyStop
 from basinlab.tuning.seed_config import plan_from_config, read_seed_config
+from basinlab.workflows import autohyper as ah
 
 # Seed 0 on these 256 digits: Z(0.1) = 0.5, Z(0.141) = 0, so the search takes 2-3 trials.
 TINY = {"dataset": "mnist5k", "network": "mnist", "optimizer": "SGD", "scheduler": "None", "init_lr": "auto",
@@ -264,10 +264,17 @@ def independent_early_stop(losses, threshold, patience):
     return None
 
 
-class FakeTrainer:
+class FakeRun:
+    """What TrainLossEarlyStop sees of a run: a log and a way to ask it to stop."""
+
     def __init__(self):
         self.should_stop = False
-        self.log = type("Log", (), {"info": staticmethod(lambda message: None)})()
+
+    def log(self, message):
+        pass
+
+    def request_stop(self):
+        self.should_stop = True
 
 
 @pytest.mark.parametrize("threshold,patience", [(0.01, 2), (0.0, 1), (0.1, 3), (-1.0, 1)])
@@ -275,7 +282,7 @@ def test_early_stop_rule(threshold, patience):
     rng = np.random.default_rng(0)
     losses = list(np.maximum(1.0 / np.arange(1, 40) + rng.normal(0, 0.01, 39), 0))
     stop = TrainLossEarlyStop(threshold, patience)
-    trainer, stopped = FakeTrainer(), None
+    trainer, stopped = FakeRun(), None
     for epoch, loss in enumerate(losses, start=1):
         stop.on_epoch_end(trainer, {"epoch": epoch, "train_loss": loss})
         if trainer.should_stop:

@@ -19,7 +19,7 @@ class Counter(Callback):
     def __init__(self, key=None):
         self.key, self.steps, self.restored = key, 0, None
 
-    def on_step_end(self, trainer, result):
+    def on_step_end(self, run, result):
         self.steps += 1
 
     def state_dict(self):
@@ -75,7 +75,7 @@ class FreezeGradients(Callback):
     def __init__(self):
         self.calls = 0
 
-    def on_before_optimizer_step(self, trainer, optimizer):
+    def on_before_optimizer_step(self, run, optimizer):
         self.calls += 1
         for group in optimizer.param_groups:
             for p in group["params"]:

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 import basinlab.models.registry as model_registry
-from basinlab.nn import presets as online_norm_presets
+from basinlab import presets
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 
@@ -19,10 +19,8 @@ def python_blocks(text: str) -> list[str]:
 def restored_registries(monkeypatch):
     """The examples register a model and a preset: both registries are as before after the test."""
     monkeypatch.setattr(model_registry, "_MODELS", dict(model_registry._MODELS))
-    presets = dict(online_norm_presets.PRESETS)
     yield
-    online_norm_presets.PRESETS.clear()
-    online_norm_presets.PRESETS.update(presets)
+    presets.USER_PRESETS.clear()
 
 
 @pytest.mark.slow
@@ -37,3 +35,9 @@ def test_extending_examples_run(tmp_path, monkeypatch, no_run_plots, restored_re
         history = pd.read_csv(tmp_path / "results" / name / "results.csv")
         assert list(history["epoch"]) == [1]
     assert "grad_norm_mean" in pd.read_csv(tmp_path / "results" / "grad-norm" / "results.csv")
+
+
+def test_the_examples_import_only_the_extension_surface():
+    """docs/extending.md extends basinlab through basinlab.extend alone (besides basinlab.train/make_config)."""
+    imports = re.findall(r"^(?:from|import) (basinlab[\w.]*)", PAGE.read_text(), flags=re.M)
+    assert imports and set(imports) <= {"basinlab", "basinlab.extend"}

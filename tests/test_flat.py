@@ -65,7 +65,7 @@ def smoothout_first_step(trainer):
     ref_model, w0 = copy.deepcopy(model), weights(model)
     gen = torch.Generator().set_state(strategy.noise.generator.get_state())
     x, y = first_batch(trainer)
-    strategy.train_step(trainer, x, y)
+    strategy.train_step(trainer.step_context, x, y)
     names = [n for n, p in model.named_parameters() if any(p is q for q in strategy.noise.params)]
     return ref_model, w0, gen, x, y, names
 
@@ -205,8 +205,8 @@ def test_ghost_batches_without_norm_equal_the_full_batch_gradient(tmp_path):
     for a, b in zip(ghost.model.parameters(), plain.model.parameters()):
         assert torch.equal(a, b)
     x, y = first_batch(ghost)
-    ghost.strategy.train_step(ghost, x, y)
-    plain.strategy.train_step(plain, x, y)
+    ghost.strategy.train_step(ghost.step_context, x, y)
+    plain.strategy.train_step(plain.step_context, x, y)
     for a, b in zip(ghost.model.parameters(), plain.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
@@ -232,9 +232,9 @@ class MomentumWatch(Callback):
     def __init__(self):
         self.seen = {}
 
-    def on_step_end(self, trainer, result):
-        p = next(trainer.model.parameters())
-        self.seen.setdefault(trainer.epoch, (trainer.optimizer, trainer.optimizer.state[p]["momentum_buffer"]))
+    def on_step_end(self, run, result):
+        p = next(run.model.parameters())
+        self.seen.setdefault(run.epoch, (run.optimizer, run.optimizer.state[p]["momentum_buffer"]))
 
 
 def test_momentum_survives_epochs_and_smoothout_c_is_recorded(tmp_path):
@@ -313,7 +313,7 @@ def test_sam_step_applies_the_gradient_at_w_plus_eps_and_buffers_advance_once(tm
     model = trainer.model
     ref_model, w0 = copy.deepcopy(model), weights(model)
     x, y = first_batch(trainer)
-    trainer.strategy.train_step(trainer, x, y)
+    trainer.strategy.train_step(trainer.step_context, x, y)
 
     # first pass at w0 (the only pass that may move buffers), then the gradient at w0 + eps from the
     # buffers the first pass started with; both over the same chunks
@@ -336,7 +336,7 @@ def test_sam_step_applies_the_gradient_at_w_plus_eps_and_buffers_advance_once(tm
         torch.testing.assert_close(p.detach(), w0[name] - 0.1 * grads[name], rtol=1e-5, atol=1e-6)
     for name, b in model.named_buffers():
         assert torch.equal(b, first_pass_buffers[name]), f"{name} moved in the second pass"
-    assert trainer.strategy.epoch_metrics(trainer)["sam_grad_norm"] == pytest.approx(
+    assert trainer.strategy.epoch_metrics(trainer.info)["sam_grad_norm"] == pytest.approx(
         float(torch.sqrt(sum((g ** 2).sum() for g in g0.values()))), rel=1e-5)
 
 

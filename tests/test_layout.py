@@ -52,8 +52,8 @@ def test_a_run_reaches_its_first_step_without_pandas(tmp_path):
     code = ("import sys, basinlab\n"
             "from basinlab.engine.callbacks import Callback\n"
             "class First(Callback):\n"
-            "    def on_step_end(self, trainer, result):\n"
-            "        if trainer.global_step == 1: print('pandas loaded at step 1:', 'pandas' in sys.modules)\n"
+            "    def on_step_end(self, run, result):\n"
+            "        if run.global_step == 1: print('pandas loaded at step 1:', 'pandas' in sys.modules)\n"
             f"basinlab.train(dataset='cifar10', model='resnet20', epochs=1, batch_size=4, "
             f"datasets_dir={str(tmp_path / 'data')!r}, results_dir={str(tmp_path)!r}, callbacks=[First()])\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

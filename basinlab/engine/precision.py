@@ -10,6 +10,8 @@ device computes it fast, else none; the default, none, keeps runs bit-reproducib
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from basinlab.choices import AMP_MODES
@@ -73,3 +75,59 @@ def _why_not_bf16(device: torch.device) -> str:
     if device.type == "cuda":
         return "this GPU has no bfloat16"
     return f"no bf16 autocast on {device.type}"
+
+
+class Precision:
+    """A run's numeric precision as a step asks it (Lightning's Precision object): the autocast context, the
+    scaled backward, and the optimizer step inside the gradient scaler's overflow check and update."""
+
+    def __init__(self, mode: str, dtype: torch.dtype | None, device: torch.device,
+                 eval_dtype: torch.dtype | None = None, note: str = ""):
+        self.mode, self.dtype, self.eval_dtype, self.note = mode, dtype, eval_dtype, note
+        self.device_type = device.type
+        self.scaler = torch.amp.GradScaler("cuda") if mode == "fp16" else None
+
+    @classmethod
+    def for_run(cls, amp: str, eval_amp: str, device: torch.device) -> Precision:
+        """--amp and --eval-amp on `device` (ConfigError where the device cannot)."""
+        mode, dtype, note = resolve_amp(amp, device)
+        return cls(mode, dtype, device, eval_dtype=None if eval_amp == "none" else dtype, note=note)
+
+    def autocast(self, dtype: torch.dtype | None = None):
+        """Training's autocast (or one in `dtype`); a no-op context without mixed precision."""
+        dtype = self.dtype if dtype is None else dtype
+        return contextlib.nullcontext() if dtype is None else torch.autocast(self.device_type, dtype=dtype)
+
+    def eval_autocast(self):
+        return contextlib.nullcontext() if self.eval_dtype is None else self.autocast(self.eval_dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def unscale_(self, optimizer) -> None:
+        if self.scaler:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer, step=None) -> None:
+        """optimizer.step() (or `step()`), skipped where the fp16 gradients overflowed; then the scaler updates."""
+        if self.scaler is None:
+            (step or optimizer.step)()
+        elif step is None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:  # a strategy's own rule: the scaler's overflow check by hand (after unscale_)
+            found = self.scaler._per_optimizer_states[id(optimizer)]["found_inf_per_device"]
+            if not sum(float(v.item()) for v in found.values()):
+                step()
+            self.scaler.update()
+
+    def unscaled(self, value: torch.Tensor) -> torch.Tensor:
+        """A quantity computed from scaled gradients, as it would be without scaling (for reports)."""
+        return value / self.scaler.get_scale() if self.scaler else value
+
+    def state_dict(self) -> dict | None:
+        return self.scaler.state_dict() if self.scaler else None
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if self.scaler and state:
+            self.scaler.load_state_dict(state)

@@ -2,14 +2,16 @@
 
 The trainer owns the loop; a strategy owns the update. Plain SGD (with optional gradient accumulation
 over micro-batches) is below; SmoothOut, SAM and the asynchronous parameter server are other
-strategies built from the same trainer helpers:
+strategies built from the same step context (engine/step_context.py), which any process can build:
 
-    loss, logits = trainer.forward(x, y)       # autocast, criterion
-    trainer.check_loss(loss)                   # NaN/inf policy: raise, or False to skip the batch
-    trainer.backward(loss)                     # grad scaling under fp16
-    trainer.optimizer_step()                   # unscale, clip, callbacks' on_before_optimizer_step, step
+    loss, logits = ctx.forward(x, y)       # autocast, criterion
+    ctx.check_loss(loss)                   # NaN/inf policy: raise, or False to skip the batch
+    ctx.backward(loss)                     # grad scaling under fp16
+    ctx.optimizer_step()                   # unscale, clip, callbacks' on_before_optimizer_step, step
 
-`accumulate_gradient` runs the first three over the chunks of a batch.
+`accumulate_gradient` runs the first three over the chunks of a batch. A strategy sees the run through a
+read-only RunInfo (`run`: position, model, log) and changes it only by what it returns: its step results,
+its epoch columns, and `lr_factor` (the trainer scales the regime once, by that factor).
 """
 from __future__ import annotations
 
@@ -33,13 +35,25 @@ class StepStrategy:
 
     name = "base"
 
-    def setup(self, trainer) -> None:
-        """Called once the model, optimizer and loaders exist (also on resume, before load_state_dict)."""
+    def setup(self, ctx, run) -> None:
+        """Called once the model, optimizer and loaders exist (also on resume, before load_state_dict): `ctx` is
+        the StepContext, `run` the RunInfo. Raise ConfigError here to refuse the run before its folder exists."""
 
-    def train_step(self, trainer, x: torch.Tensor, y: torch.Tensor) -> StepResult:
+    def lr_factor(self, run) -> float:
+        """The factor every lr of the regime is multiplied by for this strategy (asked once, after setup)."""
+        return 1.0
+
+    def train_step(self, ctx, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         raise NotImplementedError
 
-    def epoch_metrics(self, trainer) -> dict:
+    def sync(self, ctx) -> None:
+        """Land any work in flight (other processes' gradients, queued updates): called before every
+        checkpoint and validation, so both see the weights as they are."""
+
+    def close(self) -> None:
+        """End what the strategy started (processes, threads): called when the run ends, failure included."""
+
+    def epoch_metrics(self, run) -> dict:
         """Extra columns for results.csv at the end of an epoch."""
         return {}
 
@@ -65,17 +79,16 @@ class PlainStep(StepStrategy):
         if ghost_batch is not None:
             self.name = "ghost-batch"
 
-    def setup(self, trainer) -> None:
+    def setup(self, ctx, run) -> None:
         if self.ghost_batch is not None:
-            batch = trainer.train_loader.batch_size
-            check_ghost_batch(self.ghost_batch, batch)
-            trainer.log.info(f"step {self.name}: {describe_chunks(self.ghost_batch, batch)}")
+            check_ghost_batch(self.ghost_batch, run.batch_size)
+            run.log(f"step {self.name}: {describe_chunks(self.ghost_batch, run.batch_size)}")
 
-    def train_step(self, trainer, x, y):
-        loss, logits = accumulate_gradient(trainer, x, y, self.ghost_batch, self.around_chunk)
+    def train_step(self, ctx, x, y):
+        loss, logits = accumulate_gradient(ctx, x, y, self.ghost_batch, self.around_chunk)
         if logits is None:
             return StepResult(loss, None, skipped=True)
-        trainer.optimizer_step()
+        ctx.optimizer_step()
         return StepResult(loss, logits)
 
 
@@ -83,13 +96,13 @@ STRATEGIES: dict[str, type[StepStrategy]] = {"plain": PlainStep}
 
 
 # ---------------------------------------------------------------------------------------------- accumulation
-def _gradient_sync(trainer, last: bool):
+def _gradient_sync(ctx, last: bool):
     # Under DistributedDataParallel only the last chunk's backward all-reduces.
-    no_sync = getattr(trainer.train_model, "no_sync", None)
+    no_sync = getattr(ctx.train_model, "no_sync", None)
     return no_sync() if no_sync is not None and not last else contextlib.nullcontext()
 
 
-def accumulate_gradient(trainer, x, y, chunk: int | None, around_chunk=None, sync: bool = True):
+def accumulate_gradient(ctx, x, y, chunk: int | None, around_chunk=None, sync: bool = True):
     """Forward/backward of `x` in chunks of `chunk` samples (the last may be shorter) into .grad.
 
     Each chunk's loss is weighted by its share of the batch, so the accumulated gradient is the
@@ -104,14 +117,14 @@ def accumulate_gradient(trainer, x, y, chunk: int | None, around_chunk=None, syn
     losses, outputs = [], []
     for index, (xc, yc) in enumerate(pieces):
         weight = xc.shape[0] / x.shape[0]
-        with _gradient_sync(trainer, last=sync and index == len(pieces) - 1), \
+        with _gradient_sync(ctx, last=sync and index == len(pieces) - 1), \
                 (around_chunk() if around_chunk else contextlib.nullcontext()):
-            loss, logits = trainer.forward(xc, yc)
-            finite = trainer.check_loss(loss)
+            loss, logits = ctx.forward(xc, yc)
+            finite = ctx.check_loss(loss)
             if finite:
-                trainer.backward(loss * weight if weight != 1.0 else loss)
+                ctx.backward(loss * weight if weight != 1.0 else loss)
         if not finite:
-            trainer.optimizer.zero_grad(set_to_none=True)
+            ctx.optimizer.zero_grad(set_to_none=True)
             return loss.detach(), None
         if len(pieces) == 1:  # the common case: no copies
             return loss.detach(), logits.detach()

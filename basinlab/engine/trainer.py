@@ -28,15 +28,14 @@ from basinlab.engine.data_settings import (
 )
 from basinlab.engine.distributed import DataParallel
 from basinlab.engine.evaluate import Meter, evaluate
-from basinlab.engine.precision import resolve_amp
+from basinlab.engine.run_info import RunInfo
 from basinlab.engine.setup import (
     attach_data_regime,
     build_regime,
     check_model_fits_data,
-    make_criterion,
-    prefers_channels_last,
     split_model_config,
 )
+from basinlab.engine.step_context import StepContext
 from basinlab.engine.steps import STRATEGIES, StepStrategy
 from basinlab.engine.trainer_state import CheckpointedState, check_state_keys
 from basinlab.errors import ConfigError, NonFiniteLossError, WriteError
@@ -68,9 +67,18 @@ class Trainer(CheckpointedState):
         self.should_stop = False     # a callback sets it (on_epoch_end, on_fit_start) to end fit()
         self.epoch = 0               # epoch being trained (0-based)
         self.batch_in_epoch = 0      # next batch index within the epoch
-        self.global_step = 0         # optimizer steps taken (strategies may step less than once per batch)
         self.best = {"val_acc1": -math.inf, "epoch": -1}
-        self.nonfinite_skipped = 0
+        self.step_context: StepContext | None = None  # what a step needs (engine/step_context.py), at setup
+        self.info = RunInfo(self)    # what strategies and callbacks see of the run (read-only)
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps taken (strategies may step less than once per batch)."""
+        return self.step_context.updates if self.step_context is not None else 0
+
+    @property
+    def nonfinite_skipped(self) -> int:
+        return self.step_context.skipped if self.step_context is not None else 0
 
     # ------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -117,22 +125,42 @@ class Trainer(CheckpointedState):
         self.wd_filter = cfg.wd_filter or self.regime.wd_filter or "all"
         notes += [describe_weight_decay(self.model, self.wd_filter)]
         notes += [transform_note] if transform_note else []
-        self.criterion = make_criterion(self.model, cfg.label_smoothing).to(self.device)
+        self.step_context = StepContext.from_config(cfg, self.model, self.device, dist=self.dist,
+                                                    before_step=self._before_optimizer_step, where=self._where)
+        self.precision = self.step_context.precision
         self.eval_criterion = getattr(self.model, "criterion", None) or nn.CrossEntropyLoss()
-        self._setup_precision()
         self.optimizer = None
         self._apply_regime()
-        if self.strategy is None:
-            self.strategy = STRATEGIES["plain"]()
-        self.strategy.setup(self)
+        self._setup_strategy()
         for cb in self.callbacks:
-            cb.setup(self)
+            cb.setup(self.info)
         self.eval_model = torch.compile(self.model) if cfg.compile else self.model
         if resume_state is not None:
             self._load_state(resume_state)
             self._apply_data_regime(log=False)
-        self.train_model = self.dist.wrap(self.eval_model)  # DDP in distributed runs
+        self.train_model = self.step_context.train_model = self.dist.wrap(self.eval_model)  # DDP in distributed runs
         self._log_setup(notes)
+
+    def _setup_strategy(self) -> None:
+        """The strategy's setup, then the lr factor it asks for applied to the regime: here, once per run."""
+        if self.strategy is None:
+            self.strategy = STRATEGIES["plain"]()
+        self.strategy.setup(self.step_context, self.info)
+        factor = float(self.strategy.lr_factor(self.info))
+        if factor != 1.0:
+            self.regime = self.regime.scaled_lr(factor)
+            self.log.info(f"regime: every lr x {factor:.6g} for step {self.strategy.name} (first lr now "
+                          f"{self.regime.first_lr:.6g})")
+
+    def _before_optimizer_step(self, optimizer) -> None:
+        """The seam between backward and the optimizer step: the gradients of this update are final."""
+        for cb in self.callbacks:
+            cb.on_before_optimizer_step(self.info, optimizer)
+
+    def _where(self) -> str:
+        """Where a non-finite loss happened, and what the run keeps."""
+        return (f"at epoch {self.epoch + 1}, step {self.batch_in_epoch + 1} of {len(self.train_loader)}; "
+                f"{self.run.kept_note()}")
 
     def _smallest_chunk(self) -> int:
         """The fewest samples one forward pass of training sees (a ghost batch, or its remainder)."""
@@ -165,16 +193,6 @@ class Trainer(CheckpointedState):
             return None
         return load_checkpoint(resolve_checkpoint(self.cfg.resume), map_location="cpu")
 
-    def _setup_precision(self) -> None:
-        cfg = self.cfg
-        self.amp, self.amp_dtype, self.amp_note = resolve_amp(cfg.amp, self.device)
-        self.eval_amp_dtype = None if cfg.eval_amp == "none" else self.amp_dtype
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp == "fp16" else None
-        self.channels_last = cfg.channels_last == "on" or (
-            cfg.channels_last == "auto" and prefers_channels_last(self.model, self.device))
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-
     def _log_setup(self, notes: list[str]) -> None:
         n_params = sum(p.numel() for p in self.model.parameters())
         description = getattr(self.model, "description", type(self.model).__name__)
@@ -183,10 +201,11 @@ class Trainer(CheckpointedState):
                       f"{self.val_loader.num_examples} val examples, batch {self.train_loader.batch_size}")
         if self.train_loader.source:
             self.log.info(f"data found in {self.train_loader.source}")
-        self.log.info(f"device {self.device}, amp {self.amp}, channels_last {self.channels_last}, "
+        precision = self.precision
+        self.log.info(f"device {self.device}, amp {precision.mode}, channels_last {self.step_context.channels_last}, "
                       f"step {self.strategy.name}, {self.epochs} epochs")
-        self.log.info(self.amp_note + ("" if self.eval_amp_dtype == self.amp_dtype else
-                                       "; validation in float32 (--eval-amp none)"))
+        self.log.info(precision.note + ("" if precision.eval_dtype == precision.dtype else
+                                        "; validation in float32 (--eval-amp none)"))
         for line in self.train_loader.subset_notes + self.val_loader.subset_notes:
             self.log.info(line)
         for line in self.regime.describe():
@@ -200,68 +219,11 @@ class Trainer(CheckpointedState):
         if self.dist.active:
             self.log.info(self.dist.describe(self.train_loader.batch_size))
 
-    # ------------------------------------------------------------------------------------ helpers for strategies
-    def autocast(self, dtype: torch.dtype | None = None):
-        """Training's autocast (or one in `dtype`); a no-op context without mixed precision."""
-        dtype = self.amp_dtype if dtype is None else dtype
-        return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
-
-    def eval_autocast(self):
-        return self.autocast(self.eval_amp_dtype) if self.eval_amp_dtype is not None else contextlib.nullcontext()
-
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
-
-    def forward(self, x, y, model=None):
-        """Loss and logits of a batch in train mode, under autocast."""
-        model = model or self.train_model
-        with self.autocast():
-            logits = model(self.prepare(x))
-            loss = self.criterion(logits, y)
-        return loss.float(), logits
-
-    def check_loss(self, loss: torch.Tensor) -> bool:
-        """True when the loss is finite. Otherwise stop (NonFiniteLossError) or, with skip, count it."""
-        finite = bool(torch.isfinite(loss))
-        if self.cfg.nan_policy == "skip":
-            finite = self.dist.all_true(finite)  # every rank skips the batch, or none does
-        if finite:
-            return True
-        if self.cfg.nan_policy == "skip":
-            self.nonfinite_skipped += 1
-            return False
-        raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at epoch {self.epoch + 1}, step "
-                                 f"{self.batch_in_epoch + 1} of {len(self.train_loader)}; {self.run.kept_note()}")
-
-    def backward(self, loss: torch.Tensor) -> None:
-        (self.scaler.scale(loss) if self.scaler else loss).backward()
-
-    def optimizer_step(self, step=None) -> None:
-        """One update from the gradients in .grad: unscale (fp16), clip, callbacks, step, zero grads.
-
-        `step` replaces `optimizer.step()` for a strategy with its own update rule (msgd's shifted
-        momentum); everything around it (clipping, the callbacks' seam, the step count) stays here.
-        """
-        if self.scaler:
-            self.scaler.unscale_(self.optimizer)  # clipping and callbacks see true gradients
-        if self.cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        for cb in self.callbacks:
-            cb.on_before_optimizer_step(self, self.optimizer)
-        if step is not None:
-            step()
-        elif self.scaler:
-            self.scaler.step(self.optimizer)  # skips the step when the fp16 gradients overflowed
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.global_step += 1
-
     def _apply_regime(self) -> None:
         groups = lambda: parameter_groups(self.model, self.wd_filter)  # noqa: E731  (built only for a new optimizer)
         self.optimizer = self.regime.apply(self.optimizer, groups, self.epoch, self.batch_in_epoch, self.global_step,
                                            steps_per_epoch=len(self.train_loader))
+        self.step_context.optimizer = self.optimizer  # the regime may have made a new one
 
     @property
     def lr(self) -> float:
@@ -288,23 +250,26 @@ class Trainer(CheckpointedState):
         if not hasattr(self, "model"):
             self.setup()
         for cb in self.callbacks:
-            cb.on_fit_start(self)
+            cb.on_fit_start(self.info)
         try:
             with self._signal_handlers():
                 while self.epoch < self.epochs and not self.should_stop:
                     self._apply_data_regime()
                     for cb in self.callbacks:
-                        cb.on_epoch_start(self, self.epoch)
+                        cb.on_epoch_start(self.info, self.epoch)
                     train = self.train_epoch()
                     row = self.end_epoch(train)
                     self.log.epoch(row)
             for cb in self.callbacks:
-                cb.on_fit_end(self)
+                cb.on_fit_end(self.info)
         except BaseException as exc:  # the reason the run ended belongs in its log, not only on a terminal
             self.run.log.file_only(f"error: {type(exc).__name__}: {exc}")
             raise
         finally:  # records are complete whatever ends the run (NaN stop, signal, error)
-            self.run.close()
+            try:
+                self.strategy.close()  # a strategy's processes or threads end with the run, failure included
+            finally:
+                self.run.close()
         self.dist.finish()
         return self.run.result(self)
 
@@ -322,20 +287,21 @@ class Trainer(CheckpointedState):
         for x, y in loader.epoch(self.epoch, start_batch=self.batch_in_epoch):
             self._apply_regime()
             before = self._buffers_before_step()
-            result = self.strategy.train_step(self, x, y)
+            result = self.strategy.train_step(self.step_context, x, y)
             if result.skipped and before is not None:
                 self._restore_buffers(before)  # a skipped batch leaves no trace (BN statistics included)
             if result.logits is not None:
                 self.meter.update(result.loss, result.logits.float(), y)
             self.batch_in_epoch += 1
             for cb in self.callbacks:
-                cb.on_step_end(self, result)
+                cb.on_step_end(self.info, result)
             if progress.step(x.shape[0] * self.dist.world_size, lambda step=result: self._step_summary(step)):
                 self.run.steps.append(self.global_step, self.epoch + self.batch_in_epoch / len(loader),
                                       result.loss.item(), self.lr)
             if self.stop_signal is not None or self._due_step_checkpoint():
                 self.epoch_seconds += time.perf_counter() - start
                 start = time.perf_counter()
+                self.strategy.sync(self.step_context)  # work in flight lands before the checkpoint
                 self.save_checkpoint()
                 if self.stop_signal is not None:
                     progress.close()
@@ -374,13 +340,14 @@ class Trainer(CheckpointedState):
         if train["count"] == 0:
             raise NonFiniteLossError(f"every batch of epoch {self.epoch + 1} had a non-finite loss and was skipped; "
                                      f"{self.run.kept_note()}")
+        self.strategy.sync(self.step_context)  # work in flight lands before validation and the checkpoint
         self.dist.sync_buffers(self.model)  # validate (on every shard) the model rank 0 checkpoints
         started = time.perf_counter()
         progress = self.log.progress(f"validate {self.epoch + 1}/{self.epochs}", len(self.val_loader),
                                      print_freq=self.cfg.print_freq)
         try:
-            val = evaluate(self.eval_model, self.val_loader, self.eval_criterion, autocast=self.eval_autocast,
-                           prepare=self.prepare, progress=progress)
+            val = evaluate(self.eval_model, self.val_loader, self.eval_criterion, autocast=self.precision.eval_autocast,
+                           prepare=self.step_context.prepare, progress=progress)
         finally:
             progress.close()
         val_seconds = time.perf_counter() - started
@@ -395,9 +362,9 @@ class Trainer(CheckpointedState):
                "val_time_s": val_seconds}
         if self.cfg.nan_policy == "skip":
             row["nonfinite_skipped"] = self.nonfinite_skipped
-        row.update(self.strategy.epoch_metrics(self))
+        row.update(self.strategy.epoch_metrics(self.info))
         for cb in self.callbacks:
-            cb.on_epoch_end(self, row)
+            cb.on_epoch_end(self.info, row)
         self.epoch += 1
         self.batch_in_epoch = 0
         is_best = row["val_acc1"] > self.best["val_acc1"]

@@ -41,7 +41,7 @@ class CheckpointedState:
             "epoch_seconds": self.epoch_seconds if self.batch_in_epoch else 0.0,
             "best": dict(self.best), "nonfinite_skipped": self.nonfinite_skipped,
             "history": [plain_row(row) for row in self.run.results.rows],  # results.csv's rows
-            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "scaler": self.precision.state_dict(),
             "rng": rng_state(),
         }
 
@@ -49,7 +49,7 @@ class CheckpointedState:
         load_weights(self.model, state, resolve_checkpoint(self.cfg.resume),
                      f"{self.cfg.model} for {self.train_loader.num_classes} classes")
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
-        self.global_step = state["global_step"]
+        self.step_context.updates = state["global_step"]
         self.train_loader.batch_size = state["batch_size"]
         self.optimizer = None
         self._apply_regime()
@@ -57,14 +57,13 @@ class CheckpointedState:
         self._apply_regime()  # param groups follow the regime, not the stored values
         self.strategy.load_state_dict(state["strategy"])
         self._load_callback_states(state["callbacks"])
-        self.best, self.nonfinite_skipped = state["best"], state["nonfinite_skipped"]
+        self.best, self.step_context.skipped = state["best"], state["nonfinite_skipped"]
         if state["meter"] is not None:
             self.meter = Meter(self.device)
             if self.run.is_main:  # the checkpoint holds rank 0's partial sums; other ranks restart theirs
                 self.meter.load_state_dict(state["meter"])
             self.epoch_seconds = state["epoch_seconds"]
-        if self.scaler and state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
+        self.precision.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.run.resume_records(self.epoch, state.get("history"), self.global_step)  # older checkpoints: results.csv
         where = (f"epoch {self.epoch + 1}, step {self.batch_in_epoch}" if self.batch_in_epoch

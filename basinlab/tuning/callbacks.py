@@ -29,11 +29,11 @@ class TrainLossEarlyStop(Callback):
     def enabled(self) -> bool:
         return self.threshold >= 0
 
-    def on_fit_start(self, trainer) -> None:
+    def on_fit_start(self, run) -> None:
         if self.stopped_at is not None:  # resumed from the checkpoint of a run that had stopped
-            trainer.should_stop = True
+            run.request_stop()
 
-    def on_epoch_end(self, trainer, row: dict) -> None:
+    def on_epoch_end(self, run, row: dict) -> None:
         if not self.enabled:
             return
         loss = float(row["train_loss"])
@@ -44,8 +44,8 @@ class TrainLossEarlyStop(Callback):
         row["early_stop_wait"] = self.wait
         if self.wait >= self.patience:
             self.stopped_at = row["epoch"]
-            trainer.should_stop = True
-            trainer.log.info(f"early stop: training loss has not improved by more than {self.threshold:g} "
+            run.request_stop()
+            run.log(f"early stop: training loss has not improved by more than {self.threshold:g} "
                              f"for {self.patience} epochs (best {self.best:.4g})")
 
     def state_dict(self) -> dict:
@@ -67,16 +67,16 @@ class SaveEvery(Callback):
             raise ConfigError(f"--save-freq must be an integer >= 1, got {every!r}")
         self.every = every
 
-    def on_epoch_start(self, trainer, epoch: int) -> None:
-        self._keep(trainer, epoch)  # last.pt now holds the state after `epoch` epochs
+    def on_epoch_start(self, run, epoch: int) -> None:
+        self._keep(run, epoch)  # last.pt now holds the state after `epoch` epochs
 
-    def on_fit_end(self, trainer) -> None:
-        self._keep(trainer, trainer.epoch)
+    def on_fit_end(self, run) -> None:
+        self._keep(run, run.epoch)
 
-    def _keep(self, trainer, completed: int) -> None:
-        if completed == 0 or completed % self.every or trainer.batch_in_epoch or not trainer.run.is_main:
+    def _keep(self, run, completed: int) -> None:
+        if completed == 0 or completed % self.every or run.batch_in_epoch or not run.is_main:
             return
-        last = trainer.run.path / "last.pt"
-        target = trainer.run.path / f"epoch_{completed}.pt"
+        last = run.path / "last.pt"
+        target = run.path / f"epoch_{completed}.pt"
         if last.is_file() and not target.is_file():
             shutil.copyfile(last, target)

@@ -36,7 +36,7 @@ def _run_step(trainer):
     for the sweep to record and stop on."""
     def step(model, optimizer, batch):
         x, y = batch
-        return trainer.strategy.train_step(trainer, x, y).loss
+        return trainer.strategy.train_step(trainer.step_context, x, y).loss
     return step
 
 

@@ -315,72 +315,75 @@ class ParameterServerStep(StepStrategy):
         make_scheduler(schedule, workers, seed)  # validates the name before any setup work
         self.server: ParameterServer | None = None
 
-    def setup(self, trainer) -> None:
-        model = trainer.model
+    def setup(self, ctx, run) -> None:
+        model = ctx.model
         self.server = ParameterServer(model.parameters(), model.buffers(), mode=self.mode, workers=self.workers,
                                       delay=self.delay, schedule=self.schedule, seed=self.seed)
         if self.mode == "msgd":
-            self._check_msgd(trainer)
-        if self.adjust_lr:
-            factor = adjusted_lr(1.0, self.delay)
-            trainer.regime = trainer.regime.scaled_lr(factor)
-            trainer.log.info(f"--adjust-lr: every lr of the regime scaled by sin(pi/(4d+2)) = {factor:.6g} for delay "
-                             f"d={self.delay} (first lr now {trainer.regime.first_lr:.6g})")
-        self._log_setup(trainer)
+            self._check_msgd(ctx)
+        self._log_setup(ctx, run)
 
-    def _check_msgd(self, trainer) -> None:
+    def lr_factor(self, run) -> float:
+        """--adjust-lr: every lr of the regime x sin(pi/(4d+2)) for the delay d."""
+        if not self.adjust_lr:
+            return 1.0
+        factor = adjusted_lr(1.0, self.delay)
+        run.log(f"--adjust-lr: every lr of the regime scaled by sin(pi/(4d+2)) = {factor:.6g} for delay d={self.delay}")
+        return factor
+
+    def _check_msgd(self, ctx) -> None:
         from basinlab.optim import optimizer_name_of
-        name = optimizer_name_of(trainer.optimizer)
+        name = optimizer_name_of(ctx.optimizer)
         if name != "SGD":
             raise ConfigError(f"--server msgd applies shifted SGD momentum itself; the regime's optimizer is {name}: "
                               f"use an SGD regime (e.g. --optimizer SGD)")
-        if trainer.scaler is not None:
+        if ctx.precision.scaler is not None:
             raise ConfigError("--server msgd does not support --amp fp16 (no loss scaling in its own update); "
                               "use --amp bf16 or none")
 
-    def _log_setup(self, trainer) -> None:
+    def _log_setup(self, ctx, run) -> None:
         s, mem = self.server, self.server.memory()
         how = "given" if self.delay_given else (
             "default for ssgd" if self.mode == "ssgd" else "default: pure ASGD, d = workers - 1")
-        trainer.log.info(f"parameter server {self.mode}: {self.workers} workers, delay d={s.delay} ({how}), "
+        run.log(f"parameter server {self.mode}: {self.workers} workers, delay d={s.delay} ({how}), "
                          f"k={s.group} gradient(s) per server update, schedule {self.schedule}; "
                          f"stable eta*lambda_max < {closed_form_threshold(s.delay):.4g} without momentum")
         mib = 2 ** 20
-        trainer.log.info(f"parameter server memory: snapshots of {mem['snapshot_bytes'] / mib:.2f} MiB each, at most "
+        run.log(f"parameter server memory: snapshots of {mem['snapshot_bytes'] / mib:.2f} MiB each, at most "
                          f"{mem['snapshots_max']} ({mem['snapshots_max'] * mem['snapshot_bytes'] / mib:.1f} MiB) "
                          f"+ msgd momentum {mem['momentum_bytes_max'] / mib:.1f} MiB; "
                          f"model {mem['model_bytes'] / mib:.2f} MiB")
         if self.adjust_lr and self.mode == "asgd":
-            momentum = trainer.optimizer.param_groups[0].get("momentum", 0.0)
+            momentum = ctx.optimizer.param_groups[0].get("momentum", 0.0)
             if momentum:
-                trainer.log.info(f"note: --adjust-lr assumes no momentum; with server momentum {momentum:g} the stable "
+                run.log(f"note: --adjust-lr assumes no momentum; with server momentum {momentum:g} the stable "
                                  f"region is smaller (see `basinlab stability`)")
 
-    def train_step(self, trainer, x, y):
+    def train_step(self, ctx, x, y):
         out = {}
 
         def compute(worker: int) -> bool:
-            loss, logits = trainer.forward(x, y)
+            loss, logits = ctx.forward(x, y)
             out["loss"], out["logits"] = loss.detach(), logits.detach()
-            out["pushed"] = trainer.check_loss(loss)
+            out["pushed"] = ctx.check_loss(loss)
             if out["pushed"]:
-                trainer.backward(loss)
+                ctx.backward(loss)
             return out["pushed"]
 
         def update(worker: int) -> None:
             if self.mode == "msgd":
-                self._msgd_update(trainer, worker)
+                self._msgd_update(ctx, worker)
             else:
-                trainer.optimizer_step()
+                ctx.optimizer_step()
 
         self.server.step(compute, update)
         if not out["pushed"]:
             return StepResult(out["loss"], None, skipped=True)
         return StepResult(out["loss"], out["logits"])
 
-    def _msgd_update(self, trainer, worker: int) -> None:
-        """The trainer's optimizer_step with the shifted momentum update in place of optimizer.step()."""
-        trainer.optimizer_step(step=lambda: self.server.shifted_momentum_step(worker, trainer.optimizer.param_groups))
+    def _msgd_update(self, ctx, worker: int) -> None:
+        """The context's optimizer_step with the shifted momentum update in place of optimizer.step()."""
+        ctx.optimizer_step(step=lambda: self.server.shifted_momentum_step(worker, ctx.optimizer.param_groups))
 
     def stability_threshold(self, optimizer) -> float:
         """Linear stability threshold on lr * lambda_max for this run's delay and momentum (NaN: none).
@@ -396,12 +399,12 @@ class ParameterServerStep(StepStrategy):
         except ConfigError:  # e.g. momentum >= 1: no linear stability region to report
             return math.nan
 
-    def epoch_metrics(self, trainer) -> dict:
+    def epoch_metrics(self, run) -> dict:
         counts = self.server.take_delay_counts()
         applied = sum(counts.values())
         if applied:
             delays = np.repeat(np.fromiter(counts, dtype=np.int64), list(counts.values()))
-            trainer.run.tensorboard.histogram("asgd/delay", delays, trainer.epoch + 1)
+            run.tensorboard.histogram("asgd/delay", delays, run.epoch + 1)
             mean, most = float(delays.mean()), int(delays.max())
         else:
             mean, most = math.nan, math.nan

@@ -13,11 +13,10 @@ def lr_scale_factor(rule: str, batch: int, ghost_batch: int) -> float:
     return (batch / ghost_batch) ** LR_SCALINGS[rule]
 
 
-def scale_regime_lr(trainer, rule: str | None, ghost_batch: int | None) -> None:
-    """Multiply every lr of the trainer's regime by lr_scale_factor (at setup, so exactly once per run)."""
+def regime_lr_factor(run, rule: str | None, ghost_batch: int | None) -> float:
+    """A strategy's lr_factor for --lr-scale-batch (the trainer scales the regime by it once), said in the log."""
     if not rule:
-        return
-    batch = trainer.train_loader.batch_size
-    factor = lr_scale_factor(rule, batch, ghost_batch)
-    trainer.regime = trainer.regime.scaled_lr(factor)
-    trainer.log.info(f"--lr-scale-batch {rule}: regime lr x {factor:g} (batch {batch} / ghost batch {ghost_batch})")
+        return 1.0
+    factor = lr_scale_factor(rule, run.batch_size, ghost_batch)
+    run.log(f"--lr-scale-batch {rule}: regime lr x {factor:g} (batch {run.batch_size} / ghost batch {ghost_batch})")
+    return factor

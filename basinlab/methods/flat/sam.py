@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from basinlab.engine.steps import StepResult, StepStrategy, accumulate_gradient, check_ghost_batch, describe_chunks
-from basinlab.methods.flat.chunks import scale_regime_lr
+from basinlab.methods.flat.chunks import regime_lr_factor
 
 
 def global_norm(tensors) -> torch.Tensor:
@@ -73,42 +73,44 @@ class SharpnessAwareStep(StepStrategy):
         self.name = "asam" if adaptive else "sam"
         self._norm_sum = None  # [sum of ||g||, steps] of the current epoch, on the device
 
-    def setup(self, trainer) -> None:
-        batch = trainer.train_loader.batch_size
+    def setup(self, ctx, run) -> None:
+        batch = run.batch_size
         check_ghost_batch(self.ghost_batch, batch)
-        scale_regime_lr(trainer, self.lr_scale, self.ghost_batch)
-        self._norm_sum = torch.zeros(2, dtype=torch.float64, device=trainer.device)
+        self._norm_sum = torch.zeros(2, dtype=torch.float64, device=run.device)
         extra = f", eta {self.eta:g}, T = |w| + eta on {self._scope_words()}" if self.adaptive else ""
-        trainer.log.info(f"step {self.name}: rho {self.rho:g}{extra}; two passes per update, each a "
-                         f"{describe_chunks(self.ghost_batch, batch)}; buffers (BN running statistics, "
-                         "online-norm state) advance on the first pass only"
-                         + (f"; eps per process (--sam-perturbation {self.perturbation})"
-                            if trainer.dist.world_size > 1 and self.perturbation == "local" else
-                            "; one eps for all processes (--sam-perturbation global)"
-                            if trainer.dist.world_size > 1 else ""))
+        run.log(f"step {self.name}: rho {self.rho:g}{extra}; two passes per update, each a "
+                f"{describe_chunks(self.ghost_batch, batch)}; buffers (BN running statistics, "
+                "online-norm state) advance on the first pass only"
+                + (f"; eps per process (--sam-perturbation {self.perturbation})"
+                   if ctx.dist.world_size > 1 and self.perturbation == "local" else
+                   "; one eps for all processes (--sam-perturbation global)"
+                   if ctx.dist.world_size > 1 else ""))
 
-    def train_step(self, trainer, x, y):
-        buffers = list(trainer.model.buffers())
+    def lr_factor(self, run) -> float:
+        return regime_lr_factor(run, self.lr_scale, self.ghost_batch)
+
+    def train_step(self, ctx, x, y):
+        buffers = list(ctx.model.buffers())
         before = [b.clone() for b in buffers]  # the state the second pass starts from as well
-        loss, logits = accumulate_gradient(trainer, x, y, self.ghost_batch, sync=self.perturbation == "global")
+        loss, logits = accumulate_gradient(ctx, x, y, self.ghost_batch, sync=self.perturbation == "global")
         if logits is None:
             return StepResult(loss, None, skipped=True)
-        named = [(n, p) for n, p in trainer.model.named_parameters() if p.grad is not None]
+        named = [(n, p) for n, p in ctx.model.named_parameters() if p.grad is not None]
         params = [p for _, p in named]
         eps, grad_norm = self._perturbation(params, [n for n, _ in named])
-        local = self.perturbation == "local" and trainer.dist.active
+        local = self.perturbation == "local" and ctx.dist.active
         finite = bool(torch.isfinite(global_norm(eps)))
         if local:
-            finite = trainer.dist.all_true(finite)  # every process takes the same branch
+            finite = ctx.dist.all_true(finite)  # every process takes the same branch
         if not finite:
             if local:
-                trainer.dist.average_gradients(params)  # the first pass kept its gradients local
-            trainer.optimizer_step()  # overflowed (fp16) or zero gradient: a plain step, the scaler decides
+                ctx.dist.average_gradients(params)  # the first pass kept its gradients local
+            ctx.optimizer_step()  # overflowed (fp16) or zero gradient: a plain step, the scaler decides
             return StepResult(loss, logits)
-        if not self._second_pass(trainer, x, y, params, eps, buffers, before):
+        if not self._second_pass(ctx, x, y, params, eps, buffers, before):
             return StepResult(loss, None, skipped=True)
-        trainer.optimizer_step()
-        self._record(trainer, grad_norm)
+        ctx.optimizer_step()
+        self._record(ctx, grad_norm)
         return StepResult(loss, logits)
 
     def _perturbation(self, params, names):
@@ -121,7 +123,7 @@ class SharpnessAwareStep(StepStrategy):
         return ("every parameter (--asam-scope all)" if self.asam_scope == "all"
                 else "parameters named *weight* (the authors' code; biases T = 1)")
 
-    def _second_pass(self, trainer, x, y, params, eps, buffers, before) -> bool:
+    def _second_pass(self, ctx, x, y, params, eps, buffers, before) -> bool:
         """Gradient at w + eps into .grad, from the buffers the first pass started with; then the weights
         go back to w and the buffers to their values after the first pass."""
         after_first = [b.clone() for b in buffers]
@@ -130,9 +132,9 @@ class SharpnessAwareStep(StepStrategy):
             torch._foreach_add_([p.detach() for p in params], eps)
             for buffer, value in zip(buffers, before):
                 buffer.copy_(value)
-        trainer.optimizer.zero_grad(set_to_none=True)
+        ctx.optimizer.zero_grad(set_to_none=True)
         try:
-            _, logits = accumulate_gradient(trainer, x, y, self.ghost_batch)
+            _, logits = accumulate_gradient(ctx, x, y, self.ghost_batch)
         finally:
             with torch.no_grad():
                 torch._foreach_copy_([p.detach() for p in params], clean)
@@ -140,12 +142,11 @@ class SharpnessAwareStep(StepStrategy):
                     buffer.copy_(value)
         return logits is not None
 
-    def _record(self, trainer, grad_norm: torch.Tensor) -> None:
-        if trainer.scaler is not None:  # report the norm of the unscaled gradient
-            grad_norm = grad_norm / trainer.scaler.get_scale()
+    def _record(self, ctx, grad_norm: torch.Tensor) -> None:
+        grad_norm = ctx.precision.unscaled(grad_norm)  # the norm of the unscaled gradient
         self._norm_sum += torch.stack([grad_norm.double(), grad_norm.new_ones((), dtype=torch.float64)])
 
-    def epoch_metrics(self, trainer) -> dict:
+    def epoch_metrics(self, run) -> dict:
         total, steps = self._norm_sum.tolist()
         self._norm_sum.zero_()
         return {"sam_grad_norm": total / steps if steps else float("nan")}

@@ -16,7 +16,7 @@ from basinlab.choices import STRENGTH_SCHEDULES
 from basinlab.data.loader import derive_seed
 from basinlab.engine.steps import PlainStep, check_ghost_batch, describe_chunks
 from basinlab.errors import ConfigError
-from basinlab.methods.flat.chunks import scale_regime_lr
+from basinlab.methods.flat.chunks import regime_lr_factor
 from basinlab.methods.flat.noise import NoiseModel, WeightNoise, noise_generator, perturbed_parameters
 
 SCHEDULES = STRENGTH_SCHEDULES
@@ -57,18 +57,18 @@ class GhostBatchStep(PlainStep):
         self.total_steps = 1
 
     # ------------------------------------------------------------------------------------ setup
-    def setup(self, trainer) -> None:
-        batch = trainer.train_loader.batch_size
-        check_ghost_batch(self.ghost_batch, batch)
-        self.total_steps = trainer.epochs * len(trainer.train_loader)
-        scale_regime_lr(trainer, self.lr_scale, self.ghost_batch)
+    def setup(self, ctx, run) -> None:
+        check_ghost_batch(self.ghost_batch, run.batch_size)
+        self.total_steps = run.epochs * run.steps_per_epoch
         if self.noise_model is not None and self.noise_model.strength > 0:
-            params = perturbed_parameters(trainer.model, self.include_norm)
+            params = perturbed_parameters(ctx.model, self.include_norm)
             # each data-parallel rank draws its own noise for its own chunks
-            rank = getattr(getattr(trainer, "dist", None), "rank", 0)
-            generator = noise_generator(params, derive_seed("smoothout", self.seed, rank))
+            generator = noise_generator(params, derive_seed("smoothout", self.seed, ctx.dist.rank))
             self.noise = WeightNoise(params, self.noise_model, generator)
-        trainer.log.info(self.describe(batch))
+        run.log(self.describe(run.batch_size))
+
+    def lr_factor(self, run) -> float:
+        return regime_lr_factor(run, self.lr_scale, self.ghost_batch)
 
     def describe(self, batch: int) -> str:
         text = f"step {self.name}: {describe_chunks(self.ghost_batch, batch)}"
@@ -81,10 +81,10 @@ class GhostBatchStep(PlainStep):
                 f"denoise {'on' if self.denoise else 'off (noise stays in the weights)'}")
 
     # ------------------------------------------------------------------------------------ the step
-    def train_step(self, trainer, x, y):
+    def train_step(self, ctx, x, y):
         if self.noise_model is not None:
-            self.coef = strength_coefficient(self.schedule, trainer.global_step, self.total_steps)
-        return super().train_step(trainer, x, y)
+            self.coef = strength_coefficient(self.schedule, ctx.updates, self.total_steps)
+        return super().train_step(ctx, x, y)
 
     @property
     def around_chunk(self):
@@ -101,7 +101,7 @@ class GhostBatchStep(PlainStep):
                 self.noise.restore()
 
     # ------------------------------------------------------------------------------------ records
-    def epoch_metrics(self, trainer) -> dict:
+    def epoch_metrics(self, run) -> dict:
         return {} if self.noise_model is None else {"smoothout_c": self.coef}
 
     def state_dict(self) -> dict:

@@ -52,35 +52,35 @@ class LowRankEpochEnd(Callback):
         self.log = log
         self._warned_no_conv = False
 
-    def on_epoch_end(self, trainer, row: dict) -> None:
-        adas = trainer.optimizer if isinstance(trainer.optimizer, AdaS) else None
+    def on_epoch_end(self, run, row: dict) -> None:
+        adas = run.optimizer if isinstance(run.optimizer, AdaS) else None
         if not self.log and adas is None:
             return
-        if not metric_layers(trainer.model):
-            self._no_conv(trainer)
+        if not metric_layers(run.model):
+            self._no_conv(run)
             return
         p = adas.param_groups[0].get("p", 1) if adas is not None and adas.conv_groups() else 1
-        metrics = model_metrics(trainer.model, p=p)
+        metrics = model_metrics(run.model, p=p)
         if self.log:
-            self._log(trainer, row, metrics)
+            self._log(run, row, metrics)
         if adas is not None:
             _adas_step(adas, metrics, row)
 
-    def _no_conv(self, trainer) -> None:
+    def _no_conv(self, run) -> None:
         if not self._warned_no_conv:
-            trainer.log.info("low-rank metrics: the model has no conv layer; nothing to measure")
+            run.log("low-rank metrics: the model has no conv layer; nothing to measure")
             self._warned_no_conv = True
 
-    def _log(self, trainer, row: dict, metrics: pd.DataFrame) -> None:
+    def _log(self, run, row: dict, metrics: pd.DataFrame) -> None:
         for name in MEAN_COLUMNS:
             row[f"lowrank_{name}_mean"] = float(np.nanmean(metrics[name].to_numpy(np.float64)))
         row["lowrank_zero_fraction"] = knowledge_gain_zero_fraction(metrics)
-        if not trainer.run.is_main:
+        if not run.is_main:
             return
-        frame = metrics.assign(lr=layer_lrs(trainer.model, trainer.optimizer))
+        frame = metrics.assign(lr=layer_lrs(run.model, run.optimizer))
         frame.insert(0, "epoch", row["epoch"])
-        append_epoch_rows(trainer.run.path / LOWRANK_FILE, frame)
-        tb = trainer.run.tensorboard
+        append_epoch_rows(run.path / LOWRANK_FILE, frame)
+        tb = run.tensorboard
         for name in ("S_in", "S_out", "rank_in", "rank_out"):
             values = metrics[name].to_numpy(np.float64)
             if np.all(np.isfinite(values)):

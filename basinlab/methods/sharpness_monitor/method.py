@@ -63,36 +63,36 @@ class SharpnessMonitor(Callback):
             names.append("stability_threshold")
         return names
 
-    def setup(self, trainer) -> None:
+    def setup(self, run) -> None:
         # built once, before the run folder exists (too few batches refuses the run), from the batch size
         # at the start: the same examples at every measurement
         from basinlab.analysis.data import first_training_batches
-        with torch.random.fork_rng(devices=_cuda_devices(trainer.device)):
-            self.data = first_training_batches(trainer.cfg, self.batches, trainer.train_loader.batch_size,
-                                               trainer.device)
+        with torch.random.fork_rng(devices=_cuda_devices(run.device)):
+            self.data = first_training_batches(run.cfg, self.batches, run.batch_size,
+                                               run.device)
 
-    def on_epoch_end(self, trainer, row: dict) -> None:
-        values = dict.fromkeys(self.columns(trainer.strategy), math.nan)
+    def on_epoch_end(self, run, row: dict) -> None:
+        values = dict.fromkeys(self.columns(run.strategy), math.nan)
         # every rank measures (same weights, same batches): none waits at a collective for rank 0
-        if (trainer.epoch + 1) % self.every == 0:
-            values.update(self.measure(trainer))
-            trainer.log.info(f"sharpness after epoch {trainer.epoch + 1}: " +
+        if (run.epoch + 1) % self.every == 0:
+            values.update(self.measure(run))
+            run.log(f"sharpness after epoch {run.epoch + 1}: " +
                              ", ".join(f"{k} {v:.5g}" for k, v in values.items()))
         row.update(values)
 
-    def measure(self, trainer) -> dict:
+    def measure(self, run) -> dict:
         """The columns' values for the model as it is now (global and CUDA RNG states restored)."""
         from basinlab.metrics.sharpness import hessian_trace, lambda_max
         if self.data is None:
-            self.setup(trainer)
-        model, criterion = trainer.model, trainer.criterion
-        with torch.random.fork_rng(devices=_cuda_devices(trainer.device)):
+            self.setup(run)
+        model, criterion = run.model, run.criterion
+        with torch.random.fork_rng(devices=_cuda_devices(run.device)):
             lam = lambda_max(model, criterion, self.data, seed=self.seed, mode=self.mode, **LAMBDA_SETTINGS)
-            out = {"lambda_max": lam, "lr_times_lambda_max": trainer.lr * lam}
+            out = {"lambda_max": lam, "lr_times_lambda_max": run.lr * lam}
             if self.log_trace:
                 out["hessian_trace"] = hessian_trace(model, criterion, self.data, seed=self.seed, mode=self.mode,
                                                      **TRACE_SETTINGS).trace
-        threshold = server_stability(trainer.strategy, trainer.optimizer)
+        threshold = server_stability(run.strategy, run.optimizer)
         if threshold is not None:
             out["stability_threshold"] = threshold
         return out
