@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from basinlab.config import RULES, TrainConfig, from_mapping, load_yaml, validated_config
+from basinlab.config import FIELDS, RULES, TrainConfig, from_mapping, load_yaml, validated_config
 from basinlab.engine.checkpoint import resolve_checkpoint, resume_values
 from basinlab.engine.distributed import current_world_size
 from basinlab.engine.evaluate import evaluate
@@ -22,6 +22,7 @@ from basinlab.engine.inspect import (
     model_from_safetensors,
     prepare_evaluation,
 )
+from basinlab.engine.setup import check_norm_options
 from basinlab.engine.trainer import Trainer
 from basinlab.errors import ConfigError
 from basinlab.methods.registry import build_method
@@ -51,10 +52,14 @@ def make_config(base: dict | None = None, **options) -> TrainConfig:
         trust_user_model(values["model"])
     if values.get("resume"):
         return validated_config(_resumed_values(values))
+    # what the person typed (flags, keywords): files and presets may carry a seed's defaults for every mode
+    asked = {k for k, v in given.items() if v != FIELDS[k].default}
     preset = check_value("--preset", RULES["preset"], values.get("preset"))
     if preset:
         values = {**from_mapping(get_preset(preset), where=f"preset {preset}"), **values}
-    return validated_config(values)
+    cfg = validated_config(values)
+    check_norm_options(cfg, asked)
+    return cfg
 
 
 def _resumed_values(values: dict) -> dict:

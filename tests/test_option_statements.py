@@ -17,7 +17,8 @@ from basinlab.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1] / "basinlab"
 OWNERS = {f.metadata["owner"] for f in FIELDS.values()}
 # A value that counts as "given" for each option a relation names (defaults are not given).
-GIVEN = {"server": "asgd", "smoothout": 0.01, "sam": 0.05, "asam": 0.5, "ghost_batch": 16, "log_sharpness_every": 1}
+GIVEN = {"server": "asgd", "smoothout": 0.01, "sam": 0.05, "asam": 0.5, "ghost_batch": 16, "log_sharpness_every": 1,
+         "train_limit": 64, "val_limit": 32, "lr_milestones": [2], "amp": "bf16"}
 
 
 def options_read_in(folder: Path) -> dict[str, set[str]]:
@@ -63,7 +64,8 @@ CONFLICTS = [(name, other) for name, f in FIELDS.items() for other in f.metadata
 DETAIL_VALUES = {"workers": 2, "delay": 1, "worker_order": "random", "adjust_lr": True, "smoothout_noise": "normal",
                  "smoothout_adapt": "filter", "smoothout_schedule": "anneal", "smoothout_include_bn": True,
                  "denoise": False, "asam_eta": 0.02, "asam_scope": "all", "sam_perturbation": "global",
-                 "lr_scale_batch": "sqrt", "log_trace": True, "hessian_mode": "eval", "sharpness_batches": 2}
+                 "lr_scale_batch": "sqrt", "log_trace": True, "hessian_mode": "eval", "sharpness_batches": 2,
+                 "limit_mode": "first", "lr_multiplier": 0.5, "eval_amp": "none"}
 
 
 @pytest.mark.parametrize("name, main", RELATIONS, ids=[f"{n}-needs-{m}" for n, m in RELATIONS])

@@ -75,8 +75,9 @@ class TrainConfig:
                             low=1, high=2000,
                             group="model", unset="the model's")
     # --- data -------------------------------------------------------------------------------------
-    dataset: str = opt("mnist5k", "dataset name from `basinlab list`",
-                       group="data")
+    dataset: str | None = opt(None, "dataset name from `basinlab list`",
+                              group="data", unset="the one dataset --datasets-dir holds (refused if it holds none or "
+                                                  "several); without a folder mnist5k, 5,000 embedded MNIST digits")
     datasets_dir: str | None = opt(None, "folder holding <dataset>/ folders, or the dataset's own folder as the "
                                          "seeds take it (holding cifar-10-batches-py/, train/ and val/, MNIST/raw/, "
                                          "...); the log names the layout found (default: $BASINLAB_DATASETS or "
@@ -86,14 +87,14 @@ class TrainConfig:
                          group="data")
     train_limit: int | None = opt(None, "train on N examples only: a seeded class-stratified subset (see --limit-mode)",
                                   low=1, high=2**31 - 1,
-                                  group="data", unset="every example")
+                                  metavar="N", group="data", unset="every example")
     val_limit: int | None = opt(None, "validate on N examples only: a seeded class-stratified subset",
                                 low=1, high=2**31 - 1,
-                                group="data", unset="every example")
+                                metavar="N", group="data", unset="every example")
     limit_mode: str = opt("stratified", "how --train-limit/--val-limit choose: stratified (every class in "
                                         "proportion, seeded, nested as N grows) or first (the first N stored)",
                           choices=LIMIT_MODES,
-                          group="data", legacy="first")
+                          group="data", needs=("train_limit", "val_limit"), legacy="first")
     augment: bool = opt(True, "standard training augmentation of the dataset (--no-augment to disable)",
                         group="data")
     data_workers: int = opt(4, "data loading processes for streamed (image-folder) datasets", "-j",
@@ -131,10 +132,10 @@ class TrainConfig:
                                 unset="the model regime's (a convNet regularizer: weights), else all", legacy="all")
     lr_milestones: list | None = opt(None, "epochs at which lr is multiplied by --lr-multiplier", nargs="+", type=int,
                                      item_low=0,
-                                     group="optimisation", unset="the model regime's, else none")
+                                     metavar="EPOCH", group="optimisation", unset="the model regime's, else none")
     lr_multiplier: float = opt(0.1, "lr multiplier at each milestone",
                                low=0,
-                               group="optimisation")
+                               group="optimisation", needs=("lr_milestones",))
     label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy loss",
                                  low=0, high=1, high_open=True,
                                  group="optimisation")
@@ -283,7 +284,7 @@ class TrainConfig:
                    group="machine")
     eval_amp: str = opt("same", "precision of validation: same as training, or none (float32)",
                         choices=EVAL_AMP_MODES,
-                        group="machine")
+                        group="machine", needs=("amp",))
     channels_last: str = opt("auto", "memory format: auto|on|off (auto: channels_last for conv models where faster)",
                              choices=CHANNELS_LAST_MODES,
                              group="machine")

@@ -158,8 +158,8 @@ class DataParallel:
         if not self.cfg.sync_bn:
             return model
         if not self.active:
-            log.info("--sync-bn ignored: a single process already normalises over the whole batch")
-            return model
+            raise ConfigError("--sync-bn needs a data-parallel run (--nproc N, or torchrun): a single process already "
+                              "normalises over the whole batch; drop --sync-bn")
         converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         count = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules())
         log.info(f"--sync-bn: {count} BatchNorm layers synchronised across {self.world_size} processes"

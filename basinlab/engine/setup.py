@@ -52,6 +52,23 @@ def norm_config(cfg: TrainConfig) -> dict | None:
     return given or None
 
 
+# Norm options and the one mode that reads each (the seeds' presets carry them for every mode, so only an
+# option the person asked for is checked).
+_NORM_DETAILS = {"afwd": "online", "abkw": "online", "ecm": "online", "gn_num_groups": "group"}
+
+
+def check_norm_options(cfg: TrainConfig, asked) -> None:
+    """Refuse a norm option the person asked for (`asked`: the option names given) that the run's norm mode
+    never reads, e.g. --afwd without online normalization."""
+    given = cfg.model_config.get("norm") if isinstance(cfg.model_config, dict) else None
+    mode = cfg.norm_mode or (given if isinstance(given, str) else (given or {}).get("mode", "batch"))
+    for name in sorted(set(asked) & set(_NORM_DETAILS)):
+        if mode != _NORM_DETAILS[name]:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} is read by --norm-mode {_NORM_DETAILS[name]} only, and this run's norm mode "
+                              f"is {mode}; add --norm-mode {_NORM_DETAILS[name]} or drop {flag}")
+
+
 def split_model_config(cfg: TrainConfig) -> tuple[dict, dict]:
     """Separate the model's own options from regime options ('regime', 'regime_*', 'data_regime')."""
     model_config, regime_config = {}, {}

@@ -16,6 +16,7 @@ import torch.nn as nn
 
 import basinlab.data as data_lib
 from basinlab.config import TrainConfig
+from basinlab.data.choose import check_data_options, resolve_dataset
 from basinlab.engine.checkpoint import (
     load_checkpoint,
     resolve_checkpoint,
@@ -86,6 +87,10 @@ class Trainer(CheckpointedState):
         self.dist = DataParallel(cfg)
         self.device = self.dist.start()
         resume_state = self._read_resume_checkpoint()
+        self.dataset_note = None
+        if resume_state is None:  # a resumed run keeps what it was started with
+            cfg.dataset, self.dataset_note = resolve_dataset(cfg.dataset, cfg.datasets_dir)  # never a substitute
+            check_data_options(cfg.dataset, download=cfg.download, augment=cfg.augment)
         torch.manual_seed(cfg.seed)
         if resume_state is None and not cfg.save:
             cfg.save = self.dist.broadcast_object(default_run_name())  # one clock reading for all ranks
@@ -199,6 +204,8 @@ class Trainer(CheckpointedState):
         self.log.info(f"model {self.cfg.model}: {description} ({n_params:,} parameters)")
         self.log.info(f"data {self.cfg.dataset}: {self.train_loader.num_examples} train / "
                       f"{self.val_loader.num_examples} val examples, batch {self.train_loader.batch_size}")
+        if self.dataset_note:
+            self.log.info(self.dataset_note)
         if self.train_loader.source:
             self.log.info(f"data found in {self.train_loader.source}")
         precision = self.precision
