@@ -63,10 +63,12 @@ def cmd_evaluate(args) -> int:
         print(f"{args.split}: loss {result['loss']:.4f} top1 {result['acc1']:.2f}% top5 {result['acc5']:.2f}% "
               f"({result['count']} examples)")
     else:
-        print(f"{args.split} under noise A={args.noise:g} ({args.noise_type}, adapt {args.noise_adapt}, "
-              f"{result['samples']} draws): loss {result['loss']:.4f} +- {result['loss_std']:.4f} "
-              f"top1 {result['acc1']:.2f}% +- {result['acc1_std']:.2f} top5 {result['acc5']:.2f}% "
-              f"+- {result['acc5_std']:.2f} ({result['count']} examples)")
+        spread = lambda key, digits: (f" +- {result[key + '_std']:.{digits}f}"  # noqa: E731
+                                      if result["samples"] > 1 else "")  # one draw has no spread to show
+        draws = f"{result['samples']} draw{'s' if result['samples'] != 1 else ''}"
+        print(f"{args.split} under noise A={args.noise:g} ({args.noise_type}, adapt {args.noise_adapt}, {draws}): "
+              f"loss {result['loss']:.4f}{spread('loss', 4)} top1 {result['acc1']:.2f}%{spread('acc1', 2)} "
+              f"top5 {result['acc5']:.2f}%{spread('acc5', 2)} ({result['count']} examples)")
     if args.output:
         import pandas as pd
         row = {k: v for k, v in result.items() if k != "draws"}

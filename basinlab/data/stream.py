@@ -224,6 +224,19 @@ class StreamLoader(Loader):
         first = next(self.index_batches(0), None)
         for key in self.batch_keys(0, first[1]) if first is not None else []:
             self.dataset[key]   # decoded and transformed, then dropped
+        if first is not None and len(first[1]):
+            self.first_image_size = decode_rgb(self.dataset.paths[int(first[1][0])], self.dataset.dataset_name).size
+
+    def size_note(self) -> str | None:
+        """A log line when the images are smaller than the input they are resized to (e.g. CIFAR-10 as an image
+        folder: 32x32 made 224x224), which costs 49x the compute and is easy to miss."""
+        width, height = getattr(self, "first_image_size", (0, 0))
+        target = tuple(self.input_shape[-2:])
+        if not width or (height >= target[0] and width >= target[1]):
+            return None
+        return (f"data: the images are {width}x{height} (the first one) and are resized up to {target[0]}x{target[1]}, "
+                f"the input size of image folders; a model's data_regime input_size (e.g. --model-config "
+                f"\"{{'data_regime': [{{'epoch': 0, 'input_size': {height}}}]}}\") trains them at their size")
 
     def _settle_workers(self, changed: bool) -> None:
         if changed:

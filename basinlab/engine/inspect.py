@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from basinlab.engine.checkpoint import MAX_CONFIG_DEPTH, check_layout, load_chec
 from basinlab.engine.data_settings import attach_input_transform
 from basinlab.engine.setup import attach_data_regime, check_model_fits_data, pick_device, split_model_config
 from basinlab.errors import CheckpointError, ConfigError
-from basinlab.models import create_model
+from basinlab.models import create_model, is_user_model
 from basinlab.models import trust_model_code as trust_user_model
 from basinlab.optim.data_regime import DataRegime
 from basinlab.utils.io import atomic_write
@@ -122,15 +123,40 @@ def export_safetensors(run, output=None, which: str = "best") -> Path:
     if output.exists() and not output.is_file():
         raise ConfigError(f"cannot export to {output}: it exists and is not a regular file; give a file name")
     tensors = _unshared(state["model"])
-    metadata = {"model": str(state["config"].get("model")), "dataset": str(state["config"].get("dataset")),
+    config = portable_config(state["config"], output.parent)
+    metadata = {"model": str(config.get("model")), "dataset": str(config.get("dataset")),
                 "num_classes": str(state["num_classes"]),
-                # the whole config: the file alone rebuilds the model
-                "basinlab_config": json.dumps(state["config"], default=str)}
+                # the whole config: the file alone rebuilds the model (no path of the machine it was made on)
+                "basinlab_config": json.dumps(config, default=str)}
     if isinstance(state.get("epoch"), int):
         metadata["epoch"] = str(state["epoch"])  # the data regime's phase the weights were trained in
     blob = save(tensors, metadata=metadata)
     atomic_write(output, lambda fh: fh.write(blob))  # a failed write: WriteError, no file left behind
     return output
+
+
+# Options that name places on the machine that trained: an export shared elsewhere carries none of them.
+MACHINE_PATHS = {"results_dir": "./results", "save": None, "datasets_dir": None, "resume": None}
+
+
+def portable_config(config: dict, folder: Path) -> dict:
+    """The stored config without the training machine's paths; a user model file relative to `folder` (where the
+    export is written), so the export and the file can move together."""
+    out = {**config, **{key: value for key, value in MACHINE_PATHS.items() if key in config}}
+    model = out.get("model")
+    if is_user_model(model) and model.rpartition(":")[0].endswith(".py"):
+        target, _, factory = model.rpartition(":")
+        out["model"] = f"{os.path.relpath(target, folder)}:{factory}"
+    return out
+
+
+def _model_beside(config: dict, folder: Path) -> dict:
+    """An export's relative model file, read relative to the export's own folder (see portable_config)."""
+    model = config.get("model") if isinstance(config, dict) else None
+    target, _, factory = model.rpartition(":") if is_user_model(model) else ("", "", "")
+    if target.endswith(".py") and not os.path.isabs(target):
+        return {**config, "model": f"{os.path.normpath(folder / target)}:{factory}"}
+    return config
 
 
 def _unshared(tensors: dict) -> dict:
@@ -169,7 +195,7 @@ def read_safetensors(path) -> dict:
     if "basinlab_config" not in metadata:
         raise CheckpointError(f"{path} holds no basinlab_config metadata (exported by an older basinlab, or not "
                               f"by basinlab): rebuild from the run folder instead")
-    state = {"config": _config_json(metadata["basinlab_config"], path)}
+    state = {"config": _model_beside(_config_json(metadata["basinlab_config"], path), path.parent)}
     for key in ("num_classes", "epoch"):
         if key in metadata:  # a missing num_classes is named by check_layout
             state[key] = _integer_or_text(metadata[key])

@@ -101,8 +101,12 @@ def build_regime(cfg: TrainConfig, model: nn.Module, regime_config: dict) -> tup
     source = "the model config" if regime_config else f"model {cfg.model}"
     regime = regime_from_model_config(dict(regime_config), default=getattr(model, "regime", None))
     if regime is not None and (cfg.optimizer is not None or cfg.lr_milestones is not None):
-        notes = [f"--optimizer/--lr-milestones given: replacing the regime of {source} by a one-phase regime"]
-        regime, source = None, "the command line"
+        given = ", ".join(f"{flag} {value if not isinstance(value, list) else ' '.join(map(str, value))}"
+                          for flag, value in (("--optimizer", cfg.optimizer), ("--lr-milestones", cfg.lr_milestones))
+                          if value is not None)
+        origin = f"the options (preset {cfg.preset})" if cfg.preset else "the options"
+        notes = [f"{given} in {origin}: the regime of {source} is replaced by the one-phase regime they describe"]
+        regime, source = None, origin
     else:
         notes = []
     if regime is None:

@@ -210,11 +210,14 @@ class Trainer(CheckpointedState):
             self.log.info(f"data found in {self.train_loader.source}")
         precision = self.precision
         self.log.info(f"device {self.device}, amp {precision.mode}, channels_last {self.step_context.channels_last}, "
-                      f"step {self.strategy.name}, {self.epochs} epochs")
+                      f"step {self.strategy.name}, {self.epochs} epoch{'s' if self.epochs != 1 else ''}")
         self.log.info(precision.note + ("" if precision.eval_dtype == precision.dtype else
                                         "; validation in float32 (--eval-amp none)"))
         for line in self.train_loader.subset_notes + self.val_loader.subset_notes:
             self.log.info(line)
+        size_note = getattr(self.train_loader, "size_note", lambda: None)()
+        if size_note:
+            self.log.info(size_note)
         for line in self.regime.describe():
             self.log.info(f"regime: {line}")
         for line in self.data_regime.describe():
@@ -258,6 +261,9 @@ class Trainer(CheckpointedState):
             self.setup()
         for cb in self.callbacks:
             cb.on_fit_start(self.info)
+        if self.epoch >= self.epochs:
+            self.log.info(f"the run is already complete ({self.epoch} of {self.epochs} epochs); nothing to train: pass "
+                          f"--epochs N (more than {self.epoch}) to train it further")
         try:
             with self._signal_handlers():
                 while self.epoch < self.epochs and not self.should_stop:

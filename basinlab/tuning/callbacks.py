@@ -80,3 +80,17 @@ class SaveEvery(Callback):
         target = run.path / f"epoch_{completed}.pt"
         if last.is_file() and not target.is_file():
             shutil.copyfile(last, target)
+
+
+class EchoEpochs(Callback):
+    """A line per epoch through `echo` (a full training of autoHyper runs quiet; this says how it goes)."""
+
+    key = "echo"
+
+    def __init__(self, echo, label: str):
+        self.echo, self.label = echo, label
+
+    def on_epoch_end(self, run, row: dict) -> None:
+        if run.is_main:
+            self.echo(f"{self.label} epoch {row['epoch']}/{run.epochs}: train loss {row['train_loss']:.4f}, val "
+                      f"top-1 {row['val_acc1']:.2f}%")

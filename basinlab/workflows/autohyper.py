@@ -39,7 +39,7 @@ from basinlab.config import from_mapping, validated_config
 from basinlab.engine.checkpoint import resume_values
 from basinlab.errors import ConfigError, NonFiniteLossError
 from basinlab.records.run_folder import load_run
-from basinlab.tuning.callbacks import SaveEvery, TrainLossEarlyStop
+from basinlab.tuning.callbacks import EchoEpochs, SaveEvery, TrainLossEarlyStop
 from basinlab.tuning.search import SearchBudgetExceeded, autohyper_search, autohyper_search_lr_wd, response_Z
 from basinlab.tuning.seed_config import Plan, plan_from_config, read_seed_config
 from basinlab.utils.figures import new_figure, save_png
@@ -93,7 +93,8 @@ class AutoHyper:
         folder = self.output / _lr_folder(lr, wd) / f"trial_{k}"
         options = self.plan.train_options(lr, wd, epochs=self.plan.max_epochs, seed=self.plan.seed + k)
         callbacks = [TrainLossEarlyStop(self.plan.early_stop_threshold, self.plan.early_stop_patience),
-                     SaveEvery(self.save_freq)]
+                     SaveEvery(self.save_freq),
+                     EchoEpochs(self.echo, f"full training lr={fmt_lr(lr)}{_wd_text(wd)} trial {k}")]
         outcome = self._train(folder, {**options, "log_lowrank": True}, callbacks)  # the seed's per-layer CSV
         best = outcome.history["val_acc1"].max() if len(outcome.history) else math.nan
         self.echo(f"full training lr={fmt_lr(lr)}{_wd_text(wd)} trial {k}: {outcome.status}, "
