@@ -558,14 +558,6 @@ def test_build_loaders_options(tmp_path, monkeypatch):
                                     "imagenet", "imagefolder"}
 
 
-def test_download_without_torchvision_says_where_to_put_the_files(tmp_path):
-    if importlib.util.find_spec("torchvision") is not None:
-        pytest.skip("torchvision is installed: download would go to the network")
-    with pytest.raises(DataError) as err:
-        build_loaders("cifar10", tmp_path, batch_size=4, download=True)
-    one_line_error(err, "torchvision", "not installed", tmp_path / "cifar10", "data_batch_1..5")
-
-
 # ------------------------------------------------------------------------------ the real data
 def test_real_shared_data(data_shared_real):
     train, val = build_loaders("cifar10", data_shared_real, batch_size=128, val_limit=500)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import sys
 
-from basinlab.cli import analysis, asgd, runs, sweep, train, tuning
+from basinlab.cli import analysis, asgd, data, runs, sweep, train, tuning
 from basinlab.cli.options import ArgumentParser
 from basinlab.errors import BasinlabError, NonFiniteLossError
 from basinlab.utils.schema import shown
@@ -21,6 +21,7 @@ COMMANDS = (
     analysis,   # sharpness, landscape
     tuning,     # lr-range, autohyper
     sweep,      # sweep, report
+    data,       # data download
 )
 
 

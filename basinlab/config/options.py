@@ -83,7 +83,9 @@ class TrainConfig:
                                          "...); the log names the layout found (default: $BASINLAB_DATASETS or "
                                          "~/.cache/basinlab/datasets)",
                                    group="data", resumable=True)
-    download: bool = opt(False, "download the dataset with torchvision when it is installed and online",
+    download: bool = opt(False, "fetch the dataset when it is not found (mnist, fashion-mnist, cifar10, cifar100): "
+                                "the canonical archives, checksums verified, no torchvision; as `basinlab data "
+                                "download`",
                          group="data")
     train_limit: int | None = opt(None, "train on N examples only: a seeded class-stratified subset (see --limit-mode)",
                                   low=1, high=2**31 - 1,

@@ -17,7 +17,6 @@ import torch
 
 from basinlab.data.catalog import DATASETS, NO_AUGMENT, DatasetInfo, dataset_info, list_datasets
 from basinlab.data.folders import scan_image_folder_at
-from basinlab.data.formats import download as _download
 from basinlab.data.formats import read_arrays_at, read_mnist5k
 from basinlab.data.loader import Loader
 from basinlab.data.locate import Place, locate
@@ -51,14 +50,16 @@ def _check_options(batch_size, eval_batch_size, train_limit, val_limit, workers,
 
 
 def _find_or_download(name: str, root: Path, download: bool) -> Place:
-    """Where the dataset is (locate.py); with `download`, fetched into root/<name>/ when it is nowhere."""
+    """Where the dataset is (locate.py); with `download`, fetched into root/<name>/ when it is nowhere
+    (download.py: the canonical archives, checksums verified; no torchvision)."""
     try:
         return locate(name, root)
     except DataError:
         if not download or not DATASETS[name].downloadable:
             raise
-    _download(name, root)
-    return locate(name, root)
+    # urllib, ssl and tarfile are loaded only to download
+    from basinlab.data.download import fetch_dataset
+    return fetch_dataset(name, root)[0]
 
 
 def _read(name: str, root: Path, download: bool):

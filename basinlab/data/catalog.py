@@ -1,4 +1,4 @@
-"""What basinlab knows about each dataset: classes, shapes, statistics and the on-disk layout."""
+"""What basinlab knows about each dataset: classes, shapes, statistics, the on-disk layout and where to download it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,7 +25,7 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augmentation: str
-    downloadable: bool = False     # torchvision can fetch it
+    downloadable: bool = False     # `basinlab data download` fetches it (download.py SOURCES)
 
 
 _MNIST_LAYOUT = ("train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
@@ -60,6 +60,50 @@ DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (
                 "or train/ and val/ directly in the datasets folder",
                 IMAGENET_MEAN, IMAGENET_STD, RESIZED_CROP_FLIP),
 )}
+
+
+@dataclass(frozen=True)
+class Archive:
+    file: str                   # its name on the servers
+    md5: str                    # the published checksum (the ones torchvision's dataset classes check)
+    mirrors: tuple[str, ...]    # base URLs, tried in order; the file name is appended
+
+
+@dataclass(frozen=True)
+class Source:
+    archives: tuple[Archive, ...]
+    unpack: str                 # "tar": extract each .tar.gz; "keep": the files are the dataset (gzipped IDX)
+    required: tuple[str, ...]   # files the unpacked <root>/<name>/ must hold
+
+
+_IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+              "t10k-labels-idx1-ubyte.gz")
+
+
+def _idx_source(md5s: tuple[str, ...], mirrors: tuple[str, ...]) -> Source:
+    return Source(tuple(Archive(f, m, mirrors) for f, m in zip(_IDX_FILES, md5s)), "keep", _IDX_FILES)
+
+
+def _cifar_source(archive: str, md5: str, folder: str, files: list[str]) -> Source:
+    return Source((Archive(archive, md5, ("https://www.cs.toronto.edu/~kriz/",)),), "tar",
+                  tuple(f"{folder}/{f}" for f in files))
+
+
+# Where `basinlab data download` fetches each dataset (download.py): the canonical archives and the checksums
+# torchvision's dataset classes check. The test suite swaps entries for a local server's URLs and fixtures.
+SOURCES: dict[str, Source] = {
+    "mnist": _idx_source(("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
+                          "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"),
+                         ("https://ossci-datasets.s3.amazonaws.com/mnist/",)),
+    "fashion-mnist": _idx_source(("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+                                  "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"),
+                                 ("https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/"
+                                  "fashion/", "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/")),
+    "cifar10": _cifar_source("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a", "cifar-10-batches-py",
+                             [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]),
+    "cifar100": _cifar_source("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python",
+                              ["train", "test"]),
+}
 
 
 def list_datasets() -> list[str]:

@@ -337,27 +337,3 @@ def read_mnist5k(path: Path | None = None) -> ArrayData:
     images = pixels.astype(np.uint8).reshape(-1, 1, 28, 28)
     train, val = order[:MNIST5K_TRAIN], order[MNIST5K_TRAIN:]
     return ArrayData(Split(images[train], labels[train]), Split(images[val], labels[val]), 10)
-
-
-# ------------------------------------------------------------------------------------ download
-_TORCHVISION_CLASS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10",
-                      "cifar100": "CIFAR100"}
-
-
-def download(name: str, root: Path) -> None:
-    """Fetch a dataset with torchvision into root/<name>/ (a layout the readers accept)."""
-    info = DATASETS[name]
-    target = Path(root) / name
-    if name not in _TORCHVISION_CLASS:
-        raise data_error(name, "cannot be downloaded automatically and was not found", target, info.layout)
-    try:
-        import torchvision.datasets as tv_datasets
-    except ImportError:
-        raise DataError(f"dataset '{name}': --download needs torchvision, which is not installed; install it "
-                        f"or put the files in {target} (expected {info.layout})") from None
-    dataset_class = getattr(tv_datasets, _TORCHVISION_CLASS[name])
-    try:
-        for train in (True, False):
-            dataset_class(str(target), train=train, download=True)
-    except Exception as exc:  # network and checksum failures come in many types
-        raise data_error(name, f"download failed ({one_line(exc)})", target, info.layout) from None

@@ -9,6 +9,7 @@ run never trains on a copy it did not mean. The log names the place and layout f
 """
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,5 +105,15 @@ def locate(name: str, root: str | Path) -> Place:
                         f"folder you mean (or remove the other copy)")
     if not found:
         looked = ", ".join(str(folder) for folder, _ in candidates)
-        raise data_error(name, _missing(name), f"any of {looked}", DATASETS[name].layout)
+        error = data_error(name, _missing(name), f"any of {looked}", DATASETS[name].layout)
+        raise DataError(f"{error}; {_how_to_get(name, root)}")
     return found[0]
+
+
+def _how_to_get(name: str, root: Path) -> str:
+    """The end of the nothing-found error: where basinlab looks, and the download command where there is one."""
+    elsewhere = "or point --datasets-dir (or $BASINLAB_DATASETS) at the folder that holds it"
+    if DATASETS[name].downloadable:
+        return (f"get it with `basinlab data download {name} --datasets-dir {shlex.quote(str(root))}` (or "
+                f"train with --download), {elsewhere}")
+    return f"basinlab cannot download it: place it under {root} by hand, {elsewhere}"
