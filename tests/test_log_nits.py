@@ -91,3 +91,15 @@ def test_small_images_in_an_image_folder_are_said_to_be_resized_up(tmp_path):
                            rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
     train, _ = build_loaders("imagefolder", tmp_path, batch_size=2, workers=0)
     assert "the images are 32x32 (the first one) and are resized up to 224x224" in train.size_note()
+
+
+def test_a_grid_says_its_size_and_an_estimate_and_a_large_one_needs_yes(one_epoch, tmp_path, capsys):
+    big = ["landscape", "directions", str(one_epoch), "--alpha", "-1:0.05:1.01", "--beta", "-1:0.05:1.01",
+           "-o", str(tmp_path / "grid")]
+    assert main(big) == 2
+    err = capsys.readouterr().err
+    assert "the grid has 1,681 points" in err and "add --yes" in err and not (tmp_path / "grid.csv").exists()
+    assert main(["landscape", "directions", str(one_epoch), "--alpha", "0,0.5", "--split", "val", "--limit", "16",
+                 "-o", str(tmp_path / "small")]) == 0
+    err = capsys.readouterr().err
+    assert "landscape: 2 points, each a pass over the val data" in err and "s each, about" in err

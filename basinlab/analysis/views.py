@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -61,14 +62,25 @@ def progress_printer(quiet: bool):
     if quiet:
         return None
 
-    shown = {"step": -1}
+    shown = {"step": -1, "started": time.perf_counter(), "estimated": False}
 
     def show(done: int, total: int) -> None:
+        if not shown["estimated"] and done < total:  # the first point's time: an estimate of the rest
+            shown["estimated"] = True
+            each = (time.perf_counter() - shown["started"]) / max(done, 1)
+            print(f"first {done} point{'s' if done != 1 else ''}: {each:.2f} s each, about "
+                  f"{_duration(each * (total - done))} for the other {total - done:,}", file=sys.stderr, flush=True)
         step = 100 * done // total  # at most ~100 updates, also when the output is a log file
         if step != shown["step"]:
             shown["step"] = step
             print(f"\r{done}/{total} points", end="\n" if done == total else "", file=sys.stderr, flush=True)
     return show
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
 def _checkpoint_id(path, which: str) -> dict:

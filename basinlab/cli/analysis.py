@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 from basinlab.cli.options import BATCH, COUNT, SEED, add_trust_option, integer, number, output_file
 from basinlab.errors import ConfigError
@@ -38,7 +39,23 @@ def _landscape_options(parser, default_alpha, output) -> None:
                                                                                  "PREFIX.png, PREFIX.json")
     parser.add_argument("--overwrite", action="store_true", help="discard points of an earlier run of PREFIX.csv")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument("--yes", action="store_true", help=f"run a grid of more than {LARGE_GRID} points (each one a "
+                                                           f"pass over the data; refused without it)")
     parser._negative_number_matcher = _NUMBER_LIKE
+
+
+LARGE_GRID = 441  # 21 x 21 points: more is hours on a CPU; asked for explicitly with --yes
+
+
+def _announce_grid(points: int, args) -> None:
+    """Say how many points the grid has before any is evaluated; refuse a large one without --yes."""
+    splits = " and ".join(args.split)
+    if points > LARGE_GRID and not args.yes:
+        raise ConfigError(f"the grid has {points:,} points, each a pass over the {splits} data (hours on a CPU at full "
+                          f"size): add --yes to run it, or take a coarser step or --limit N examples")
+    if not args.quiet:
+        print(f"landscape: {points:,} points, each a pass over the {splits} data; the first point's time gives "
+              f"an estimate of the rest", file=sys.stderr)
 
 
 def add_commands(sub) -> None:
@@ -135,6 +152,7 @@ def cmd_interpolate(args) -> int:
     from basinlab.analysis.landscape import parse_range
     from basinlab.analysis.views import interpolate_checkpoints
     alphas = parse_range(args.alpha, "--alpha")
+    _announce_grid(len(alphas), args)
     frame, csv, png = interpolate_checkpoints(args.checkpoint_a, args.checkpoint_b, alphas, **_common(args))
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"wrote {csv} and {png}")
@@ -147,6 +165,7 @@ def cmd_directions(args) -> int:
     alphas = parse_range(args.alpha, "--alpha")
     betas = parse_range(args.beta, "--beta") if args.beta is not None else None
     check_grid_size(alphas, betas)
+    _announce_grid(len(alphas) * (len(betas) if betas is not None else 1), args)
     frame, csv, png = random_directions(args.checkpoint, alphas, betas, seed=args.seed,
                                         include_bias_bn=args.include_bias_bn, points_per_pass=args.points_per_pass,
                                         **_common(args))
