@@ -148,3 +148,11 @@ def test_the_model_config_cannot_set_what_the_data_decides(tmp_path, capsys, key
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"sets '{key}', which comes from the data" in err[0]
     assert not any(tmp_path.iterdir())
+
+
+def test_a_dry_run_sets_everything_up_and_writes_nothing(tmp_path, capsys):
+    assert main(["train", *SMALL, "--epochs", "3", "--results-dir", str(tmp_path), "--save", "d", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "model mnist:" in out and "data mnist5k:" in out and "dry run: nothing written; the run would be" in out
+    assert not any(tmp_path.iterdir())
+    assert main(["train", *SMALL, "--ghost-batch", "999", "--results-dir", str(tmp_path), "--dry-run"]) == 2

@@ -11,6 +11,9 @@ def add_commands(sub) -> None:
     train.add_argument("data_dir", nargs="?", metavar="DIR", help="the seeds' positional data folder: the same as "
                                                                   "--datasets-dir DIR")
     add_config_options(train)
+    train.add_argument("--dry-run", action="store_true",
+                       help="set the run up (options, data found and read, model, regime, methods) and print its setup "
+                            "log, then stop: nothing is written")
     train.set_defaults(func=cmd_train)
 
     lst = sub.add_parser("list", help="list models, datasets and presets")
@@ -24,6 +27,10 @@ def cmd_train(args) -> int:
     from basinlab.api import train
     from basinlab.records.run_folder import is_main_process
     cfg = build_train_config(args)
+    if args.dry_run:
+        from basinlab.api import build_run
+        build_run(cfg.replace(quiet=False)).setup(dry_run=True)
+        return 0
     run = record_errors(train)(cfg)
     if not cfg.quiet and is_main_process():
         best = run.best or {}

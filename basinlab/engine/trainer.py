@@ -82,7 +82,9 @@ class Trainer(CheckpointedState):
         return self.step_context.skipped if self.step_context is not None else 0
 
     # ------------------------------------------------------------------------------------ setup
-    def setup(self) -> None:
+    def setup(self, dry_run: bool = False) -> None:
+        """Everything a run needs (data found and checked, model, regime, methods); then its folder, unless
+        `dry_run`: the setup is logged and nothing is written."""
         cfg = self.cfg
         self.dist = DataParallel(cfg)
         self.device = self.dist.start()
@@ -99,6 +101,10 @@ class Trainer(CheckpointedState):
         self.log = self.run.log
         try:
             self._build(resume_state)
+            if dry_run:
+                self.log.info(f"dry run: nothing written; the run would be {self.run.path}")
+                self.run.abandon()
+                return
             self.run.create(cfg)
         except BaseException:
             self.run.abandon()  # a failed setup leaves no new run folder behind, and no lock
