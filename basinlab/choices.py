@@ -18,3 +18,5 @@ AMP_MODES = ("none", "bf16", "fp16", "auto")     # engine/precision.py
 EVAL_AMP_MODES = ("same", "none")                # engine/precision.py
 CHANNELS_LAST_MODES = ("auto", "on", "off")      # engine/setup.py
 NAN_POLICIES = ("stop", "skip")                  # engine/trainer.py
+SPLITS = ("train", "val")                        # what evaluate, sharpness and landscape measure
+CHECKPOINTS = ("best", "last")                   # which checkpoint of a run folder

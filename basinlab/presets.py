@@ -16,10 +16,17 @@ PRESET_TABLES = (online_norm_presets.PRESETS, asgd_presets.PRESETS, flat_presets
 def register_preset(name: str, options: dict, about: str = "") -> None:
     """Make `name` a preset (`--preset NAME`, `preset=NAME`): `options` are `basinlab train` options (checked
     now), `about` the line `basinlab list` shows."""
-    from basinlab.config import from_mapping
-    if not isinstance(name, str) or not name or name in all_presets():
-        raise ConfigError(f"preset name must be a new non-empty name, got {name!r} (taken: {name in all_presets()})")
-    USER_PRESETS[name] = {"_about": about, **from_mapping(options, where=f"preset {name}")}
+    from basinlab.config import from_mapping, validated_config
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"a preset name is a non-empty string, got {name!r}")
+    if name in all_presets():
+        raise ConfigError(f"preset {name!r} exists already; choose another name")
+    if not isinstance(options, dict):
+        raise ConfigError(f"preset {name!r}: its options are a mapping of option names to values, got "
+                          f"{type(options).__name__}")
+    values = from_mapping(options, where=f"preset {name}")
+    validated_config(dict(values))  # every value and relation checked now, not when the preset is used
+    USER_PRESETS[name] = {"_about": about, **values}
 
 
 def all_presets() -> dict[str, dict]:

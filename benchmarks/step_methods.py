@@ -2,7 +2,7 @@
 
     python benchmarks/step_methods.py [--rounds 5] [--steps 4] [--threads 1] [--device cpu]
 
-For each model (CIFAR ResNet-20 on a synthetic CIFAR batch of 128, the MNIST convnet on a synthetic
+For each model (CIFAR ResNet-20 on a synthetic MNIST-shaped batch of 128, the MNIST convnet on a synthetic
 MNIST batch of 128) a real Trainer is set up per method (same seed, so the same initial weights) and
 the methods' steps are timed in interleaved rounds, so that a busy machine slows every method alike;
 each method's time is its fastest round, in CPU seconds of this process on CPU (so that other
@@ -22,9 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from basinlab.api import make_config  # noqa: E402
+from basinlab.api import build_run, make_config  # noqa: E402
 from basinlab.engine.trainer import Trainer  # noqa: E402
-from basinlab.methods.registry import build_method  # noqa: E402
 
 METHODS = {
     "plain SGD": {},
@@ -34,7 +33,7 @@ METHODS = {
     "ASAM": {"asam": 0.5},
 }
 MODELS = {
-    "resnet20, CIFAR batch 128": ("resnet20", {"in_channels": 3}, (3, 32, 32)),
+    "resnet20, MNIST-shaped batch 128": ("resnet20", {"in_channels": 1}, (1, 28, 28)),
     "mnist convnet, MNIST batch 128": ("mnist", {}, (1, 28, 28)),
 }
 TARGETS = {"SmoothOut (uniform)": 1.1, "AdaSmoothOut (filter)": 1.1, "SAM": 2.2, "ASAM": 2.2}
@@ -44,8 +43,7 @@ def make_trainer(folder: str, name: str, model: str, model_config: dict, device:
     cfg = make_config(results_dir=folder, save=name, quiet=True, model=model, model_config=model_config,
                       dataset="mnist5k", train_limit=256, val_limit=64, batch_size=128, device=device,
                       optimizer="SGD", lr=0.01, momentum=0.9, **options)
-    strategy, callbacks = build_method(cfg)
-    trainer = Trainer(cfg, strategy=strategy, callbacks=callbacks)
+    trainer = build_run(cfg)
     trainer.setup()
     trainer.model.train()
     return trainer

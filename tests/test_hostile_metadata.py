@@ -25,7 +25,7 @@ def trained_like(tmp_path_factory):
     """A run folder holding a best.pt of a tiny mnist model (built directly: no training needed here)."""
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("export") / "run"
-    config = validated_config({"model_config": TINY_MODEL, "val_limit": 32}).to_dict()
+    config = validated_config({"model_config": TINY_MODEL, "val_limit": 32, "dataset": "mnist5k"}).to_dict()
     model = create_model("mnist", 10, "mnist5k", **TINY_MODEL)
     save_checkpoint({"format": "basinlab-checkpoint/1", "config": config, "num_classes": 10,
                      "model": model.state_dict(), "epoch": 1}, folder / "best.pt")

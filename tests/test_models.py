@@ -343,3 +343,48 @@ def test_none_mode_has_no_norm_layers_and_only_fc_bias():
 def test_instance_norm_is_rejected_where_features_are_1d():
     with pytest.raises(ConfigError, match="not defined for 1-D features"):
         create_model("alexnet_bn", 10, "cifar10", norm="instance")
+
+
+# ---- errors of the user's model code (#27) -----------------------------------------------------
+
+def test_a_model_file_without_its_factory_is_read_not_run(tmp_path):
+    path = tmp_path / "nets.py"
+    marker = tmp_path / "ran"
+    path.write_text(f"open({str(marker)!r}, 'w').close()\nclass Net: pass\ndef build(**kw): pass\n"
+                    f"def _private(): pass\nVALUE = 3\n")
+    with pytest.raises(ConfigError, match=r"use .*nets\.py:NAME, with NAME one of Net, build \(its top-level"):
+        create_model(str(path), 10, "cifar10")
+    assert not marker.exists()
+
+
+def test_a_user_factory_raising_is_a_config_error_but_a_registered_one_is_not(tmp_path, trusted):
+    path = tmp_path / "seedlike.py"
+    path.write_text("class Model:\n    def __init__(self, num_classes=1000):\n        pass\n\n"
+                    "def model(**kwargs):\n    return Model(**kwargs)\n")
+    with pytest.raises(ConfigError) as info:
+        create_model(f"{path}:model", 10, "cifar10", width=2)
+    message = str(info.value)
+    assert f"model {path}:model: building it raised TypeError" in message and "(line 6 of seedlike.py)" in message
+    assert "model(num_classes=10, dataset='cifar10', width=...)" in message and "\n" not in message
+
+    def tmp_broken_net(num_classes, dataset):
+        raise RuntimeError("a bug")
+    try:
+        register_model("tmp_broken_net")(tmp_broken_net)  # registered by the user (basinlab.extend)
+        with pytest.raises(ConfigError, match=r"model tmp_broken_net \(from .*test_models.py\): building it raised "
+                                              r"RuntimeError: a bug .*tmp_broken_net\(10, 'cifar10'\)"):
+            create_model("tmp_broken_net", 10, "cifar10")
+        tmp_broken_net.__module__ = "basinlab.models.own"  # one of basinlab's: its exception is basinlab's bug
+        with pytest.raises(RuntimeError, match="a bug"):
+            create_model("tmp_broken_net", 10, "cifar10")
+    finally:
+        registry._MODELS.pop("tmp_broken_net")
+
+
+def test_a_module_beside_the_model_file_is_not_a_package_to_install(tmp_path, trusted):
+    (tmp_path / "layers_beside.py").write_text("X = 1\n")
+    path = tmp_path / "uses_sibling.py"
+    path.write_text("import layers_beside\n")
+    with pytest.raises(ConfigError, match=r"imports 'layers_beside', which is in .* add that folder to PYTHONPATH"):
+        create_model(f"{path}:model", 10, "cifar10")
+    assert "upgrade it: pip install -U torch" in registry.missing_dependency(ImportError("no X", name="torch"))

@@ -107,3 +107,23 @@ def test_a_strategy_can_refuse_at_setup_before_the_folder_exists(tmp_path, capsy
                  str(tmp_path), "--save", "r"]) == 2
     assert "--ghost-batch 64 is larger than the batch size 32" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("overflow", [False, True])
+def test_a_strategys_own_step_runs_inside_the_scalers_overflow_check(overflow):
+    """fp16's path with a rule of the strategy's own (msgd's kind): skipped when the gradients overflowed, taken
+    once otherwise, and the scale updated after either (a CPU GradScaler stands in for CUDA's)."""
+    from basinlab.engine.precision import Precision
+    precision = Precision("none", None, torch.device("cpu"))
+    precision.scaler = torch.amp.GradScaler("cpu", init_scale=4.0, growth_interval=1)
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    precision.backward((weight * (float("inf") if overflow else 1.0)).sum())
+    precision.unscale_(optimizer)
+    taken = []
+    precision.step(optimizer, lambda: taken.append(weight.grad.clone()))
+    assert len(taken) == (0 if overflow else 1)
+    if not overflow:
+        assert torch.equal(taken[0], torch.ones(3))  # the rule saw the unscaled gradient
+    assert precision.scaler.get_scale() == (2.0 if overflow else 8.0)
+    assert "step" not in vars(optimizer)  # the optimizer's own step is back

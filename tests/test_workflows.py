@@ -8,7 +8,7 @@ import pytest
 
 from basinlab.cli import build_parser, main
 from basinlab.cli.options import build_train_config
-from basinlab.config import OPTION_GROUPS
+from basinlab.config import FIELDS, OPTION_GROUPS
 from basinlab.methods.registry import build_method
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,10 +39,13 @@ def test_every_option_of_the_methods_is_tried():
 
 
 def test_a_trainer_is_built_only_by_build_run():
-    """Outside the engine (and its tests), the only `Trainer(...)` call is basinlab.api.build_run's."""
+    """Outside the engine (and its tests), the only `Trainer(...)` call is basinlab.api.build_run's: the package,
+    the benchmarks and the experiments' scripts included."""
     calls = []
-    for path in sorted((ROOT / "basinlab").rglob("*.py")):
-        if "engine" in path.relative_to(ROOT / "basinlab").parts:
+    paths = [*(ROOT / "basinlab").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py"),
+             *(ROOT / "experiments").rglob("*.py")]
+    for path in sorted(paths):
+        if "engine" in path.relative_to(ROOT).parts:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "Trainer":
@@ -69,3 +72,21 @@ def test_autohyper_takes_no_method_flag(capsys):
     for argv in METHOD_FLAGS.values():
         assert main(["autohyper", "train", argv[0], *argv[1:2]]) == 2
         assert "unrecognized argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_FLAGS))
+def test_train_and_a_sweep_take_each_method_flag(tmp_path, capsys, method):
+    """In `basinlab train` (its whole setup, --dry-run) each method's flags build the strategy the registry
+    names; a sweep spec with them is accepted (its runs are `basinlab train` processes)."""
+    argv = METHOD_FLAGS[method]
+    assert main(["train", *SMALL, *argv, "--results-dir", str(tmp_path), "--dry-run"]) == 0
+    expected = build_method(build_train_config(build_parser().parse_args(["train", *argv])), 1)[0].name
+    assert f"step {expected}," in capsys.readouterr().out
+    import yaml
+
+    from basinlab.sweep import read_spec
+    options = vars(build_parser().parse_args(["train", *argv]))
+    base = {k.replace("_", "-"): v for k, v in options.items() if k in FIELDS}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"base": {**base, "train-limit": 128, "batch-size": 32}, "seeds": [0]}))
+    assert len(read_spec(spec, tmp_path / "out").runs) == 1

@@ -12,11 +12,10 @@ import itertools
 
 import torch
 
+from basinlab.choices import SPLITS
 from basinlab.engine.inspect import loader_for
 from basinlab.errors import ConfigError
 from basinlab.utils.checks import check_int
-
-SPLITS = ("train", "val")
 
 
 class MeasurementData:

@@ -58,6 +58,13 @@ def recalibration_data(cfg, bn_batches, *, batch_size, limit, datasets_dir, devi
                             datasets_dir=datasets_dir, device=device, clamp=True).in_memory()
 
 
+def announce_grid(points: int, splits, quiet: bool) -> None:
+    """Before the first point: how many there are (each a pass over the data)."""
+    if not quiet:
+        print(f"landscape: {points:,} points, each a pass over the {' and '.join(splits)} data; the first point's "
+              f"time gives an estimate of the rest", file=sys.stderr, flush=True)
+
+
 def progress_printer(quiet: bool):
     if quiet:
         return None
@@ -118,6 +125,7 @@ def interpolate_checkpoints(checkpoint_a, checkpoint_b, alphas, *, splits=SPLITS
     output = Path(output)
     table = GridTable(output.with_suffix(".csv"), columns, ["alpha"], settings, overwrite=overwrite)
     keys = [(a,) for a in alphas]
+    announce_grid(len(keys), splits, quiet)
     with GridEvaluator(model, criterion, data, recalibrate=recal) as evaluator:
         run_grid(table, keys, lambda key: interpolate_state(state_a, state_b, key[0]), evaluator,
                  progress_printer(quiet))
@@ -160,6 +168,7 @@ def random_directions(checkpoint, alphas, betas=None, *, seed=0, include_bias_bn
     output = Path(output)
     table = GridTable(output.with_suffix(".csv"), columns, key_names, settings, overwrite=overwrite)
     keys = [(a,) for a in alphas] if betas is None else [(a, b) for a in alphas for b in betas]
+    announce_grid(len(keys), splits, quiet)
     with GridEvaluator(model, criterion, data, points_per_pass=points_per_pass, recalibrate=recal) as evaluator:
         run_grid(table, keys, lambda key: displaced_parameters(origin, directions, key), evaluator,
                  progress_printer(quiet))

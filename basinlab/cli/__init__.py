@@ -48,6 +48,12 @@ def main(argv=None) -> int:
             raise
         print(f"basinlab: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ImportError as exc:  # an optional package a command needs: say what to install
+        if debug:
+            raise
+        from basinlab.utils.dependencies import what_to_install
+        print(f"basinlab: error: {what_to_install(exc)}", file=sys.stderr)
+        return 2
     except OSError as exc:
         if debug or exc.errno != errno.ENAMETOOLONG:
             raise

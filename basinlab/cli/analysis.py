@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import re
-import sys
 
+from basinlab.choices import CHECKPOINTS, HESSIAN_MODES, SPLITS
 from basinlab.cli.options import BATCH, COUNT, SEED, add_trust_option, integer, number, output_file
 from basinlab.errors import ConfigError
 
@@ -16,12 +16,12 @@ _NUMBER_LIKE = re.compile(r"^-(\d|\.\d|(inf|infinity|nan)$)", re.IGNORECASE)
 
 
 def _data_options(parser, default_split) -> None:
-    parser.add_argument("--split", nargs="+", choices=("train", "val"), default=default_split,
+    parser.add_argument("--split", nargs="+", choices=SPLITS, default=default_split,
                         help="data splits to evaluate (training data is never augmented)")
     parser.add_argument("--limit", type=COUNT, help="first N examples of each split (default: the run's "
                                                   "--train-limit/--val-limit)")
     parser.add_argument("-b", "--batch-size", type=BATCH, default=256, help="evaluation batch size")
-    parser.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run folder")
+    parser.add_argument("--which", choices=CHECKPOINTS, default="best", help="checkpoint of a run folder")
     parser.add_argument("--datasets-dir", help="folder holding the dataset (default: the run's)")
     parser.add_argument("--device", default="auto")
     add_trust_option(parser)
@@ -53,9 +53,7 @@ def _announce_grid(points: int, args) -> None:
     if points > LARGE_GRID and not args.yes:
         raise ConfigError(f"the grid has {points:,} points, each a pass over the {splits} data (hours on a CPU at full "
                           f"size): add --yes to run it, or take a coarser step or --limit N examples")
-    if not args.quiet:
-        print(f"landscape: {points:,} points, each a pass over the {splits} data; the first point's time gives "
-              f"an estimate of the rest", file=sys.stderr)
+    # the count itself is said by the view once model and data are loaded (views.announce_grid)
 
 
 def add_commands(sub) -> None:
@@ -74,7 +72,7 @@ def _add_sharpness(sub) -> None:
                        help="hessian: HVP budget (power: per eigenvalue); trace: most Rademacher samples")
     sharp.add_argument("--tol", type=number(above=0), help="relative tolerance (hessian 1e-4, at least 5e-5 in "
                                                            "float32; trace 1e-3, the standard error's)")
-    sharp.add_argument("--hessian-mode", choices=("eval", "train"), default="eval",
+    sharp.add_argument("--hessian-mode", choices=HESSIAN_MODES, default="eval",
                        help="hessian, trace, spectrum: eval = BatchNorm running statistics (the test-time "
                             "function), train = batch statistics (what training steps see; BN statistics are "
                             "left untouched) (default: eval)")
@@ -86,13 +84,13 @@ def _add_sharpness(sub) -> None:
     sharp.add_argument("--subspace-dim", type=integer(1, 10_000_000), help="keskar: random subspace dimension "
                                                                            "(default: full space)")
     sharp.add_argument("--keskar-iter", type=integer(1, 100_000), default=10, help="keskar: L-BFGS-B iterations")
-    sharp.add_argument("--split", choices=("train", "val"), default="train",
+    sharp.add_argument("--split", choices=SPLITS, default="train",
                        help="data of the measured loss (default train, as Keskar; no augmentation)")
     sharp.add_argument("--batches", type=COUNT, help="first N batches of the split only (training order of epoch 0)")
     sharp.add_argument("--limit", type=COUNT, help="first N examples of the split (default: the run's limit)")
     sharp.add_argument("-b", "--batch-size", type=BATCH, default=128)
     sharp.add_argument("--seed", type=SEED, default=0, help="seed of the random vectors and subspace")
-    sharp.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run folder")
+    sharp.add_argument("--which", choices=CHECKPOINTS, default="best", help="checkpoint of a run folder")
     sharp.add_argument("--datasets-dir", help="folder holding the dataset (default: the run's)")
     sharp.add_argument("--device", default="auto")
     add_trust_option(sharp)

@@ -4,43 +4,64 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import os
 import re
+import sys
 from pathlib import Path
 
+from basinlab.cli.seed_flags import SAME, SEED_SCRIPTS, seed_flag
 from basinlab.config import FIELDS, OPTION_GROUPS, RENAMED, RULES, WHEN_UNSET, TrainConfig, load_yaml, note_renamed
 from basinlab.errors import ConfigError
 from basinlab.utils.schema import Rule, check_text, check_value, shown
 
-# The seeds' flags that basinlab spells differently: answered with the basinlab equivalent.
-SEED_FLAGS = {
-    "--gpus": "use --device cuda:N for one GPU, or --nproc N for N processes",
-    "--ss": "use --smoothout A (the SmoothOut noise strength)",
-    "-e": "use `basinlab evaluate CHECKPOINT`",
-    "--evaluate": "use `basinlab evaluate CHECKPOINT`",
-    "--start-epoch": "use --resume RUN: the epoch to start from is in the run's checkpoint",
-    "--pretrained": "basinlab trains from scratch; load trained weights with basinlab.load_run(RUN).model",
-    "-mb": "use --ghost-batch M (the seed's mini-batch inside a large batch)",
-    "--mini-batch-size": "use --ghost-batch M (the seed's mini-batch inside a large batch)",
-    "--lr_bb_fix": "use --lr-scale-batch sqrt",
-    "--mode": "use --norm-mode MODE",
-}
+# Tokens that start with "-" but are values: negative numbers, ranges such as -0.3:0.02:0.31, -inf, -nan
+_VALUE_LIKE = re.compile(r"^-(\d|\.\d|(inf|infinity|nan)$)", re.IGNORECASE)
+_PYTHON = re.compile(r"^(.*/)?python[\d.]*$")
+_HINTS_BUDGET = 520  # characters of flag hints on the one line; further flags are named and counted
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports usage errors as our one-line errors (exit 2), with seed-flag equivalents and
-    "did you mean" suggestions for unknown flags."""
+    """argparse that reports usage errors as our one-line errors (exit 2): every unknown flag of the command at
+    once, each with its equivalent in that command (the seeds' flags: seed_flags.SEED_FLAGS) or "did you mean"
+    suggestions. No abbreviations: `sharpness --dataset X` must not silently be `--datasets-dir X`."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         # argparse quotes what was typed in full ("invalid choice: '<5,000 characters>'"): one line stays short
         message = re.sub(r"'([^']{80,})'", lambda found: shown(found.group(1)), message)
-        raise ConfigError(f"{self.prog}: {message}")
+        flags = [] if self._has_commands() else self._unknown_flags(getattr(self, "_given", ()))
+        if flags:  # the unknown flags first: argparse may have tripped over their values
+            raise ConfigError(f"{self._where()}{self._unknown_line(flags)}; also: {message}")
+        raise ConfigError(f"{self._where()}{message}")
+
+    def _where(self) -> str:
+        """'train: ' for `basinlab train` (the line already starts with 'basinlab: error:'), '' at the top."""
+        return self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._given = list(sys.argv[1:] if args is None else args)  # what this (sub)command was given
+        return super().parse_known_args(self._given, namespace)
 
     def parse_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        pasted = self._pasted_seed_line(args)
+        if pasted:
+            raise ConfigError(pasted)
         known, extras = self.parse_known_args(args, namespace)
-        if extras:  # answered by the (sub)command whose options they were meant for
-            parser = self._command_parser(known)
-            raise ConfigError(f"{parser.prog}: {parser._unknown(extras)}")
+        parser = self._command_parser(known)  # the unknown flags are answered by the (sub)command they were for
+        flags = parser._unknown_flags(getattr(parser, "_given", extras))
+        if flags:
+            raise ConfigError(f"{parser._where()}{parser._unknown_line(flags)}")
+        if extras:
+            raise ConfigError(f"{parser._where()}unrecognized argument{'s' if len(extras) > 1 else ''} "
+                              f"{_short(' '.join(extras), 80)} (not a value of any option); see `{parser.prog} --help`")
         return known
+
+    def _has_commands(self) -> bool:
+        return any(isinstance(action, argparse._SubParsersAction) for action in self._actions)
 
     def _command_parser(self, namespace) -> ArgumentParser:
         for action in self._actions:
@@ -50,14 +71,120 @@ class ArgumentParser(argparse.ArgumentParser):
                     return chosen._command_parser(namespace)
         return self
 
-    def _unknown(self, tokens: list[str]) -> str:
-        flag = next((t.split("=", 1)[0] for t in tokens if t.startswith("-")), tokens[0] if tokens else "")
-        if flag in SEED_FLAGS:
-            return f"{flag} is the seeds' flag: {SEED_FLAGS[flag]}"
+    def _subcommand(self, words: list[str]) -> ArgumentParser | None:
+        parser = self
+        for word in words:
+            action = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+            parser = action.choices.get(word) if action else None
+            if parser is None:
+                return None
+        return parser
+
+    # ------------------------------------------------------------------------------------ unknown flags
+    def _is_flag(self, token: str) -> bool:
+        return token.startswith("-") and token != "-" and not _VALUE_LIKE.match(token)
+
+    def _unknown_flags(self, tokens) -> list[str]:
+        """The flags in `tokens` that this parser does not know, in order, once each; a seed flag's values
+        are skipped (they may look like flags: --alpha -0.3:0.02:0.31)."""
+        known = self._option_string_actions
+        found, i = [], 0
+        while i < len(tokens):
+            token = tokens[i]
+            i += 1
+            if token == "--":
+                break
+            if not self._is_flag(token):
+                continue
+            flag = token.split("=", 1)[0]
+            if flag in known or (not token.startswith("--") and token[:2] in known):  # -b128: a known short flag
+                continue
+            if flag not in found:
+                found.append(flag)
+            row = seed_flag(flag)
+            if row is not None and "=" not in token:
+                i = self._skip_values(tokens, i, row.values)
+        return found
+
+    def _skip_values(self, tokens, i: int, values) -> int:
+        def value(token):
+            return not self._is_flag(token) or (not token.startswith("--") and token[:2] not in
+                                                self._option_string_actions and seed_flag(token) is None)
+        if values == "+":
+            while i < len(tokens) and value(tokens[i]):
+                i += 1
+            return i
+        for _ in range(values):
+            if i < len(tokens) and value(tokens[i]):
+                i += 1
+        return i
+
+    def _hint(self, flag: str, command: str) -> tuple[str, bool]:
+        """(what to use instead of `flag` in this command, whether it is the seeds' flag)."""
+        row = seed_flag(flag)
+        if row is not None and row.text(command) != SAME:
+            return row.text(command), True
         known = [s for action in self._actions for s in action.option_strings]
         close = difflib.get_close_matches(flag.replace("_", "-"), known, n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; see `{self.prog} --help`"
-        return f"unrecognized argument {' '.join(tokens)[:80]}{hint}"
+        return (f"did you mean {', '.join(close)}?" if close else "not an option here"), False
+
+    def _unknown_line(self, flags: list[str]) -> str:
+        command = self.prog.partition(" ")[2]  # "basinlab landscape directions" -> "landscape directions"
+        hints = [(flag, *self._hint(flag, command)) for flag in flags]
+        if len(hints) == 1:
+            flag, text, seeds = hints[0]
+            line = f"unrecognized argument: {flag} is the seeds' flag: {text}" if seeds else \
+                f"unrecognized argument {_short(flag, 60)}: {text}"
+        else:
+            items, length = [], 0
+            for flag, text, _ in hints:
+                item = f"{_short(flag, 40)}: {text}"
+                if items and length + len(item) > _HINTS_BUDGET:
+                    break
+                items.append(item)
+                length += len(item) + 2
+            line = f"unrecognized arguments ({len(flags)}): " + "; ".join(items)
+            rest = flags[len(items):]
+            if rest:
+                line += f"; and {len(rest)} more: {_short(', '.join(rest), 100)}"
+        if not all(seeds for _, _, seeds in hints):
+            line += f" (every option: `{self.prog} --help`)"
+        return line
+
+    def _pasted_seed_line(self, args: list[str]) -> str | None:
+        """A seed's command line pasted after `basinlab` (`python evaluate.py --ss 0.006 ...`): the basinlab
+        command it became, and its flags' equivalents there."""
+        i = 0
+        while i < len(args) and _PYTHON.match(args[i]):
+            i += 1
+        module = i + 1 < len(args) and args[i] == "-m"
+        if i >= len(args) or not (module or args[i].endswith(".py")):
+            return None
+        script = args[i + 1] if module else os.path.basename(args[i])
+        if script not in SEED_SCRIPTS or (script == "autohyper") != module:
+            return None
+        command, seed, extra = SEED_SCRIPTS[script]
+        rest = args[i + 2:] if module else args[i + 1:]
+        if script == "autohyper" and rest[:1] == ["train"]:
+            rest = rest[1:]
+        parser = self._subcommand(command.split())
+        if parser is None:  # not the whole command tree
+            return None
+        positionals = " ".join(_shown_positional(a) for a in parser._actions if not a.option_strings)
+        typed = " ".join(args[:i + 2 if module else i + 1])
+        line = (f"`{_short(typed, 60)}` is the {seed} seed's command; in basinlab it is "
+                f"`{' '.join(filter(None, ('basinlab', command, positionals, extra)))}`")
+        flags = parser._unknown_flags(rest)
+        return f"{line}; {parser._unknown_line(flags)}" if flags else f"{line}, with the same flags"
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _shown_positional(action) -> str:
+    name = action.metavar or action.dest.upper()
+    return f"[{name}]" if action.nargs == "?" else name
 
 
 def _field_type(annotation):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from basinlab.choices import CHECKPOINTS, NOISE_SCALES, NOISE_TYPES, SPLITS
 from basinlab.cli.options import BATCH, COUNT, SEED, add_trust_option, integer, number, output_file
 
 
@@ -11,7 +12,7 @@ def add_commands(sub) -> None:
     ev.add_argument("checkpoint", help="checkpoint file, run folder (uses best.pt of a folder) or a .safetensors "
                                        "file written by `basinlab export`")
     ev.add_argument("--dataset", help="dataset (default: the run's)")
-    ev.add_argument("--split", choices=("train", "val"), default="val")
+    ev.add_argument("--split", choices=SPLITS, default="val")
     ev.add_argument("--datasets-dir")
     ev.add_argument("-b", "--batch-size", type=BATCH, default=256)
     ev.add_argument("--limit", type=COUNT, help="N examples (the class-stratified subset; default: the run's own "
@@ -22,9 +23,9 @@ def add_commands(sub) -> None:
     ev.add_argument("--output", type=output_file, help="also write the result to this CSV")
     ev.add_argument("--noise", type=number(0.0), metavar="A",
                     help="evaluate under fresh weight noise of strength A per batch (the SmoothOut seed's --ss)")
-    ev.add_argument("--noise-type", choices=("uniform", "normal"), default="uniform",
+    ev.add_argument("--noise-type", choices=NOISE_TYPES, default="uniform",
                     help="noise distribution: U(-A, A) or N(0, A^2) before adaptation")
-    ev.add_argument("--noise-adapt", choices=("none", "weight", "filter"), default="none",
+    ev.add_argument("--noise-adapt", choices=NOISE_SCALES, default="none",
                     help="noise scale: absolute, relative to |w|, or per filter norm (AdaSmoothOut)")
     ev.add_argument("--noise-samples", type=integer(1, 10_000), default=1, metavar="K",
                     help="passes over the split with fresh noise; mean and std over them")
@@ -43,7 +44,7 @@ def add_commands(sub) -> None:
     export = sub.add_parser("export", help="write a run's model weights as safetensors for sharing")
     export.add_argument("run", help="run folder or checkpoint")
     export.add_argument("--safetensors", action="store_true", default=True, help="(the only format)")
-    export.add_argument("--which", choices=("best", "last"), default="best")
+    export.add_argument("--which", choices=CHECKPOINTS, default="best")
     export.add_argument("-o", "--output", type=output_file, help="output file (default: <run>/model.safetensors); "
                                                                  "written atomically: a failed write leaves no file")
     export.set_defaults(func=cmd_export)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from basinlab.choices import AMP_MODES
 from basinlab.cli.options import SEED, integer, number, output_folder
 from basinlab.errors import ConfigError
 from basinlab.utils.schema import shown
@@ -34,7 +35,7 @@ def _add_autohyper(sub) -> None:
     train.add_argument("--save-freq", type=integer(1, 100_000), default=25, help="keep epoch_<k>.pt every k epochs "
                                                                                  "of a full training")
     train.add_argument("--cpu", action="store_true", help="train on the CPU")
-    train.add_argument("--amp", choices=("none", "bf16", "fp16", "auto"), default="none",
+    train.add_argument("--amp", choices=AMP_MODES, default="none",
                        help="mixed precision of every trial and training, as basinlab train's --amp (default: none)")
     train.add_argument("--gpu", type=integer(0, 1024), help="CUDA device index (default: auto)")
     train.add_argument("--search", default="lr", choices=("lr", "lr+wd"),

@@ -94,11 +94,17 @@ def check_relations(cfg) -> None:
 
 def stored_values(stored: dict) -> dict:
     """A stored config's values for today's fields: known keys kept (old spellings under their new names), new
-    ones as the old code behaved."""
+    ones as the old code behaved, and a detail whose main option the run did not use at its default (older code
+    accepted it, and it did nothing there: a stored run stays loadable whatever relations were added since)."""
     values = {RENAMED.get(k, k): v for k, v in stored.items() if RENAMED.get(k, k) in FIELDS}
     for key, (value, needs) in LEGACY_DEFAULTS.items():
         if not needs or any(values.get(main) is not None for main in needs):
             values.setdefault(key, value)
+    for name, field in FIELDS.items():
+        needs = field.metadata["needs"]
+        if needs and name in values and not any(values.get(main, FIELDS[main].default) != FIELDS[main].default
+                                                for main in needs):
+            values[name] = field.default
     return values
 
 
@@ -136,7 +142,8 @@ def from_mapping(values: dict, where: str = "config") -> dict:
             _refuse_granted_trust(key, value, where)
             continue
         if name in RENAMED:
-            note_renamed(str(key), where)
+            if value != FIELDS[RENAMED[name]].default:  # a stored default needs no note
+                note_renamed(str(key), where)
             name = RENAMED[name]
         if name not in FIELDS:
             close = [n.replace("_", "-") for n in FIELDS if name[:3] in n]

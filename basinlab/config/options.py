@@ -77,7 +77,8 @@ class TrainConfig:
     # --- data -------------------------------------------------------------------------------------
     dataset: str | None = opt(None, "dataset name from `basinlab list`",
                               group="data", unset="the one dataset --datasets-dir holds (refused if it holds none or "
-                                                  "several); without a folder mnist5k, 5,000 embedded MNIST digits")
+                                                  "several); without a folder mnist5k, 5,000 embedded MNIST digits",
+                              legacy="mnist5k")
     datasets_dir: str | None = opt(None, "folder holding <dataset>/ folders, or the dataset's own folder as the "
                                          "seeds take it (holding cifar-10-batches-py/, train/ and val/, MNIST/raw/, "
                                          "...); the log names the layout found (default: $BASINLAB_DATASETS or "

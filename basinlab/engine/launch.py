@@ -19,7 +19,7 @@ DEFAULT_BATCH = 128  # the trainer's batch size when neither the options nor the
 def check_options(cfg: TrainConfig, world_size: int) -> None:
     """Refuse engine options that cannot run (or would silently differ) with `world_size` processes.
 
-    Each method refuses its own options in its `configure(cfg, world_size)` (basinlab.methods.registry)."""
+    Each method refuses its own options in its `configure(cfg, world_size, workflow)` (basinlab.methods.registry)."""
     if isinstance(cfg.dist_timeout, bool) or not isinstance(cfg.dist_timeout, int) or cfg.dist_timeout <= 0:
         raise ConfigError(f"--dist-timeout must be a positive number of seconds, got {cfg.dist_timeout!r}")
     if cfg.nproc is not None and (isinstance(cfg.nproc, bool) or not isinstance(cfg.nproc, int) or cfg.nproc < 1):

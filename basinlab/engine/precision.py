@@ -115,10 +115,12 @@ class Precision:
         elif step is None:
             self.scaler.step(optimizer)
             self.scaler.update()
-        else:  # a strategy's own rule: the scaler's overflow check by hand (after unscale_)
-            found = self.scaler._per_optimizer_states[id(optimizer)]["found_inf_per_device"]
-            if not sum(float(v.item()) for v in found.values()):
-                step()
+        else:  # a strategy's own rule, inside the scaler's own overflow check: it calls optimizer.step()
+            optimizer.step = lambda *args, **kwargs: step()  # the instance attribute shadows the method
+            try:
+                self.scaler.step(optimizer)
+            finally:
+                del optimizer.step
             self.scaler.update()
 
     def unscaled(self, value: torch.Tensor) -> torch.Tensor:

@@ -103,12 +103,20 @@ class Trainer(CheckpointedState):
             self._build(resume_state)
             if dry_run:
                 self.log.info(f"dry run: nothing written; the run would be {self.run.path}")
+                self.close_strategy()
                 self.run.abandon()
                 return
             self.run.create(cfg)
         except BaseException:
+            self.close_strategy()  # what its setup started ends with the failed setup
             self.run.abandon()  # a failed setup leaves no new run folder behind, and no lock
             raise
+
+    def close_strategy(self) -> None:
+        """End what the strategy's setup started (once, whatever ends the run)."""
+        if getattr(self, "_strategy_open", False):
+            self._strategy_open = False
+            self.strategy.close()
 
     def _build(self, resume_state) -> None:
         """Data, model, regime, precision, optimizer and strategy; the resumed state on top."""
@@ -157,6 +165,7 @@ class Trainer(CheckpointedState):
         if self.strategy is None:
             self.strategy = STRATEGIES["plain"]()
         self.strategy.setup(self.step_context, self.info)
+        self._strategy_open = True
         factor = float(self.strategy.lr_factor(self.info))
         if factor != 1.0:
             self.regime = self.regime.scaled_lr(factor)
@@ -286,7 +295,7 @@ class Trainer(CheckpointedState):
             raise
         finally:  # records are complete whatever ends the run (NaN stop, signal, error)
             try:
-                self.strategy.close()  # a strategy's processes or threads end with the run, failure included
+                self.close_strategy()  # a strategy's processes or threads end with the run, failure included
             finally:
                 self.run.close()
         self.dist.finish()

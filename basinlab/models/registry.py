@@ -9,6 +9,7 @@ factory without editing the package:
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import importlib
@@ -16,11 +17,13 @@ import importlib.util
 import inspect
 import os
 import sys
+import traceback
 from collections.abc import Callable
 
 from torch import nn
 
-from basinlab.errors import ConfigError
+from basinlab.errors import BasinlabError, ConfigError
+from basinlab.utils.dependencies import what_to_install
 
 __all__ = ["register_model", "list_models", "create_model", "get_model_factory", "is_model_name", "is_user_model",
            "absolute_model_spec", "trust_model_code", "trusting_model_code", "trusts_all_model_code"]
@@ -129,6 +132,8 @@ def get_model_factory(name: str) -> tuple[str, Callable[..., nn.Module]]:
     if ":" in name:
         check_import_allowed(name)
         return name, _load_user_factory(name.strip())
+    if _looks_like_file(name.strip()):
+        raise ConfigError(_file_without_factory(name.strip()))
     raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())} "
                       f"(or your own as 'path/to/file.py:factory' or 'package.module:factory')")
 
@@ -193,11 +198,52 @@ def _call_factory(label: str, factory, num_classes: int, dataset: str, config: d
     by_position, _, open_ended = _signature(factory)
     _check_keys(label, factory, config)
     if by_position:
-        return factory(num_classes, dataset, **config)
-    named = inspect.signature(factory).parameters
-    given = {k: v for k, v in (("num_classes", num_classes), ("dataset", dataset))
-             if open_ended or k in named}
-    return factory(**given, **config)
+        args, given = (num_classes, dataset), {}
+    else:
+        named = inspect.signature(factory).parameters
+        args = ()
+        given = {k: v for k, v in (("num_classes", num_classes), ("dataset", dataset)) if open_ended or k in named}
+    if not _is_users_code(label, factory):  # basinlab's own models: an exception there is basinlab's bug
+        return factory(*args, **given, **config)
+    try:
+        return factory(*args, **given, **config)
+    except BasinlabError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's code: one line naming it and how it was called
+        raise ConfigError(_factory_failed(label, factory, exc, args, given, config)) from exc
+
+
+def _is_users_code(label: str, factory) -> bool:
+    """A file:factory or module:factory spec, or a factory the user registered (basinlab.extend.register_model)."""
+    return is_user_model(label) or not (getattr(factory, "__module__", None) or "").startswith("basinlab")
+
+
+def _factory_failed(label: str, factory, exc: Exception, args: tuple, given: dict, config: dict) -> str:
+    """One line on a user factory that raised: its file and name, where, the call it got and what it may get."""
+    target, _, attr = label.rpartition(":")
+    if isinstance(exc, ImportError):
+        return f"model {label}: {missing_dependency(exc, near=target or None)}"
+    try:
+        source = inspect.getsourcefile(factory)
+    except TypeError:  # a builtin
+        source = None
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == source]
+    at = f" (line {frames[-1].lineno} of {os.path.basename(frames[-1].filename)})" if frames else ""
+    where = "" if target or not source else f" (from {source})"
+    shown_args = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in given.items()] + [f"{k}=..." for k in config]
+    message = " ".join(str(exc).split())[:160]
+    advice = "take the ones it does not use with **kwargs" if isinstance(exc, TypeError) else "fix the model code"
+    return (f"model {label}{where}: building it raised {type(exc).__name__}: {message}{at}; basinlab called "
+            f"{attr}({', '.join(shown_args)}): a factory gets num_classes and dataset (by keyword, or as the first "
+            f"two positional parameters) plus the model config's keys ({', '.join(config) or 'none given'}); "
+            f"{advice}")
+
+
+# import name -> pip package, where they differ; and the packages a basinlab extra installs (pyproject.toml)
+def missing_dependency(exc: ImportError, near: str | None = None) -> str:
+    """utils.dependencies.what_to_install, with the user's model file's folder (`near`) looked at too."""
+    folder = os.path.dirname(os.path.abspath(os.path.expanduser(near))) if near and _looks_like_file(near) else None
+    return what_to_install(exc, folder)
 
 
 def _load_user_factory(spec: str):
@@ -207,8 +253,40 @@ def _load_user_factory(spec: str):
     module = _load_file(target) if _looks_like_file(target) else _import(target)
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise ConfigError(f"bad model {spec!r}: {target!r} has no callable {attr!r}")
+        found = ""
+        if _looks_like_file(target):
+            names = _top_level_callables(os.path.abspath(os.path.expanduser(target)))
+            found = f" (it defines: {', '.join(names)})" if names else " (it defines no function or class)"
+        raise ConfigError(f"bad model {spec!r}: {target!r} has no callable {attr!r}{found}")
     return factory
+
+
+def _top_level_callables(path: str) -> list[str]:
+    """The names of the file's top-level functions and classes, read with ast (nothing is executed)."""
+    with open(path, "rb") as handle:
+        tree = ast.parse(handle.read(), filename=path)
+    names = [node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
+    return [n for n in names if not n.startswith("_")] or names
+
+
+def _file_without_factory(name: str) -> str:
+    """The error for `--model file.py` (no `:factory`): the callables the file defines, or why there are none."""
+    path = os.path.abspath(os.path.expanduser(name))
+    if not os.path.isfile(path):
+        return (f"model file {name!r} does not exist ({path}); a model is a registered name (`basinlab list`) "
+                f"or your own as 'path/to/file.py:factory'")
+    try:
+        names = _top_level_callables(path)
+    except SyntaxError as exc:
+        return f"model file {name!r} does not parse (line {exc.lineno}: {exc.msg}); fix it, then pass {name}:FACTORY"
+    except (OSError, ValueError) as exc:
+        return f"model file {name!r} cannot be read: {getattr(exc, 'strerror', None) or exc}"
+    if not names:
+        return (f"model file {name!r} defines no function or class at its top level; a model is "
+                f"'{name}:factory' with factory(num_classes, dataset, **model_config) returning an nn.Module")
+    shown_names = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+    return (f"model {name!r} names a file but not the factory to call in it: use {name}:NAME, with NAME one of "
+            f"{shown_names} (its top-level functions and classes)")
 
 
 def _looks_like_file(target: str) -> bool:
@@ -219,7 +297,12 @@ def _import(module_name: str):
     try:
         return importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"cannot import model module {module_name!r}: {exc}") from exc
+        missing = (exc.name or "").split(".")[0]
+        if isinstance(exc, ModuleNotFoundError) and missing and module_name.split(".")[0] == missing:
+            raise ConfigError(f"cannot import model module {module_name!r}: no module {exc.name!r} on the import "
+                              f"path (the current folder and PYTHONPATH); for a file give "
+                              f"'path/to/file.py:factory'") from exc
+        raise ConfigError(f"cannot import model module {module_name!r}: {missing_dependency(exc)}") from exc
 
 
 def _load_file(path: str):
@@ -238,6 +321,9 @@ def _load_file(path: str):
         spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(module_name, None)
-        raise ConfigError(f"cannot load model file {path!r}: {type(exc).__name__}: {exc}") from exc
+        if isinstance(exc, ImportError):
+            raise ConfigError(f"cannot load model file {path!r}: {missing_dependency(exc, near=path)}") from exc
+        raise ConfigError(f"cannot load model file {path!r}: {type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:200]}") from exc
     _USER_FILES[cache_key] = module
     return module

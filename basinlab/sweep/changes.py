@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from basinlab.config import normalise_key, read_yaml_mapping
+from basinlab.config import RENAMED, normalise_key, read_yaml_mapping
 from basinlab.errors import ConfigError, WriteError
 from basinlab.records.run_safety import lock_holder
 from basinlab.sweep.spec import SweepSpec, plan_runs, seeds_of
@@ -52,7 +52,8 @@ def _raw(mapping, where: str) -> dict:
         return {}
     if not isinstance(mapping, Mapping):
         raise ConfigError(f"{where} is not a mapping")
-    return {normalise_key(str(key)): value for key, value in mapping.items()}
+    names = (normalise_key(str(key)) for key in mapping)
+    return {RENAMED.get(name, name): value for name, value in zip(names, mapping.values())}  # old spellings: as now
 
 
 def stored_run_options(results_dir: Path) -> dict[str, dict] | None:

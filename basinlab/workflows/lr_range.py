@@ -36,7 +36,9 @@ def _run_step(trainer):
     for the sweep to record and stop on."""
     def step(model, optimizer, batch):
         x, y = batch
-        return trainer.strategy.train_step(trainer.step_context, x, y).loss
+        result = trainer.strategy.train_step(trainer.step_context, x, y)
+        # a skipped step changed nothing: its (maybe finite, e.g. SAM's first pass) loss must not count
+        return math.nan if result.skipped else result.loss
     return step
 
 
@@ -62,6 +64,7 @@ def run_lr_range(cfg: TrainConfig, output: str | Path, *, start_lr: float = 1e-7
 
 
 def _close(trainer) -> None:
+    trainer.close_strategy()
     run = getattr(trainer, "run", None)
     if run is not None:
         run.close()

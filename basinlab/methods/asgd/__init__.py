@@ -1,6 +1,6 @@
 """Asynchronous SGD (At Stability's Edge; shared/specs/02-async-sgd.md).
 
-    method.py      configure(cfg, world_size): --server ssgd|asgd|msgd -> ParameterServerStep
+    method.py      configure(cfg, world_size, workflow): --server ssgd|asgd|msgd -> ParameterServerStep
     server.py      the simulated parameter server and its step strategy (snapshots.py: the snapshot ring)
     schedule.py    which worker computes next: round_robin | random | normal
     stability.py   linear stability thresholds of delayed (momentum) SGD; the delay-aware lr rule

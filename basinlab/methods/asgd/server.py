@@ -302,7 +302,7 @@ class ParameterServer:
 
 
 class ParameterServerStep(StepStrategy):
-    """The trainer's step strategy for --server ssgd|asgd|msgd --workers N [--delay d] [--schedule ...]."""
+    """The step strategy of --server ssgd|asgd|msgd --workers N [--delay d] [--worker-order ...]."""
 
     name = "parameter-server"
 
@@ -346,7 +346,7 @@ class ParameterServerStep(StepStrategy):
         how = "given" if self.delay_given else (
             "default for ssgd" if self.mode == "ssgd" else "default: pure ASGD, d = workers - 1")
         run.log(f"parameter server {self.mode}: {self.workers} workers, delay d={s.delay} ({how}), "
-                         f"k={s.group} gradient(s) per server update, schedule {self.schedule}; "
+                         f"k={s.group} gradient(s) per server update, worker order {self.schedule}; "
                          f"stable eta*lambda_max < {closed_form_threshold(s.delay):.4g} without momentum")
         mib = 2 ** 20
         run.log(f"parameter server memory: snapshots of {mem['snapshot_bytes'] / mib:.2f} MiB each, at most "

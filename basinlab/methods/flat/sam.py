@@ -109,8 +109,8 @@ class SharpnessAwareStep(StepStrategy):
             return StepResult(loss, logits)
         if not self._second_pass(ctx, x, y, params, eps, buffers, before):
             return StepResult(loss, None, skipped=True)
+        self._record(ctx, grad_norm)  # before the step: under fp16 the scale it divides by may change in it
         ctx.optimizer_step()
-        self._record(ctx, grad_norm)
         return StepResult(loss, logits)
 
     def _perturbation(self, params, names):
