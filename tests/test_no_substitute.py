@@ -64,7 +64,6 @@ def test_the_embedded_digits_with_a_folder_are_refused(cifar_root, tmp_path, cap
 
 @pytest.mark.parametrize("argv, words", [
     (["--download"], "mnist5k cannot be downloaded"),
-    (["--no-augment"], "has no training augmentation to turn off"),
     (["--sync-bn"], "--sync-bn needs a data-parallel run"),
     (["--afwd", "0.99"], "--afwd is read by --norm-mode online only"),
     (["--gn-num-groups", "4", "--norm-mode", "layer"], "--gn-num-groups is read by --norm-mode group only"),

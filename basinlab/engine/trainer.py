@@ -92,7 +92,7 @@ class Trainer(CheckpointedState):
         self.dataset_note = None
         if resume_state is None:  # a resumed run keeps what it was started with
             cfg.dataset, self.dataset_note = resolve_dataset(cfg.dataset, cfg.datasets_dir)  # never a substitute
-            check_data_options(cfg.dataset, download=cfg.download, augment=cfg.augment)
+            check_data_options(cfg.dataset, download=cfg.download)
         torch.manual_seed(cfg.seed)
         if resume_state is None and not cfg.save:
             cfg.save = self.dist.broadcast_object(default_run_name())  # one clock reading for all ranks
