@@ -106,6 +106,7 @@ class Trainer(CheckpointedState):
                 self.close_strategy()
                 self.run.abandon()
                 return
+            self.run.effective = self._effective_settings()
             self.run.create(cfg)
         except BaseException:
             self.close_strategy()  # what its setup started ends with the failed setup
@@ -181,6 +182,19 @@ class Trainer(CheckpointedState):
         """Where a non-finite loss happened, and what the run keeps."""
         return (f"at epoch {self.epoch + 1}, step {self.batch_in_epoch + 1} of {len(self.train_loader)}; "
                 f"{self.run.kept_note()}")
+
+    def _effective_settings(self) -> dict:
+        """What the options resolved to: the values this run really uses where the config leaves them unset or
+        the model, the data or a method decides (the report shows them beside the configured ones)."""
+        group = self.optimizer.param_groups[0]
+        return {"dataset": self.cfg.dataset, "model": getattr(self.model, "description", self.cfg.model),
+                "epochs": self.epochs, "batch_size": self.train_loader.batch_size * self.dist.world_size,
+                "train_examples": self.train_loader.num_examples, "val_examples": self.val_loader.num_examples,
+                "optimizer": type(self.optimizer).__name__, "lr": self.regime.first_lr,
+                **{k: group[k] for k in ("momentum", "weight_decay") if k in group},
+                "wd_filter": self.wd_filter, "amp": self.precision.mode,
+                "channels_last": self.step_context.channels_last, "step": self.strategy.name,
+                "device": str(self.device), "processes": self.dist.world_size}
 
     def _smallest_chunk(self) -> int:
         """The fewest samples one forward pass of training sees (a ghost batch, or its remainder)."""

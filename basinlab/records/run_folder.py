@@ -186,6 +186,7 @@ class RunFolder:
         self.results_dir = None
         self.title = path.name
         self.report = False  # --report: report.html beside the plots
+        self.effective: dict = {}  # the settings the run resolved its options to, written into env.yaml
 
     @classmethod
     def open(cls, cfg: TrainConfig, resume: bool, barrier=lambda: None, branch_from: Path | None = None) -> RunFolder:
@@ -255,6 +256,8 @@ class RunFolder:
             facts = environment_facts()
             if self.branch_from is not None:
                 facts["branched_from"] = str(self.branch_from.resolve())
+            if self.effective:
+                facts["effective"] = self.effective  # what the run resolved its options to (the report shows it)
             atomic_write_text(self.path / "env.yaml", yaml.safe_dump(facts, sort_keys=False))
         (self.path / "plots").mkdir(exist_ok=True)
         self.title = f"{self.path.name}: {Path(str(cfg.model)).name}"  # a model file: its name
