@@ -17,10 +17,6 @@ import torch.nn as nn
 import basinlab.data as data_lib
 from basinlab.config import TrainConfig
 from basinlab.data.choose import check_data_options, resolve_dataset
-from basinlab.engine.checkpoint import (
-    load_checkpoint,
-    resolve_checkpoint,
-)
 from basinlab.engine.data_settings import (
     apply_data_settings,
     attach_input_transform,
@@ -39,7 +35,7 @@ from basinlab.engine.setup import (
 from basinlab.engine.step_context import StepContext
 from basinlab.engine.steps import STRATEGIES, StepStrategy
 from basinlab.engine.trainer_state import CheckpointedState, check_state_keys
-from basinlab.errors import ConfigError, NonFiniteLossError, WriteError
+from basinlab.errors import NonFiniteLossError, WriteError
 from basinlab.models import create_model
 from basinlab.optim import DataRegime
 from basinlab.optim.weight_decay import describe as describe_weight_decay
@@ -201,31 +197,6 @@ class Trainer(CheckpointedState):
         batch = self.train_loader.batch_size
         chunk = min(self.cfg.ghost_batch or batch, batch)
         return min(chunk, batch % chunk or chunk)
-
-    def _branch_from(self, resume_state) -> Path | None:
-        """The checkpoint a new run continues from when --save on this command names another folder than the
-        checkpoint's (None: resume in place). Continuing one behind its run's last.pt in place would rewrite the
-        run's later epochs, so that needs --save NEW."""
-        if resume_state is None:
-            return None
-        checkpoint = resolve_checkpoint(self.cfg.resume)
-        if (Path(self.cfg.results_dir) / self.cfg.save).resolve() != checkpoint.parent.resolve():
-            return checkpoint  # api.make_config sets the checkpoint's own folder unless --save was given
-        latest = checkpoint.parent / "last.pt"
-        if not latest.is_file() or latest.resolve() == checkpoint.resolve():
-            return None
-        position = ("epoch", "batch_in_epoch", "global_step")
-        last = load_checkpoint(latest, map_location="cpu")
-        if all(last.get(k) == resume_state.get(k) for k in position):
-            return None  # e.g. best.pt of the last epoch: the same point of the run
-        raise ConfigError(f"{checkpoint} is behind the run's last.pt (epoch {last.get('epoch')}, step "
-                          f"{last.get('global_step')}); resuming it in place would rewrite that run: add --save NEW "
-                          f"to branch a new run from it")
-
-    def _read_resume_checkpoint(self):
-        if not self.cfg.resume:
-            return None
-        return load_checkpoint(resolve_checkpoint(self.cfg.resume), map_location="cpu")
 
     def _log_setup(self, notes: list[str]) -> None:
         n_params = sum(p.numel() for p in self.model.parameters())

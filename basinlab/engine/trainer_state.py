@@ -8,8 +8,10 @@ random generator, so a resumed run continues exactly.
 from __future__ import annotations
 
 import numbers
+from pathlib import Path
 
 from basinlab.engine.checkpoint import (
+    load_checkpoint,
     load_weights,
     resolve_checkpoint,
     rng_state,
@@ -44,6 +46,31 @@ class CheckpointedState:
             "scaler": self.precision.state_dict(),
             "rng": rng_state(),
         }
+
+    def _branch_from(self, resume_state) -> Path | None:
+        """The checkpoint a new run continues from when --save on this command names another folder than the
+        checkpoint's (None: resume in place). Continuing one behind its run's last.pt in place would rewrite the
+        run's later epochs, so that needs --save NEW."""
+        if resume_state is None:
+            return None
+        checkpoint = resolve_checkpoint(self.cfg.resume)
+        if (Path(self.cfg.results_dir) / self.cfg.save).resolve() != checkpoint.parent.resolve():
+            return checkpoint  # api.make_config sets the checkpoint's own folder unless --save was given
+        latest = checkpoint.parent / "last.pt"
+        if not latest.is_file() or latest.resolve() == checkpoint.resolve():
+            return None
+        position = ("epoch", "batch_in_epoch", "global_step")
+        last = load_checkpoint(latest, map_location="cpu")
+        if all(last.get(k) == resume_state.get(k) for k in position):
+            return None  # e.g. best.pt of the last epoch: the same point of the run
+        raise ConfigError(f"{checkpoint} is behind the run's last.pt (epoch {last.get('epoch')}, step "
+                          f"{last.get('global_step')}); resuming it in place would rewrite that run: add --save NEW "
+                          f"to branch a new run from it")
+
+    def _read_resume_checkpoint(self):
+        if not self.cfg.resume:
+            return None
+        return load_checkpoint(resolve_checkpoint(self.cfg.resume), map_location="cpu")
 
     def _load_state(self, state: dict) -> None:
         load_weights(self.model, state, resolve_checkpoint(self.cfg.resume),
