@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from basinlab.data import default_datasets_dir
 from basinlab.sweep import read_spec
 from basinlab.utils.figures import new_figure, save_png
 
@@ -129,7 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     spec = read_spec(HERE / f"{args.scale}.yaml", args.runs / "grid")
     if not args.compare_only:
-        datasets_dir = str(Path(spec.base.get("datasets_dir", "~/data")).expanduser())
+        datasets_dir = str(Path(spec.base.get("datasets_dir") or default_datasets_dir()).expanduser())
         with ThreadPoolExecutor(args.jobs) as pool:
             amp = spec.base.get("amp", "none")  # the grid's precision: the same trainings
             list(pool.map(lambda s: autohyper(args.scale, s, args.runs, datasets_dir, amp, args.jobs), spec.seeds))

@@ -4,8 +4,8 @@
     python3 experiments/bf16-parity/run.py [--jobs 2] [--out experiments/bf16-parity/runs]
 
 Resumable: a finished run is read back, an interrupted one continues from its last checkpoint. Writes
-summary.csv (one row per run) and prints the table the docs quote. Needs the prepared CIFAR-10
-(python3 ../shared/tools/prepare_data.py) and a CPU with native bfloat16.
+summary.csv (one row per run) and prints the table the docs quote. Needs CIFAR-10 where basinlab looks
+(`basinlab data download cifar10`, or --datasets-dir) and a CPU with native bfloat16.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ OPTIONS = ["--model", "resnet20", "--dataset", "cifar10", "--train-limit", "1000
            "--batch-size", "128", "--quiet"]
 
 
-def run_one(out: Path, datasets_dir: str, amp: str, seed: int) -> Path:
+def run_one(out: Path, datasets_dir: str | None, amp: str, seed: int) -> Path:
     folder = out / f"amp-{amp}-seed{seed}"
     results = folder / "results.csv"
     if results.is_file() and len(pd.read_csv(results)) >= EPOCHS:
@@ -35,8 +35,9 @@ def run_one(out: Path, datasets_dir: str, amp: str, seed: int) -> Path:
     if (folder / "last.pt").is_file():
         command = ["--resume", str(folder)]
     else:
-        command = [*OPTIONS, "--amp", amp, "--seed", str(seed), "--datasets-dir", datasets_dir,
-                   "--results-dir", str(out), "--save", folder.name, "--overwrite"]
+        data = ["--datasets-dir", datasets_dir] if datasets_dir else []
+        command = [*OPTIONS, "--amp", amp, "--seed", str(seed), *data, "--results-dir", str(out), "--save",
+                   folder.name, "--overwrite"]
     subprocess.run([sys.executable, "-m", "basinlab", "train", *command], check=True, env=env)
     return folder
 
@@ -45,7 +46,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--out", default=str(HERE / "runs"))
-    parser.add_argument("--datasets-dir", default=str(Path.home() / ".cache" / "shared-data"))
+    parser.add_argument("--datasets-dir", default=None, help="default: basinlab's ($BASINLAB_DATASETS, else "
+                                                                 "~/.cache/basinlab/datasets)")
     args = parser.parse_args()
     out = Path(args.out)
     jobs = [(amp, seed) for seed in SEEDS for amp in PRECISIONS]
