@@ -79,18 +79,18 @@ def measurement_data(cfg, split: str = "train", *, batch_size: int = 128, batche
                      device="cpu", clamp: bool = False) -> MeasurementData:
     """Batches of ``split`` of the run's dataset without augmentation.
 
-    ``limit=N``: only the first N stored examples of the split (default: the run's --train-limit or
-    --val-limit, i.e. the examples the run trained or validated on). ``batches=N``: the first N batches of
-    those (training split: in the training order of epoch 0, seeded by the run's seed: a random subset);
-    ``clamp`` lowers a too large N to the batches available instead of refusing it. Without ``batches``
-    every example is used once.
+    ``limit=N``: N examples of the split, chosen as the run's --limit-mode chooses (class-stratified by
+    default; default N: the run's --train-limit or --val-limit, i.e. the examples the run trained or
+    validated on). ``batches=N``: the first N batches of those (training split: in the training order of
+    epoch 0, seeded by the run's seed: a random subset); ``clamp`` lowers a too large N to the batches
+    available instead of refusing it. Without ``batches`` every example is used once.
     """
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}; got {split!r}")
     check_count(batch_size, "--batch-size")
     check_count(batches, "--batches")
     check_count(limit, "--limit")
-    if limit is None:  # the run's own data: a run trained on its first N examples is measured on them
+    if limit is None:  # the run's own data: a run trained on a subset of N examples is measured on it
         limit = cfg.train_limit if split == "train" else cfg.val_limit
     # without --batches: every example once in stored order; with it, the run's epoch-0 training order
     loader = loader_for(cfg, dataset=dataset, split=split, datasets_dir=datasets_dir, batch_size=batch_size,

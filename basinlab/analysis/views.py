@@ -47,7 +47,8 @@ def check_splits(splits) -> tuple[str, ...]:
 
 
 def split_data(cfg, splits, *, batch_size, limit, datasets_dir, device) -> dict:
-    """Every example of each split (or the first ``limit``), held in memory: read once, evaluated often."""
+    """Every example of each split (or ``limit`` of them, the run's --limit-mode subset), held in memory: read
+    once, evaluated often."""
     return {split: measurement_data(cfg, split, batch_size=batch_size, limit=limit, datasets_dir=datasets_dir,
                                     device=device).in_memory() for split in splits}
 

@@ -18,7 +18,8 @@ _NUMBER_LIKE = re.compile(r"^-(\d|\.\d|(inf|infinity|nan)$)", re.IGNORECASE)
 def _data_options(parser, default_split) -> None:
     parser.add_argument("--split", nargs="+", choices=SPLITS, default=default_split,
                         help="data splits to evaluate (training data is never augmented)")
-    parser.add_argument("--limit", type=COUNT, help="first N examples of each split (default: the run's "
+    parser.add_argument("--limit", type=COUNT, help="N examples of each split, chosen as the run's --limit-mode "
+                                                  "(class-stratified by default; default: the run's "
                                                   "--train-limit/--val-limit)")
     parser.add_argument("-b", "--batch-size", type=BATCH, default=256, help="evaluation batch size")
     parser.add_argument("--which", choices=CHECKPOINTS, default="best", help="checkpoint of a run folder")
@@ -87,7 +88,8 @@ def _add_sharpness(sub) -> None:
     sharp.add_argument("--split", choices=SPLITS, default="train",
                        help="data of the measured loss (default train, as Keskar; no augmentation)")
     sharp.add_argument("--batches", type=COUNT, help="first N batches of the split only (training order of epoch 0)")
-    sharp.add_argument("--limit", type=COUNT, help="first N examples of the split (default: the run's limit)")
+    sharp.add_argument("--limit", type=COUNT, help="N examples of the split, chosen as the run's --limit-mode "
+                                                    "(class-stratified by default; default: the run's limit)")
     sharp.add_argument("-b", "--batch-size", type=BATCH, default=128)
     sharp.add_argument("--seed", type=SEED, default=0, help="seed of the random vectors and subspace")
     sharp.add_argument("--which", choices=CHECKPOINTS, default="best", help="checkpoint of a run folder")
