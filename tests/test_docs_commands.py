@@ -30,7 +30,8 @@ from basinlab.cli.analysis import LARGE_GRID
 from tests.test_data import write_cifar_batch, write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), ROOT / "experiments" / "README.md",
+         *sorted((ROOT / "experiments").glob("*/README.md"))]  # the site's Reproductions pages
 
 SHELL_BLOCKS = {"bash", "console", "sh", "shell"}
 COMMAND_WORDS = ("basinlab", "python", "python3", "torchrun", "pip", "for")
