@@ -1,31 +1,31 @@
-"""What a report page shows, read from run folders: each run's curves, its config, and the options that differ.
+"""What a report page shows, read from run folders: each run's curves, its config and env.yaml, and the table of runs.
 
 No plotting here (report.py draws): these are the tables the page is built from, tested on their own.
 
-    RunData          one run folder: name, config (as stored), results.csv, steps.csv, per-epoch low-rank means
+    RunData          one run folder: name, config (as stored), env.yaml, results.csv, steps.csv, low-rank means
     read_history(path)   a results.csv whose number columns hold numbers (else one line naming file and column)
-    differing_options(configs)   the options whose values are not the same in every run (flattened: model-config.depth)
-    run_table(runs)  one row per run: its differing options and its final / best metrics
+    differing_options(configs)   the options whose configured values are not the same in every run (flattened)
+    run_table(runs)  one row per run: its results first (final / best metrics), then the options that differ
+                     (the values it used, report_values.py), as the page shows them
+    seed_band(frames)    per epoch: the median, min and max over a setting's seeds, and how many have that epoch
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from basinlab.config import read_yaml_mapping
 from basinlab.errors import ConfigError
 from basinlab.records.progress import read_steps
+from basinlab.records.report_values import NOT_COMPARED, flatten, option_columns, run_options
 from basinlab.records.results import FIRST_COLUMNS, TIME_COLUMNS, read_results
 from basinlab.utils.schema import shown
 
 if TYPE_CHECKING:
     import pandas as pd
 
-# Options that tell nothing about what a run computed: where it lives and how it talks.
-NOT_COMPARED = ("save", "results-dir", "resume", "overwrite", "quiet", "print-freq", "report", "datasets-dir",
-                "data-workers", "tensorboard", "config")
 # Low-rank means plotted per epoch from lowrank.csv (--log-lowrank, autoHyper's trials)
 LOWRANK_MEANS = {"S": ("S_in", "S_out"), "rank": ("rank_in", "rank_out")}
 
@@ -38,6 +38,12 @@ class RunData:
     history: pd.DataFrame                       # results.csv
     steps: pd.DataFrame | None = None           # steps.csv (-p N), fractional epochs
     lowrank: pd.DataFrame | None = None         # per-epoch means of lowrank.csv
+    env: dict = field(default_factory=dict)     # env.yaml: versions, commit, start, and what options resolved to
+
+    @property
+    def effective(self) -> dict | None:
+        """env.yaml's `effective:` mapping (the values the run resolved its options to); None for older runs."""
+        return self.env.get("effective")
 
     def method_columns(self) -> list[str]:
         """results.csv columns beyond the engine's own that hold numbers (delays, lambda_max, SmoothOut A...)."""
@@ -82,7 +88,19 @@ def read_run_data(path: str | Path, name: str | None = None) -> RunData:
         raise ConfigError(f"{path} has no results yet (results.csv is missing or empty): nothing to report")
     config = read_yaml_mapping(path / "config.yaml", what="run config")  # safe_load, size and alias limits
     return RunData(name or path.name, path, config, read_history(results), read_steps(path / "steps.csv"),
-                   lowrank_means(path / "lowrank.csv"))
+                   lowrank_means(path / "lowrank.csv"), read_env(path / "env.yaml"))
+
+
+def read_env(path: Path) -> dict:
+    """env.yaml ({} where a run has none); its `effective` must be a mapping (the page shows its values)."""
+    if not path.is_file():
+        return {}
+    env = read_yaml_mapping(path, what="run environment")
+    effective = env.get("effective")
+    if effective is not None and not isinstance(effective, dict):
+        raise ConfigError(f"{path}: effective must map option names to the values the run used, got "
+                          f"{type(effective).__name__}; the file was edited or damaged: repair or delete that entry")
+    return env
 
 
 def lowrank_means(path: Path) -> pd.DataFrame | None:
@@ -113,18 +131,6 @@ def unique_names(paths: list[Path]) -> list[str]:
         depth += 1
 
 
-def flatten(config: dict, prefix: str = "") -> dict:
-    """{'model-config': {'depth': 8}} -> {'model-config.depth': 8}; lists stay values."""
-    out = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
 def differing_options(configs: dict[str, dict]) -> list[str]:
     """The (flattened) options whose value is not the same in every run, in the order first seen.
 
@@ -138,25 +144,43 @@ def differing_options(configs: dict[str, dict]) -> list[str]:
 
 
 def final_metrics(history: pd.DataFrame) -> dict:
-    """Epochs run, final and best validation top-1 (with its epoch), final validation and training loss."""
+    """Final and best validation top-1 and loss, the epoch of the best top-1, epochs run, final training loss."""
     if history.empty:
         return {"epochs run": 0}
     best = int(history["val_acc1"].idxmax()) if history["val_acc1"].notna().any() else None
-    return {"epochs run": int(history["epoch"].iloc[-1]),
-            "final val top-1 %": float(history["val_acc1"].iloc[-1]),
+    return {"final val top-1 %": float(history["val_acc1"].iloc[-1]),
             "best val top-1 %": math.nan if best is None else float(history["val_acc1"].loc[best]),
-            "best epoch": None if best is None else int(history["epoch"].loc[best]),
             "final val loss": float(history["val_loss"].iloc[-1]),
+            "best val loss": float(history["val_loss"].min()),
+            "best epoch": None if best is None else int(history["epoch"].loc[best]),
+            "epochs run": int(history["epoch"].iloc[-1]),
             "final train loss": float(history["train_loss"].iloc[-1])}
 
 
+RESULT_COLUMNS = ("final val top-1 %", "best val top-1 %", "final val loss", "best val loss", "best epoch",
+                  "epochs run", "final train loss")
+
+
 def run_table(runs: list[RunData]) -> pd.DataFrame:
-    """One row per run: name, the options that differ between the runs, then its final metrics."""
+    """One row per run: name, its results, then the options that differ between the runs, each the value the
+    run used (with the configured one where that differs: "0.0105 (configured 0.1)"). Cells keep their Python
+    values (an int stays an int, a float the float stored)."""
     import pandas as pd
-    differing = differing_options({run.name: run.config for run in runs})
+    columns = option_columns(runs)
     rows = []
     for run in runs:
-        flat = flatten(run.config)
-        rows.append({"run": run.name, **{key: flat.get(key, "") for key in differing},
-                     **final_metrics(run.history)})
-    return pd.DataFrame(rows)
+        options = run_options(run)
+        rows.append({"run": run.name, **final_metrics(run.history),
+                     **{key: options[key].value() if key in options else None for key in columns}})
+    return pd.DataFrame(rows, dtype=object)
+
+
+def seed_band(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Per x (epoch): the median, min and max of y over the frames (one per seed) that have a value there, and
+    their number n. Frames hold columns x and y."""
+    import pandas as pd
+    points = pd.concat([frame[["x", "y"]].dropna() for frame in frames], ignore_index=True)
+    grouped = points.groupby("x", sort=True)["y"]
+    band = pd.DataFrame({"median": grouped.median(), "min": grouped.min(), "max": grouped.max(),
+                         "n": grouped.count()})
+    return band.reset_index()

@@ -1,8 +1,9 @@
 """`basinlab report RUN_OR_SWEEP... -o report.html`: runs and sweeps on one page (basinlab.records.report).
 
-A folder is a sweep when it holds .sweep/spec.yaml: every run of it that has results joins the curves and the
-run table, and its finished runs give the summary table and the per-seed scatter (recomputed from the run
-folders, as `basinlab sweep --summarize`, without writing anything into the sweep folder). Runs recorded as
+A folder is a sweep when it holds .sweep/spec.yaml: every run of it that has results joins the run table and
+its setting's curves (drawn as the median over the setting's seeds in a min-max band, settings named as in the
+spec), and its finished runs give the summary table and the per-seed scatter (recomputed from the run folders,
+as `basinlab sweep --summarize`, without writing anything into the sweep folder). Runs recorded as
 done whose results.csv is gone are left out and named in one warning line. Any other folder must be a run
 folder. Run names are the folder names, prefixed by parent folders where two would clash.
 """
@@ -27,31 +28,39 @@ def _sweep_runs(folder: Path, warn) -> tuple[list[Path], SweepTables]:
     missing = missing_runs(spec, folder)
     if missing and warn is not None:
         warn(missing_note(missing, len(spec.runs), folder))
-    with_results = [folder / run.name for run in spec.runs if has_results(folder / run.name)]
+    members: dict[str, list[Path]] = {}
+    for run in spec.runs:
+        if has_results(folder / run.name):
+            members.setdefault(run.setting, []).append(folder / run.name)
     finished = run_rows(spec, folder)
     name = "/".join(folder.resolve().parts[-2:])  # experiments/<paper>/runs: the parent says more than "runs"
-    return with_results, SweepTables(name, summary_table(spec, finished), finished)
+    with_results = [path for paths in members.values() for path in paths]
+    return with_results, SweepTables(name, summary_table(spec, finished), finished, members)
 
 
 def gather(paths, warn=warn_stderr) -> tuple[list[RunData], list[SweepTables]]:
     """The runs (each once) and sweeps that the given folders hold; `warn` gets one line per sweep naming its
     runs whose results are gone."""
-    folders, sweeps = [], []
+    folders, sweeps = [], {}
     for given in paths:
         path = Path(given).expanduser()
         if not path.is_dir():
             raise ConfigError(f"{path} is not a folder; give run folders or sweep folders (made by basinlab "
                               f"train / basinlab sweep)")
         if is_sweep_folder(path):
-            runs, tables = _sweep_runs(path, warn)
-            folders += runs
-            sweeps.append(tables)
+            if path.resolve() not in sweeps:  # a sweep given twice is drawn once
+                runs, sweeps[path.resolve()] = _sweep_runs(path, warn)
+                folders += runs
         else:
             folders.append(path)
+    names = [tables.name for tables in sweeps.values()]
+    for folder, tables in sweeps.items():
+        if names.count(tables.name) > 1:  # two sweeps in folders of the same name: each named by its whole path
+            tables.name = str(folder)
     unique = list(dict.fromkeys(p.resolve() for p in folders))
     if not unique:
         raise ConfigError("no run with results in " + ", ".join(map(str, paths)))
-    return [read_run_data(p, name) for p, name in zip(unique, unique_names(unique))], sweeps
+    return [read_run_data(p, name) for p, name in zip(unique, unique_names(unique))], list(sweeps.values())
 
 
 def report(paths, output="report.html", title: str = "", warn=warn_stderr) -> Path:
