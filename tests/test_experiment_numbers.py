@@ -1,0 +1,152 @@
+"""Every number in the experiments' result tables (and the prose numbers the READMEs build on) is recomputed here
+from the committed CSVs: a README cannot drift from what was measured. Numbers quoted from the papers are in
+tables the READMEs mark as quoted, and are not checked."""
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+
+
+def table(readme: Path, first_header: str) -> list[list[str]]:
+    """The body rows (cells, stripped) of the Markdown table whose header row starts with `first_header`."""
+    lines = readme.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip().strip("*") for cell in line.strip().strip("|").split("|")])
+    return rows
+
+
+def close(written: str, value: float) -> bool:
+    """`written` is `value` rounded to the digits shown (a trailing 'x' or '%' aside)."""
+    text = written.strip().rstrip("x%").replace(",", "")
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    return abs(float(text) - value) <= 0.5 * 10 ** -decimals + 1e-12
+
+
+def median_range(cell: str) -> tuple[str, str, str]:
+    """'48.48 (46.14-50.81)' -> ('48.48', '46.14', '50.81')."""
+    found = re.fullmatch(r"([\d.]+) \(([\d.]+)-([\d.]+)\)", cell)
+    assert found, cell
+    return found.groups()
+
+
+def check_median_range(cell: str, row: pd.Series) -> None:
+    median, low, high = median_range(cell)
+    assert close(median, row["final_val_acc1_median"]) and close(low, row["final_val_acc1_min"]) \
+        and close(high, row["final_val_acc1_max"]), (cell, row["setting"])
+
+
+# ---------------------------------------------------------------------------------------------- flat minima
+def test_flat_minima_table_is_its_summary_and_sharpness_csvs():
+    folder = EXPERIMENTS / "flat-minima"
+    summary = pd.read_csv(folder / "summary.csv").set_index("variant")
+    sharp = pd.read_csv(folder / "sharpness.csv").groupby("variant").median(numeric_only=True)
+    rows = table(folder / "README.md", "variant")
+    assert [r[0] for r in rows] == list(summary.index)
+    for variant, accuracy, lam, loss, rise in rows:
+        check_median_range(accuracy, summary.loc[variant])
+        assert close(lam, sharp.loc[variant, "lambda_max"]), (variant, lam)
+        assert close(loss, sharp.loc[variant, "clean_loss"]), (variant, loss)
+        assert close(rise, sharp.loc[variant, "noise_rise"]), (variant, rise)
+    text = (folder / "README.md").read_text()
+    lam_sb, lam_lb = sharp.loc["sb", "lambda_max"], sharp.loc["lb", "lambda_max"]
+    assert f"lambda_max {lam_lb / lam_sb:.1f}x the small" in text
+    gap = summary.loc["sb", "final_val_acc1_median"] - summary.loc["lb", "final_val_acc1_median"]
+    assert f"{gap:.2f} points lower top-1" in text
+    for variant, words in (("sb-sam", "+0.5 and"), ("sb-asam", "+0.35 points")):
+        gain = summary.loc[variant, "final_val_acc1_median"] - summary.loc["sb", "final_val_acc1_median"]
+        assert words in text and close(words.split()[0].lstrip("+"), gain)
+
+
+# ---------------------------------------------------------------------------------------------- async SGD
+def test_async_sgd_table_is_its_summary_and_stability_csvs():
+    folder = EXPERIMENTS / "async-sgd"
+    summary = pd.read_csv(folder / "summary.csv").set_index("variant")
+    final = pd.read_csv(folder / "stability.csv").groupby("variant").median(numeric_only=True)
+    for cells in table(folder / "README.md", "variant"):
+        variant = cells[0].split(" (")[0]
+        lr, accuracy, loss, lam, product, threshold, ratio = cells[1:]
+        check_median_range(accuracy, summary.loc[variant])
+        got = final.loc[variant]
+        for written, column in ((lr, "lr"), (loss, "final_train_loss"), (lam, "lambda_max"),
+                                (product, "lr_times_lambda_max"), (threshold, "threshold"),
+                                (ratio, "ratio_to_threshold")):
+            assert close(written, got[column]), (variant, column, written, got[column])
+    sync, pure = summary.loc["sync", "final_val_acc1_median"], summary.loc["asgd-8", "final_val_acc1_median"]
+    assert f"loses {round(sync - pure)} points" in (folder / "README.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------- autoHyper
+def test_autohyper_tables_are_its_comparison_and_grid_csvs():
+    folder = EXPERIMENTS / "autohyper"
+    comparison = pd.read_csv(folder / "comparison.csv").set_index("seed")
+    for seed, lr, trials, accuracy, best_lr, best, median, cost in table(folder / "README.md", "seed"):
+        row = comparison.loc[int(seed)]
+        assert close(lr, row["chosen_lr"]) and close(accuracy, row["autohyper_final_val_acc1"])
+        assert trials == f"{int(row['trials'])} ({int(row['trial_epochs'])})"
+        assert close(best_lr, row["grid_best_lr"]) and close(best, row["grid_best_final_val_acc1"])
+        assert close(median, row["grid_median_final_val_acc1"]) and close(cost, row["search_cost_vs_grid"])
+    grid = pd.read_csv(folder / "summary.csv").set_index("lr")
+    text = (folder / "README.md").read_text()
+    line = text[text.index("The grid over seeds"):text.index("![the grid")]
+    for lr, row in grid.iterrows():
+        assert f"{row['final_val_acc1_median']:.2f}" in line, lr
+    medians = comparison["autohyper_final_val_acc1"].median()
+    assert f"(median {medians:.2f})" in text
+    best_lr = grid["final_val_acc1_median"].idxmax()
+    assert f"best\ngrid lr over seeds, {best_lr:g} ({grid.loc[best_lr, 'final_val_acc1_median']:.2f})" in text
+    assert (comparison["chosen_lr"] > best_lr).all()  # "just above its best grid lr"
+
+
+# ---------------------------------------------------------------------------------------------- online norm
+def test_online_norm_tables_are_its_summary_and_checks_csvs():
+    folder = EXPERIMENTS / "online-norm"
+    summary = pd.read_csv(folder / "summary.csv").set_index("norm-mode")
+    batch_best = summary.loc["batch", "best_val_acc1_median"]
+    for cells in table(folder / "README.md", "norm-mode"):
+        mode, n = cells[0], cells[1]
+        if mode == "none":
+            assert n == "0/3" and mode not in summary.index or summary.loc[mode, "n"] == 0
+            continue
+        row = summary.loc[mode]
+        assert n == f"{int(row['n'])}/3"
+        check_median_range(cells[2], row)
+        assert close(cells[3], row["best_val_acc1_median"]) and close(cells[4], row["final_val_loss_median"])
+        here = cells[6].split(" / ")[0]
+        assert close(here, row["best_val_acc1_median"] - batch_best) if mode != "batch" else here == "0"
+    checks = pd.read_csv(folder / "checks.csv").set_index("variant")
+    text = (folder / "README.md").read_text()
+    assert f"Float32 ({checks.loc['online-fp32', 'final_val_acc1_median']:.2f})" in text
+    assert f"not help ({checks.loc['online-decays-4x', 'final_val_acc1_median']:.2f})" in text
+    low, high = summary.loc["online", "final_val_acc1_min"], summary.loc["online", "final_val_acc1_max"]
+    fp32 = checks.loc["online-fp32", "final_val_acc1_median"]
+    assert fp32 > high and f"{fp32 - high:.2f} points above the best" in text and f"({low:.2f}-{high:.2f})" in text
+
+
+# ---------------------------------------------------------------------------------------------- bf16 parity
+def test_bf16_parity_numbers_are_its_per_run_csv():
+    runs = pd.read_csv(EXPERIMENTS / "bf16-parity" / "summary.csv")
+    text = (ROOT / "docs" / "speed.md").read_text()
+    by = {amp: runs[runs["amp"] == amp].set_index("seed") for amp in ("none", "bf16")}
+    for amp, label in (("none", "float32 (`--amp none`)"), ("bf16", "bf16 (`--amp bf16`)")):
+        acc = by[amp]["final_val_acc1"]
+        row = f"| {label} | {acc.mean():.2f} ± {acc.std():.2f} ({acc.min():.2f}-{acc.max():.2f}) | {acc.median():.2f} |"
+        assert row in text, row
+    mean_gap = by["bf16"]["final_val_acc1"].mean() - by["none"]["final_val_acc1"].mean()
+    assert f"differ by {mean_gap:+.2f} points" in text
+    paired = (by["bf16"]["final_val_acc1"] - by["none"]["final_val_acc1"]).tolist()
+    assert "are " + ", ".join(f"{d:+.2f}" for d in paired[:-1]) + f" and {paired[-1]:+.2f} points" in text
+
+
+@pytest.mark.parametrize("readme", sorted(EXPERIMENTS.glob("*/README.md")), ids=lambda p: p.parent.name)
+def test_each_readme_separates_what_reproduces_from_what_does_not(readme):
+    text = readme.read_text()
+    assert "**What reproduces here.**" in text and "**What does not reproduce at this scale" in text
+    assert "../shared" not in text
