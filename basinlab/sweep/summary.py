@@ -109,11 +109,18 @@ def markdown(table: pd.DataFrame, grid_columns: list[str], seeds: int) -> str:
 
 def plot(runs: pd.DataFrame, settings: list[str], path: Path) -> Path:
     fig, ax = new_figure(figsize=(max(5.0, 1.2 * len(settings) + 2), 4))
+    empty = []
     for x, setting in enumerate(settings):
         values = runs.loc[runs["setting"] == setting, "final_val_acc1"]
         ax.scatter([x] * len(values), values, color="C0", alpha=0.7, label="runs (one per seed)" if x == 0 else None)
         if len(values):
             ax.hlines(values.median(), x - 0.3, x + 0.3, color="C3", label="median" if x == 0 else None)
+        else:
+            empty.append(x)
+    low, high = ax.get_ylim()
+    for x in empty:  # a setting whose every run failed or diverged: say so where its points would be
+        ax.text(x, (low + high) / 2, "no finished run\n(failed or diverged)", ha="center", va="center", fontsize=7,
+                color="C3", rotation=90)
     ax.set_xticks(range(len(settings)), settings, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("final validation top-1 (%)")
     ax.grid(alpha=0.3, axis="y")
