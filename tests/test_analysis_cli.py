@@ -31,7 +31,7 @@ TINY = dict(model_config="{'width': 4, 'hidden': 16}", train_limit=96, val_limit
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(tmp_path_factory, no_run_plots_in_module):
     run = basinlab.train(**TINY, epochs=1, results_dir=str(tmp_path_factory.mktemp("ck")), save="tiny")
     return run.path
 

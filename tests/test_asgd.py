@@ -258,7 +258,7 @@ def _weights(run_path):
     return torch.load(run_path / "last.pt", weights_only=True)
 
 
-def test_ssgd_run_equals_large_batch_run(tmp_path):
+def test_ssgd_run_equals_large_batch_run(tmp_path, no_run_plots):
     """Through the trainer: 4 workers of batch 16 = one worker of batch 64 (no BN, no dropout)."""
     common = dict(SMALL, train_limit=256, epochs=1, results_dir=str(tmp_path), optimizer="SGD", lr=0.2, momentum=0.9,
                   model_config="{'norm': 'none', 'dropout': 0.0, 'width': 4, 'hidden': 16}")
@@ -279,7 +279,7 @@ def test_ssgd_run_equals_large_batch_run(tmp_path):
     dict(server="msgd", workers=3, batch_size=32, train_limit=192, adjust_lr=True, optimizer="SGD", lr=0.05,
          momentum=0.9),
 ])
-def test_resume_is_bit_exact(tmp_path, options):
+def test_resume_is_bit_exact(tmp_path, options, no_run_plots):
     common = dict(SMALL, **options, results_dir=str(tmp_path), model_config=TINY_NET)
     straight = basinlab.train(**common, epochs=2, save="straight")
     half = basinlab.train(**common, epochs=1, save="halves")

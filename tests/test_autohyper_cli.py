@@ -51,7 +51,7 @@ class CountingTrain:
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory):
+def searched(tmp_path_factory, no_run_plots_in_module):
     tmp = tmp_path_factory.mktemp("ah")
     config = write_config(tmp)
     assert autohyper(config, tmp / "out", "--save-freq", "1") == 0

@@ -226,6 +226,7 @@ def test_a_transform_failing_on_a_later_image_is_one_line_naming_it(tmp_path):
                 list(val.epoch(0))
             one_line_error(err, needle, later)
             val.close()
+            del err  # its traceback holds the epoch's worker iterator: freed now, its worker stops at once
 
 
 def test_a_transform_giving_images_of_other_shapes_is_refused_naming_both(tmp_path):

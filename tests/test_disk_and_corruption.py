@@ -60,7 +60,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes(tmp_path, cap
 
 
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
+def small_run(tmp_path_factory, no_run_plots_in_module):
     """A run folder after one epoch (copy it before changing anything)."""
     folder = tmp_path_factory.mktemp("small")
     assert main(["train", *TINY, "--epochs", "1", "--results-dir", str(folder), "--save", "run"]) == 0

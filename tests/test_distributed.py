@@ -1,8 +1,9 @@
 """Data-parallel training with torchrun on this CPU (gloo, 2 processes x 1 thread).
 
-Three jobs are launched (each costs a few seconds of process start-up): a 2-process epoch started
-with `basinlab train --nproc 2`, its resume with raw torchrun, and a job whose rank 1 fails. The
-reference is one in-process single-process run with the same global batch.
+Each job launched costs a few seconds of process start-up: a 2-process epoch started with `basinlab train
+--nproc 2` (the one job through that launcher, which adds a process of its own), then with raw torchrun its
+resume, a job whose rank 1 fails, one whose rank 1 is killed and its resume, and one SAM step for each
+perturbation rule. The reference is one in-process single-process run with the same global batch.
 """
 import os
 import shutil
@@ -37,11 +38,34 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TIMEOUT = 240
 
 
+def job_environment():
+    return {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+
+
 def launch(command, timeout=TIMEOUT):
-    env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     start = time.monotonic()
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    proc = subprocess.run(command, capture_output=True, text=True, env=job_environment(), timeout=timeout)
     return proc, time.monotonic() - start
+
+
+class Started:
+    """A job started now and waited for later (other work shares the CPU cores with its process start-ups)."""
+
+    def __init__(self, command):
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=job_environment())
+        self.done = None
+
+    def wait(self) -> subprocess.CompletedProcess:
+        if self.done is None:
+            out, err = self.proc.communicate(timeout=TIMEOUT)
+            self.done = subprocess.CompletedProcess(self.proc.args, self.proc.returncode, out, err)
+        return self.done
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:  # a test failed before it waited
+            self.proc.kill()
+            self.proc.communicate()
 
 
 def weights(path):
@@ -56,7 +80,7 @@ def assert_close_weights(got, want, rtol=1e-5):
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory):
+def single(tmp_path_factory, no_run_plots_in_module):
     """Two epochs in this process; --save-all keeps the weights after epoch 1 too."""
     folder = tmp_path_factory.mktemp("single")
     assert main(["train", *RUN, "--epochs", "2", "--save-all", "--quiet", "--results-dir", str(folder),
@@ -65,11 +89,17 @@ def single(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ddp(tmp_path_factory):
-    """One epoch with `basinlab train --nproc 2` (not quiet: the log lines must appear once)."""
+def ddp(tmp_path_factory, request):
+    """One epoch with `basinlab train --nproc 2` (not quiet: the log lines must appear once); the single-process
+    reference trains in this process meanwhile."""
     folder = tmp_path_factory.mktemp("ddp")
-    proc, _ = launch([sys.executable, "-m", "basinlab", "train", "--nproc", "2", *RUN, "--epochs", "1",
-                      "--results-dir", str(folder), "--save", "two"])
+    job = Started([sys.executable, "-m", "basinlab", "train", "--nproc", "2", *RUN, "--epochs", "1",
+                   "--results-dir", str(folder), "--save", "two"])
+    try:
+        request.getfixturevalue("single")
+        proc = job.wait()
+    finally:
+        job.stop()
     assert proc.returncode == 0, proc.stderr[-3000:]
     return folder / "two", proc
 
@@ -328,12 +358,24 @@ def sam_step_by_hand(perturbation: str, tmp_path):
     return {k: w0[k] - 0.05 * total[k] for k in w0}
 
 
+@pytest.fixture(scope="module")
+def sam_jobs(tmp_path_factory):
+    """The SAM step under two processes for each rule, both jobs started at once: {rule: (job, run folder)}."""
+    folder = tmp_path_factory.mktemp("sam")
+    jobs = {rule: (Started(torchrun_command(2, [*SAM_RUN, "--sam-perturbation", rule, "--results-dir",
+                                                str(folder / rule), "--save", "two"])), folder / rule / "two")
+            for rule in ("local", "global")}
+    yield jobs
+    for job, _ in jobs.values():
+        job.stop()
+
+
 @pytest.mark.parametrize("perturbation", ["local", "global"])
-def test_sam_under_two_processes_follows_its_rule(tmp_path, perturbation):
-    proc, _ = launch([sys.executable, "-m", "basinlab", "train", "--nproc", "2", *SAM_RUN, "--sam-perturbation",
-                      perturbation, "--results-dir", str(tmp_path), "--save", "two"])
+def test_sam_under_two_processes_follows_its_rule(sam_jobs, tmp_path, perturbation):
+    job, run = sam_jobs[perturbation]
+    proc = job.wait()
     assert proc.returncode == 0, proc.stderr[-3000:]
-    got = {k: v for k, v in weights(tmp_path / "two" / "last.pt").items()}
+    got = {k: v for k, v in weights(run / "last.pt").items()}
     assert_close_weights(got, sam_step_by_hand(perturbation, tmp_path))
     other = sam_step_by_hand("global" if perturbation == "local" else "local", tmp_path / "other")
     assert any((got[k] - other[k]).abs().max() > 1e-6 for k in got)  # the two rules really differ here

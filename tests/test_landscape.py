@@ -28,7 +28,7 @@ TINY = dict(model_config="{'width': 4, 'hidden': 16}", train_limit=128, val_limi
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, no_run_plots_in_module):
     """Two tiny MNIST convnets (different seeds) trained on 128 embedded digits."""
     root = tmp_path_factory.mktemp("runs")
     a = basinlab.train(**TINY, results_dir=str(root), save="a", seed=0)

@@ -10,7 +10,7 @@ QUICK = dict(model_config="{'width': 4, 'hidden': 16}", train_limit=256, val_lim
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, no_run_plots_in_module):
     folder = tmp_path_factory.mktemp("back")
     return basinlab.train(**QUICK, results_dir=str(folder), save="run")
 

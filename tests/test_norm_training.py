@@ -15,6 +15,8 @@ from basinlab.records.results import TIME_COLUMNS
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAL = Path.home() / ".cache" / "shared-data"
+# the PNGs are not what these runs check; ResNet-20 is large enough for intra-op threads to pay
+pytestmark = pytest.mark.usefixtures("no_run_plots", "torch_threads")
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +39,12 @@ def learnable_cifar(tmp_path_factory):
     return root
 
 
-def train(root, tmp_path, name, **options):
-    return basinlab.train(model="resnet20", dataset="cifar10", datasets_dir=str(root), batch_size=32,
-                          train_limit=320, val_limit=200, quiet=True, results_dir=str(tmp_path), save=name,
-                          optimizer="SGD", lr=0.02, momentum=0.9, augment=False, **options)
+def train(root, tmp_path, name, train_limit=160, val_limit=100, **options):
+    # 10 steps of 16 per epoch: 3 epochs lower every mode's training loss clearly (the slowest, instance and
+    # none, by 6-7%), and the online mode reaches 68% on the 100 validation images (chance: 10%)
+    return basinlab.train(model="resnet20", dataset="cifar10", datasets_dir=str(root), batch_size=16,
+                          train_limit=train_limit, val_limit=val_limit, quiet=True, results_dir=str(tmp_path),
+                          save=name, optimizer="SGD", lr=0.02, momentum=0.9, augment=False, **options)
 
 
 @pytest.mark.parametrize("mode", ["online", "batch", "group", "layer", "instance", "none"])
@@ -59,8 +63,9 @@ def test_resnet20_learns_with_every_norm_mode(learnable_cifar, tmp_path, mode):
 
 
 def test_online_norm_run_resumes_exactly(learnable_cifar, tmp_path):
-    straight = train(learnable_cifar, tmp_path, "straight", norm_mode="online", epochs=2)
-    first = train(learnable_cifar, tmp_path, "resumed", norm_mode="online", epochs=1)
+    small = {"train_limit": 64, "val_limit": 32}  # 4 steps an epoch: exactness needs no more
+    straight = train(learnable_cifar, tmp_path, "straight", norm_mode="online", epochs=2, **small)
+    first = train(learnable_cifar, tmp_path, "resumed", norm_mode="online", epochs=1, **small)
     resumed = basinlab.train(resume=str(first.path), epochs=2, quiet=True)
     a = torch.load(straight.path / "last.pt", weights_only=True)["model"]
     b = torch.load(resumed.path / "last.pt", weights_only=True)["model"]
@@ -86,8 +91,9 @@ def test_presets_match_the_seed_usage_text():
 def test_online_norm_resnet20_on_real_cifar10(tmp_path):
     if not (REAL / "cifar10" / "cifar-10-batches-py" / "test_batch").is_file():
         pytest.skip("real CIFAR-10 not prepared (python3 ../shared/tools/prepare_data.py)")
+    # validating is most of the cost: 2,000 stratified test images (chance 10% +- 0.7%) rather than all 10,000
     run = basinlab.train(preset="onlinenorm-cifar10", norm_mode="online", datasets_dir=str(REAL), epochs=2,
-                         train_limit=1024, val_limit=10000, batch_size=64, quiet=True, results_dir=str(tmp_path),
+                         train_limit=512, val_limit=2000, batch_size=64, quiet=True, results_dir=str(tmp_path),
                          save="real")
     assert run.history["train_loss"].iloc[-1] < run.history["train_loss"].iloc[0]
-    assert run.history["val_acc1"].iloc[-1] > 15.0
+    assert run.history["val_acc1"].iloc[-1] > 15.0  # 19% here

@@ -38,7 +38,7 @@ def test_print_freq_logs_every_n_steps_and_records_the_step_losses(tmp_path, cap
     assert (run / "plots" / "loss_steps.png").stat().st_size > 5000
 
 
-def test_outside_a_terminal_a_heartbeat_line_without_p(tmp_path, monkeypatch):
+def test_outside_a_terminal_a_heartbeat_line_without_p(tmp_path, monkeypatch, no_run_plots):
     monkeypatch.setattr(progress_module, "HEARTBEAT_S", 0.0)  # every step is "30 s later"
     assert main(["train", *RUN, "--epochs", "1", "--results-dir", str(tmp_path), "--save", "h", "--quiet"]) == 0
     run = tmp_path / "h"
@@ -46,12 +46,12 @@ def test_outside_a_terminal_a_heartbeat_line_without_p(tmp_path, monkeypatch):
     assert not (run / "steps.csv").exists()  # the step-loss curve is a -p feature
 
 
-def test_no_progress_lines_between_heartbeats(tmp_path):
+def test_no_progress_lines_between_heartbeats(tmp_path, no_run_plots):
     assert main(["train", *RUN, "--epochs", "1", "--results-dir", str(tmp_path), "--save", "q", "--quiet"]) == 0
     assert log_lines(tmp_path / "q", "epoch 1/1 step") == []  # a short epoch ends before the first heartbeat
 
 
-def test_a_branch_keeps_the_step_losses_up_to_its_checkpoint(tmp_path):
+def test_a_branch_keeps_the_step_losses_up_to_its_checkpoint(tmp_path, no_run_plots):
     assert main(["train", *RUN, "-p", "3", "--save-all", "--quiet", "--results-dir", str(tmp_path),
                  "--save", "origin"]) == 0
     assert main(["train", "--resume", str(tmp_path / "origin" / "epoch_1.pt"), "--save", "branch",

@@ -7,7 +7,6 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 import basinlab
 from basinlab.cli import main
@@ -19,7 +18,7 @@ SMALL = {"train_limit": 256, "val_limit": 128, "batch_size": 64, "epochs": 2, "q
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
+def two_runs(tmp_path_factory, no_run_plots_in_module):
     """Two real runs: different lr; the second logs steps (-p) and lambda_max (a method column)."""
     out = tmp_path_factory.mktemp("runs")
     basinlab.train(**SMALL, lr=0.01, results_dir=str(out), save="slow")
@@ -82,18 +81,15 @@ def test_the_file_is_self_contained(two_runs, tmp_path):
     assert "run:slow" in text and len(text) > 200_000
 
 
-def test_a_sweep_folder_brings_its_runs_its_table_and_its_seeds(tmp_path):
-    spec = {"base": {k.replace("_", "-"): v for k, v in {**SMALL, "epochs": 1}.items() if k != "quiet"},
-            "grid": {"lr": [0.01, 0.05]}, "seeds": [0, 1]}
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
-    assert main(["sweep", str(tmp_path / "spec.yaml"), "--results-dir", str(tmp_path / "sw"), "--jobs", "2"]) == 0
+def test_a_sweep_folder_brings_its_runs_its_table_and_its_seeds(finished_sweep, tmp_path):
+    """The session's finished sweep (conftest.py: 2 lr x 2 seeds), read only."""
     from basinlab.sweep.report import gather
-    runs, sweeps = gather([tmp_path / "sw"])
-    assert sorted(run.name for run in runs) == ["lr_0.01-s0", "lr_0.01-s1", "lr_0.05-s0", "lr_0.05-s1"]
-    written = pd.read_csv(tmp_path / "sw" / "summary.csv")
+    runs, sweeps = gather([finished_sweep])
+    assert sorted(run.name for run in runs) == ["lr_0.001-s0", "lr_0.001-s1", "lr_0.003-s0", "lr_0.003-s1"]
+    written = pd.read_csv(finished_sweep / "summary.csv")
     pd.testing.assert_frame_equal(sweeps[0].summary.reset_index(drop=True), written, check_dtype=False)
     assert sorted(sweeps[0].runs["run"]) == sorted(run.name for run in runs)
-    assert main(["report", str(tmp_path / "sw"), "-o", str(tmp_path / "r.html")]) == 0
+    assert main(["report", str(finished_sweep), "-o", str(tmp_path / "r.html")]) == 0
     assert "statistics over seeds" in (tmp_path / "r.html").read_text()
 
 
@@ -108,7 +104,7 @@ def test_bad_folders_are_one_line_exit_2(tmp_path, capsys, make, message):
     assert not (tmp_path / "r.html").exists()
 
 
-def test_train_report_refreshes_report_html_only_when_asked(tmp_path):
+def test_train_report_refreshes_report_html_only_when_asked(tmp_path, no_run_plots):
     basinlab.train(**SMALL, report=True, results_dir=str(tmp_path), save="with")
     basinlab.train(**SMALL, results_dir=str(tmp_path), save="without")
     assert "run:with" in (tmp_path / "with" / "report.html").read_text()

@@ -1,6 +1,7 @@
 """`basinlab sweep`: settings x seeds as ordinary run folders, checked before anything starts, resumable,
 summarised as median tables recomputed here from each run's results.csv."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import basinlab.sweep as sweeps
 from basinlab.cli import main
 from basinlab.errors import ConfigError
 from basinlab.records.results import TIME_COLUMNS
-from basinlab.records.run_safety import RunLock
+from basinlab.records.run_safety import RunLock, lock_holder
 
 BASE = {"train-limit": 256, "val-limit": 128, "batch-size": 64, "epochs": 1}
 SPEC = {"base": BASE, "grid": {"lr": [0.001, 0.003]}, "seeds": [0, 1]}
@@ -28,10 +29,11 @@ def write_spec(tmp_path, spec=SPEC, name="spec.yaml"):
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory):
+def swept(finished_sweep, tmp_path_factory):
+    """A copy of the session's finished sweep of SPEC (conftest.py: one thread per run), which these tests change."""
     tmp = tmp_path_factory.mktemp("sweep")
     out = tmp / "out"
-    assert main(["sweep", str(write_spec(tmp)), "--results-dir", str(out), "--jobs", "2"]) == 0
+    shutil.copytree(finished_sweep, out)
     return tmp, out
 
 
@@ -90,10 +92,10 @@ def test_a_sweep_already_running_in_the_folder_is_refused(swept):
         lock.release()
 
 
-def test_a_deleted_run_is_named_by_summarize_and_trained_again_by_the_next_sweep(swept, capsys):
+def test_a_deleted_run_is_named_by_summarize_and_trained_again_by_the_next_sweep(swept, capsys, monkeypatch):
     """The run folder of a finished run is deleted: --summarize names it and summarises the rest; the next sweep
     trains it again (the same run: the same seed and threads give the same results) and nothing else."""
-    import shutil
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # one thread per run, as the session's sweep ran it
     tmp, out = swept
     old = pd.read_csv(out / "lr_0.003-s1" / "results.csv")
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/results.csv") if "lr_0.003-s1" not in str(p)}
@@ -157,7 +159,7 @@ def test_variants_are_named_settings_crossed_with_the_grid(tmp_path):
 def test_a_variant_sweep_runs_and_its_table_has_a_variant_column(tmp_path):
     spec = {"base": BASE, "seeds": [0], "variants": {"sgd": {}, "sam": {"sam": 0.05}}}
     out = tmp_path / "out"
-    assert main(["sweep", str(write_spec(tmp_path, spec)), "--results-dir", str(out)]) == 0
+    assert main(["sweep", str(write_spec(tmp_path, spec)), "--results-dir", str(out), "--jobs", "2"]) == 0
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary["variant"]) == ["sgd", "sam"] and list(summary["n"]) == [1, 1]
     assert yaml.safe_load((out / "sam-s0" / "config.yaml").read_text())["sam"] == 0.05
@@ -173,21 +175,33 @@ def test_a_killed_sweep_resumes_its_runs_exactly(tmp_path, monkeypatch):
             "seeds": [0]}
     path, out = write_spec(tmp_path, spec), tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "basinlab", "sweep", str(path), "--results-dir", str(out)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    results = out / "lr_0.002-s0" / "results.csv"
-    deadline = time.monotonic() + 120
-    while not (results.is_file() and len(pd.read_csv(results)) >= 1) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    time.sleep(1.0)  # the run process gets its SIGKILL when the sweep dies
-    assert [s["status"] for _, s in sweeps.status(out)] == ["interrupted"]
-    assert main(["sweep", str(path), "--results-dir", str(out)]) == 0
-    assert len(pd.read_csv(results)) == 3
-    # the same sweep never interrupted (the same process layout and threads as the resumed run)
-    subprocess.run([sys.executable, "-m", "basinlab", "sweep", str(path), "--results-dir", str(tmp_path / "straight")],
-                   env=env, check=True, stdout=subprocess.DEVNULL)
+
+    def start_sweep(results_dir):
+        return subprocess.Popen([sys.executable, "-m", "basinlab", "sweep", str(path), "--results-dir",
+                                 str(results_dir)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    # the same sweep never interrupted (the same process layout and threads as the resumed run), on the
+    # other CPU core meanwhile
+    never_interrupted = start_sweep(tmp_path / "straight")
+    try:
+        proc = start_sweep(out)
+        results = out / "lr_0.002-s0" / "results.csv"
+        deadline = time.monotonic() + 120
+        while not (results.is_file() and len(pd.read_csv(results)) >= 1) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while lock_holder(results.parent) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the run process gets its SIGKILL when the sweep dies
+        assert [s["status"] for _, s in sweeps.status(out)] == ["interrupted"]
+        assert main(["sweep", str(path), "--results-dir", str(out)]) == 0
+        assert len(pd.read_csv(results)) == 3
+        assert never_interrupted.wait(timeout=300) == 0
+    finally:
+        if never_interrupted.poll() is None:  # the test failed before it waited
+            never_interrupted.kill()
+            never_interrupted.wait()
     resumed = torch.load(out / "lr_0.002-s0" / "last.pt", weights_only=True)["model"]
     straight = torch.load(tmp_path / "straight" / "lr_0.002-s0" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)

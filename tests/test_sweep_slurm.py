@@ -8,6 +8,7 @@ import pytest
 
 import basinlab.sweep as sweeps
 from basinlab.cli import main
+from tests.test_sweep import SPEC as LOCAL_SPEC
 from tests.test_sweep import write_spec
 
 
@@ -25,21 +26,20 @@ def slurm_answers() -> str | None:
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(slurm_answers() is not None, reason=str(slurm_answers()))]
 pytest.importorskip("submitit")
 
-SPEC = {"base": {"train-limit": 256, "val-limit": 128, "batch-size": 64, "epochs": 1}, "grid": {"lr": [0.002]},
-        "seeds": [0, 1]}
+# The runs lr_0.001-s0 and -s1 of tests/test_sweep.py's SPEC, which the session's finished sweep ran here
+SPEC = {**LOCAL_SPEC, "grid": {"lr": [0.001]}}
 
 
-def test_a_sweep_through_slurm_equals_the_same_sweep_run_here(tmp_path, capsys):
+def test_a_sweep_through_slurm_equals_the_same_sweep_run_here(tmp_path, capsys, finished_sweep):
     spec = write_spec(tmp_path, SPEC)
     assert main(["sweep", str(spec), "--results-dir", str(tmp_path / "slurm"), "--backend", "slurm",
                  "--cpus-per-run", "1"]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("submitted as Slurm job") == 2 and "| 0.002 | 2/2 |" in printed
+    assert printed.count("submitted as Slurm job") == 2 and "| 0.001 | 2/2 |" in printed
     assert [state["status"] for _, state in sweeps.status(tmp_path / "slurm")] == ["done", "done"]
-    # one thread per run in both: the same numbers
-    assert main(["sweep", str(spec), "--results-dir", str(tmp_path / "local"), "--jobs", "2"]) == 0
-    slurm, local = (pd.read_csv(tmp_path / where / "summary.csv") for where in ("slurm", "local"))
-    pd.testing.assert_frame_equal(slurm, local)
+    # one thread per run in both (--cpus-per-run 1 here; conftest.py's sweep): the same numbers
+    slurm, local = pd.read_csv(tmp_path / "slurm" / "summary.csv"), pd.read_csv(finished_sweep / "summary.csv")
+    pd.testing.assert_frame_equal(slurm, local[local["lr"] == 0.001].reset_index(drop=True))
 
 
 def test_no_wait_submits_and_a_second_sweep_submits_nothing_twice(tmp_path, capsys):

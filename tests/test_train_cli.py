@@ -43,7 +43,7 @@ def test_train_writes_a_complete_run_folder(tmp_path):
     assert env["torch"] == str(torch.__version__)
 
 
-def test_python_api_returns_history_and_config_feeds_back(tmp_path):
+def test_python_api_returns_history_and_config_feeds_back(tmp_path, no_run_plots):
     run = basinlab.train(train_limit=256, val_limit=128, batch_size=64, epochs=1, quiet=True,
                          results_dir=str(tmp_path), save="api")
     assert isinstance(run.history, pd.DataFrame) and len(run.history) == 1
@@ -55,7 +55,7 @@ def test_python_api_returns_history_and_config_feeds_back(tmp_path):
     assert loaded.config.model == "mnist" and len(loaded.history) == 1
 
 
-def test_existing_run_folder_is_never_overwritten(tmp_path, capsys):
+def test_existing_run_folder_is_never_overwritten(tmp_path, capsys, no_run_plots):
     args = ["train", *SMALL, "--epochs", "1", "--results-dir", str(tmp_path), "--save", "x"]
     assert main(args) == 0
     before = (tmp_path / "x" / "results.csv").read_bytes()
@@ -74,38 +74,52 @@ def test_existing_run_folder_is_never_overwritten(tmp_path, capsys):
     (["--epochs", "0"], "--epochs"),
     (["--batch-size", "-3"], "--batch-size"),
 ])
-def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
-    proc = run_cli("train", *SMALL, "--results-dir", tmp_path, *args, cwd=tmp_path, check_code=2)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+def test_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, args, needle):
+    monkeypatch.chdir(tmp_path)  # where the literal's command would make PWNED
+    assert main(["train", *SMALL, "--results-dir", str(tmp_path), *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0]
     assert not (tmp_path / "PWNED").exists()
 
 
-def test_a_batch_batchnorm_cannot_train_on_is_refused_before_the_run_folder(tmp_path):
+def test_bad_input_in_a_fresh_process_is_one_line_exit_2(tmp_path):
+    """One case of the test above as `python -m basinlab`: the process's exit status, and its whole stderr is
+    the one line (no warning, no traceback)."""
+    proc = run_cli("train", *SMALL, "--results-dir", tmp_path, "--model-config", "__import__('os').system('touch "
+                   "PWNED')", cwd=tmp_path, check_code=2)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "literal" in lines[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_batch_batchnorm_cannot_train_on_is_refused_before_the_run_folder(tmp_path, capsys, no_run_plots):
     """The set-up probe runs train mode on min(batch, 2) blank images: batch 1 is refused, batch 2 trains."""
     args = ["train", "--train-limit", "8", "--val-limit", "8", "--epochs", "1", "--quiet",
             "--results-dir", str(tmp_path)]
-    proc = run_cli(*args, "--batch-size", "1", check_code=2)
-    assert "cannot normalise a batch of 1 sample(s)" in proc.stderr
+    assert main([*args, "--batch-size", "1"]) == 2
+    assert "cannot normalise a batch of 1 sample(s)" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # refused before any run folder was made
     assert main([*args, "--batch-size", "2", "--save", "two"]) == 0
 
 
-def test_missing_dataset_folder_names_path_and_layout(tmp_path):
-    proc = run_cli("train", "--dataset", "cifar10", "--datasets-dir", tmp_path / "none", "--results-dir", tmp_path,
-                   cwd=tmp_path, check_code=2)
-    line = proc.stderr.strip()
+def test_missing_dataset_folder_names_path_and_layout(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--dataset", "cifar10", "--datasets-dir", str(tmp_path / "none"), "--results-dir",
+                 str(tmp_path)]) == 2
+    line = capsys.readouterr().err.strip()
     assert "\n" not in line and str(tmp_path / "none") in line and "data_batch" in line
 
 
-def test_malformed_yaml_config(tmp_path):
+def test_malformed_yaml_config(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: [1\n")
-    proc = run_cli("train", "--config", bad, cwd=tmp_path, check_code=2)
-    assert "malformed YAML" in proc.stderr and "Traceback" not in proc.stderr
+    assert main(["train", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "malformed YAML" in err and len(err.strip().splitlines()) == 1
 
 
-def test_evaluate_and_export(tmp_path, capsys):
+def test_evaluate_and_export(tmp_path, capsys, no_run_plots):
     assert main(["train", *SMALL, "--epochs", "1", "--results-dir", str(tmp_path), "--save", "e"]) == 0
     run = tmp_path / "e"
     assert main(["evaluate", str(run / "best.pt"), "--split", "val", "--limit", "128",
@@ -126,7 +140,7 @@ def test_evaluate_and_export(tmp_path, capsys):
     assert all(torch.equal(weights[k], state[k]) for k in weights) and len(weights) == len(state)
 
 
-def test_plot_overlays_runs(tmp_path):
+def test_plot_overlays_runs(tmp_path, no_run_plots):
     for name in ("a", "b"):
         assert main(["train", *SMALL, "--epochs", "1", "--results-dir", str(tmp_path), "--save", name,
                      "--seed", str(len(name))]) == 0
