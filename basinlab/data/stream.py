@@ -267,4 +267,5 @@ class StreamLoader(Loader):
             # torch's re-raise leaves a frame <-> exception cycle that would keep the DataLoader
             # alive until a garbage collection, whose teardown then waits 5 s on each worker.
             traceback.clear_frames(exc.__traceback__)
+        del batches  # the new exception's traceback holds this frame: it must not keep the workers alive
         raise kind(message)
