@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1] / "basinlab"
 OWNERS = {f.metadata["owner"] for f in FIELDS.values()}
 # A value that counts as "given" for each option a relation names (defaults are not given).
 GIVEN = {"server": "asgd", "smoothout": 0.01, "sam": 0.05, "asam": 0.5, "ghost_batch": 16, "log_sharpness_every": 1,
-         "train_limit": 64, "val_limit": 32, "lr_milestones": [2], "amp": "bf16"}
+         "train_limit": 64, "val_limit": 32, "lr_milestones": [2], "amp": "bf16", "gsam": 0.05, "msam": 0.3,
+         "looksam": 0.05, "saf": True, "mesa": True}
 
 
 def options_read_in(folder: Path) -> dict[str, set[str]]:
@@ -65,7 +66,9 @@ DETAIL_VALUES = {"workers": 2, "delay": 1, "worker_order": "random", "adjust_lr"
                  "smoothout_adapt": "filter", "smoothout_schedule": "anneal", "smoothout_include_bn": True,
                  "denoise": False, "asam_eta": 0.02, "asam_scope": "all", "sam_perturbation": "global",
                  "lr_scale_batch": "sqrt", "log_trace": True, "hessian_mode": "eval", "sharpness_batches": 2,
-                 "limit_mode": "first", "lr_multiplier": 0.5, "eval_amp": "none"}
+                 "limit_mode": "first", "lr_multiplier": 0.5, "eval_amp": "none", "sam_m": 16, "sam_interval": 2,
+                 "gsam_alpha": 0.2, "gsam_rho_min": 0.01, "looksam_k": 3, "looksam_alpha": 0.5, "saf_lambda": 0.5,
+                 "saf_tau": 2.0, "saf_horizon": 2, "mesa_decay": 0.99}
 
 
 @pytest.mark.parametrize("name, main", RELATIONS, ids=[f"{n}-needs-{m}" for n, m in RELATIONS])

@@ -221,9 +221,48 @@ class TrainConfig:
                                          "own shard (the paper's m-sharpness), global = one eps from the "
                                          "all-reduced gradient", choices=SAM_PERTURBATIONS,
                                 group="flat", owner="flat", needs=("sam", "asam"), legacy="global")
+    sam_m: int | None = opt(None, "m-sharpness: the ascent direction per micro-batch of M examples, each micro-batch's "
+                                  "gradient taken at its own perturbed point, averaged (Andriushchenko & Flammarion "
+                                  "2022); M = the batch is SAM as it is", low=1, high=2**20, metavar="M",
+                            group="flat", owner="flat", unset="the whole batch: one ascent direction (n-SAM)",
+                            needs=("sam", "asam"))
+    sam_interval: int = opt(1, "a SAM/ASAM step (two passes) every K optimizer steps, plain steps between",
+                            low=1, high=1_000_000, metavar="K", group="flat", owner="flat", needs=("sam", "asam"))
     lr_scale_batch: str | None = opt(None, "scale the regime's lr by batch/ghost batch: sqrt|linear",
                                      choices=LR_SCALINGS,
                                      group="flat", owner="flat", unset="no scaling", needs=("ghost_batch",))
+    # --- the SAM family (basinlab.methods.gsam, .msam, .looksam, .saf) ------------------------------------
+    gsam: float | None = opt(None, "GSAM (Zhuang et al. 2022): SAM's gradient minus --gsam-alpha times the component "
+                                   "of the plain gradient orthogonal to it; rho is the largest radius, scheduled with "
+                                   "the lr", low=0, metavar="RHO", group="sam_family", owner="gsam", unset="off")
+    gsam_alpha: float = opt(0.4, "GSAM's alpha: how much of the orthogonal component is subtracted", low=0,
+                            metavar="A", group="sam_family", owner="gsam", needs=("gsam",))
+    gsam_rho_min: float | None = opt(None, "GSAM's radius at the regime's smallest lr (rho falls linearly with the lr "
+                                           "from --gsam RHO at its largest)", low=0, metavar="RHO",
+                                     group="sam_family", owner="gsam", unset="0", needs=("gsam",))
+    msam: float | None = opt(None, "Momentum-SAM (Becker et al. 2024): the ascent along the optimizer's momentum "
+                                   "instead of a second gradient, one pass per step", low=0, metavar="RHO",
+                             group="sam_family", owner="msam", unset="off")
+    looksam: float | None = opt(None, "LookSAM (Liu et al. 2022): SAM's two passes every --looksam-k steps; between "
+                                      "them one pass and the stored part of SAM's gradient orthogonal to the plain one",
+                                low=0, metavar="RHO", group="sam_family", owner="looksam", unset="off")
+    looksam_k: int = opt(5, "LookSAM: a full SAM step every K steps", low=1, high=1_000_000, metavar="K",
+                         group="sam_family", owner="looksam", needs=("looksam",))
+    looksam_alpha: float = opt(0.7, "LookSAM's alpha: the weight of the stored orthogonal component", low=0,
+                               metavar="A", group="sam_family", owner="looksam", needs=("looksam",))
+    saf: bool = opt(False, "SAF (Du et al. 2022): the loss plus a trajectory term, the KL divergence from each "
+                           "example's outputs --saf-horizon epochs ago (stored per example)",
+                    group="sam_family", owner="saf", conflicts={"mesa": "choose one (MESA is SAF with an EMA model)"})
+    mesa: bool = opt(False, "MESA (Du et al. 2022): SAF with the outputs of an exponential moving average of the "
+                            "model instead of stored ones", group="sam_family", owner="saf")
+    saf_lambda: float = opt(0.3, "SAF/MESA: the weight of the trajectory term", low=0, metavar="L",
+                            group="sam_family", owner="saf", needs=("saf", "mesa"))
+    saf_tau: float = opt(5.0, "SAF/MESA: the softmax temperature of the trajectory term", low=0, metavar="T",
+                         group="sam_family", owner="saf", needs=("saf", "mesa"))
+    saf_horizon: int = opt(3, "SAF: how many epochs back the stored outputs are", low=1, high=10_000, metavar="E",
+                           group="sam_family", owner="saf", needs=("saf",))
+    mesa_decay: float = opt(0.9995, "MESA: the decay of the model's exponential moving average", low=0, high=1,
+                            high_open=True, metavar="B", group="sam_family", owner="saf", needs=("mesa",))
     # --- measurements during training (basinlab.methods.sharpness_monitor, .lowrank) --------------
     log_sharpness_every: int | None = opt(None, "log lambda_max (Hessian) every k epochs",
                                           low=1, high=1_000_000,
@@ -324,6 +363,8 @@ GROUP_TITLES = {
     "norm": "normalisation (norm layers, Online Normalization)",
     "asgd": "asynchronous SGD (basinlab.methods.asgd)",
     "flat": "flat minima: SmoothOut, SAM, ASAM (basinlab.methods.flat)",
+    "sam_family": "the SAM family: GSAM, Momentum-SAM, LookSAM, SAF and MESA (basinlab.methods.gsam, .msam, "
+                  ".looksam, .saf)",
     "measure": "measurements during training (basinlab.methods.sharpness_monitor, basinlab.methods.lowrank)",
     "records": "records", "machine": "machine"}
 OPTION_GROUPS = tuple((title, tuple(n for n, f in FIELDS.items() if f.metadata["group"] == key))

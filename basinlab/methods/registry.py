@@ -18,12 +18,20 @@ from basinlab.engine.steps import PlainStep
 from basinlab.errors import ConfigError
 from basinlab.methods.asgd import method as asgd
 from basinlab.methods.flat import method as flat
+from basinlab.methods.gsam import method as gsam
+from basinlab.methods.looksam import method as looksam
 from basinlab.methods.lowrank import method as lowrank_log
+from basinlab.methods.msam import method as msam
+from basinlab.methods.saf import method as saf
 from basinlab.methods.sharpness_monitor import method as sharpness_monitor
 
 METHODS = (
     asgd,               # --server ssgd|asgd|msgd
     flat,               # --smoothout, --sam, --asam, --lr-scale-batch
+    gsam,               # --gsam
+    msam,               # --msam
+    looksam,            # --looksam
+    saf,                # --saf, --mesa
     sharpness_monitor,  # --log-sharpness-every
     lowrank_log,        # --log-lowrank, AdaS epoch updates
 )

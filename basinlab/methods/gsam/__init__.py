@@ -1,0 +1,1 @@
+"""GSAM: see method.py."""

@@ -1,0 +1,1 @@
+"""LookSAM: see method.py."""

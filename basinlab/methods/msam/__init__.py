@@ -1,0 +1,1 @@
+"""Momentum-SAM: see method.py."""

@@ -1,0 +1,1 @@
+"""SAF/MESA: see method.py."""
