@@ -217,10 +217,11 @@ class TrainConfig:
     asam_scope: str = opt("weights", "parameters ASAM scales by T_w: weights (names containing 'weight', as the "
                                      "authors' code; biases get T = 1) or all", choices=ASAM_SCOPES,
                           group="flat", owner="flat", needs=("asam",), legacy="all")
-    sam_perturbation: str = opt("local", "SAM/ASAM under data parallelism: local = each process's eps from its "
-                                         "own shard (the paper's m-sharpness), global = one eps from the "
+    sam_perturbation: str = opt("local", "SAM/ASAM/GSAM/LookSAM under data parallelism: local = each process's eps "
+                                         "from its own shard (the paper's m-sharpness), global = one eps from the "
                                          "all-reduced gradient", choices=SAM_PERTURBATIONS,
-                                group="flat", owner="flat", needs=("sam", "asam"), legacy="global")
+                                group="flat", owner="flat", needs=("sam", "asam", "gsam", "looksam"),
+                                legacy="global")
     sam_m: int | None = opt(None, "m-sharpness: the ascent direction per micro-batch of M examples, each micro-batch's "
                                   "gradient taken at its own perturbed point, averaged (Andriushchenko & Flammarion "
                                   "2022); M = the batch is SAM as it is", low=1, high=2**20, metavar="M",
