@@ -1,6 +1,6 @@
 """Each option is one statement (basinlab/config/options.py): its checks, help, resume rule and owner follow from it.
-Methods read only their own options and the engine's; the engine reads no method's; old spellings and stored
-runs keep working."""
+Methods read only their own options, the engine's and the shared details that name them; the engine reads no
+method's; old spellings and stored runs keep working."""
 import ast
 from pathlib import Path
 
@@ -37,9 +37,13 @@ def options_read_in(folder: Path) -> dict[str, set[str]]:
 
 @pytest.mark.parametrize("owner", sorted(OWNERS - {"engine"}))
 def test_a_method_reads_only_its_own_options_and_the_engines(owner):
+    """...and a shared detail that says it serves this method (its `needs` names one of the method's options, as
+    --sam-perturbation, flat's, names --gsam and --looksam)."""
     assert (ROOT / "methods" / owner).is_dir(), f"options owned by {owner!r} but no methods/{owner}/"
+    mine = {name for name, f in FIELDS.items() if f.metadata["owner"] == owner}
     foreign = {name: files for name, files in options_read_in(ROOT / "methods" / owner).items()
-               if FIELDS[name].metadata["owner"] not in (owner, "engine")}
+               if FIELDS[name].metadata["owner"] not in (owner, "engine")
+               and not mine & set(FIELDS[name].metadata["needs"])}
     assert not foreign
 
 
@@ -68,7 +72,8 @@ DETAIL_VALUES = {"workers": 2, "delay": 1, "worker_order": "random", "adjust_lr"
                  "lr_scale_batch": "sqrt", "log_trace": True, "hessian_mode": "eval", "sharpness_batches": 2,
                  "limit_mode": "first", "lr_multiplier": 0.5, "eval_amp": "none", "sam_m": 16, "sam_interval": 2,
                  "gsam_alpha": 0.2, "gsam_rho_min": 0.01, "looksam_k": 3, "looksam_alpha": 0.5, "saf_lambda": 0.5,
-                 "saf_tau": 2.0, "saf_horizon": 2, "mesa_decay": 0.99}
+                 "saf_tau": 2.0, "saf_horizon": 2, "mesa_decay": 0.99,
+                 "saf_start_epoch": 0}
 
 
 @pytest.mark.parametrize("name, main", RELATIONS, ids=[f"{n}-needs-{m}" for n, m in RELATIONS])

@@ -13,7 +13,7 @@ from basinlab.methods.registry import build_method
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--train-limit", "128", "--val-limit", "32", "-b", "32"]
-METHOD_GROUPS = ("asynchronous SGD", "flat minima", "measurements during training")
+METHOD_GROUPS = ("asynchronous SGD", "flat minima", "the SAM family", "measurements during training")
 # Every option of the method groups, each in a combination a training accepts.
 METHOD_FLAGS = {
     "server": ["--server", "asgd", "--workers", "2", "--delay", "1", "--worker-order", "random", "--adjust-lr"],
@@ -23,7 +23,10 @@ METHOD_FLAGS = {
     "asam": ["--asam", "0.5", "--asam-eta", "0.02", "--asam-scope", "all"],
     "m-sam": ["--sam", "0.05", "--sam-m", "16", "--sam-interval", "2"],
     "gsam": ["--gsam", "0.05", "--gsam-alpha", "0.3", "--gsam-rho-min", "0.05"],
-    "looksam": ["--looksam", "0.05", "--looksam-k", "3", "--looksam-alpha", "0.5"],
+    "looksam": ["--looksam", "0.05", "--looksam-k", "3", "--looksam-alpha", "0.5", "--sam-perturbation", "global"],
+    "msam": ["--msam", "0.5", "--optimizer", "SGD", "--momentum", "0.9"],
+    "saf": ["--saf", "--saf-lambda", "0.5", "--saf-tau", "2", "--saf-horizon", "2", "--saf-start-epoch", "1"],
+    "mesa": ["--mesa", "--mesa-decay", "0.999"],
     "ghost-batch": ["--ghost-batch", "16"],
     "lr-scale-batch": ["--ghost-batch", "16", "--lr-scale-batch", "sqrt"],
     "sharpness-monitor": ["--log-sharpness-every", "1", "--log-trace", "--hessian-mode", "eval",
@@ -31,7 +34,8 @@ METHOD_FLAGS = {
     "lowrank": ["--log-lowrank"],
 }
 REFUSED_IN_LR_RANGE = {"server": "cannot run in the LR range test", "lr-scale-batch": "replaces by its sweep",
-                       "sharpness-monitor": "the LR range test has none", "lowrank": "the LR range test has none"}
+                       "sharpness-monitor": "the LR range test has none", "lowrank": "the LR range test has none",
+                       "saf": "does not have", "mesa": "does not have"}
 
 
 def test_every_option_of_the_methods_is_tried():

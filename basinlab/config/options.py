@@ -241,8 +241,8 @@ class TrainConfig:
     gsam_rho_min: float | None = opt(None, "GSAM's radius at the regime's smallest lr (rho falls linearly with the lr "
                                            "from --gsam RHO at its largest)", low=0, metavar="RHO",
                                      group="sam_family", owner="gsam", unset="0", needs=("gsam",))
-    msam: float | None = opt(None, "Momentum-SAM (Becker et al. 2024): the ascent along the optimizer's momentum "
-                                   "instead of a second gradient, one pass per step", low=0, metavar="RHO",
+    msam: float | None = opt(None, "Momentum-SAM (Becker et al. 2024): one pass per step at w - RHO v/||v||, v the SGD "
+                                   "momentum (needs SGD with momentum > 0; the authors use 3)", low=0, metavar="RHO",
                              group="sam_family", owner="msam", unset="off")
     looksam: float | None = opt(None, "LookSAM (Liu et al. 2022): SAM's two passes every --looksam-k steps; between "
                                       "them one pass and the stored part of SAM's gradient orthogonal to the plain one",
@@ -256,13 +256,17 @@ class TrainConfig:
                     group="sam_family", owner="saf", conflicts={"mesa": "choose one (MESA is SAF with an EMA model)"})
     mesa: bool = opt(False, "MESA (Du et al. 2022): SAF with the outputs of an exponential moving average of the "
                             "model instead of stored ones", group="sam_family", owner="saf")
-    saf_lambda: float = opt(0.3, "SAF/MESA: the weight of the trajectory term", low=0, metavar="L",
-                            group="sam_family", owner="saf", needs=("saf", "mesa"))
+    saf_lambda: float | None = opt(None, "SAF/MESA: the weight of the trajectory term", low=0, metavar="L",
+                                   group="sam_family", owner="saf", unset="the authors': 0.3 for --saf, 0.8 for --mesa",
+                                   needs=("saf", "mesa"))
     saf_tau: float = opt(5.0, "SAF/MESA: the softmax temperature of the trajectory term", low=0, metavar="T",
                          group="sam_family", owner="saf", needs=("saf", "mesa"))
+    saf_start_epoch: int = opt(5, "SAF/MESA: the trajectory term applies after this epoch, counted from 0 (the "
+                                  "authors' --kl_start_epoch: 5 starts it in the 7th epoch)", low=0, high=1_000_000,
+                               metavar="E", group="sam_family", owner="saf", needs=("saf", "mesa"))
     saf_horizon: int = opt(3, "SAF: how many epochs back the stored outputs are", low=1, high=10_000, metavar="E",
                            group="sam_family", owner="saf", needs=("saf",))
-    mesa_decay: float = opt(0.9995, "MESA: the decay of the model's exponential moving average", low=0, high=1,
+    mesa_decay: float = opt(0.9998, "MESA: the decay of the model's exponential moving average", low=0, high=1,
                             high_open=True, metavar="B", group="sam_family", owner="saf", needs=("mesa",))
     # --- measurements during training (basinlab.methods.sharpness_monitor, .lowrank) --------------
     log_sharpness_every: int | None = opt(None, "log lambda_max (Hessian) every k epochs",

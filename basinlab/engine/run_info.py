@@ -74,6 +74,24 @@ class RunInfo:
         """This process's batch of the current data phase (the global batch / processes)."""
         return self._trainer.train_loader.batch_size
 
+    @property
+    def train_examples(self) -> int:
+        """How many examples the training set of this run has (every process sees the same count)."""
+        return self._trainer.train_loader.num_examples
+
+    @property
+    def num_classes(self) -> int:
+        """How many classes the training set has (an image folder's are counted from its class folders)."""
+        return self._trainer.train_loader.num_classes
+
+    def batch_examples(self):
+        """The CPU int64 indices (into the training set, 0 .. train_examples - 1) of this process's rows of the
+        batch being trained: what a method that keeps something per example (SAF's stored outputs) keys on.
+        Valid inside train_step; the same batch gives the same indices on a resumed run."""
+        trainer = self._trainer
+        _, indices = next(trainer.train_loader.index_batches(trainer.epoch, trainer.batch_in_epoch))
+        return indices
+
     # ------------------------------------------------------------------------------------ the machine
     @property
     def device(self):
