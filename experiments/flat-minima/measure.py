@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import matplotlib
 import pandas as pd
 
 from basinlab.analysis.measure import MeasureOptions, measure_checkpoint
@@ -73,16 +74,17 @@ def main() -> None:
                      f"{row['keskar_pct']:.3g} | {row['clean_loss']:.4f} | {row['noisy_loss']:.4f} | "
                      f"{row['noise_rise']:.4f} |")
     (args.out / "sharpness.md").write_text("Medians over seeds.\n\n" + "\n".join(lines) + "\n")
-    fig, ax = new_figure(figsize=(6, 4))
+    fig, ax = new_figure(figsize=(7, 4.5))
+    colours = matplotlib.colormaps["tab20"]  # one colour per variant up to 20
     for k, name in enumerate(order):
         mine = table[table["variant"] == name]
-        ax.scatter(mine["lambda_max"], mine["final_val_acc1"], color=f"C{k % 10}", label=name,
+        ax.scatter(mine["lambda_max"], mine["final_val_acc1"], color=colours(k % 20), label=name,
                    marker="o" if name.startswith("sb") else "s")
     ax.set_xscale("log")
     ax.set_xlabel("lambda_max of the training loss (final weights)")
     ax.set_ylabel("final validation top-1 (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6, ncol=2)
     save_png(fig, args.out / "sharpness.png")
     print(f"wrote {args.out / 'sharpness.csv'}, sharpness.md, sharpness.png")
 
