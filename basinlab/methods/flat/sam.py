@@ -86,6 +86,30 @@ def asam_adapted(names: list[str], scope: str) -> list[bool]:
     return [scope == "all" or "weight" in name for name in names]
 
 
+def gradient_at_perturbed_point(ctx, x, y, params, eps, buffers, start, *, ghost_batch: int | None = None,
+                                sync: bool = True, clean=None) -> bool:
+    """The gradient at w + eps into .grad (the first pass's .grad tensors are let go, not overwritten), the pass
+    starting from the buffers `start` (their values before the first pass); after it, whatever happened, the
+    weights are w again bit for bit (`clean`, copied here unless given) and the buffers what the first pass left.
+    False where the loss was not finite (the batch is skipped). The second pass of SAM, ASAM, GSAM and LookSAM."""
+    weights = [p.detach() for p in params]
+    after_first = [b.clone() for b in buffers]
+    clean = [w.clone() for w in weights] if clean is None else clean
+    with torch.no_grad():
+        torch._foreach_add_(weights, eps)
+        for buffer, value in zip(buffers, start):
+            buffer.copy_(value)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    try:
+        _, logits = accumulate_gradient(ctx, x, y, ghost_batch, sync=sync)
+    finally:
+        with torch.no_grad():
+            torch._foreach_copy_(weights, clean)
+            for buffer, value in zip(buffers, after_first):
+                buffer.copy_(value)
+    return logits is not None
+
+
 def check_micro_batch(m: int | None, batch: int, world_size: int) -> None:
     """--sam-m against the (per-process) batch; its relation to --ghost-batch is checked with the config."""
     if m is None:
@@ -242,23 +266,8 @@ class SharpnessAwareStep(StepStrategy):
                 f"steps between: {(self.interval + 1) / self.interval:g} passes per step on average")
 
     def _second_pass(self, ctx, x, y, params, eps, buffers, before, *, clean=None, sync: bool = True) -> bool:
-        """Gradient at w + eps into .grad, from the buffers the first pass started with; then the weights
-        go back to w (`clean`, copied here unless given) and the buffers to their values after the first pass."""
-        after_first = [b.clone() for b in buffers]
-        clean = [p.detach().clone() for p in params] if clean is None else clean
-        with torch.no_grad():
-            torch._foreach_add_([p.detach() for p in params], eps)
-            for buffer, value in zip(buffers, before):
-                buffer.copy_(value)
-        ctx.optimizer.zero_grad(set_to_none=True)
-        try:
-            _, logits = accumulate_gradient(ctx, x, y, self.ghost_batch, sync=sync)
-        finally:
-            with torch.no_grad():
-                torch._foreach_copy_([p.detach() for p in params], clean)
-                for buffer, value in zip(buffers, after_first):
-                    buffer.copy_(value)
-        return logits is not None
+        return gradient_at_perturbed_point(ctx, x, y, params, eps, buffers, before, ghost_batch=self.ghost_batch,
+                                           sync=sync, clean=clean)
 
     def _record(self, ctx, grad_norm: torch.Tensor) -> None:
         grad_norm = ctx.precision.unscaled(grad_norm)  # the norm of the unscaled gradient

@@ -34,13 +34,11 @@ SAM's column), `gsam_rho` (the mean rho_t of the epoch's GSAM steps) and `gsam_g
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from basinlab.engine.steps import StepResult, StepStrategy, accumulate_gradient, check_ghost_batch, describe_chunks
 from basinlab.errors import ConfigError
-from basinlab.methods.flat.sam import asam_perturbation, global_norm, sam_perturbation
+from basinlab.methods.flat.sam import asam_perturbation, global_norm, gradient_at_perturbed_point, sam_perturbation
 from basinlab.methods.gsam.rho import RhoSchedule, regime_lr, run_lr_bounds
 
 PERTURBATIONS = ("local", "global")
@@ -54,26 +52,6 @@ def surrogate_gap_direction(first: list[torch.Tensor], perturbed: list[torch.Ten
     coefficient = torch.where(squared > 0, dot / squared, torch.zeros_like(dot))  # g_p = 0: g is all orthogonal
     torch._foreach_mul_(perturbed, 1.0 + alpha * coefficient)
     torch._foreach_add_(perturbed, first, alpha=-alpha)
-
-
-@contextlib.contextmanager
-def at_perturbed_point(params, eps, buffers, start):
-    """Inside: the weights at w + eps and the buffers at `start` (their values before the first pass). After,
-    whatever happened inside: the weights are w again, bit for bit, and the buffers what the first pass left."""
-    weights = [p.detach() for p in params]
-    clean = [w.clone() for w in weights]
-    after_first = [b.clone() for b in buffers]
-    with torch.no_grad():
-        torch._foreach_add_(weights, eps)
-        for buffer, value in zip(buffers, start):
-            buffer.copy_(value)
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            torch._foreach_copy_(weights, clean)
-            for buffer, value in zip(buffers, after_first):
-                buffer.copy_(value)
 
 
 class GSAMStep(StepStrategy):
@@ -146,10 +124,8 @@ class GSAMStep(StepStrategy):
                 ctx.dist.average_gradients(params)
             ctx.optimizer_step()
             return StepResult(loss, logits), 1
-        with at_perturbed_point(params, eps, buffers, start):
-            ctx.optimizer.zero_grad(set_to_none=True)
-            _, second = accumulate_gradient(ctx, x, y, self.ghost_batch, sync=synced)
-        if second is None:
+        if not gradient_at_perturbed_point(ctx, x, y, params, eps, buffers, start, ghost_batch=self.ghost_batch,
+                                           sync=synced):
             return StepResult(loss, None, skipped=True), 0
         for p, g in zip(params, first):
             if p.grad is None:  # no gradient at w + eps (not reached by this batch there): g_p = 0

@@ -43,7 +43,7 @@ from __future__ import annotations
 import torch
 
 from basinlab.engine.steps import StepResult, StepStrategy, accumulate_gradient, check_ghost_batch, describe_chunks
-from basinlab.methods.flat.sam import global_norm, sam_perturbation
+from basinlab.methods.flat.sam import global_norm, gradient_at_perturbed_point, sam_perturbation
 
 
 def orthogonal_component(grad, sam_grad) -> list[torch.Tensor]:
@@ -129,23 +129,8 @@ class LookSAMStep(StepStrategy):
         return StepResult(loss, logits), 2
 
     def _second_pass(self, ctx, x, y, params, eps, buffers, before) -> bool:
-        """g_s into .grad (all-reduced), from the buffers the first pass started with; then the weights go back to
-        w bit-exactly and the buffers to their values after the first pass."""
-        after_first = [b.clone() for b in buffers]
-        clean = [p.detach().clone() for p in params]
-        with torch.no_grad():
-            torch._foreach_add_([p.detach() for p in params], eps)
-            for buffer, value in zip(buffers, before):
-                buffer.copy_(value)
-        ctx.optimizer.zero_grad(set_to_none=True)
-        try:
-            _, logits = accumulate_gradient(ctx, x, y, self.ghost_batch)
-        finally:
-            with torch.no_grad():
-                torch._foreach_copy_([p.detach() for p in params], clean)
-                for buffer, value in zip(buffers, after_first):
-                    buffer.copy_(value)
-        return logits is not None
+        """g_s into .grad (all-reduced), from the buffers the first pass started with (see SAM's)."""
+        return gradient_at_perturbed_point(ctx, x, y, params, eps, buffers, before, ghost_batch=self.ghost_batch)
 
     def _store_orthogonal(self, ctx, names, grad, sam_grad) -> None:
         """g_v from g and g_s (the same on every process: both all-reduced), stored unscaled; a non-finite g_s
