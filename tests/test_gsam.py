@@ -9,7 +9,6 @@ import copy
 import json
 import math
 import os
-import signal
 from types import SimpleNamespace
 
 import pandas as pd
@@ -20,7 +19,6 @@ import torch.nn.functional as F
 import basinlab
 from basinlab.api import build_run, make_config
 from basinlab.cli import main
-from basinlab.engine.callbacks import Callback
 from basinlab.engine.precision import Precision, cpu_bf16_native
 from basinlab.engine.trainer import TrainingInterrupted
 from basinlab.errors import ConfigError
@@ -28,6 +26,7 @@ from basinlab.methods.gsam.method import configure
 from basinlab.methods.gsam.rho import RhoSchedule, regime_lr, run_lr_bounds
 from basinlab.methods.gsam.step import GSAMStep, surrogate_gap_direction
 from basinlab.records.results import TIME_COLUMNS
+from tests.run_callbacks import InterruptAfter
 
 pytestmark = pytest.mark.usefixtures("no_run_plots")
 
@@ -279,17 +278,6 @@ def test_fp16_scaled_gradients_give_the_unscaled_step_and_an_overflow_falls_back
 
 
 # ------------------------------------------------------------------------------------------ resume
-class InterruptAfter(Callback):
-    """SIGINT to this process after global step `step`: the run checkpoints after that step and stops."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, run, result):
-        if run.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 def test_an_interrupted_run_resumes_mid_epoch_bit_for_bit(tmp_path):
     options = run_options(tmp_path, gsam=0.05, gsam_rho_min=0.01, ghost_batch=8)
     straight = basinlab.train(**{**options, "save": "straight"})
@@ -345,12 +333,6 @@ DDP_RUN = dict(model="mnist", model_config={"dropout": 0.0}, train_limit=64, val
 DDP_ARGV = ["--model-config", "{'dropout': 0.0}", "--train-limit", "64", "--val-limit", "32", "-b", "64",
             "--norm-mode", "none", "--channels-last", "off", "--optimizer", "SGD", "--lr", "0.05", "--momentum", "0",
             "--seed", "3", "--epochs", "1", "--quiet", "--gsam", "0.05", "--gsam-alpha", "0.4"]
-GLOBAL_SCRIPT = """
-import sys
-import basinlab
-from basinlab.methods.gsam.step import GSAMStep
-basinlab.train(results_dir=sys.argv[1], save="two", strategy=GSAMStep(0.05, 0.4, perturbation="global"), **{run})
-"""
 
 
 def gsam_step_by_hand(perturbation: str, tmp_path):
@@ -384,16 +366,12 @@ def gsam_step_by_hand(perturbation: str, tmp_path):
 @pytest.mark.slow
 def test_gsam_under_two_processes_follows_its_rule(tmp_path):
     import subprocess
-    import sys
 
     from basinlab.engine.launch import torchrun_command
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    script = tmp_path / "global_rule.py"
-    script.write_text(GLOBAL_SCRIPT.format(run=repr(DDP_RUN)))
-    commands = {"local": torchrun_command(2, [*DDP_ARGV, "--results-dir", str(tmp_path / "local"), "--save", "two"]),
-                "global": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(tmp_path / "global")]}
+    commands = {rule: torchrun_command(2, [*DDP_ARGV, "--sam-perturbation", rule, "--results-dir",
+                                           str(tmp_path / rule), "--save", "two"]) for rule in ("local", "global")}
     jobs = {rule: subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
             for rule, command in commands.items()}  # both at once: their start-ups share the cores
     try:

@@ -14,7 +14,6 @@ from it by 8e-2; basinlab's step matches Algorithm 1 to 7e-7 with SGD, SGD with 
 """
 import copy
 import os
-import shutil
 import subprocess
 import types
 
@@ -36,6 +35,7 @@ from basinlab.errors import ConfigError
 from basinlab.methods.looksam.method import LookSAMStep, configure, orthogonal_component
 from basinlab.methods.registry import build_method
 from basinlab.records.results import TIME_COLUMNS
+from tests.run_callbacks import KeepCheckpoint
 
 CPU = torch.device("cpu")
 TINY = "{'dropout': 0.0, 'width': 4, 'hidden': 16}"
@@ -262,17 +262,6 @@ class ForwardCounter(Callback):
             if module.training and torch.is_grad_enabled():
                 self.per_epoch[run.epoch] = self.per_epoch.get(run.epoch, 0) + 1
         run.model.register_forward_hook(count)
-
-
-class KeepCheckpoint(Callback):
-    """Copies last.pt once the run has taken `after` updates (the checkpoint written before is then complete)."""
-
-    def __init__(self, after, target):
-        self.after, self.target = after, target
-
-    def on_step_end(self, run, result):
-        if run.global_step == self.after:
-            shutil.copy(run.path / "last.pt", self.target)
 
 
 RUN = ["--model", "mnist", "--model-config", TINY, "--train-limit", "64", "--val-limit", "32", "-b", "16",

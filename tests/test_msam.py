@@ -8,8 +8,6 @@ Tiny MNIST convnets on the embedded mnist5k keep it fast.
 """
 import copy
 import json
-import os
-import signal
 from types import SimpleNamespace
 
 import pandas as pd
@@ -27,6 +25,7 @@ from basinlab.errors import ConfigError
 from basinlab.methods.msam.method import configure
 from basinlab.methods.msam.step import MomentumSAMStep, optimizer_problem
 from basinlab.records.results import TIME_COLUMNS
+from tests.run_callbacks import InterruptAfter
 
 pytestmark = pytest.mark.usefixtures("no_run_plots")
 
@@ -199,17 +198,6 @@ def test_fp16_scaled_gradients_give_the_unscaled_step_and_an_overflowed_step_is_
 
 
 # ------------------------------------------------------------------------------------------ resume
-class InterruptAfter(Callback):
-    """SIGINT to this process after global step `step`: the run checkpoints after that step and stops."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, run, result):
-        if run.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 def test_an_interrupted_run_resumes_mid_epoch_bit_for_bit(tmp_path):
     options = run_options(tmp_path, ghost_batch=8)
     straight = basinlab.train(**{**options, "save": "straight"})

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 import basinlab
 from basinlab.api import make_config
 from basinlab.cli import main
-from basinlab.engine.callbacks import Callback
 from basinlab.engine.precision import Precision
 from basinlab.engine.step_context import StepContext
 from basinlab.errors import ConfigError
@@ -29,6 +28,7 @@ from basinlab.methods.saf import store as store_module
 from basinlab.methods.saf.method import MESAStep, SAFStep, configure
 from basinlab.methods.saf.store import check_store_fits
 from basinlab.records.results import TIME_COLUMNS
+from tests.run_callbacks import KeepCheckpoint
 
 CPU = torch.device("cpu")
 TINY = "{'dropout': 0.0, 'width': 4, 'hidden': 16}"
@@ -196,18 +196,6 @@ def training_labels(folder):
     trainer = build_run(make_config(results_dir=str(folder), save="labels", **RUN))
     trainer.setup(dry_run=True)
     return trainer.train_loader.labels.cpu()
-
-
-class KeepCheckpoint(Callback):
-    """Copies last.pt once the run has taken `after` updates (the checkpoint written before is then complete)."""
-
-    def __init__(self, after, target):
-        self.after, self.target = after, target
-
-    def on_step_end(self, run, result):
-        if run.global_step == self.after:
-            import shutil
-            shutil.copy(run.path / "last.pt", self.target)
 
 
 @pytest.mark.parametrize("method", ["saf", "mesa"])
