@@ -11,10 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 
 
-def table(readme: Path, first_header: str) -> list[list[str]]:
-    """The body rows (cells, stripped) of the Markdown table whose header row starts with `first_header`."""
+def table(readme: Path, first_header: str, occurrence: int = 0) -> list[list[str]]:
+    """The body rows (cells, stripped) of the Markdown table whose header row starts with `first_header` (the
+    `occurrence`-th such table, from 0)."""
     lines = readme.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    start = [i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |")][occurrence]
     rows = []
     for line in lines[start + 2:]:
         if not line.startswith("|"):
@@ -60,9 +61,42 @@ def test_flat_minima_table_is_its_summary_and_sharpness_csvs():
     assert f"lambda_max {lam_lb / lam_sb:.1f}x the small" in text
     gap = summary.loc["sb", "final_val_acc1_median"] - summary.loc["lb", "final_val_acc1_median"]
     assert f"{gap:.2f} points lower top-1" in text
-    for variant, words in (("sb-sam", "+0.5 and"), ("sb-asam", "+0.35 points")):
+    for variant, words in (("sb-sam", "+0.45 and"), ("sb-asam", "+0.30 points")):
         gain = summary.loc[variant, "final_val_acc1_median"] - summary.loc["sb", "final_val_acc1_median"]
         assert words in text and close(words.split()[0].lstrip("+"), gain)
+    runs = pd.read_csv(folder / "sharpness.csv").set_index("run")["final_val_acc1"]
+    paired = table(folder / "README.md", "variant", occurrence=1)
+    assert len(paired) == 11
+    for variant, *differences in paired:
+        for seed, written in enumerate(differences):
+            assert close(written.lstrip("+"), runs[f"{variant}-s{seed}"] - runs[f"sb-s{seed}"]), (variant, seed)
+    for variant, written in (("sb-sam-m16", "94.15"), ("sb-sam-gbn16", "94.05"), ("sb-gbn16", "93.70")):
+        assert f"({written})" in text or f"reaches {written}" in text
+        assert close(written, summary.loc[variant, "final_val_acc1_median"])
+
+
+def test_m_sharpness_table_is_its_csv_and_the_per_run_results():
+    folder = EXPERIMENTS / "flat-minima"
+    summary = pd.read_csv(folder / "msharpness.csv").set_index("setting")
+    runs = folder / "runs-msharpness"
+
+    def final(name):  # a finished run's final val top-1, else None
+        state = runs / ".sweep" / f"{name}.json"
+        done = state.is_file() and '"done"' in state.read_text()
+        return pd.read_csv(runs / name / "results.csv")["val_acc1"].iloc[-1] if done else None
+
+    rows = table(folder / "README.md", "setting")
+    assert [r[0] for r in rows] == list(summary.index)
+    for setting, n, accuracy, *differences in rows:
+        assert n == f"{int(summary.loc[setting, 'n'])}/3"
+        if accuracy != "–":
+            check_median_range(accuracy, summary.loc[setting])
+        for seed, written in enumerate(differences if setting != "sgd" else []):
+            ours, plain = final(f"{setting}-s{seed}"), final(f"sgd-s{seed}")
+            if written == "–":
+                assert ours is None or plain is None, (setting, seed)
+            else:
+                assert close(written.lstrip("+"), ours - plain), (setting, seed, written)
 
 
 # ---------------------------------------------------------------------------------------------- async SGD
@@ -143,6 +177,33 @@ def test_bf16_parity_numbers_are_its_per_run_csv():
     assert f"differ by {mean_gap:+.2f} points" in text
     paired = (by["bf16"]["final_val_acc1"] - by["none"]["final_val_acc1"]).tolist()
     assert "are " + ", ".join(f"{d:+.2f}" for d in paired[:-1]) + f" and {paired[-1]:+.2f} points" in text
+
+
+# ---------------------------------------------------------------------------------------------- per-run files
+# Each committed sweep folder (its runs' config.yaml, env.yaml, results.csv and the sweep's record) and the summary
+# the README's table is checked against above.
+COMMITTED_SWEEPS = {"flat-minima/runs": "flat-minima/summary.csv",
+                    "flat-minima/runs-msharpness": "flat-minima/msharpness.csv"}
+
+
+@pytest.mark.parametrize("folder", sorted(COMMITTED_SWEEPS))
+def test_a_committed_summary_is_recomputed_from_its_per_run_files(folder):
+    from basinlab.sweep import stored_spec
+    from basinlab.sweep.summary import run_rows, summary_table
+    results_dir = EXPERIMENTS / folder
+    spec = stored_spec(results_dir)
+    runs = run_rows(spec, results_dir)  # the runs recorded as done (a sweep still running has fewer)
+    assert len(runs), folder
+    for run in spec.runs:
+        if run.name not in set(runs["run"]):
+            continue
+        env = (results_dir / run.name / "env.yaml").read_text()
+        assert "git_commit:" in env and (results_dir / run.name / "config.yaml").is_file(), run.name
+    recomputed = summary_table(spec, runs).set_index("setting")
+    committed = pd.read_csv(EXPERIMENTS / COMMITTED_SWEEPS[folder]).set_index("setting")
+    assert list(recomputed.index) == list(committed.index)
+    numbers = ["n", *(c for c in committed.columns if c.endswith(("_median", "_mean", "_min", "_max")))]
+    pd.testing.assert_frame_equal(recomputed[numbers], committed[numbers], check_exact=False, rtol=1e-9)
 
 
 @pytest.mark.parametrize("readme", sorted(EXPERIMENTS.glob("*/README.md")), ids=lambda p: p.parent.name)

@@ -8,7 +8,6 @@ independently: basinlab's step matched that code on these models and batches to 
 import copy
 import json
 import math
-import os
 from types import SimpleNamespace
 
 import pandas as pd
@@ -361,33 +360,3 @@ def gsam_step_by_hand(perturbation: str, tmp_path):
         for k in total:
             total[k] += (gp[k] - 0.4 * (g[k] - c * gp[k])) / len(shards)
     return {k: w0[k] - 0.05 * total[k] for k in w0}
-
-
-@pytest.mark.slow
-def test_gsam_under_two_processes_follows_its_rule(tmp_path):
-    import subprocess
-
-    from basinlab.engine.launch import torchrun_command
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    commands = {rule: torchrun_command(2, [*DDP_ARGV, "--sam-perturbation", rule, "--results-dir",
-                                           str(tmp_path / rule), "--save", "two"]) for rule in ("local", "global")}
-    jobs = {rule: subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-            for rule, command in commands.items()}  # both at once: their start-ups share the cores
-    try:
-        wanted = {rule: gsam_step_by_hand(rule, tmp_path / rule / "hand") for rule in jobs}
-        for rule, job in jobs.items():
-            _, err = job.communicate(timeout=240)
-            assert job.returncode == 0, err[-3000:]
-            got = torch.load(tmp_path / rule / "two" / "last.pt", weights_only=True)["model"]
-            errors = {k: relative_error(got[k], wanted[rule][k]) for k in wanted[rule]}
-            assert max(errors.values()) < 1e-5, errors
-            other = wanted["global" if rule == "local" else "local"]
-            assert any((got[k] - other[k]).abs().max() > 1e-6 for k in got)  # the two rules really differ here
-        log = (tmp_path / "local" / "two" / "log.txt").read_text()
-        assert "g, eps, g_p and the GSAM direction per process, averaged before the step" in log
-    finally:
-        for job in jobs.values():
-            if job.poll() is None:
-                job.kill()
-                job.communicate()

@@ -10,8 +10,6 @@ Buffers are passed explicitly (torch.func.functional_call), so the rule "each se
 its first pass started from; buffers advance from the first passes only" is written out here as well.
 """
 import copy
-import os
-import subprocess
 
 import pandas as pd
 import pytest
@@ -21,10 +19,8 @@ from torch.func import functional_call
 
 import basinlab
 from basinlab.api import make_config
-from basinlab.cli import build_parser, main
-from basinlab.cli.options import build_train_config
+from basinlab.cli import main
 from basinlab.engine.callbacks import Callback
-from basinlab.engine.launch import torchrun_command
 from basinlab.engine.precision import cpu_bf16_native
 from basinlab.engine.trainer import Trainer
 from basinlab.errors import ConfigError
@@ -263,25 +259,3 @@ def test_micro_batches_must_fit_the_batch(tmp_path, capsys):
 DDP_RUN = ["--train-limit", "64", "--val-limit", "32", "-b", "64", "--norm-mode", "none", "--channels-last", "off",
            "--model-config", "{'dropout': 0.0}", "--optimizer", "SGD", "--lr", "0.05", "--momentum", "0",
            "--seed", "3", "--epochs", "1", "--sam", "0.05", "--sam-m", "16", "--quiet"]
-
-
-@pytest.mark.slow
-def test_two_processes_take_the_m_sam_step_of_one(tmp_path):
-    """2 processes x 32 rows, --sam-m 16: each process's two micro-batches are rows 0-15, 16-31 / 32-47, 48-63 of
-    the batch, so the step is the single-process m-SAM step over four micro-batches of 16."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    proc = subprocess.run(torchrun_command(2, [*DDP_RUN, "--results-dir", str(tmp_path), "--save", "two"]),
-                          capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"}, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["model"]
-    cfg = build_train_config(build_parser().parse_args(["train", *DDP_RUN, "--results-dir", str(tmp_path),
-                                                        "--save", "one"]))
-    trainer = Trainer(cfg)
-    trainer.setup()
-    model = trainer.model
-    w, buffers = state_of(model)
-    x, y = batches(trainer, 1)[0]
-    grad, _ = reference_m_sam(model, w, buffers, x, y, 16, 0.05)
-    for k in w:
-        want = w[k] - 0.05 * grad[k]
-        assert float((got[k] - want).norm() / want.norm()) < 1e-5, k

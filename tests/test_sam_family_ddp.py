@@ -1,0 +1,94 @@
+"""The SAM family under torchrun (gloo, 2 processes x 1 thread), each run against its rule written out in one
+process.
+
+One torchrun job trains the four runs one after another: its script starts the process group, and basinlab.train
+uses a group that already exists instead of starting its own, so the family's multi-process checks pay one job's
+start-up. The references are the methods' own test files' (`gsam_step_by_hand`, `looksam_by_hand`,
+`reference_m_sam`), computed here while the job runs.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from basinlab.api import build_run
+from basinlab.cli import build_parser
+from basinlab.cli.options import build_train_config
+from tests import test_gsam, test_looksam, test_msharpness
+
+SCRIPT = """
+import json
+import sys
+
+import torch.distributed as dist
+
+from basinlab.cli import main
+
+dist.init_process_group("gloo")
+for argv in json.loads(sys.argv[1]):
+    if main(["train", *argv]) != 0:
+        sys.exit(1)
+dist.destroy_process_group()
+"""
+
+
+RUNS = {"gsam-local": [*test_gsam.DDP_ARGV, "--sam-perturbation", "local"],
+        "gsam-global": [*test_gsam.DDP_ARGV, "--sam-perturbation", "global"],
+        "looksam": test_looksam.DDP_RUN,
+        "m-sam": test_msharpness.DDP_RUN}
+
+
+def m_sam_by_hand(folder):
+    """--sam-m 16 on 2 processes x 32 rows: their micro-batches are rows 0-15, 16-31 / 32-47, 48-63 of the batch,
+    so the step is the single-process m-SAM step over four micro-batches of 16."""
+    cfg = build_train_config(build_parser().parse_args(["train", *test_msharpness.DDP_RUN, "--results-dir",
+                                                        str(folder), "--save", "one"]))
+    trainer = build_run(cfg)
+    trainer.setup()
+    w, buffers = test_msharpness.state_of(trainer.model)
+    x, y = test_msharpness.batches(trainer, 1)[0]
+    grad, _ = test_msharpness.reference_m_sam(trainer.model, w, buffers, x, y, 16, 0.05)
+    return {k: w[k] - 0.05 * grad[k] for k in w}
+
+
+def close_to(got, want, limit=1e-5):
+    errors = {k: test_gsam.relative_error(got[k], want[k]) for k in want}
+    return max(errors.values()) < limit, errors
+
+
+@pytest.mark.slow
+def test_the_sam_family_under_two_processes_follows_each_rule(tmp_path):
+    script = tmp_path / "family.py"
+    script.write_text(SCRIPT)
+    argvs = [[*argv, "--results-dir", str(tmp_path / "ddp"), "--save", name] for name, argv in RUNS.items()]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                            str(script), json.dumps(argvs)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env={**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    try:  # meanwhile, in this process
+        wanted = {f"gsam-{rule}": test_gsam.gsam_step_by_hand(rule, tmp_path / rule / "hand")
+                  for rule in ("local", "global")}
+        wanted["looksam"] = test_looksam.looksam_by_hand(tmp_path / "looksam-local", local=True)
+        looksam_global = test_looksam.looksam_by_hand(tmp_path / "looksam-global", local=False)
+        wanted["m-sam"] = m_sam_by_hand(tmp_path / "m-sam-hand")
+        _, err = job.communicate(timeout=300)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.communicate()
+    assert job.returncode == 0, err[-3000:]
+    state = {name: torch.load(tmp_path / "ddp" / name / "last.pt", weights_only=True) for name in wanted}
+    for name, want in wanted.items():
+        ok, errors = close_to(state[name]["model"], want)
+        assert ok, (name, errors)
+    # the rules really differ on these batches
+    assert not close_to(state["gsam-local"]["model"], wanted["gsam-global"], 1e-6)[0]
+    assert not close_to(state["looksam"]["model"], looksam_global, 1e-6)[0]
+    log = (tmp_path / "ddp" / "gsam-local" / "log.txt").read_text()
+    assert "g, eps, g_p and the GSAM direction per process, averaged before the step" in log
+    assert state["looksam"]["strategy"]["t"] == 2
+    assert pd.read_csv(tmp_path / "ddp" / "looksam" / "results.csv")["passes_per_step"].tolist() == [1.5]
