@@ -1,5 +1,7 @@
 """The SAM family under torchrun (gloo, 2 processes x 1 thread), each run against its rule written out in one
-process.
+process, or, where the rule is that every process takes the step of one process (Momentum-SAM: one momentum for
+all; SAF and MESA: the outputs gathered into every store, the EMA of the same weights), against the same run
+trained in one process.
 
 One torchrun job trains the four runs one after another: its script starts the process group, and basinlab.train
 uses a group that already exists instead of starting its own, so the family's multi-process checks pay one job's
@@ -16,7 +18,7 @@ import pytest
 import torch
 
 from basinlab.api import build_run
-from basinlab.cli import build_parser
+from basinlab.cli import build_parser, main
 from basinlab.cli.options import build_train_config
 from tests import test_gsam, test_looksam, test_msharpness
 
@@ -36,10 +38,19 @@ dist.destroy_process_group()
 """
 
 
+# 2 epochs of 2 steps of 64 rows (32 a process), no norm layers: the mean of the two shards' gradients is the
+# batch's, so one process computes what two do where the rule keeps one direction for all
+ONE_PROCESS = ["--model-config", "{'dropout': 0.0}", "--train-limit", "128", "--val-limit", "32", "-b", "64",
+               "--norm-mode", "none", "--channels-last", "off", "--optimizer", "SGD", "--lr", "0.05",
+               "--momentum", "0.9", "--seed", "3", "--epochs", "2", "--quiet"]
+SAME_AS_ONE = {"msam": ["--msam", "0.5"],
+               "saf": ["--saf", "--saf-start-epoch", "0", "--saf-horizon", "1"],
+               "mesa": ["--mesa", "--saf-start-epoch", "0", "--mesa-decay", "0.9"]}
 RUNS = {"gsam-local": [*test_gsam.DDP_ARGV, "--sam-perturbation", "local"],
         "gsam-global": [*test_gsam.DDP_ARGV, "--sam-perturbation", "global"],
         "looksam": test_looksam.DDP_RUN,
-        "m-sam": test_msharpness.DDP_RUN}
+        "m-sam": test_msharpness.DDP_RUN,
+        **{name: [*ONE_PROCESS, *flags] for name, flags in SAME_AS_ONE.items()}}
 
 
 def m_sam_by_hand(folder):
@@ -75,6 +86,9 @@ def test_the_sam_family_under_two_processes_follows_each_rule(tmp_path):
         wanted["looksam"] = test_looksam.looksam_by_hand(tmp_path / "looksam-local", local=True)
         looksam_global = test_looksam.looksam_by_hand(tmp_path / "looksam-global", local=False)
         wanted["m-sam"] = m_sam_by_hand(tmp_path / "m-sam-hand")
+        for name in SAME_AS_ONE:
+            assert main(["train", *RUNS[name], "--results-dir", str(tmp_path / "one"), "--save", name]) == 0
+            wanted[name] = torch.load(tmp_path / "one" / name / "last.pt", weights_only=True)["model"]
         _, err = job.communicate(timeout=300)
     finally:
         if job.poll() is None:
@@ -92,3 +106,6 @@ def test_the_sam_family_under_two_processes_follows_each_rule(tmp_path):
     assert "g, eps, g_p and the GSAM direction per process, averaged before the step" in log
     assert state["looksam"]["strategy"]["t"] == 2
     assert pd.read_csv(tmp_path / "ddp" / "looksam" / "results.csv")["passes_per_step"].tolist() == [1.5]
+    for name in ("saf", "mesa"):  # the term applied in epoch 2 (the column is rank 0's rows' mean)
+        column = pd.read_csv(tmp_path / "ddp" / name / "results.csv")["trajectory_loss"]
+        assert column.isna().tolist() == [True, False] and column.iloc[1] > 0
