@@ -85,18 +85,29 @@ def test_m_sharpness_table_is_its_csv_and_the_per_run_results():
         done = state.is_file() and '"done"' in state.read_text()
         return pd.read_csv(runs / name / "results.csv")["val_acc1"].iloc[-1] if done else None
 
+    def train_loss(name):
+        return pd.read_csv(runs / name / "results.csv")["train_loss"].iloc[-1] if final(name) is not None else None
+
     rows = table(folder / "README.md", "setting")
     assert [r[0] for r in rows] == list(summary.index)
-    for setting, n, accuracy, *differences in rows:
+    for setting, n, accuracy, loss, *differences in rows:
         assert n == f"{int(summary.loc[setting, 'n'])}/3"
         if accuracy != "–":
             check_median_range(accuracy, summary.loc[setting])
+            losses = [v for v in (train_loss(f"{setting}-s{seed}") for seed in range(3)) if v is not None]
+            assert close(loss, pd.Series(losses).median()), (setting, loss)
         for seed, written in enumerate(differences if setting != "sgd" else []):
             ours, plain = final(f"{setting}-s{seed}"), final(f"sgd-s{seed}")
             if written == "–":
                 assert ours is None or plain is None, (setting, seed)
             else:
                 assert close(written.lstrip("+"), ours - plain), (setting, seed, written)
+
+    median = summary["final_val_acc1_median"]
+    text = (folder / "README.md").read_text()
+    assert (f"medians {median['sam-m128']:.2f}, {median['sam-m32']:.2f} and {median['sam-m16']:.2f} for m = 128, 32 "
+            f"and 16 against {median['sgd']:.2f}") in " ".join(text.split())
+    assert f"({median['sam-m16']:.2f} against {median['sam-m128-gbn16']:.2f}" in " ".join(text.split())
 
 
 # ---------------------------------------------------------------------------------------------- async SGD
