@@ -1,12 +1,12 @@
-"""The SAM family under torchrun (gloo, 2 processes x 1 thread), each run against its rule written out in one
-process, or, where the rule is that every process takes the step of one process (Momentum-SAM: one momentum for
+"""SAM and the SAM family under torchrun (gloo, 2 processes x 1 thread), each run against its rule written out in
+one process, or, where the rule is that every process takes the step of one process (Momentum-SAM: one momentum for
 all; SAF and MESA: the outputs gathered into every store, the EMA of the same weights), against the same run
 trained in one process.
 
 One torchrun job trains the four runs one after another: its script starts the process group, and basinlab.train
 uses a group that already exists instead of starting its own, so the family's multi-process checks pay one job's
-start-up. The references are the methods' own test files' (`gsam_step_by_hand`, `looksam_by_hand`,
-`reference_m_sam`), computed here while the job runs.
+start-up. The references are the methods' own test files' (`sam_step_by_hand` of test_distributed.py,
+`gsam_step_by_hand`, `looksam_by_hand`, `reference_m_sam`), computed here while the job runs.
 """
 import json
 import os
@@ -20,7 +20,7 @@ import torch
 from basinlab.api import build_run
 from basinlab.cli import build_parser, main
 from basinlab.cli.options import build_train_config
-from tests import test_gsam, test_looksam, test_msharpness
+from tests import test_distributed, test_gsam, test_looksam, test_msharpness
 
 SCRIPT = """
 import json
@@ -46,7 +46,9 @@ ONE_PROCESS = ["--model-config", "{'dropout': 0.0}", "--train-limit", "128", "--
 SAME_AS_ONE = {"msam": ["--msam", "0.5"],
                "saf": ["--saf", "--saf-start-epoch", "0", "--saf-horizon", "1"],
                "mesa": ["--mesa", "--saf-start-epoch", "0", "--mesa-decay", "0.9"]}
-RUNS = {"gsam-local": [*test_gsam.DDP_ARGV, "--sam-perturbation", "local"],
+RUNS = {"sam-local": [*test_distributed.SAM_RUN, "--sam-perturbation", "local"],
+        "sam-global": [*test_distributed.SAM_RUN, "--sam-perturbation", "global"],
+        "gsam-local": [*test_gsam.DDP_ARGV, "--sam-perturbation", "local"],
         "gsam-global": [*test_gsam.DDP_ARGV, "--sam-perturbation", "global"],
         "looksam": test_looksam.DDP_RUN,
         "m-sam": test_msharpness.DDP_RUN,
@@ -81,8 +83,9 @@ def test_the_sam_family_under_two_processes_follows_each_rule(tmp_path):
                             str(script), json.dumps(argvs)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True, env={**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     try:  # meanwhile, in this process
-        wanted = {f"gsam-{rule}": test_gsam.gsam_step_by_hand(rule, tmp_path / rule / "hand")
-                  for rule in ("local", "global")}
+        wanted = {f"{method}-{rule}": by_hand(rule, tmp_path / method / rule)
+                  for method, by_hand in (("sam", test_distributed.sam_step_by_hand),
+                                          ("gsam", test_gsam.gsam_step_by_hand)) for rule in ("local", "global")}
         wanted["looksam"] = test_looksam.looksam_by_hand(tmp_path / "looksam-local", local=True)
         looksam_global = test_looksam.looksam_by_hand(tmp_path / "looksam-global", local=False)
         wanted["m-sam"] = m_sam_by_hand(tmp_path / "m-sam-hand")
@@ -100,6 +103,7 @@ def test_the_sam_family_under_two_processes_follows_each_rule(tmp_path):
         ok, errors = close_to(state[name]["model"], want)
         assert ok, (name, errors)
     # the rules really differ on these batches
+    assert not close_to(state["sam-local"]["model"], wanted["sam-global"], 1e-6)[0]
     assert not close_to(state["gsam-local"]["model"], wanted["gsam-global"], 1e-6)[0]
     assert not close_to(state["looksam"]["model"], looksam_global, 1e-6)[0]
     log = (tmp_path / "ddp" / "gsam-local" / "log.txt").read_text()
