@@ -22,29 +22,23 @@ from basinlab.api import make_config
 from basinlab.cli import main
 from basinlab.engine.callbacks import Callback
 from basinlab.engine.precision import cpu_bf16_native
-from basinlab.engine.trainer import Trainer
 from basinlab.errors import ConfigError
 from basinlab.methods.flat.method import configure
 from basinlab.methods.flat.sam import check_micro_batch
-from basinlab.methods.registry import build_method
 from basinlab.records.results import TIME_COLUMNS
+from tests.test_flat import SGD
+from tests.test_flat import make_trainer as flat_trainer
 
 TINY = "{'dropout': 0.0, 'width': 4, 'hidden': 16}"
-LR, MOMENTUM = 0.1, 0.9
+LR, MOMENTUM = SGD["lr"], 0.9  # test_flat's trainer's lr
 
 pytestmark = pytest.mark.usefixtures("no_run_plots")
 
 
 def make_trainer(tmp_path, name="run", **options):
-    settings = dict(results_dir=str(tmp_path), save=name, quiet=True, model="mnist", model_config=TINY,
-                    train_limit=96, val_limit=32, batch_size=32, augment=False, channels_last="off",
-                    optimizer="SGD", lr=LR, momentum=MOMENTUM, weight_decay=0.0)
-    settings.update(options)
-    cfg = make_config(**settings)
-    strategy, callbacks = build_method(cfg)
-    trainer = Trainer(cfg, strategy=strategy, callbacks=callbacks)
-    trainer.setup()
-    return trainer
+    """test_flat's trainer (SGD lr 0.1, no weight decay, contiguous tiny convnet) with momentum 0.9, so that the
+    step meets the optimizer's state, and 3 batches of 32."""
+    return flat_trainer(tmp_path, name, **{"train_limit": 96, "val_limit": 32, "momentum": MOMENTUM, **options})
 
 
 def batches(trainer, count):
