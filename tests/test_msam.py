@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 
 import basinlab
 from basinlab.api import build_run, make_config
@@ -26,6 +25,7 @@ from basinlab.methods.msam.method import configure
 from basinlab.methods.msam.step import MomentumSAMStep, optimizer_problem
 from basinlab.records.results import TIME_COLUMNS
 from tests.run_callbacks import InterruptAfter
+from tests.test_gsam import gradients  # the batch-mean gradient over ghost chunks
 
 pytestmark = pytest.mark.usefixtures("no_run_plots")
 
@@ -45,14 +45,6 @@ def run_options(tmp_path, name="run", **options):
 
 
 # ------------------------------------------------------------------------------------------ the reference
-def gradients(model, x, y, chunk):
-    """The batch-mean gradient over chunks of `chunk` rows, each forwarded on its own (ghost batches)."""
-    model.zero_grad(set_to_none=True)
-    for xc, yc in zip(x.split(chunk or len(x)), y.split(chunk or len(x))):
-        (F.cross_entropy(model(xc), yc) * (len(xc) / len(x))).backward()
-    return [p.grad.clone() for p in model.parameters()]
-
-
 def msam_reference(model, batches, rho, chunk=None, clip=None, autocast=None):
     """Momentum-SAM's updates written out: w~ = w - rho v / (||v|| + 1e-12) (w~ = w at the first step, before any
     v); g at w~ (BatchNorm statistics advance there), clipped to `clip` in norm; d = g + wd w~; v = mu v + d (v = d
