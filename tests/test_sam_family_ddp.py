@@ -5,8 +5,8 @@ trained in one process.
 
 One torchrun job trains the four runs one after another: its script starts the process group, and basinlab.train
 uses a group that already exists instead of starting its own, so the family's multi-process checks pay one job's
-start-up. The references are the methods' own test files' (`sam_step_by_hand` of test_distributed.py,
-`gsam_step_by_hand`, `looksam_by_hand`, `reference_m_sam`), computed here while the job runs.
+start-up. The references (SAM's and GSAM's rules written out here, the methods' own test files'
+`looksam_by_hand` and `reference_m_sam`) are computed while the job runs.
 """
 import json
 import os
@@ -16,11 +16,13 @@ import sys
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.func import functional_call
 
 from basinlab.api import build_run
 from basinlab.cli import build_parser, main
 from basinlab.cli.options import build_train_config
-from tests import test_distributed, test_gsam, test_looksam, test_msharpness
+from tests import test_gsam, test_looksam, test_msharpness
 
 SCRIPT = """
 import json
@@ -46,13 +48,55 @@ ONE_PROCESS = ["--model-config", "{'dropout': 0.0}", "--train-limit", "128", "--
 SAME_AS_ONE = {"msam": ["--msam", "0.5"],
                "saf": ["--saf", "--saf-start-epoch", "0", "--saf-horizon", "1"],
                "mesa": ["--mesa", "--saf-start-epoch", "0", "--mesa-decay", "0.9"]}
-RUNS = {"sam-local": [*test_distributed.SAM_RUN, "--sam-perturbation", "local"],
-        "sam-global": [*test_distributed.SAM_RUN, "--sam-perturbation", "global"],
-        "gsam-local": [*test_gsam.DDP_ARGV, "--sam-perturbation", "local"],
-        "gsam-global": [*test_gsam.DDP_ARGV, "--sam-perturbation", "global"],
+# One step of 2 x 32 rows without BatchNorm or dropout, so that the two shards are exactly the rows of the
+# single-process batch of 64: eps per process (`local`, the paper's m-sharpness) or one eps for all (`global`)
+ONE_STEP = ["--model-config", "{'dropout': 0.0}", "--train-limit", "64", "--val-limit", "32", "-b", "64",
+            "--norm-mode", "none", "--channels-last", "off", "--optimizer", "SGD", "--lr", "0.05", "--momentum", "0",
+            "--seed", "3", "--epochs", "1", "--quiet"]
+RUNS = {**{f"sam-{rule}": [*ONE_STEP, "--sam", "0.05", "--sam-perturbation", rule] for rule in ("local", "global")},
+        **{f"gsam-{rule}": [*ONE_STEP, "--gsam", "0.05", "--gsam-alpha", "0.4", "--sam-perturbation", rule]
+           for rule in ("local", "global")},
         "looksam": test_looksam.DDP_RUN,
         "m-sam": test_msharpness.DDP_RUN,
         **{name: [*ONE_PROCESS, *flags] for name, flags in SAME_AS_ONE.items()}}
+
+
+def step_by_hand(argv, folder, perturbation, direction):
+    """One SGD step (lr 0.05) of a SAM-like rule written out: per rank, g_r on its 32 rows (`local`) or once on all
+    64 (`global`), eps_r = 0.05 g_r / ||g_r||, g_p,r at w + eps_r on the same rows; the step takes the mean over
+    the ranks of direction(g_r, g_p,r)."""
+    cfg = build_train_config(build_parser().parse_args(["train", *argv, "--results-dir", str(folder), "--save",
+                                                        "hand"]))
+    trainer = build_run(cfg)
+    trainer.setup()
+    model = trainer.model
+    w0 = {k: v.detach().clone() for k, v in model.named_parameters()}
+    x, y = next(iter(trainer.train_loader.epoch(0)))
+
+    def grad(params, rows):
+        leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        loss = F.cross_entropy(functional_call(model, leaves, (x[rows],)), y[rows])
+        return dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+
+    shards = [slice(0, 32), slice(32, 64)] if perturbation == "local" else [slice(0, 64)]
+    total = {k: torch.zeros_like(v) for k, v in w0.items()}
+    for rows in shards:
+        g = grad(w0, rows)
+        norm = torch.sqrt(sum((t ** 2).sum() for t in g.values()))
+        direction_r = direction(g, grad({k: w0[k] + 0.05 * g[k] / norm for k in w0}, rows))
+        for k in total:
+            total[k] += direction_r[k] / len(shards)
+    return {k: w0[k] - 0.05 * total[k] for k in w0}
+
+
+def sam_direction(g, gp):
+    return gp
+
+
+def gsam_direction(g, gp):
+    """The authors' GSAM (alpha 0.4): g_p - alpha (g - c g_p), c = <g, g_p> / ||g_p||^2, on each rank's rows."""
+    c = sum((g[k] * gp[k]).sum() for k in g) / sum((gp[k] ** 2).sum() for k in g)
+    return {k: gp[k] - 0.4 * (g[k] - c * gp[k]) for k in g}
 
 
 def m_sam_by_hand(folder):
@@ -83,9 +127,10 @@ def test_the_sam_family_under_two_processes_follows_each_rule(tmp_path):
                             str(script), json.dumps(argvs)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True, env={**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     try:  # meanwhile, in this process
-        wanted = {f"{method}-{rule}": by_hand(rule, tmp_path / method / rule)
-                  for method, by_hand in (("sam", test_distributed.sam_step_by_hand),
-                                          ("gsam", test_gsam.gsam_step_by_hand)) for rule in ("local", "global")}
+        wanted = {f"{method}-{rule}": step_by_hand(RUNS[f"{method}-{rule}"], tmp_path / method / rule, rule,
+                                                   direction)
+                  for method, direction in (("sam", sam_direction), ("gsam", gsam_direction))
+                  for rule in ("local", "global")}
         wanted["looksam"] = test_looksam.looksam_by_hand(tmp_path / "looksam-local", local=True)
         looksam_global = test_looksam.looksam_by_hand(tmp_path / "looksam-global", local=False)
         wanted["m-sam"] = m_sam_by_hand(tmp_path / "m-sam-hand")
