@@ -19,6 +19,8 @@ import basinlab
 from basinlab.api import build_run, make_config
 from basinlab.cli import main
 from basinlab.engine.precision import Precision, cpu_bf16_native
+from basinlab.engine.run_info import RunInfo
+from basinlab.engine.setup import build_regime, split_model_config
 from basinlab.engine.trainer import TrainingInterrupted
 from basinlab.errors import ConfigError
 from basinlab.methods.gsam.method import configure
@@ -48,6 +50,14 @@ def set_up(tmp_path, strategy=None, **options):
     trainer = build_run(make_config(**run_options(tmp_path, **options)), strategy=strategy)
     trainer.setup()
     return trainer
+
+
+def regime_settings_of(cfg, model, epochs, steps):
+    """RunInfo.regime_settings of a run of `epochs` x `steps` with the regime the engine builds from `cfg`,
+    without a whole trainer."""
+    _, regime_config = split_model_config(cfg)
+    regime, _ = build_regime(cfg, model, regime_config)
+    return RunInfo(SimpleNamespace(regime=regime, train_loader=range(steps), epochs=epochs)).regime_settings
 
 
 # ------------------------------------------------------------------------------------------ the reference
@@ -201,8 +211,8 @@ COSINE_LAST = 0.001 + (0.4 - 0.001) * (1 + math.cos(math.pi * 39 / 40)) / 2  # t
 ])
 def test_the_lr_bounds_are_the_regimes_over_every_step_of_the_run(regime, bounds):
     """4 epochs of 10 steps."""
-    run = SimpleNamespace(cfg=make_config(model_config={"regime": regime}), model=torch.nn.Linear(2, 2),
-                          steps_per_epoch=10, epochs=4)
+    cfg = make_config(model_config={"regime": regime})
+    run = SimpleNamespace(regime_settings=regime_settings_of(cfg, torch.nn.Linear(2, 2), epochs=4, steps=10))
     assert run_lr_bounds(run) == pytest.approx(bounds, rel=1e-12)
 
 

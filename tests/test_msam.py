@@ -25,7 +25,7 @@ from basinlab.methods.msam.method import configure
 from basinlab.methods.msam.step import MomentumSAMStep, optimizer_problem
 from basinlab.records.results import TIME_COLUMNS
 from tests.run_callbacks import InterruptAfter
-from tests.test_gsam import gradients  # the batch-mean gradient over ghost chunks
+from tests.test_gsam import gradients, regime_settings_of  # the ghost-chunk gradient; a run's regime steps
 
 pytestmark = pytest.mark.usefixtures("no_run_plots")
 
@@ -159,8 +159,8 @@ def scaled_steps(scale: float | None, overflow_at: int | None = None, steps: int
         ctx.precision.scaler = torch.amp.GradScaler("cpu", init_scale=scale)
     ctx.optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=WD)
     strategy = MomentumSAMStep(RHO)
-    run = SimpleNamespace(batch_size=16, device=torch.device("cpu"), log=lambda line: None, epochs=1,
-                          steps_per_epoch=steps, cfg=make_config(optimizer="SGD", lr=0.1, weight_decay=WD), model=model)
+    settings = regime_settings_of(make_config(optimizer="SGD", lr=0.1, weight_decay=WD), model, epochs=1, steps=steps)
+    run = SimpleNamespace(batch_size=16, device=torch.device("cpu"), log=lambda line: None, regime_settings=settings)
     strategy.setup(ctx, run)
     gen, states = torch.Generator().manual_seed(1), []
     for step in range(steps):

@@ -92,6 +92,17 @@ class RunInfo:
         _, indices = next(trainer.train_loader.index_batches(trainer.epoch, trainer.batch_in_epoch))
         return indices
 
+    def regime_settings(self):
+        """(epoch, step in the epoch, settings) at every step of the run, in order: the optimizer settings (a
+        fresh dict each, 'optimizer', 'lr', ...) the run's regime gives there, with the current data phase's
+        steps per epoch. During a strategy's setup, before any lr factor it asks for is applied."""
+        trainer = self._trainer
+        steps = len(trainer.train_loader)
+        for epoch in range(trainer.epochs):
+            for step in range(steps):
+                yield epoch, step, trainer.regime.settings_at(epoch, step, epoch * steps + step,
+                                                              steps_per_epoch=steps)
+
     # ------------------------------------------------------------------------------------ the machine
     @property
     def device(self):

@@ -15,8 +15,6 @@ lr_min extrapolated, rho below rho_min there). Here the bounds are the run's own
 """
 from __future__ import annotations
 
-from basinlab.engine.setup import build_regime, split_model_config
-
 
 def regime_lr(optimizer) -> float:
     """The regime's lr at this step: the first param group's lr over its 'lr_scale' (1 when it has none); a
@@ -29,17 +27,8 @@ def regime_lr(optimizer) -> float:
 
 
 def run_lr_bounds(run) -> tuple[float, float]:
-    """(smallest, largest) lr of the run's regime over its epochs, at every step (see the module's docstring).
-
-    The regime is rebuilt from the run's options and model as the engine builds it (RunInfo does not give
-    it); steps per epoch are the current data phase's for every epoch.
-    """
-    _, regime_config = split_model_config(run.cfg)
-    regime_config.pop("data_regime", None)  # the data's settings, not the optimizer's
-    regime, _ = build_regime(run.cfg, run.model, regime_config)
-    steps = run.steps_per_epoch
-    lrs = [regime.settings_at(epoch, step, epoch * steps + step, steps_per_epoch=steps)["lr"]
-           for epoch in range(run.epochs) for step in range(steps)]
+    """(smallest, largest) lr of the run's regime over its epochs, at every step (see the module's docstring)."""
+    lrs = [settings["lr"] for _, _, settings in run.regime_settings()]
     return float(min(lrs)), float(max(lrs))
 
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import torch
 
-from basinlab.engine.setup import build_regime, split_model_config
 from basinlab.engine.steps import StepResult, StepStrategy, accumulate_gradient, check_ghost_batch, describe_chunks
 from basinlab.errors import ConfigError
 from basinlab.optim.factory import optimizer_spec
@@ -71,23 +70,18 @@ def refuse(problem: str, where: str) -> ConfigError:
 
 
 def check_regime(run) -> None:
-    """Every optimizer setting the run's regime reaches, at every step of its epochs (rebuilt from the options
-    as the engine builds it: RunInfo does not give it), must be one Momentum-SAM can use."""
-    _, regime_config = split_model_config(run.cfg)
-    regime_config.pop("data_regime", None)
-    regime, _ = build_regime(run.cfg, run.model, regime_config)
-    steps, seen = run.steps_per_epoch, set()
-    for epoch in range(run.epochs):
-        for step in range(steps):
-            settings = regime.settings_at(epoch, step, epoch * steps + step, steps_per_epoch=steps)
-            name = settings.pop("optimizer")
-            key = (name, settings.get("momentum"), settings.get("nesterov"), settings.get("dampening"))
-            if key in seen:
-                continue
-            seen.add(key)
-            problem = optimizer_problem(name, settings)
-            if problem:
-                raise refuse(problem, f"the run's regime at epoch {epoch + 1}, step {step + 1} gives {name}:")
+    """Every optimizer setting the run's regime reaches, at every step of its epochs, must be one Momentum-SAM can
+    use."""
+    seen = set()
+    for epoch, step, settings in run.regime_settings():
+        name = settings.pop("optimizer")
+        key = (name, settings.get("momentum"), settings.get("nesterov"), settings.get("dampening"))
+        if key in seen:
+            continue
+        seen.add(key)
+        problem = optimizer_problem(name, settings)
+        if problem:
+            raise refuse(problem, f"the run's regime at epoch {epoch + 1}, step {step + 1} gives {name}:")
 
 
 def check_optimizer(optimizer) -> None:
