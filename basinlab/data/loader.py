@@ -75,6 +75,7 @@ class Loader(abc.ABC):
         self.cutout: Cutout | None = None
         self.duplicates = 1
         self.input_transform: InputTransform | None = None
+        self._order: tuple[tuple, torch.Tensor] | None = None  # (seed, epoch, examples), the order permutation() drew
 
     # ------------------------------------------------------------------------- settings
     @property
@@ -166,8 +167,12 @@ class Loader(abc.ABC):
         return self.rank * b // w, (self.rank + 1) * b // w
 
     def permutation(self, epoch: int) -> torch.Tensor:
-        """The example order of a training epoch (identical on every rank)."""
-        return torch.randperm(self.num_examples, generator=make_generator("order", self.seed, epoch))
+        """The example order of a training epoch (identical on every rank). The last one drawn is kept: a method
+        keyed on examples (RunInfo.batch_examples, SAF's store) asks for its batch's indices at every step."""
+        key = (self.seed, epoch, self.num_examples)
+        if self._order is None or self._order[0] != key:
+            self._order = (key, torch.randperm(self.num_examples, generator=make_generator("order", self.seed, epoch)))
+        return self._order[1]
 
     def index_batches(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
         """(batch number, CPU int64 example indices of this rank) for batches start_batch.. of an epoch."""
