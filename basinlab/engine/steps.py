@@ -102,15 +102,17 @@ def _gradient_sync(ctx, last: bool):
     return no_sync() if no_sync is not None and not last else contextlib.nullcontext()
 
 
-def accumulate_gradient(ctx, x, y, chunk: int | None, around_chunk=None, sync: bool = True):
+def accumulate_gradient(ctx, x, y, chunk: int | None, around_chunk=None, sync: bool = True, extra_loss=None):
     """Forward/backward of `x` in chunks of `chunk` samples (the last may be shorter) into .grad.
 
     Each chunk's loss is weighted by its share of the batch, so the accumulated gradient is the
     batch mean. `around_chunk()` (optional) gives a context manager entered around each chunk's
-    forward and backward (SmoothOut adds and removes its noise there). `sync=False`: no chunk
-    all-reduces, each process keeps the gradient of its own shard (SAM's per-process perturbation).
-    Returns (mean loss, logits) of the batch, or (the non-finite loss, None) after zeroing the
-    gradients when the batch is skipped.
+    forward and backward (SmoothOut adds and removes its noise there). `extra_loss(index, logits)`
+    (optional) gives a term added to chunk `index`'s loss before its check and backward (SAF's
+    trajectory term); the loss returned is still the criterion's, as the run records it. `sync=False`:
+    no chunk all-reduces, each process keeps the gradient of its own shard (SAM's per-process
+    perturbation). Returns (mean loss, logits) of the batch, or (the non-finite loss, None) after
+    zeroing the gradients when the batch is skipped.
     """
     size = chunk or x.shape[0]
     pieces = list(zip(x.split(size), y.split(size)))
@@ -120,12 +122,13 @@ def accumulate_gradient(ctx, x, y, chunk: int | None, around_chunk=None, sync: b
         with _gradient_sync(ctx, last=sync and index == len(pieces) - 1), \
                 (around_chunk() if around_chunk else contextlib.nullcontext()):
             loss, logits = ctx.forward(xc, yc)
-            finite = ctx.check_loss(loss)
+            total = loss if extra_loss is None else loss + extra_loss(index, logits)
+            finite = ctx.check_loss(total)
             if finite:
-                ctx.backward(loss * weight if weight != 1.0 else loss)
+                ctx.backward(total * weight if weight != 1.0 else total)
         if not finite:
             ctx.optimizer.zero_grad(set_to_none=True)
-            return loss.detach(), None
+            return total.detach(), None
         if len(pieces) == 1:  # the common case: no copies
             return loss.detach(), logits.detach()
         losses.append(loss.detach() * weight)

@@ -27,13 +27,12 @@ the epoch's counts behind the results.csv columns.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import torch
 import torch.nn.functional as F
 
-from basinlab.engine.steps import StepResult, StepStrategy, check_ghost_batch, describe_chunks
+from basinlab.engine.steps import StepResult, StepStrategy, accumulate_gradient, check_ghost_batch, describe_chunks
 from basinlab.methods.saf.store import OutputStore, check_store_fits, local_processes
 
 TRAJECTORY_AFTER_EPOCH = 5  # the authors' --kl_start_epoch: the term applies where epoch (0-based) > 5
@@ -45,12 +44,6 @@ def trajectory_loss(logits: torch.Tensor, reference: torch.Tensor, tau: float) -
     log_q = F.log_softmax(logits.float() / tau, dim=-1)
     p = F.softmax(reference.detach().float() / tau, dim=-1)
     return F.kl_div(log_q, p, reduction="none").sum(-1).mean() * tau ** 2
-
-
-def _gradient_sync(ctx, last: bool):
-    # Under DistributedDataParallel only the last chunk's backward all-reduces (as accumulate_gradient).
-    no_sync = getattr(ctx.train_model, "no_sync", None)
-    return no_sync() if no_sync is not None and not last else contextlib.nullcontext()
 
 
 class TrajectoryStep(StepStrategy):
@@ -101,30 +94,22 @@ class TrajectoryStep(StepStrategy):
         return StepResult(loss, logits)
 
     def _forward_backward(self, ctx, x, y, references):
-        """The loss's gradient into .grad over the chunks; (criterion, trajectory term or None, logits), or None
-        after zeroing the gradients when the loss is not finite (the batch is skipped)."""
-        size = self.ghost_batch or x.shape[0]
-        chunks = list(zip(x.split(size), y.split(size),
-                          references.split(size) if references is not None else [None] * -(-x.shape[0] // size)))
-        losses, terms, outputs = [], [], []
-        for index, (xc, yc, rc) in enumerate(chunks):
-            share = xc.shape[0] / x.shape[0]
-            with _gradient_sync(ctx, last=index == len(chunks) - 1):
-                criterion, logits = ctx.forward(xc, yc)
-                term = None if rc is None else trajectory_loss(logits, rc, self.tau)
-                loss = criterion if term is None else criterion + self.weight * term
-                finite = ctx.check_loss(loss)
-                if finite:
-                    ctx.backward(loss * share if share != 1.0 else loss)
-            if not finite:
-                ctx.optimizer.zero_grad(set_to_none=True)
-                self._skipped_loss = loss.detach()
-                return None
-            losses.append(criterion.detach() * share)
-            terms.append(None if term is None else term.detach() * share)
-            outputs.append(logits.detach())
-        term = None if references is None else torch.stack(terms).sum()
-        return torch.stack(losses).sum(), term, torch.cat(outputs)
+        """The loss's gradient into .grad over the chunks (the engine's accumulate_gradient, the term added to
+        each chunk's loss); (criterion, trajectory term or None, logits), or None when the loss is not finite
+        (the gradients zeroed, the batch skipped)."""
+        terms, extra_loss = [], None
+        if references is not None:
+            parts = references.split(self.ghost_batch or x.shape[0])
+
+            def extra_loss(index, logits):
+                term = trajectory_loss(logits, parts[index], self.tau)
+                terms.append(term.detach() * (logits.shape[0] / x.shape[0]))
+                return self.weight * term
+        loss, logits = accumulate_gradient(ctx, x, y, self.ghost_batch, extra_loss=extra_loss)
+        if logits is None:
+            self._skipped_loss = loss
+            return None
+        return loss, (torch.stack(terms).sum() if terms else None), logits
 
     # ------------------------------------------------------------------------------------ what SAF, MESA add
     def references(self, ctx, x, epoch: int) -> torch.Tensor:
