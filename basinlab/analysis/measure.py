@@ -1,4 +1,4 @@
-"""`basinlab sharpness`: Hessian and Keskar sharpness of a checkpoint, as printed lines, a CSV and a PNG.
+"""`basinlab sharpness`: Hessian, Keskar and adaptive sharpness of a checkpoint, as printed lines, a CSV and a PNG.
 
 The measured function is the mean loss of the checkpoint's model (eval mode: BatchNorm running
 statistics, no dropout) over the chosen data: by default the whole *training* split without
@@ -6,6 +6,7 @@ augmentation (Keskar et al. measured training loss; the SmoothOut reference used
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -22,11 +23,14 @@ from basinlab.engine.inspect import model_from_checkpoint
 from basinlab.engine.setup import pick_device
 from basinlab.errors import ConfigError
 from basinlab.metrics import sharpness
+from basinlab.utils.checks import check_int
 from basinlab.utils.figures import new_figure, save_png
 
-MEASURES = ("hessian", "trace", "spectrum", "keskar")
+MEASURES = ("hessian", "trace", "spectrum", "keskar", "adaptive")
 COLUMNS = ["measure", "quantity", "value", "std_error", "hvp_count", "converged", "epsilon", "subspace_dim",
+           "kind", "scaling", "norm", "rho", "iterations", "batch_size",
            "seconds", "split", "examples", "hessian_mode", "dtype", "checkpoint"]
+SCALINGS = ("adaptive", "plain")
 
 
 @dataclass
@@ -42,6 +46,13 @@ class MeasureOptions:
     epsilons: tuple = (1e-3, 5e-4)   # keskar box sizes
     subspace_dim: int | None = None  # keskar: random subspace dimension (None: full space)
     keskar_iter: int = 10            # keskar: L-BFGS-B iterations
+    kinds: tuple = ("worst",)        # adaptive: worst | average (Andriushchenko et al. 2023)
+    scalings: tuple = ("adaptive",)  # adaptive: perturbation scaled by |w| (adaptive) or not (plain)
+    norms: tuple = ("linf",)         # adaptive: linf | l2 ball
+    rhos: tuple | None = None        # adaptive: radii (None: DEFAULT_RHO of each definition)
+    ascent_iter: int = 20            # adaptive, worst case: ascent steps per batch
+    samples: int = 20                # adaptive, average case: noise draws per batch
+    adaptive_examples: int = 1024    # adaptive: the first N examples of the data, in batches of -b (m)
     seed: int = 0
     hessian_mode: str = "eval"       # hessian, trace, spectrum: eval (running statistics) | train (batch statistics)
     float64: bool = False            # measure in float64 (tolerances below float32's ~5e-5 need it)
@@ -110,6 +121,45 @@ def _keskar(model, criterion, data, opt: MeasureOptions) -> list[dict]:
     return rows
 
 
+def _first_examples(data, count: int) -> list:
+    """The first `count` examples of the data, in its own batches (the last one cut)."""
+    out, left = [], count
+    for x, y in data:
+        if left <= 0:
+            break
+        out.append((x[:left], y[:left]))
+        left -= int(y.shape[0])
+    return out
+
+
+def _check_adaptive_options(opt: MeasureOptions) -> None:
+    """The settings of the adaptive measure that the metric itself does not see (one line each)."""
+    bad = [s for s in opt.scalings if s not in SCALINGS]
+    if bad or not opt.scalings:
+        raise ConfigError(f"--scaling must be among {', '.join(SCALINGS)}; got {', '.join(map(str, bad)) or 'nothing'}")
+    if not opt.kinds or not opt.norms:
+        raise ConfigError("--kind and --norm need at least one value each")
+    check_int(opt.adaptive_examples, "--adaptive-examples")
+
+
+def _adaptive(model, criterion, data, opt: MeasureOptions) -> list[dict]:
+    _check_adaptive_options(opt)
+    batches = _first_examples(data, opt.adaptive_examples)
+    examples, batch_size = sum(int(y.shape[0]) for _, y in batches), int(batches[0][1].shape[0])
+    rows = []
+    for kind, scaling, norm in itertools.product(opt.kinds, opt.scalings, opt.norms):
+        adaptive = scaling == "adaptive"
+        for rho in opt.rhos or (sharpness.DEFAULT_RHO[(kind, adaptive, norm)],):
+            start = time.perf_counter()
+            res = sharpness.adaptive_sharpness(model, criterion, batches, kind=kind, adaptive=adaptive, norm=norm,
+                                               rho=rho, iterations=opt.ascent_iter, samples=opt.samples,
+                                               seed=opt.seed)
+            rows.append(_row("adaptive", f"{kind}_{scaling}_{norm}", res.value, std_error=res.std_error, kind=kind,
+                             scaling=scaling, norm=norm, rho=res.rho, iterations=res.iterations,
+                             batch_size=batch_size, examples=examples, seconds=time.perf_counter() - start))
+    return rows
+
+
 def run_measures(model, criterion, data, measures, opt: MeasureOptions, report=print):
     """Rows (dicts) of every measure, the base loss first; plus the SLQ density when measured."""
     unknown = [m for m in measures if m not in MEASURES]
@@ -124,7 +174,8 @@ def run_measures(model, criterion, data, measures, opt: MeasureOptions, report=p
         if measure == "spectrum":
             found, density = _spectrum(model, criterion, data, opt)
         else:
-            found = {"hessian": _hessian, "trace": _trace, "keskar": _keskar}[measure](model, criterion, data, opt)
+            found = {"hessian": _hessian, "trace": _trace, "keskar": _keskar,
+                     "adaptive": _adaptive}[measure](model, criterion, data, opt)
         seconds = time.perf_counter() - start
         for row in found:
             row.setdefault("seconds", seconds)  # rows computed together share the measure's time
@@ -139,6 +190,11 @@ def describe(row: dict) -> str:
     if row["measure"] == "keskar":
         space = f"subspace {row['subspace_dim']}" if row.get("subspace_dim") else "full space"
         text = f"keskar sharpness (epsilon {row['epsilon']:g}, {space}) = {row['value']:.4g} %"
+    if row["measure"] == "adaptive":
+        steps = "ascent steps" if row["kind"] == "worst" else "samples"
+        text = (f"{row['kind']}-case {row['scaling']} {row['norm']} sharpness (rho {row['rho']:g}, m = "
+                f"{row['batch_size']}, {row['examples']} examples, {row['iterations']} {steps} per batch) = "
+                f"{row['value']:.4g}")
     if not math.isnan(row.get("std_error", math.nan)):
         text += f" +- {row['std_error']:.3g}"
     if row.get("hvp_count") is not None:
@@ -167,11 +223,13 @@ def measure_checkpoint(path, measures, *, split: str = "train", batches: int | N
     check_measurable(model, criterion, data, path)
     rows, density = run_measures(model, criterion, data, measures, opt, report)
     frame = pd.DataFrame(rows).reindex(columns=COLUMNS)
-    frame["split"], frame["examples"], frame["checkpoint"] = split, data.num_examples, str(path)
+    frame["split"], frame["checkpoint"] = split, str(path)
+    frame["examples"] = frame["examples"].fillna(data.num_examples)  # adaptive rows measure their own subset
     frame["hessian_mode"] = [opt.hessian_mode if m in ("hessian", "trace", "spectrum") else "eval"
                              for m in frame["measure"]]
     frame["dtype"] = "float64" if opt.float64 else "float32"
-    for column in ("hvp_count", "subspace_dim"):  # integers with gaps, not floats
+    # integers with gaps, not floats
+    for column in ("hvp_count", "subspace_dim", "iterations", "batch_size", "examples"):
         frame[column] = frame[column].astype("Int64")
     if output is not None:
         output = Path(output)

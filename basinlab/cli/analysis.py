@@ -63,9 +63,10 @@ def add_commands(sub) -> None:
 
 
 def _add_sharpness(sub) -> None:
-    sharp = sub.add_parser("sharpness", help="Hessian eigenvalues, trace, spectrum or Keskar sharpness of a checkpoint")
+    sharp = sub.add_parser("sharpness", help="Hessian eigenvalues, trace, spectrum, Keskar or adaptive sharpness of a "
+                                             "checkpoint")
     sharp.add_argument("checkpoint", help="checkpoint file or run folder (best.pt, see --which)")
-    sharp.add_argument("--measure", nargs="+", default=["hessian"], metavar="hessian|trace|spectrum|keskar",
+    sharp.add_argument("--measure", nargs="+", default=["hessian"], metavar="hessian|trace|spectrum|keskar|adaptive",
                        help="what to measure (several allowed); default hessian")
     sharp.add_argument("--top-k", type=integer(1, 1000), default=1, help="hessian: number of top eigenvalues")
     sharp.add_argument("--method", choices=("lanczos", "power"), default="lanczos", help="hessian: eigen-solver")
@@ -85,6 +86,7 @@ def _add_sharpness(sub) -> None:
     sharp.add_argument("--subspace-dim", type=integer(1, 10_000_000), help="keskar: random subspace dimension "
                                                                            "(default: full space)")
     sharp.add_argument("--keskar-iter", type=integer(1, 100_000), default=10, help="keskar: L-BFGS-B iterations")
+    _adaptive_options(sharp)
     sharp.add_argument("--split", choices=SPLITS, default="train",
                        help="data of the measured loss (default train, as Keskar; no augmentation)")
     sharp.add_argument("--batches", type=COUNT, help="first N batches of the split only (training order of epoch 0)")
@@ -98,6 +100,28 @@ def _add_sharpness(sub) -> None:
     add_trust_option(sharp)
     sharp.add_argument("-o", "--output", type=output_file, default="sharpness.csv", help="CSV of the results")
     sharp.set_defaults(func=cmd_sharpness)
+
+
+def _adaptive_options(sharp) -> None:
+    """Andriushchenko et al. (2023); defaults are theirs (eval_sharpness.py, sh/eval_sharpness_final.sh)."""
+    sharp.add_argument("--kind", nargs="+", choices=("worst", "average"), default=["worst"],
+                       help="adaptive: worst-case (Auto-PGD ascent) and/or average-case (random noise) sharpness "
+                            "(default worst)")
+    sharp.add_argument("--scaling", nargs="+", choices=("adaptive", "plain"), default=["adaptive"],
+                       help="adaptive: perturbation scaled elementwise by |w| (adaptive) and/or not (plain) "
+                            "(default adaptive)")
+    sharp.add_argument("--norm", nargs="+", choices=("linf", "l2"), default=["linf"],
+                       help="adaptive: ball of the perturbation (default linf)")
+    sharp.add_argument("--rho", type=number(above=0), nargs="+",
+                       help="adaptive: radii, each measured for every kind, scaling and norm (default: one per "
+                            "definition, from the paper's CIFAR-10 ResNet grids; see docs/measuring-minima.md)")
+    sharp.add_argument("--ascent-iter", type=integer(1, 100_000), default=20,
+                       help="adaptive, worst case: ascent steps per batch (default 20, the paper's)")
+    sharp.add_argument("--samples", type=integer(1, 100_000), default=20,
+                       help="adaptive, average case: noise samples per batch (default 20, the paper's)")
+    sharp.add_argument("--adaptive-examples", type=integer(1, 10_000_000), default=1024,
+                       help="adaptive: the first N examples of the measured data (default 1024, the paper's); "
+                            "sharpness is computed per batch of -b examples (m-sharpness, m = -b) and averaged")
 
 
 def _add_landscape(sub) -> None:
@@ -131,7 +155,12 @@ def cmd_sharpness(args) -> int:
     options = MeasureOptions(top_k=args.top_k, method=args.method, max_iter=args.max_iter, tol=args.tol,
                              iterations=args.iterations, n_vectors=args.n_vectors, epsilons=tuple(args.epsilon),
                              subspace_dim=args.subspace_dim, keskar_iter=args.keskar_iter, seed=args.seed,
-                             hessian_mode=args.hessian_mode, float64=args.float64)
+                             hessian_mode=args.hessian_mode, float64=args.float64,
+                             kinds=tuple(dict.fromkeys(args.kind)), scalings=tuple(dict.fromkeys(args.scaling)),
+                             norms=tuple(dict.fromkeys(args.norm)),
+                             rhos=tuple(dict.fromkeys(args.rho)) if args.rho else None,
+                             ascent_iter=args.ascent_iter, samples=args.samples,
+                             adaptive_examples=args.adaptive_examples)
     try:
         measure_checkpoint(args.checkpoint, parse_measures(args.measure), split=args.split, batches=args.batches,
                            limit=args.limit, batch_size=args.batch_size, device=args.device, which=args.which,

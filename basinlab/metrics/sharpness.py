@@ -1,8 +1,10 @@
 """Sharpness of a trained model, in one namespace: Hessian eigenvalues, trace and spectrum, Keskar's
-epsilon-sharpness. The conventions every function shares (model, criterion, batches; eval mode; seeded
-randomness) are in basinlab.metrics.hessian."""
+epsilon-sharpness, worst- and average-case (adaptive) sharpness of Andriushchenko et al. (2023). The
+conventions every function shares (model, criterion, batches; eval mode; seeded randomness) are in
+basinlab.metrics.hessian."""
 from __future__ import annotations
 
+from basinlab.metrics.adaptive_sharpness import DEFAULT_RHO, AdaptiveSharpness, adaptive_sharpness
 from basinlab.metrics.hessian import SharpnessInputError, hessian_vector_product
 from basinlab.metrics.hessian_eigen import HessianEigen, hessian_eigenvalues, lambda_max
 from basinlab.metrics.hessian_spectrum import (
@@ -26,4 +28,7 @@ __all__ = [
     "hessian_spectrum",
     "slq_density",
     "keskar_sharpness",
+    "AdaptiveSharpness",
+    "DEFAULT_RHO",
+    "adaptive_sharpness",
 ]
