@@ -31,10 +31,12 @@ METHOD_FLAGS = {
     "lr-scale-batch": ["--ghost-batch", "16", "--lr-scale-batch", "sqrt"],
     "sharpness-monitor": ["--log-sharpness-every", "1", "--log-trace", "--hessian-mode", "eval",
                           "--sharpness-batches", "1"],
+    "edge-of-stability": ["--log-sharpness-every-steps", "4", "--sharpness-batches", "1", "--hessian-mode", "train"],
     "lowrank": ["--log-lowrank"],
 }
 REFUSED_IN_LR_RANGE = {"server": "cannot run in the LR range test", "lr-scale-batch": "replaces by its sweep",
-                       "sharpness-monitor": "the LR range test has none", "lowrank": "the LR range test has none",
+                       "sharpness-monitor": "the LR range test has none",
+                       "edge-of-stability": "changes the lr at every step", "lowrank": "the LR range test has none",
                        "saf": "does not have", "mesa": "does not have"}
 
 

@@ -272,15 +272,22 @@ class TrainConfig:
     log_sharpness_every: int | None = opt(None, "log lambda_max (Hessian) every k epochs",
                                           low=1, high=1_000_000,
                                           metavar="K", group="measure", owner="sharpness_monitor", unset="never")
+    log_sharpness_every_steps: int | None = opt(None, "measure lambda_max, batch sharpness and (Adam) the "
+                                                "preconditioned sharpness against their edge every N optimizer "
+                                                "steps, in sharpness-steps.csv (the edge of stability, live)",
+                                                low=1, high=2**31 - 1, metavar="N", group="measure",
+                                                owner="edge_of_stability", unset="never")
     log_trace: bool = opt(False, "with --log-sharpness-every, also log the Hessian trace",
                           group="measure", owner="sharpness_monitor", needs=("log_sharpness_every",))
-    hessian_mode: str = opt("train", "with --log-sharpness-every: the Hessian with BatchNorm on batch statistics "
+    hessian_mode: str = opt("train", "with --log-sharpness-every(-steps): the Hessian with BatchNorm on batch "
+                                     "statistics "
                                      "(train: what training steps see, which the stability rules assume) or on "
                                      "running statistics (eval)", choices=HESSIAN_MODES,
-                            group="measure", owner="sharpness_monitor", needs=("log_sharpness_every",), legacy="eval")
-    sharpness_batches: int = opt(4, "training batches used by --log-sharpness-every",
-                                 low=1, high=100_000,
-                                 group="measure", owner="sharpness_monitor", needs=("log_sharpness_every",))
+                            group="measure", owner="sharpness_monitor",
+                            needs=("log_sharpness_every", "log_sharpness_every_steps"), legacy="eval")
+    sharpness_batches: int = opt(4, "training batches used by --log-sharpness-every(-steps)",
+                                 low=1, high=100_000, group="measure", owner="sharpness_monitor",
+                                 needs=("log_sharpness_every", "log_sharpness_every_steps"))
     log_lowrank: bool = opt(False, "log low-rank metrics of conv layers each epoch (lowrank.csv)",
                             group="measure", owner="lowrank")
     # --- records ----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ At most one entry may supply the step strategy; the engine itself knows none of 
     methods/asgd/                --server ssgd|asgd|msgd   simulated parameter server (step strategy)
     methods/flat/                --smoothout, --sam, --asam  flat-minima steps (step strategy)
     methods/sharpness_monitor/   --log-sharpness-every     lambda_max during training (callback)
+    methods/edge_of_stability/   --log-sharpness-every-steps  sharpness against its edge, live (callback)
     methods/lowrank/             --log-lowrank, AdaS       low-rank metrics, AdaS's epoch update (callback)
 
 A new method adds its module to METHODS; see docs/extending.md.
@@ -17,6 +18,7 @@ from basinlab.config import TrainConfig
 from basinlab.engine.steps import PlainStep
 from basinlab.errors import ConfigError
 from basinlab.methods.asgd import method as asgd
+from basinlab.methods.edge_of_stability import method as edge_of_stability
 from basinlab.methods.flat import method as flat
 from basinlab.methods.gsam import method as gsam
 from basinlab.methods.looksam import method as looksam
@@ -33,6 +35,7 @@ METHODS = (
     looksam,            # --looksam
     saf,                # --saf, --mesa
     sharpness_monitor,  # --log-sharpness-every
+    edge_of_stability,  # --log-sharpness-every-steps
     lowrank_log,        # --log-lowrank, AdaS epoch updates
 )
 

@@ -14,6 +14,8 @@ from basinlab.metrics.hessian import (
     SharpnessInputError,
     _check_int,
     _check_positive,
+    _flat_dtype,
+    _flatten,
     _gaussian,
     _HessianOperator,
     _measurement_mode,
@@ -130,7 +132,7 @@ def _select(theta: np.ndarray, k: int, which: str) -> np.ndarray:
 def hessian_eigenvalues(model: nn.Module, criterion: Callable, batches, top_k: int = 1, max_iter: int = 100,
                         tol: float = 1e-4, seed: int = 0, method: str = "lanczos", *, which: str = "LA",
                         params=None, return_vectors: bool = True, cache_graph: bool | None = None,
-                        mode: str = "eval") -> HessianEigen:
+                        mode: str = "eval", start=None, scale=None) -> HessianEigen:
     """Top-``top_k`` eigenvalues (and eigenvectors) of the loss Hessian.
 
     ``which="LA"`` (default): the largest *algebraic* eigenvalues (lambda_max first, what
@@ -155,6 +157,12 @@ def hessian_eigenvalues(model: nn.Module, criterion: Callable, batches, top_k: i
     found is negative the iteration is restarted on ``H - sigma I`` with ``sigma`` just below it,
     whose dominant eigenvalues are the largest algebraic ones of ``H``.
 
+    ``start``: tensors shaped like the parameters, the first vector instead of a random one (a warm start: the
+    eigenvector of an earlier measurement converges in a few products when the Hessian moved little; the
+    first eigenvalue's start only).  ``scale``: positive tensors ``d`` shaped like the parameters: the
+    eigenvalues of ``D H D`` with ``D = diag(d)``, which are those of ``D^2 H`` (with ``d = P^{-1/2}``, a
+    preconditioned Hessian ``P^{-1} H``: Adam's, Cohen et al. 2022); its vectors are ``D H D``'s.
+
     Returns a :class:`HessianEigen` (``values, vectors, hvp_count = ...`` unpacks it).
     """
     ps = _prepare(model, criterion, params)
@@ -174,17 +182,51 @@ def hessian_eigenvalues(model: nn.Module, criterion: Callable, batches, top_k: i
     gen = torch.Generator().manual_seed(seed)
     with _measurement_mode(model, mode):
         op = _HessianOperator(model, criterion, batches, ps, cache_graph)
+        solve = _Scaled(op, _flat_like(scale, ps, "scale")) if scale is not None else op
+        first = _flat_like(start, ps, "start") if start is not None else None
         if method == "lanczos":
-            values, vecs, converged, history = _eig_lanczos(op, top_k, max_iter, tol, gen, which, return_vectors)
+            values, vecs, converged, history = _eig_lanczos(solve, top_k, max_iter, tol, gen, which,
+                                                            return_vectors, first)
         else:
-            values, vecs, converged, history = _eig_power(op, top_k, max_iter, tol, gen, which, return_vectors)
+            values, vecs, converged, history = _eig_power(solve, top_k, max_iter, tol, gen, which,
+                                                          return_vectors, first)
         count = op.count
     vectors = [_unflatten(v, ps) for v in vecs] if return_vectors else None
     return HessianEigen(values=values, vectors=vectors, hvp_count=count, converged=converged, method=method,
                         history=history)
 
 
-def _eig_lanczos(op: _HessianOperator, k, max_iter, tol, gen, which, return_vectors):
+class _Scaled:
+    """``v -> D H D v``: the operator the eigen-solvers see for a scaled (preconditioned) Hessian."""
+
+    def __init__(self, op: _HessianOperator, d: Tensor):
+        self.op, self.d = op, d
+        self.numel, self.dtype, self.device = op.numel, op.dtype, op.device
+
+    def matvec(self, flat: Tensor) -> Tensor:
+        return self.d * self.op.matvec(self.d * flat)
+
+
+def _flat_like(tensors, params, name: str) -> Tensor:
+    """``tensors`` (shaped like ``params``) as one flat vector in the solvers' dtype; refused when the shapes
+    differ or nothing is finite and non-zero (a start vector must have a direction)."""
+    tensors = list(tensors)
+    if len(tensors) != len(params) or any(tuple(t.shape) != tuple(p.shape) for t, p in zip(tensors, params)):
+        raise SharpnessInputError(f"{name} must be tensors with the shapes of the parameters")
+    flat = _flatten([t.detach().to(params[0].device) for t in tensors], _flat_dtype(params))
+    if not bool(torch.isfinite(flat).all()) or float(torch.linalg.vector_norm(flat)) == 0.0:
+        raise SharpnessInputError(f"{name} must be finite and not all zero")
+    if name == "scale" and bool((flat <= 0).any()):
+        raise SharpnessInputError("scale must be positive (D = diag(scale) in D H D)")
+    return flat
+
+
+def _start_vector(gen, op, start: Tensor | None) -> Tensor:
+    v0 = _gaussian(gen, op.numel, op.dtype, op.device) if start is None else start
+    return v0 / torch.linalg.vector_norm(v0)
+
+
+def _eig_lanczos(op: _HessianOperator, k, max_iter, tol, gen, which, return_vectors, start=None):
     history: list[float] = []
     state = {"prev": None, "converged": False}
 
@@ -217,7 +259,7 @@ def _eig_lanczos(op: _HessianOperator, k, max_iter, tol, gen, which, return_vect
         state["converged"] = ok and len(alphas) >= k
         return state["converged"]
 
-    v0 = _gaussian(gen, op.numel, op.dtype, op.device)
+    v0 = _start_vector(gen, op, start)
     alphas, betas, Q = _lanczos(op.matvec, v0, max_iter, stop=stop, restart_gen=gen)
     theta, S = _tridiag_eigh(alphas, betas)
     idx = _select(theta, k, which)
@@ -243,16 +285,16 @@ def _orthogonalise(w: Tensor, basis: list[Tensor]) -> Tensor:
     return w
 
 
-def _eig_power(op: _HessianOperator, k, max_iter, tol, gen, which, return_vectors):
+def _eig_power(op: _HessianOperator, k, max_iter, tol, gen, which, return_vectors, start=None):
     values: list[float] = []
     vecs: list[Tensor] = []
     history: list[float] = []
     converged_all = True
     shift = 0.0
     shifted_once = False
-    n = op.numel
     while len(values) < k:
-        v = _orthogonalise(_gaussian(gen, n, op.dtype, op.device), vecs)
+        first = start if start is not None and not values and not shifted_once else None
+        v = _orthogonalise(_start_vector(gen, op, first), vecs)
         v = v / torch.linalg.vector_norm(v)
         theta = 0.0
         prev_theta = None
