@@ -32,8 +32,10 @@ def plot_curves(frame, path, *, x: str = "alpha", splits=("train", "val"), marks
     return save_png(fig, path, dpi=80)
 
 
-def plot_contours(frame, path, *, splits=("train", "val"), title: str = "") -> Path:
-    """One panel per split: contours of the loss over (alpha, beta), levels spaced geometrically."""
+def plot_contours(frame, path, *, splits=("train", "val"), title: str = "", trajectory=None,
+                  axis_labels=("alpha", "beta")) -> Path:
+    """One panel per split: contours of the loss over (alpha, beta), levels spaced geometrically; with
+    ``trajectory`` (columns epoch, alpha, beta) the path of the checkpoints drawn on top, epochs labelled."""
     from matplotlib.colors import BoundaryNorm
     alphas, betas = np.unique(frame["alpha"]), np.unique(frame["beta"])
     fig, axes = new_figure(1, len(splits), figsize=(5.4 * len(splits), 4.4), squeeze=False,
@@ -46,10 +48,22 @@ def plot_contours(frame, path, *, splits=("train", "val"), title: str = "") -> P
         norm = BoundaryNorm(levels, ncolors=256)
         filled = ax.contourf(alphas, betas, grid, levels=levels, cmap="viridis", norm=norm)
         ax.contour(alphas, betas, grid, levels=levels[::3], colors="white", linewidths=0.5)
+        if trajectory is not None:
+            _draw_trajectory(ax, trajectory)
         ax.plot([0], [0], "r+", ms=10)
         bar = fig.colorbar(filled, ax=ax, ticks=levels[::4], format="%.3g")
         bar.set_label(f"{split} loss")
-        ax.set_xlabel("alpha")
-        ax.set_ylabel("beta")
+        ax.set_xlabel(axis_labels[0])
+        ax.set_ylabel(axis_labels[1])
         ax.set_title(f"{split} loss" + (f" - {title}" if title else ""), fontsize=10)
     return save_png(fig, path, dpi=80)
+
+
+def _draw_trajectory(ax, trajectory, labels: int = 6) -> None:
+    """The checkpoints' path, in epoch order; at most ``labels`` epochs named (the first and last always)."""
+    ax.plot(trajectory["alpha"], trajectory["beta"], "-o", color="red", ms=3, lw=1)
+    count = len(trajectory)
+    for i in sorted(set(np.linspace(0, count - 1, min(labels, count)).round().astype(int))):
+        row = trajectory.iloc[i]
+        ax.annotate(str(int(row["epoch"])), (row["alpha"], row["beta"]), fontsize=7, color="red",
+                    textcoords="offset points", xytext=(3, 3))

@@ -1,4 +1,5 @@
-"""`basinlab sharpness`: Hessian, Keskar and adaptive sharpness of a checkpoint, as printed lines, a CSV and a PNG.
+"""`basinlab sharpness`: Hessian (whole, per block, its most negative eigenvalue), Gauss-Newton and Fisher
+curvature, Keskar and adaptive sharpness of a checkpoint, as printed lines, a CSV and a PNG.
 
 The measured function is the mean loss of the checkpoint's model (eval mode: BatchNorm running
 statistics, no dropout) over the chosen data: by default the whole *training* split without
@@ -26,11 +27,15 @@ from basinlab.metrics import sharpness
 from basinlab.utils.checks import check_int
 from basinlab.utils.figures import new_figure, save_png
 
-MEASURES = ("hessian", "trace", "spectrum", "keskar", "adaptive")
-COLUMNS = ["measure", "quantity", "value", "std_error", "hvp_count", "converged", "epsilon", "subspace_dim",
-           "kind", "scaling", "norm", "rho", "iterations", "batch_size",
+MEASURES = ("hessian", "trace", "spectrum", "keskar", "adaptive", "min-eigenvalue", "gauss-newton", "fisher")
+COLUMNS = ["measure", "quantity", "value", "std_error", "hvp_count", "converged", "block", "n_params", "epsilon",
+           "subspace_dim", "kind", "scaling", "norm", "rho", "iterations", "batch_size",
            "seconds", "split", "examples", "hessian_mode", "dtype", "checkpoint"]
 SCALINGS = ("adaptive", "plain")
+# --fisher's names -> the curvature kinds of basinlab.metrics.curvature
+FISHER_KINDS = {"exact": "fisher", "mc": "fisher-mc", "empirical": "empirical-fisher"}
+# the measures of the Hessian or a curvature operator, which --hessian-mode applies to
+MODE_MEASURES = ("hessian", "trace", "spectrum", "per-layer", "min-eigenvalue", "gauss-newton", "fisher")
 
 
 @dataclass
@@ -54,7 +59,11 @@ class MeasureOptions:
     samples: int = 20                # adaptive, average case: noise draws per batch
     adaptive_examples: int = 1024    # adaptive: the first N examples of the data, in batches of -b (m)
     seed: int = 0
-    hessian_mode: str = "eval"       # hessian, trace, spectrum: eval (running statistics) | train (batch statistics)
+    per_layer: bool = False          # also lambda_max and trace of each diagonal Hessian block
+    blocks: str | int = "module"     # per-layer: one block per layer ("module") or by module-path depth (int)
+    fisher_kinds: tuple = ("mc",)    # fisher: exact | mc (Monte-Carlo labels) | empirical (true labels)
+    mc_samples: int = 1              # fisher mc: sampled labels per example
+    hessian_mode: str = "eval"       # Hessian and curvature measures: eval (running statistics) | train (batch stats)
     float64: bool = False            # measure in float64 (tolerances below float32's ~5e-5 need it)
 
 
@@ -121,6 +130,73 @@ def _keskar(model, criterion, data, opt: MeasureOptions) -> list[dict]:
     return rows
 
 
+def _eig_tol(opt: MeasureOptions) -> float:
+    return 1e-4 if opt.tol is None else opt.tol
+
+
+def _trace_tol(opt: MeasureOptions) -> float:
+    return 1e-3 if opt.tol is None else opt.tol
+
+
+def _min_eigenvalue(model, criterion, data, opt: MeasureOptions) -> list[dict]:
+    res = sharpness.min_eigenvalue(model, criterion, data, max_iter=opt.max_iter, tol=_eig_tol(opt), seed=opt.seed,
+                                   method=opt.method, mode=opt.hessian_mode)
+    return [_row("min-eigenvalue", "lambda_min", res.values[0], hvp_count=res.hvp_count, converged=res.converged)]
+
+
+def _curvature_rows(model, criterion, data, opt: MeasureOptions, measure: str, kind: str) -> list[dict]:
+    """Top eigenvalues and trace of one curvature kind (the exact empirical-Fisher trace counts no products)."""
+    start = time.perf_counter()
+    eig = sharpness.curvature_eigenvalues(model, criterion, data, kind, top_k=opt.top_k, max_iter=opt.max_iter,
+                                          tol=_eig_tol(opt), seed=opt.seed, mc_samples=opt.mc_samples,
+                                          mode=opt.hessian_mode)
+    rows = [_row(measure, f"lambda_{i + 1}", v, hvp_count=eig.hvp_count, converged=eig.converged, kind=kind)
+            for i, v in enumerate(eig.values)]
+    tr = sharpness.curvature_trace(model, criterion, data, kind, max_iter=opt.max_iter, tol=_trace_tol(opt),
+                                   seed=opt.seed, min_samples=min(10, max(opt.max_iter, 2)),
+                                   mc_samples=opt.mc_samples, mode=opt.hessian_mode)
+    exact = kind == "empirical-fisher"
+    rows.append(_row(measure, "trace", tr.trace, std_error=tr.std_error, hvp_count=None if exact else tr.n_samples,
+                     converged=tr.converged, kind=kind))
+    for row in rows:
+        row["seconds"] = time.perf_counter() - start
+    return rows
+
+
+def _gauss_newton(model, criterion, data, opt: MeasureOptions) -> list[dict]:
+    return _curvature_rows(model, criterion, data, opt, "gauss-newton", "ggn")
+
+
+def _check_fisher_options(model, opt: MeasureOptions) -> None:
+    """Before any measure runs (each may take minutes): the Fisher settings the metric would refuse late."""
+    bad = [k for k in opt.fisher_kinds if k not in FISHER_KINDS]
+    if bad or not opt.fisher_kinds:
+        got = ", ".join(map(str, bad)) or "nothing"
+        raise ConfigError(f"--fisher must be among {', '.join(FISHER_KINDS)}; got {got}")
+    batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if "empirical" in opt.fisher_kinds and opt.hessian_mode == "train" and batch_norm:
+        raise ConfigError("--fisher empirical needs per-example gradients, which BatchNorm with batch statistics "
+                          "(--hessian-mode train) does not have; measure it with --hessian-mode eval")
+
+
+def _fisher(model, criterion, data, opt: MeasureOptions) -> list[dict]:
+    return [row for name in opt.fisher_kinds
+            for row in _curvature_rows(model, criterion, data, opt, "fisher", FISHER_KINDS[name])]
+
+
+def _per_layer(model, criterion, data, opt: MeasureOptions) -> list[dict]:
+    rows = []
+    for b in sharpness.block_spectra(model, criterion, data, opt.blocks, max_iter=opt.max_iter, tol=_eig_tol(opt),
+                                     trace_iter=opt.max_iter, trace_tol=_trace_tol(opt), seed=opt.seed,
+                                     mode=opt.hessian_mode):
+        where = {"block": b.name, "n_params": b.n_params}
+        rows.append(_row("per-layer", "lambda_max", b.lambda_max, hvp_count=b.hvp_count - b.trace_samples,
+                         converged=b.converged, **where))
+        rows.append(_row("per-layer", "trace", b.trace, std_error=b.trace_std_error, hvp_count=b.trace_samples,
+                         converged=b.trace_converged, **where))
+    return rows
+
+
 def _first_examples(data, count: int) -> list:
     """The first `count` examples of the data, in its own batches (the last one cut)."""
     out, left = [], count
@@ -165,17 +241,20 @@ def run_measures(model, criterion, data, measures, opt: MeasureOptions, report=p
     unknown = [m for m in measures if m not in MEASURES]
     if unknown or not measures:
         raise ConfigError(f"--measure must be among {', '.join(MEASURES)}; got {', '.join(unknown) or 'nothing'}")
+    if "fisher" in measures:
+        _check_fisher_options(model, opt)
     base = evaluate(model, data, criterion)
     rows = [_row("loss", "loss", base["loss"]), _row("loss", "acc1", base["acc1"])]
     report(f"loss {base['loss']:.6g}, top-1 {base['acc1']:.2f}% on {base['count']} examples")
     density = None
-    for measure in dict.fromkeys(measures):
+    for measure in [*dict.fromkeys(measures), *(["per-layer"] if opt.per_layer else [])]:
         start = time.perf_counter()
         if measure == "spectrum":
             found, density = _spectrum(model, criterion, data, opt)
         else:
-            found = {"hessian": _hessian, "trace": _trace, "keskar": _keskar,
-                     "adaptive": _adaptive}[measure](model, criterion, data, opt)
+            found = {"hessian": _hessian, "trace": _trace, "keskar": _keskar, "adaptive": _adaptive,
+                     "min-eigenvalue": _min_eigenvalue, "gauss-newton": _gauss_newton, "fisher": _fisher,
+                     "per-layer": _per_layer}[measure](model, criterion, data, opt)
         seconds = time.perf_counter() - start
         for row in found:
             row.setdefault("seconds", seconds)  # rows computed together share the measure's time
@@ -195,6 +274,10 @@ def describe(row: dict) -> str:
         text = (f"{row['kind']}-case {row['scaling']} {row['norm']} sharpness (rho {row['rho']:g}, m = "
                 f"{row['batch_size']}, {row['examples']} examples, {row['iterations']} {steps} per batch) = "
                 f"{row['value']:.4g}")
+    if row["measure"] in ("gauss-newton", "fisher"):
+        text = f"{row['kind']} {text}"
+    if row.get("block"):
+        text = f"{row['block']} ({row['n_params']} params): {text}"
     if not math.isnan(row.get("std_error", math.nan)):
         text += f" +- {row['std_error']:.3g}"
     if row.get("hvp_count") is not None:
@@ -225,11 +308,10 @@ def measure_checkpoint(path, measures, *, split: str = "train", batches: int | N
     frame = pd.DataFrame(rows).reindex(columns=COLUMNS)
     frame["split"], frame["checkpoint"] = split, str(path)
     frame["examples"] = frame["examples"].fillna(data.num_examples)  # adaptive rows measure their own subset
-    frame["hessian_mode"] = [opt.hessian_mode if m in ("hessian", "trace", "spectrum") else "eval"
-                             for m in frame["measure"]]
+    frame["hessian_mode"] = [opt.hessian_mode if m in MODE_MEASURES else "eval" for m in frame["measure"]]
     frame["dtype"] = "float64" if opt.float64 else "float32"
     # integers with gaps, not floats
-    for column in ("hvp_count", "subspace_dim", "iterations", "batch_size", "examples"):
+    for column in ("hvp_count", "n_params", "subspace_dim", "iterations", "batch_size", "examples"):
         frame[column] = frame[column].astype("Int64")
     if output is not None:
         output = Path(output)

@@ -1,6 +1,7 @@
-"""`basinlab landscape` on checkpoints: interpolation between two models, random-direction plots.
+"""`basinlab landscape` on checkpoints: interpolation between two models, random-direction plots, the PCA
+directions of a run's trajectory.
 
-Both write ``<prefix>.csv`` (resumable, see landscape.GridTable), ``<prefix>.json`` (the settings the
+Each writes ``<prefix>.csv`` (resumable, see landscape.GridTable), ``<prefix>.json`` (the settings the
 points were computed with) and ``<prefix>.png``.
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from basinlab.analysis.data import SPLITS, measurement_data
@@ -25,6 +27,7 @@ from basinlab.analysis.landscape import (
 )
 from basinlab.analysis.landscape_plots import plot_contours, plot_curves
 from basinlab.analysis.measure import model_and_criterion
+from basinlab.analysis.trajectory import default_range, on_device, trajectory_directions
 from basinlab.engine.checkpoint import resolve_checkpoint
 from basinlab.engine.setup import pick_device
 from basinlab.errors import ConfigError
@@ -180,3 +183,47 @@ def random_directions(checkpoint, alphas, betas=None, *, seed=0, include_bias_bn
     else:
         png = plot_contours(frame, output.with_suffix(".png"), splits=splits, title=title)
     return frame, table.path, png
+
+
+def trajectory_landscape(run, alphas=None, betas=None, *, exclude_bias_bn=False, splits=SPLITS, limit=None,
+                         batch_size=256, points_per_pass=1, bn_recalibrate=False, bn_batches=10, which="last",
+                         device="auto", datasets_dir=None, output="trajectory", overwrite=False, quiet=False):
+    """Loss and top-1 on the plane of the first two principal components of the run's epoch checkpoints
+    (analysis.trajectory), centred at the ``which`` checkpoint; the checkpoints' projections in
+    ``<prefix>_trajectory.csv`` (written last) and on the contour plot. Without ``alphas``/``betas`` the grid covers the
+    projections (21 x 21). Returns ``(DataFrame, trajectory DataFrame, csv path, png path)``."""
+    splits, dev = check_splits(splits), pick_device(device)
+    model, cfg, criterion = model_and_criterion(run, dev, which)
+    path = trajectory_directions(run, model, exclude_bias_bn=exclude_bias_bn)
+    ratios = path.explained_variance_ratio
+    points = pd.DataFrame({"epoch": path.epochs, "checkpoint": [p.name for p in path.files],
+                           "alpha": path.coordinates[:, 0], "beta": path.coordinates[:, 1],
+                           "explained_variance_ratio_1": ratios[0], "explained_variance_ratio_2": ratios[1]})
+    alphas = alphas if alphas is not None else default_range(path.coordinates[:, 0])
+    betas = betas if betas is not None else default_range(path.coordinates[:, 1])
+    output = Path(output)
+    if not quiet:
+        print(f"PCA of {len(path.epochs)} epoch checkpoints: explained variance {100 * ratios[0]:.1f} % and "
+              f"{100 * ratios[1]:.1f} %", file=sys.stderr)
+    directions = [on_device(d, model) for d in path.directions]
+    origin = {name: p.detach().clone() for name, p in model.named_parameters()}
+    data = split_data(cfg, splits, batch_size=batch_size, limit=limit, datasets_dir=datasets_dir, device=dev)
+    recal = (recalibration_data(cfg, bn_batches, batch_size=batch_size, limit=limit, datasets_dir=datasets_dir,
+                                device=dev) if bn_recalibrate else None)
+    settings = {"view": "trajectory", "checkpoint": _checkpoint_id(run, which),
+                "trajectory": {p.name: file_digest(p) for p in path.files},
+                "exclude_bias_bn": bool(exclude_bias_bn), "points_per_pass": points_per_pass,
+                **_common_settings(splits, batch_size, limit, bn_recalibrate, bn_batches, dev)}
+    columns = ["alpha", "beta"] + [f"{s}_{m}" for s in splits for m in ("loss", "acc1")]
+    table = GridTable(output.with_suffix(".csv"), columns, ["alpha", "beta"], settings, overwrite=overwrite)
+    keys = [(a, b) for a in alphas for b in betas]
+    announce_grid(len(keys), splits, quiet)
+    with GridEvaluator(model, criterion, data, points_per_pass=points_per_pass, recalibrate=recal) as evaluator:
+        run_grid(table, keys, lambda key: displaced_parameters(origin, directions, key), evaluator,
+                 progress_printer(quiet))
+    frame = table.finish(keys)
+    points.to_csv(output.with_name(f"{output.name}_trajectory.csv"), index=False)  # once the grid is complete
+    png = plot_contours(frame, output.with_suffix(".png"), splits=splits, trajectory=points,
+                        title=f"PCA of {len(path.epochs)} epochs",
+                        axis_labels=(f"PC1 ({100 * ratios[0]:.1f} %)", f"PC2 ({100 * ratios[1]:.1f} %)"))
+    return frame, points, table.path, png

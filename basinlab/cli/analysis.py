@@ -1,12 +1,14 @@
-"""`basinlab sharpness` and `basinlab landscape interpolate|directions`."""
+"""`basinlab sharpness` and `basinlab landscape interpolate|directions|trajectory`."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from basinlab.choices import CHECKPOINTS, HESSIAN_MODES, SPLITS
 from basinlab.cli.options import BATCH, COUNT, SEED, add_trust_option, integer, number, output_file
 from basinlab.errors import ConfigError
 
+FISHER_NAMES = ("exact", "mc", "empirical")  # --fisher; basinlab.analysis.measure.FISHER_KINDS maps them
 DEFAULT_INTERPOLATION = "-1:0.1:2.01"   # Keskar et al.: from 1 beyond A to 1 beyond B, 31 points
 DEFAULT_DIRECTIONS = "-1:0.05:1.01"     # Li et al.: [-1, 1] around the model, 41 points
 
@@ -28,9 +30,10 @@ def _data_options(parser, default_split) -> None:
     add_trust_option(parser)
 
 
-def _landscape_options(parser, default_alpha, output) -> None:
+def _landscape_options(parser, default_alpha, output, alpha_default_text=None) -> None:
     parser.add_argument("--alpha", default=default_alpha,
-                        help=f"start:step:stop (stop exclusive), one number or a comma list (default {default_alpha})")
+                        help=f"start:step:stop (stop exclusive), one number or a comma list (default "
+                             f"{alpha_default_text or default_alpha})")
     _data_options(parser, ["train", "val"])
     parser.add_argument("--bn-recalibrate", action="store_true",
                         help="re-estimate BatchNorm running statistics on training batches at every point")
@@ -63,10 +66,11 @@ def add_commands(sub) -> None:
 
 
 def _add_sharpness(sub) -> None:
-    sharp = sub.add_parser("sharpness", help="Hessian eigenvalues, trace, spectrum, Keskar or adaptive sharpness of a "
-                                             "checkpoint")
+    sharp = sub.add_parser("sharpness", help="Hessian eigenvalues, trace, spectrum, per-layer, Gauss-Newton and Fisher "
+                                             "curvature, Keskar or adaptive sharpness of a checkpoint")
     sharp.add_argument("checkpoint", help="checkpoint file or run folder (best.pt, see --which)")
-    sharp.add_argument("--measure", nargs="+", default=["hessian"], metavar="hessian|trace|spectrum|keskar|adaptive",
+    sharp.add_argument("--measure", nargs="+", default=["hessian"],
+                       metavar="hessian|trace|spectrum|keskar|adaptive|min-eigenvalue|gauss-newton|fisher",
                        help="what to measure (several allowed); default hessian")
     sharp.add_argument("--top-k", type=integer(1, 1000), default=1, help="hessian: number of top eigenvalues")
     sharp.add_argument("--method", choices=("lanczos", "power"), default="lanczos", help="hessian: eigen-solver")
@@ -86,6 +90,7 @@ def _add_sharpness(sub) -> None:
     sharp.add_argument("--subspace-dim", type=integer(1, 10_000_000), help="keskar: random subspace dimension "
                                                                            "(default: full space)")
     sharp.add_argument("--keskar-iter", type=integer(1, 100_000), default=10, help="keskar: L-BFGS-B iterations")
+    _curvature_options(sharp)
     _adaptive_options(sharp)
     sharp.add_argument("--split", choices=SPLITS, default="train",
                        help="data of the measured loss (default train, as Keskar; no augmentation)")
@@ -100,6 +105,33 @@ def _add_sharpness(sub) -> None:
     add_trust_option(sharp)
     sharp.add_argument("-o", "--output", type=output_file, default="sharpness.csv", help="CSV of the results")
     sharp.set_defaults(func=cmd_sharpness)
+
+
+def _curvature_options(sharp) -> None:
+    """Per-block Hessian spectra and the Gauss-Newton / Fisher measures (unset flags are None: given without the
+    measure they serve, they are refused)."""
+    sharp.add_argument("--per-layer", action="store_true",
+                       help="also lambda_max and trace of each layer's diagonal Hessian block (budget --max-iter)")
+    sharp.add_argument("--block-depth", type=integer(1, 100),
+                       help="per-layer: group parameters by the first D components of their module path "
+                            "(default: one block per layer with parameters)")
+    sharp.add_argument("--fisher", nargs="+", choices=tuple(FISHER_NAMES),
+                       help="fisher: exact (= Gauss-Newton for cross-entropy and MSE), mc (labels sampled from the "
+                            "model) and/or empirical (true labels) (default mc)")
+    sharp.add_argument("--mc-samples", type=integer(1, 10_000),
+                       help="fisher mc: sampled labels per example (default 1)")
+
+
+def _check_detail_flags(args, measures) -> None:
+    """Refuse, in one line, a detail flag whose measure was not asked for (it would be silently ignored)."""
+    fisher = args.fisher or ["mc"]
+    needs = [("--block-depth", args.block_depth is not None, args.per_layer, "--per-layer"),
+             ("--fisher", args.fisher is not None, "fisher" in measures, "--measure fisher"),
+             ("--mc-samples", args.mc_samples is not None, "fisher" in measures and "mc" in fisher,
+              "--measure fisher with --fisher mc")]
+    for flag, given, served, what in needs:
+        if given and not served:
+            raise ConfigError(f"{flag} applies to {what} only, which was not asked for; add it or drop {flag}")
 
 
 def _adaptive_options(sharp) -> None:
@@ -125,7 +157,8 @@ def _adaptive_options(sharp) -> None:
 
 
 def _add_landscape(sub) -> None:
-    land = sub.add_parser("landscape", help="loss-landscape views: interpolation between two models, random directions")
+    land = sub.add_parser("landscape", help="loss-landscape views: interpolation between two models, random "
+                                                "directions, PCA of a run's trajectory")
     from basinlab.cli.options import (
         ArgumentParser,  # usage errors as one-line ConfigErrors, like every basinlab command
     )
@@ -148,10 +181,24 @@ def _add_landscape(sub) -> None:
                            "slower than 1 on CPU (benchmarks/sharpness.py)")
     dirs.set_defaults(func=cmd_directions)
 
+    traj = views.add_parser("trajectory", help="2-D plot along the first two principal components of a run's epoch "
+                                               "checkpoints (Li et al. 2018), the trajectory drawn on it")
+    traj.add_argument("checkpoint", help="run folder with epoch_<k>.pt checkpoints (basinlab train --save-all)")
+    _landscape_options(traj, None, "trajectory", alpha_default_text="21 points covering the trajectory")
+    traj.add_argument("--beta", help="second direction's range (default: 21 points covering the trajectory)")
+    traj.add_argument("--exclude-bias-bn", action="store_true",
+                      help="leave biases and normalisation parameters out of the PCA (default: every parameter, "
+                           "as loss-landscape's plot_trajectory.py)")
+    traj.add_argument("--points-per-pass", type=integer(1, 1024), default=1,
+                      help="grid points evaluated together in one data pass (torch.func.vmap)")
+    traj.set_defaults(func=cmd_trajectory, which="last")  # the trajectory ends at the run's final weights
+
 
 def cmd_sharpness(args) -> int:
     # counts and seeds were checked by their argument types (integer, SEED)
     from basinlab.analysis.measure import MeasureOptions, measure_checkpoint, parse_measures
+    measures = parse_measures(args.measure)
+    _check_detail_flags(args, measures)
     options = MeasureOptions(top_k=args.top_k, method=args.method, max_iter=args.max_iter, tol=args.tol,
                              iterations=args.iterations, n_vectors=args.n_vectors, epsilons=tuple(args.epsilon),
                              subspace_dim=args.subspace_dim, keskar_iter=args.keskar_iter, seed=args.seed,
@@ -160,9 +207,12 @@ def cmd_sharpness(args) -> int:
                              norms=tuple(dict.fromkeys(args.norm)),
                              rhos=tuple(dict.fromkeys(args.rho)) if args.rho else None,
                              ascent_iter=args.ascent_iter, samples=args.samples,
-                             adaptive_examples=args.adaptive_examples)
+                             adaptive_examples=args.adaptive_examples, per_layer=args.per_layer,
+                             blocks="module" if args.block_depth is None else args.block_depth,
+                             fisher_kinds=tuple(dict.fromkeys(args.fisher or ["mc"])),
+                             mc_samples=args.mc_samples or 1)
     try:
-        measure_checkpoint(args.checkpoint, parse_measures(args.measure), split=args.split, batches=args.batches,
+        measure_checkpoint(args.checkpoint, measures, split=args.split, batches=args.batches,
                            limit=args.limit, batch_size=args.batch_size, device=args.device, which=args.which,
                            datasets_dir=args.datasets_dir, options=options, output=args.output)
     except FloatingPointError as exc:  # metrics/keskar.py: the loss overflowed inside the box (--epsilon 1e8)
@@ -207,4 +257,27 @@ def cmd_directions(args) -> int:
             at = f", {centre.iloc[0]:.4f} at the model" if len(centre) else ""
             print(f"{split} loss over {len(frame)} points: {column.min():.4f} to {column.max():.4f}{at}")
     print(f"wrote {csv} and {png}")
+    return 0
+
+
+def cmd_trajectory(args) -> int:
+    from basinlab.analysis.landscape import check_grid_size, parse_range
+    from basinlab.analysis.trajectory import GRID_POINTS
+    from basinlab.analysis.views import trajectory_landscape
+    alphas = parse_range(args.alpha, "--alpha") if args.alpha is not None else None
+    betas = parse_range(args.beta, "--beta") if args.beta is not None else None
+    if alphas is not None and betas is not None:
+        check_grid_size(alphas, betas)
+    if (alphas is not None and len(set(alphas)) < 2) or (betas is not None and len(set(betas)) < 2):
+        raise ConfigError("a 2-D grid needs at least two values of --alpha and of --beta (for the contours)")
+    _announce_grid(len(alphas or range(GRID_POINTS)) * len(betas or range(GRID_POINTS)), args)
+    frame, points, csv, png = trajectory_landscape(args.checkpoint, alphas, betas,
+                                                   exclude_bias_bn=args.exclude_bias_bn,
+                                                   points_per_pass=args.points_per_pass, **_common(args))
+    print(points.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    for split in args.split:
+        column = frame[f"{split}_loss"]
+        print(f"{split} loss over {len(frame)} points: {column.min():.4f} to {column.max():.4f}")
+    output = Path(args.output)
+    print(f"wrote {csv}, {png} and {output.with_name(f'{output.name}_trajectory.csv')}")
     return 0

@@ -17,14 +17,17 @@ SAME = "same"  # basinlab has the option with this spelling and meaning
 
 # Every basinlab command that takes options (the leaves of the command tree). A row's keyword names a group.
 COMMANDS = ("train", "lr-range", "evaluate", "sharpness", "landscape interpolate", "landscape directions",
-            "autohyper train", "sweep", "stability", "plot", "export", "report", "list", "data download")
+            "landscape trajectory", "autohyper train", "sweep", "stability", "plot", "export", "report", "list",
+            "data download")
 _GROUPS = {  # keyword -> commands; a smaller group's text wins over a larger one's
     "train": ("train", "lr-range"),  # the same training options
-    "readers": ("evaluate", "sharpness", "landscape interpolate", "landscape directions"),  # measure a checkpoint
-    "measure": ("sharpness", "landscape interpolate", "landscape directions"),
-    "landscape": ("landscape interpolate", "landscape directions"),
+    "readers": ("evaluate", "sharpness", "landscape interpolate", "landscape directions",  # measure a checkpoint
+                "landscape trajectory"),
+    "measure": ("sharpness", "landscape interpolate", "landscape directions", "landscape trajectory"),
+    "landscape": ("landscape interpolate", "landscape directions", "landscape trajectory"),
     "lr_range": ("lr-range",), "evaluate": ("evaluate",), "sharpness": ("sharpness",),
     "interpolate": ("landscape interpolate",), "directions": ("landscape directions",),
+    "trajectory": ("landscape trajectory",),
     "autohyper": ("autohyper train",), "sweep": ("sweep",), "stability": ("stability",), "plot": ("plot",),
     "export": ("export",), "report": ("report",), "download": ("data download",),
 }
@@ -312,7 +315,7 @@ def seed_flag(flag: str) -> SeedFlag | None:
 def markdown_table() -> str:
     """The table as Markdown for docs/seeds.md (train's column also holds lr-range's where it differs)."""
     columns = (("train", ("train", "lr-range")), ("evaluate", ("evaluate",)), ("sharpness", ("sharpness",)),
-               ("landscape", ("landscape interpolate", "landscape directions")),
+               ("landscape", ("landscape interpolate", "landscape directions", "landscape trajectory")),
                ("autohyper train", ("autohyper train",)), ("sweep", ("sweep",)))
     lines = ["| seed flag | seed | " + " | ".join(name for name, _ in columns) + " | other commands |",
              "|" + "---|" * (len(columns) + 3)]

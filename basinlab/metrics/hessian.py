@@ -47,6 +47,10 @@ Functions (this module, ``hessian_eigen``, ``hessian_spectrum`` and ``keskar``; 
 * :func:`hessian_trace`: Hutchinson's estimator with Rademacher vectors and its standard error.
 * :func:`hessian_spectrum`: spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019).
 * :func:`keskar_sharpness`: Keskar et al. (2017) epsilon-sharpness, maximised with L-BFGS-B.
+* :func:`adaptive_sharpness` (module ``adaptive_sharpness``): worst- and average-case adaptive m-sharpness of
+  Andriushchenko et al. (2023).
+* ``hessian_blocks``: per-block spectra and the most negative eigenvalue; ``curvature``: Gauss-Newton and Fisher
+  operators; ``batch_sharpness``: each mini-batch's curvature along its own gradient (the edge of stability).
 
 Absolute sharpness is not invariant to reparameterisation (Dinh et al. 2017): report
 epsilon-sharpness, lambda_max and the trace side by side.
