@@ -20,3 +20,4 @@ CHANNELS_LAST_MODES = ("auto", "on", "off")      # engine/setup.py
 NAN_POLICIES = ("stop", "skip")                  # engine/trainer.py
 SPLITS = ("train", "val")                        # what evaluate, sharpness and landscape measure
 CHECKPOINTS = ("best", "last")                   # which checkpoint of a run folder
+LOSSES = ("cross-entropy", "mse")                # nn/losses.py

@@ -21,7 +21,7 @@ from torch import nn
 from basinlab.analysis.data import measurement_data
 from basinlab.engine.evaluate import evaluate
 from basinlab.engine.inspect import model_from_checkpoint
-from basinlab.engine.setup import pick_device
+from basinlab.engine.setup import make_criterion, pick_device
 from basinlab.errors import ConfigError
 from basinlab.metrics import sharpness
 from basinlab.utils.checks import check_int
@@ -72,7 +72,7 @@ def model_and_criterion(path, device, which: str = "best"):
     if which not in ("best", "last"):
         raise ConfigError(f"--which must be best or last, got {which!r}")
     model, cfg, _ = model_from_checkpoint(path, device, which=f"{which}.pt")
-    return model, cfg, getattr(model, "criterion", None) or nn.CrossEntropyLoss()
+    return model, cfg, make_criterion(model, cfg, evaluation=True)
 
 
 def check_measurable(model, criterion, data, path) -> None:

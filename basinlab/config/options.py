@@ -16,6 +16,7 @@ from basinlab.choices import (
     EVAL_AMP_MODES,
     HESSIAN_MODES,
     LIMIT_MODES,
+    LOSSES,
     LR_SCALINGS,
     NAN_POLICIES,
     NOISE_SCALES,
@@ -139,6 +140,10 @@ class TrainConfig:
     lr_multiplier: float = opt(0.1, "lr multiplier at each milestone",
                                low=0,
                                group="optimisation", needs=("lr_milestones",))
+    loss: str = opt("cross-entropy", "the training loss: cross-entropy, or mse (half the squared error to the "
+                                      "one-hot labels, summed over classes, mean over examples: Cohen et al.'s "
+                                      "square loss)", choices=LOSSES, group="optimisation",
+                    conflicts={"label_smoothing": "label smoothing is cross-entropy's"})
     label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy loss",
                                  low=0, high=1, high_open=True,
                                  group="optimisation")

@@ -6,14 +6,18 @@ import os
 import re
 from pathlib import Path
 
-import torch.nn as nn
-
 import basinlab.data as data_lib
 from basinlab.config import stored_values, validated_config
 from basinlab.data.stream import StreamLoader
 from basinlab.engine.checkpoint import MAX_CONFIG_DEPTH, check_layout, load_checkpoint, load_weights, resolve_checkpoint
 from basinlab.engine.data_settings import attach_input_transform
-from basinlab.engine.setup import attach_data_regime, check_model_fits_data, pick_device, split_model_config
+from basinlab.engine.setup import (
+    attach_data_regime,
+    check_model_fits_data,
+    make_criterion,
+    pick_device,
+    split_model_config,
+)
 from basinlab.errors import CheckpointError, ConfigError
 from basinlab.models import create_model, is_user_model
 from basinlab.models import trust_model_code as trust_user_model
@@ -100,7 +104,7 @@ def prepare_evaluation(path, *, dataset=None, split="val", datasets_dir=None, ba
     _as_trained(model, cfg.model, loader, max(state.get("epoch", 1) - 1, 0))
     check_model_fits_data(model, loader.input_shape, loader.num_classes, cfg.model, dataset or cfg.dataset,
                           dev)
-    criterion = getattr(model, "criterion", None) or nn.CrossEntropyLoss()
+    criterion = make_criterion(model, cfg, evaluation=True)
     return model, loader, criterion
 
 

@@ -6,6 +6,7 @@ import torch.nn as nn
 
 from basinlab.config import TrainConfig
 from basinlab.errors import ConfigError
+from basinlab.nn.losses import loss_module
 from basinlab.optim import Regime, one_phase_regime, regime_from_model_config
 from basinlab.utils.model_state import model_state_kept
 
@@ -120,11 +121,18 @@ def build_regime(cfg: TrainConfig, model: nn.Module, regime_config: dict) -> tup
     return regime, notes + [f"regime from {source}"] + [f"override: {line}" for line in changes]
 
 
-def make_criterion(model: nn.Module, label_smoothing: float) -> nn.Module:
+def make_criterion(model: nn.Module, cfg=None, *, evaluation: bool = False) -> nn.Module:
+    """The run's loss: the model's own `criterion` where it brings one, else `--loss` (cross-entropy with the run's
+    label smoothing in training; none in evaluation). A model with its own criterion refuses another --loss."""
+    loss = getattr(cfg, "loss", "cross-entropy") or "cross-entropy"
     criterion = getattr(model, "criterion", None)
     if criterion is not None:
+        if loss != "cross-entropy":
+            raise ConfigError(f"--loss {loss}: this model brings its own criterion "
+                              f"({type(criterion).__name__}); drop --loss")
         return criterion
-    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    smoothing = 0.0 if evaluation else getattr(cfg, "label_smoothing", 0.0) or 0.0
+    return loss_module(loss, smoothing)
 
 
 def check_model_fits_data(model: nn.Module, input_shape, num_classes: int, model_name: str, dataset: str,

@@ -60,7 +60,7 @@ class StepContext:
             cfg.channels_last == "auto" and prefers_channels_last(model, device))
         if channels_last:
             model.to(memory_format=torch.channels_last)
-        return cls(model, make_criterion(model, cfg.label_smoothing).to(device), precision,
+        return cls(model, make_criterion(model, cfg).to(device), precision,
                    channels_last=channels_last, grad_clip=cfg.grad_clip, nan_policy=cfg.nan_policy, dist=dist, **seams)
 
     # ------------------------------------------------------------------------------------ the step's parts

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
 import basinlab.data as data_lib
 from basinlab.config import TrainConfig
@@ -30,6 +29,7 @@ from basinlab.engine.setup import (
     attach_data_regime,
     build_regime,
     check_model_fits_data,
+    make_criterion,
     split_model_config,
 )
 from basinlab.engine.step_context import StepContext
@@ -144,7 +144,7 @@ class Trainer(CheckpointedState):
         self.step_context = StepContext.from_config(cfg, self.model, self.device, dist=self.dist,
                                                     before_step=self._before_optimizer_step, where=self._where)
         self.precision = self.step_context.precision
-        self.eval_criterion = getattr(self.model, "criterion", None) or nn.CrossEntropyLoss()
+        self.eval_criterion = make_criterion(self.model, cfg, evaluation=True)
         self.optimizer = None
         self._apply_regime()
         self._setup_strategy()
