@@ -6,10 +6,11 @@ The page, top to bottom: its title and the table of runs (results first: final a
 loss, best epoch, epochs run; then the options that differ, as the run used them; report_html.py); a checkbox per
 run or sweep setting (unticking one hides its lines in every figure) and, with a sweep, one to show each seed; the
 curves per epoch (loss, top-1 error, lr; train dashed, validation solid) with zoom, pan and hover, the per-step
-loss where steps.csv was written, one figure per method column of results.csv (delays, lambda_max, SmoothOut
-strength, ...) and the low-rank means where lowrank.csv exists; for each sweep its statistics over seeds and every
-seed's final top-1 per setting; last, each run's context (subset, time, images/s, model, version, commit, date,
-folder). BokehJS and the data are inlined: the file opens without a network.
+loss where steps.csv was written, the sharpness against its edge where sharpness-steps.csv was (lambda_max, batch
+and preconditioned sharpness, the threshold dashed), one figure per method column of results.csv (delays,
+lambda_max, SmoothOut strength, ...) and the low-rank means where lowrank.csv exists; for each sweep its statistics
+over seeds and every seed's final top-1 per setting; last, each run's context (subset, time, images/s, model,
+version, commit, date, folder). BokehJS and the data are inlined: the file opens without a network.
 
 A run given on its own is one colour and its lines carry the tag ``run:<name>``. A sweep's setting is one colour:
 per epoch the median over its seeds (tag ``setting:<sweep>/<setting>``) in a band from their min to their max, and
@@ -40,6 +41,11 @@ DASH = {"train": "dashed", "val": "solid"}
 LEGEND_RUNS = 4  # legends inside figures up to this many runs or settings (train and val: twice as many entries)
 MARKERS_UP_TO = 20  # epochs: shorter curves mark every epoch
 BAND_ALPHA = 0.18
+# sharpness-steps.csv (--log-sharpness-every-steps): column, legend name, dash; the threshold dashed like the edge
+# in plots/sharpness-steps.png
+SHARPNESS_LINES = (("lambda_max", "lambda_max", "solid"), ("batch_sharpness", "batch sharpness", "dotted"),
+                   ("preconditioned_sharpness", "preconditioned sharpness", "dotdash"),
+                   ("threshold", "threshold", "dashed"))
 
 
 @dataclass
@@ -104,8 +110,9 @@ def _figure(title: str, y_label: str, log_y: bool, x_label: str = "epoch"):
     return fig
 
 
-def _positive(runs: list[RunData], columns) -> bool:
-    return all((run.history[c].dropna() > 0).all() for run in runs for c in columns if c in run.history)
+def _positive(runs: list[RunData], columns, frame_of=lambda run: run.history) -> bool:
+    frames = [frame for frame in map(frame_of, runs) if frame is not None]
+    return all((frame[c].dropna() > 0).all() for frame in frames for c in columns if c in frame)
 
 
 def _tagged(renderer, *tags: str):
@@ -213,6 +220,8 @@ def series_figures(entries: list[Entry]) -> list:
                 _line(fig, _source(_xy(run.steps, "epoch", "loss"), run.name), False, False, tags,
                       color=entry.colour, legend_label=entry.label, line_width=1 if entry.is_setting else 2)
         figures.append(_with_legend(fig, len(entries)))
+    if any(run.sharpness is not None for run in runs):
+        figures.append(sharpness_figure(entries))
     for column in dict.fromkeys(c for run in runs for c in run.method_columns()):
         fig = _figure(column, column, False)
         _series(fig, entries, lambda run: run.history, column)
@@ -223,6 +232,31 @@ def series_figures(entries: list[Entry]) -> list:
             _series(fig, entries, lambda run: run.lowrank, name)
             figures.append(_with_legend(fig, len(entries)))
     return figures
+
+
+def _finite(frame: pd.DataFrame) -> pd.DataFrame:
+    """Infinite values left out (the threshold of an lr of 0 is infinite): nothing to draw there."""
+    return frame.replace([float("inf"), float("-inf")], float("nan"))
+
+
+def sharpness_figure(entries: list[Entry]):
+    """sharpness-steps.csv: each measured sharpness and the threshold it is compared with (dashed) per epoch
+    (fractional, as the per-step loss), a line per run or a setting's median in its band; log y where every
+    value is positive (the batch sharpness can be negative)."""
+    def measured(run: RunData):
+        return None if run.sharpness is None else _finite(run.sharpness)
+
+    columns = [column for column, _, _ in SHARPNESS_LINES]
+    runs = [run for entry in entries for run in entry.runs]
+    fig = _figure("sharpness against its edge (sharpness-steps.csv; threshold dashed)", "sharpness",
+                  _positive(runs, columns, measured))
+    for column, name, dash in SHARPNESS_LINES:
+        for entry in entries:
+            part, frames = _present(entry, measured, column)
+            if frames:
+                draw_entry(fig, part, [_xy(frame, "epoch", column) for frame in frames],
+                           {"line_dash": dash, "legend_label": f"{entry.label} {name}"})
+    return _with_legend(fig, len(entries))
 
 
 def _series(fig, entries: list[Entry], frame_of, column: str) -> None:

@@ -2,10 +2,13 @@
 
 No plotting here (report.py draws): these are the tables the page is built from, tested on their own.
 
-    RunData          one run folder: name, config (as stored), env.yaml, results.csv, steps.csv, low-rank means
+    RunData          one run folder: name, config (as stored), env.yaml, results.csv, steps.csv, low-rank means,
+                     sharpness-steps.csv (--log-sharpness-every-steps)
     read_history(path)   a results.csv whose number columns hold numbers (else one line naming file and column)
+    read_sharpness_steps(path)   a sharpness-steps.csv (None where there is none; damaged: one line)
     differing_options(configs)   the options whose configured values are not the same in every run (flattened)
-    run_table(runs)  one row per run: its results first (final / best metrics), then the options that differ
+    run_table(runs)  one row per run: its results first (final / best metrics; the last lambda_max / threshold
+                     where a run measured it live), then the options that differ
                      (the values it used, report_values.py), as the page shows them
     seed_band(frames)    per epoch: the median, min and max over a setting's seeds, and how many have that epoch
 """
@@ -28,6 +31,11 @@ if TYPE_CHECKING:
 
 # Low-rank means plotted per epoch from lowrank.csv (--log-lowrank, autoHyper's trials)
 LOWRANK_MEANS = {"S": ("S_in", "S_out"), "rank": ("rank_in", "rank_out")}
+# --log-sharpness-every-steps writes this (basinlab/methods/edge_of_stability, a layer above: named, not imported)
+SHARPNESS_CSV = "sharpness-steps.csv"
+SHARPNESS_NEEDED = ("step", "epoch", "lambda_max", "threshold")
+SHARPNESS_NUMBERS = (*SHARPNESS_NEEDED, "lr", "batch_sharpness", "preconditioned_sharpness",
+                     "lambda_max_over_threshold", "preconditioned_over_threshold")
 
 
 @dataclass
@@ -39,6 +47,7 @@ class RunData:
     steps: pd.DataFrame | None = None           # steps.csv (-p N), fractional epochs
     lowrank: pd.DataFrame | None = None         # per-epoch means of lowrank.csv
     env: dict = field(default_factory=dict)     # env.yaml: versions, commit, start, and what options resolved to
+    sharpness: pd.DataFrame | None = None       # sharpness-steps.csv (--log-sharpness-every-steps)
 
     @property
     def effective(self) -> dict | None:
@@ -88,7 +97,47 @@ def read_run_data(path: str | Path, name: str | None = None) -> RunData:
         raise ConfigError(f"{path} has no results yet (results.csv is missing or empty): nothing to report")
     config = read_yaml_mapping(path / "config.yaml", what="run config")  # safe_load, size and alias limits
     return RunData(name or path.name, path, config, read_history(results), read_steps(path / "steps.csv"),
-                   lowrank_means(path / "lowrank.csv"), read_env(path / "env.yaml"))
+                   lowrank_means(path / "lowrank.csv"), read_env(path / "env.yaml"),
+                   read_sharpness_steps(path / SHARPNESS_CSV))
+
+
+def read_sharpness_steps(path: Path) -> pd.DataFrame | None:
+    """A run's sharpness-steps.csv: None where the run has none or no measurement yet. The file is written
+    atomically, so a damaged one (no table, a column missing, text where numbers belong) was edited: one line."""
+    import pandas as pd
+    if not path.is_file():
+        return None
+    damaged = ("; the file was edited or damaged: repair it, or delete it to report the run without its "
+               "sharpness figure")
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return None
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{path} cannot be read as a table ({shown(str(exc), 80)}){damaged}") from None
+    missing = [column for column in SHARPNESS_NEEDED if column not in frame.columns]
+    if missing:
+        raise ConfigError(f"{path} lacks the column(s) {', '.join(missing)} that --log-sharpness-every-steps "
+                          f"writes{damaged}")
+    for column in (c for c in SHARPNESS_NUMBERS if c in frame.columns):
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        bad = frame.index[frame[column].notna() & numbers.isna()]
+        if len(bad):
+            raise ConfigError(f"{path}: column {column} holds text where numbers belong "
+                              f"({shown(frame[column][bad[0]], 40)} in row {bad[0] + 1}){damaged}")
+        frame[column] = numbers.astype(float)
+    return frame if len(frame) else None
+
+
+def last_edge_ratio(sharpness: pd.DataFrame | None) -> float | None:
+    """The last measured lambda_max / threshold; for Adam, whose edge bounds the preconditioned sharpness (its
+    lambda_max / threshold is blank), the preconditioned lambda_max / threshold. None without measurements."""
+    if sharpness is None:
+        return None
+    for column in ("lambda_max_over_threshold", "preconditioned_over_threshold"):
+        if column in sharpness and sharpness[column].notna().any():
+            return float(sharpness[column].dropna().iloc[-1])
+    return None
 
 
 def read_env(path: Path) -> dict:
@@ -159,6 +208,18 @@ def final_metrics(history: pd.DataFrame) -> dict:
 
 RESULT_COLUMNS = ("final val top-1 %", "best val top-1 %", "final val loss", "best val loss", "best epoch",
                   "epochs run", "final train loss")
+EDGE_COLUMN = "last lambda_max / threshold"  # where any run measured the edge of stability live
+
+
+def result_columns(runs: list[RunData]) -> tuple[str, ...]:
+    """The table's result columns: RESULT_COLUMNS, and EDGE_COLUMN where any run has sharpness-steps.csv."""
+    return RESULT_COLUMNS + ((EDGE_COLUMN,) if any(run.sharpness is not None for run in runs) else ())
+
+
+def run_results(run: RunData) -> dict:
+    """final_metrics of the run's results.csv and, where it measured its sharpness live, the last ratio to
+    the edge."""
+    return {**final_metrics(run.history), EDGE_COLUMN: last_edge_ratio(run.sharpness)}
 
 
 def run_table(runs: list[RunData]) -> pd.DataFrame:
@@ -166,11 +227,11 @@ def run_table(runs: list[RunData]) -> pd.DataFrame:
     run used (with the configured one where that differs: "0.0105 (configured 0.1)"). Cells keep their Python
     values (an int stays an int, a float the float stored)."""
     import pandas as pd
-    columns = option_columns(runs)
+    columns, results = option_columns(runs), result_columns(runs)
     rows = []
     for run in runs:
-        options = run_options(run)
-        rows.append({"run": run.name, **final_metrics(run.history),
+        options, measured = run_options(run), run_results(run)
+        rows.append({"run": run.name, **{key: measured.get(key) for key in results},
                      **{key: options[key].value() if key in options else None for key in columns}})
     return pd.DataFrame(rows, dtype=object)
 

@@ -2,6 +2,7 @@
 sideways inside their box), the runs' context, and a sweep's statistics.
 
     runs_table_html(runs, colours)   run | final / best val top-1 and loss, best epoch, epochs run, final train loss
+                                     (and the last lambda_max / threshold where a run measured it live)
                                      | the options that differ (used value; configured one where it differs)
     context_table_html(runs)         run | subset, training time, median images/s, model, version, commit, start,
                                      folder
@@ -15,7 +16,7 @@ from __future__ import annotations
 import html
 from typing import TYPE_CHECKING
 
-from basinlab.records.report_data import RESULT_COLUMNS, final_metrics
+from basinlab.records.report_data import EDGE_COLUMN, result_columns, run_results
 from basinlab.records.report_values import (
     context_row,
     duration_text,
@@ -48,6 +49,8 @@ STYLE = """<style>
 </style>"""
 RESOLVED_NOTE = "not set in config.yaml: the value the run resolved it to (env.yaml, effective)"
 OVERRIDDEN_NOTE = "the run used another value than config.yaml asks for (env.yaml, effective)"
+EDGE_NOTE = ("sharpness-steps.csv (--log-sharpness-every-steps), its last row: lambda_max / threshold, for Adam the "
+             "preconditioned sharpness / its threshold; about 1 at the edge of stability")
 
 
 def _cell(column: str, text: str, classes: str = "", value=None, title: str = "") -> str:
@@ -91,20 +94,21 @@ def _option_cell(column: str, value, first: bool) -> str:
 def runs_table_html(runs: list[RunData], colours: dict[str, str]) -> str:
     """The results of each run, then the options that differ; the run column stays on screen while the options
     scroll sideways."""
-    options = option_columns(runs)
-    groups = f'<th class="run" rowspan="2">run</th><th class="group" colspan="{len(RESULT_COLUMNS)}">results</th>'
+    options, results = option_columns(runs), result_columns(runs)
+    groups = f'<th class="run" rowspan="2">run</th><th class="group" colspan="{len(results)}">results</th>'
     if options:
         groups += (f'<th class="first-option options-head" colspan="{len(options)}"><b>options that differ</b>: '
                    f"the value the run used (<i>italic</i>: unset in config.yaml, resolved by the run; "
                    f"\u201cconfigured\u201d: config.yaml asks for another)</th>")
-    names = "".join(f"<th>{html.escape(c)}</th>" for c in RESULT_COLUMNS)
+    names = "".join(f'<th title="{html.escape(EDGE_NOTE)}">{html.escape(c)}</th>' if c == EDGE_COLUMN
+                    else f"<th>{html.escape(c)}</th>" for c in results)
     names += "".join(f'<th{" class=first-option" if i == 0 else ""}>{html.escape(c)}</th>'
                      for i, c in enumerate(options))
     rows = []
     for run in runs:
-        metrics, values = final_metrics(run.history), run_options(run)
+        metrics, values = run_results(run), run_options(run)
         rows.append(_run_cell(run.name, colours.get(run.name))
-                    + "".join(_number_cell(c, metrics.get(c)) for c in RESULT_COLUMNS)
+                    + "".join(_number_cell(c, metrics.get(c)) for c in results)
                     + "".join(_option_cell(c, values.get(c), i == 0) for i, c in enumerate(options)))
     return _table(f"<tr>{groups}</tr><tr>{names}</tr>", rows, "runs")
 
