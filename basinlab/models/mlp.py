@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from basinlab.errors import ConfigError
-from basinlab.models.common import check_choice, finish_model, input_spec
+from basinlab.models.common import check_choice, finish_model, input_spec, resolve_norm
 from basinlab.models.registry import register_model
 from basinlab.utils.checks import check_int
 
@@ -43,7 +43,8 @@ def _fc(num_classes, dataset, widths, activation, in_channels):
     widths = _widths(widths)
     model = FullyConnected(num_classes, spec.channels * spec.size * spec.size, widths, activation)
     text = f"fully connected ({' - '.join(map(str, widths))}, {activation})"
-    return finish_model(model, description=text, norm=None, regime=GD_REGIME, default_epochs=1000)
+    return finish_model(model, description=text, norm=resolve_norm("none", dataset), regime=GD_REGIME,
+                        default_epochs=1000)
 
 
 @register_model("fc")
