@@ -16,6 +16,7 @@ from basinlab.metrics.curvature import (
     empirical_fisher_trace,
 )
 from basinlab.metrics.hessian import SharpnessInputError
+from tests.test_hessian_blocks import assert_unchanged, snapshot
 
 DT = torch.float64
 N_PARAMS = 31
@@ -83,18 +84,6 @@ def operator_matrix(model, criterion, batches, kind, **kwargs):
     cols = [flat(curvature_vector_product(model, criterion, batches, list(as_params(model, e).values()), kind,
                                           **kwargs)) for e in torch.eye(N_PARAMS, dtype=DT)]
     return torch.stack(cols, 1)
-
-
-def snapshot(model):
-    return ({k: v.clone() for k, v in model.state_dict().items()}, [(m, m.training) for m in model.modules()],
-            [None if p.grad is None else p.grad.clone() for p in model.parameters()])
-
-
-def assert_unchanged(model, snap):
-    state, modes, grads = snap
-    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-    assert all(m.training == mode for m, mode in modes)
-    assert all((p.grad is None and g is None) or torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
 
 
 # ----------------------------------------------------------------------------- Gauss-Newton
