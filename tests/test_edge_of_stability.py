@@ -144,36 +144,30 @@ TINY = dict(model_config="{'width': 4, 'hidden': 16}", train_limit=128, val_limi
             quiet=True, optimizer="SGD", lr=0.1, momentum=0.9)
 
 
-def test_rows_every_n_steps_against_the_momentum_edge(tmp_path, no_run_plots):
-    run = basinlab.train(**TINY, results_dir=str(tmp_path), save="eos", log_sharpness_every_steps=3,
-                         sharpness_batches=2)
-    rows = pd.read_csv(run.path / "sharpness-steps.csv")
-    assert list(rows.columns) == COLUMNS
-    assert rows["step"].tolist() == [0, 3, 6]  # before the first step, then every 3 of the 8
-    assert rows["threshold"].tolist() == pytest.approx([(2 + 2 * 0.9) / 0.1] * 3)
-    assert rows["preconditioned_sharpness"].isna().all()  # SGD: no preconditioner
-    assert (rows["lambda_max"] > 0).all() and (rows["hvp_count"] > rows.index.size * 0).all()
-    assert rows["lambda_max_over_threshold"].to_numpy() == pytest.approx(rows["lambda_max"] / rows["threshold"])
-    assert (run.path / "plots" / "sharpness-steps.png").stat().st_size > 0
-    # the run trains exactly as without the monitor
-    plain = basinlab.train(**TINY, results_dir=str(tmp_path), save="plain")
-    pd.testing.assert_frame_equal(pd.read_csv(run.path / "results.csv").drop(columns=TIME_COLUMNS),
-                                  pd.read_csv(plain.path / "results.csv").drop(columns=TIME_COLUMNS))
-
-
-def test_the_last_row_is_the_final_models_sharpness(tmp_path, no_run_plots):
+def test_rows_every_n_steps_against_the_momentum_edge_and_the_last_is_the_final_models(tmp_path, no_run_plots):
     from basinlab.analysis.data import first_training_batches
     from basinlab.engine.inspect import model_from_checkpoint
     run = basinlab.train(**TINY, results_dir=str(tmp_path), save="eos", log_sharpness_every_steps=4,
                          sharpness_batches=2)
-    last = pd.read_csv(run.path / "sharpness-steps.csv").iloc[-1]
-    assert last["step"] == 8
+    rows = pd.read_csv(run.path / "sharpness-steps.csv")
+    assert list(rows.columns) == COLUMNS
+    assert rows["step"].tolist() == [0, 4, 8]  # before the first step, then every 4 of the 8
+    assert rows["threshold"].tolist() == pytest.approx([(2 + 2 * 0.9) / 0.1] * 3)
+    assert rows["preconditioned_sharpness"].isna().all()  # SGD: no preconditioner
+    assert (rows["lambda_max"] > 0).all() and (rows["hvp_count"] > 0).all()
+    assert rows["lambda_max_over_threshold"].to_numpy() == pytest.approx(rows["lambda_max"] / rows["threshold"])
+    assert (run.path / "plots" / "sharpness-steps.png").stat().st_size > 0
+    # the last row measured the final model, on the first two training batches in batch statistics
     model, cfg, _ = model_from_checkpoint(run.path, which="last.pt")
     data = first_training_batches(cfg, 2, 32, "cpu")
     direct = hessian_eigenvalues(model, nn.CrossEntropyLoss(), data, max_iter=100, tol=1e-4, mode="train")
-    assert last["lambda_max"] == pytest.approx(direct.values[0], rel=5e-3)
-    assert last["batch_sharpness"] == pytest.approx(
+    assert rows["lambda_max"].iloc[-1] == pytest.approx(direct.values[0], rel=5e-3)
+    assert rows["batch_sharpness"].iloc[-1] == pytest.approx(
         batch_sharpness(model, nn.CrossEntropyLoss(), data, mode="train").value, rel=1e-5)
+    # the run trains exactly as without the monitor
+    plain = basinlab.train(**TINY, results_dir=str(tmp_path), save="plain")
+    pd.testing.assert_frame_equal(pd.read_csv(run.path / "results.csv").drop(columns=TIME_COLUMNS),
+                                  pd.read_csv(plain.path / "results.csv").drop(columns=TIME_COLUMNS))
 
 
 def test_adam_runs_log_the_preconditioned_sharpness_against_38_over_lr(tmp_path, no_run_plots):
