@@ -3,7 +3,8 @@ layers, the parameter server, the noise models, precision, ...) import them from
 
 LIMIT_MODES = ("stratified", "first")            # data/subsets.py
 WD_FILTERS = ("all", "weights")                  # optim/weight_decay.py
-NORM_MODES = ("batch", "group", "layer", "instance", "online", "none")   # nn/norms.py
+NORM_MODES = ("batch", "group", "layer", "instance", "online", "none",   # nn/norms.py
+              "frn", "evonorm_s0", "evonorm_b0", "gn_ws", "batchrenorm")
 ECM_MODES = ("ls", "ac", "none")                 # nn/online_norm.py
 SERVER_MODES = ("ssgd", "asgd", "msgd")          # methods/asgd/server.py
 WORKER_ORDERS = ("round_robin", "random", "normal")                       # methods/asgd/schedule.py

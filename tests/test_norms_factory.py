@@ -70,7 +70,8 @@ def test_layer_types_2d():
     inorm = NormSpec("instance").make(16)
     assert isinstance(inorm, nn.InstanceNorm2d) and inorm.affine and not inorm.track_running_stats
     assert isinstance(NormSpec("none").make(16), nn.Identity)
-    assert set(NORM_MODES) == {"batch", "group", "layer", "instance", "online", "none"}
+    assert set(NORM_MODES) == {"batch", "group", "layer", "instance", "online", "none", "frn", "evonorm_s0",
+                               "evonorm_b0", "gn_ws", "batchrenorm"}
 
 
 def test_layer_types_1d():

@@ -24,6 +24,7 @@ from torch import nn
 from basinlab.engine.evaluate import evaluate, topk_correct
 from basinlab.errors import ConfigError
 from basinlab.utils.io import atomic_write_text
+from basinlab.utils.model_state import uses_batch_statistics
 from basinlab.utils.schema import shown
 
 MAX_POINTS = 1_000_000   # a range longer than this is a typo, not a plot
@@ -142,6 +143,11 @@ def recalibrate_bn(model: nn.Module, batches) -> int:
     over batches). Only the BatchNorm layers are in train mode (dropout stays off, so the statistics
     are those of the network that is evaluated); momenta and every module's mode are restored.
     """
+    others = sorted({type(m).__name__ for m in model.modules()
+                     if uses_batch_statistics(m) and not isinstance(m, nn.modules.batchnorm._BatchNorm)})
+    if others:
+        raise ConfigError(f"--bn-recalibrate re-estimates BatchNorm's running statistics; this model's "
+                          f"{', '.join(others)} layers keep theirs differently: drop --bn-recalibrate")
     layers = batch_norm_layers(model)
     if not layers:
         return 0

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 from basinlab.analysis.data import measurement_data
 from basinlab.engine.evaluate import evaluate
@@ -26,6 +25,7 @@ from basinlab.errors import ConfigError
 from basinlab.metrics import sharpness
 from basinlab.utils.checks import check_int
 from basinlab.utils.figures import new_figure, save_png
+from basinlab.utils.model_state import uses_batch_statistics
 
 MEASURES = ("hessian", "trace", "spectrum", "keskar", "adaptive", "min-eigenvalue", "gauss-newton", "fisher")
 COLUMNS = ["measure", "quantity", "value", "std_error", "hvp_count", "converged", "block", "n_params", "epsilon",
@@ -173,7 +173,7 @@ def _check_fisher_options(model, opt: MeasureOptions) -> None:
     if bad or not opt.fisher_kinds:
         got = ", ".join(map(str, bad)) or "nothing"
         raise ConfigError(f"--fisher must be among {', '.join(FISHER_KINDS)}; got {got}")
-    batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    batch_norm = any(uses_batch_statistics(m) for m in model.modules())
     if "empirical" in opt.fisher_kinds and opt.hessian_mode == "train" and batch_norm:
         raise ConfigError("--fisher empirical needs per-example gradients, which BatchNorm with batch statistics "
                           "(--hessian-mode train) does not have; measure it with --hessian-mode eval")

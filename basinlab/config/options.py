@@ -155,7 +155,9 @@ class TrainConfig:
                                   low=1, high=2**20,
                                   metavar="M", group="optimisation", unset="off: the whole batch at once")
     # --- normalisation (basinlab.nn) --------------------------------------------------------------
-    norm_mode: str | None = opt(None, "norm layers of conv models: batch|group|layer|instance|online|none", "--norm",
+    norm_mode: str | None = opt(None, "norm layers of conv models: batch|group|layer|instance|online|none, or "
+                                      "frn|evonorm_s0|gn_ws (batch-independent), evonorm_b0|batchrenorm "
+                                      "(docs/methods/norms.md)", "--norm",
                                 choices=NORM_MODES,
                                 group="norm", unset="the model's (batch for basinlab's conv models)")
     afwd: float | None = opt(None, "online norm forward decay", "--decay-factor-forward",

@@ -7,6 +7,7 @@ import torch.nn as nn
 from basinlab.config import TrainConfig
 from basinlab.errors import ConfigError
 from basinlab.nn.losses import loss_module
+from basinlab.nn.norms import BATCH_ONE_MODES
 from basinlab.optim import Regime, one_phase_regime, regime_from_model_config
 from basinlab.utils.model_state import model_state_kept
 
@@ -55,7 +56,8 @@ def norm_config(cfg: TrainConfig) -> dict | None:
 
 # Norm options and the one mode that reads each (the seeds' presets carry them for every mode, so only an
 # option the person asked for is checked).
-_NORM_DETAILS = {"afwd": "online", "abkw": "online", "ecm": "online", "gn_num_groups": "group"}
+_NORM_DETAILS = {"afwd": ("online",), "abkw": ("online",), "ecm": ("online",),
+                 "gn_num_groups": ("group", "gn_ws", "evonorm_s0")}
 
 
 def check_norm_options(cfg: TrainConfig, asked) -> None:
@@ -64,10 +66,11 @@ def check_norm_options(cfg: TrainConfig, asked) -> None:
     given = cfg.model_config.get("norm") if isinstance(cfg.model_config, dict) else None
     mode = cfg.norm_mode or (given if isinstance(given, str) else (given or {}).get("mode", "batch"))
     for name in sorted(set(asked) & set(_NORM_DETAILS)):
-        if mode != _NORM_DETAILS[name]:
-            flag = "--" + name.replace("_", "-")
-            raise ConfigError(f"{flag} is read by --norm-mode {_NORM_DETAILS[name]} only, and this run's norm mode "
-                              f"is {mode}; add --norm-mode {_NORM_DETAILS[name]} or drop {flag}")
+        readers = _NORM_DETAILS[name]
+        if mode not in readers:
+            flag, modes = "--" + name.replace("_", "-"), " or ".join(readers)
+            raise ConfigError(f"{flag} is read by --norm-mode {modes} only, and this run's norm mode is {mode}; add "
+                              f"--norm-mode {readers[0]} or drop {flag}")
 
 
 def split_model_config(cfg: TrainConfig) -> tuple[dict, dict]:
@@ -167,6 +170,7 @@ def _train_mode_probe(model, batch: int, input_shape, model_name: str, device) -
     except ValueError as exc:
         if "more than 1 value per channel" not in str(exc):
             raise
-        raise ConfigError(f"model {model_name} has BatchNorm layers that cannot normalise a batch of {batch} "
-                          f"sample(s) in training; use a batch (and --ghost-batch chunks) of at least 2, or "
-                          f"--norm-mode group, layer or online") from None
+        working = ", ".join(m for m in BATCH_ONE_MODES if m != "none")
+        raise ConfigError(f"model {model_name} has norm layers that use batch statistics (batch, evonorm_b0, "
+                          f"batchrenorm) and cannot normalise a batch of {batch} sample(s) in training; use a batch "
+                          f"(and --ghost-batch chunks) of at least 2, or --norm-mode {working}") from None

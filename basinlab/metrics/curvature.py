@@ -66,6 +66,7 @@ from basinlab.metrics.hessian import (
 )
 from basinlab.metrics.hessian_eigen import HessianEigen, _eig_lanczos
 from basinlab.metrics.hessian_spectrum import HessianTrace
+from basinlab.utils.model_state import uses_batch_statistics
 
 __all__ = ["CURVATURES", "curvature_vector_product", "curvature_eigenvalues", "curvature_trace",
            "empirical_fisher_trace"]
@@ -298,7 +299,7 @@ def _empirical_fisher_trace(model, criterion, batches, params, mode) -> tuple[fl
     names = {id(p): name for name, p in model.named_parameters()}
     if any(id(p) not in names for p in ps):
         raise SharpnessInputError("params must be parameters of the model")
-    if mode == "train" and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    if mode == "train" and any(uses_batch_statistics(m) for m in model.modules()):
         raise SharpnessInputError("per-example gradients are undefined when BatchNorm normalises with batch "
                                   "statistics (mode='train'); measure the empirical Fisher's trace with mode='eval'")
 

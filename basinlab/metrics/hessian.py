@@ -66,7 +66,7 @@ from torch import Tensor, nn
 from basinlab.choices import HESSIAN_MODES
 from basinlab.errors import ConfigError
 from basinlab.utils.checks import check_int, check_number
-from basinlab.utils.model_state import model_state_kept
+from basinlab.utils.model_state import model_state_kept, uses_batch_statistics
 
 __all__ = ["HESSIAN_MODES", "SharpnessInputError", "hessian_vector_product"]
 
@@ -160,7 +160,7 @@ def _measurement_mode(model: nn.Module, mode: str = "eval"):
         model.eval()
         if mode == "train":
             for module in model.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                if uses_batch_statistics(module):
                     module.train()
         yield
 

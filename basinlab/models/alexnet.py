@@ -36,7 +36,7 @@ _SMALL_CONVS = ((64, 5, 1, 2, True),) + _IMAGENET_CONVS[1:]
 def conv_stack(convs, in_channels: int, norm: NormSpec, pool_padding: int) -> nn.Sequential:
     layers, cin = [], in_channels
     for cout, kernel, stride, padding, pool in convs:
-        layers += [nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=False),
+        layers += [norm.conv(cin, cout, kernel, stride=stride, padding=padding, bias=False),
                    *norm.norm_act(cout)]
         if pool:
             layers.append(nn.MaxPool2d(3, stride=2, padding=pool_padding))

@@ -59,8 +59,8 @@ class KeskarShallow(nn.Module):
                  dropout: float = 0.5):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 5, padding=2, bias=False), nn.MaxPool2d(3, 2), *norm.norm_act(64),
-            nn.Conv2d(64, 64, 5, padding=2, bias=False), nn.MaxPool2d(3, 2), *norm.norm_act(64))
+            norm.conv(in_channels, 64, 5, padding=2, bias=False), nn.MaxPool2d(3, 2), *norm.norm_act(64),
+            norm.conv(64, 64, 5, padding=2, bias=False), nn.MaxPool2d(3, 2), *norm.norm_act(64))
         side = _pooled(_pooled(size))
         self.classifier = nn.Sequential(
             nn.Flatten(),

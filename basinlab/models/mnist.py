@@ -31,9 +31,9 @@ class MnistNet(nn.Module):
                  width: int = 16, hidden: int = 128, dropout: float = 0.25, size: int = 28):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 5, padding=2, bias=False), *norm.norm_act(width),
+            norm.conv(in_channels, width, 5, padding=2, bias=False), *norm.norm_act(width),
             nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 5, padding=2, bias=False), *norm.norm_act(2 * width),
+            norm.conv(width, 2 * width, 5, padding=2, bias=False), *norm.norm_act(2 * width),
             nn.MaxPool2d(2))
         side = size // 4
         self.classifier = nn.Sequential(

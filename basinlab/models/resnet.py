@@ -51,19 +51,20 @@ _IMAGENET_DEPTHS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
 _STEMS = ("auto", "imagenet", "cifar")
 
 
-def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+# Convs are built by the norm spec: weight-standardised under gn_ws, plain otherwise.
+def conv3x3(cin: int, cout: int, norm: NormSpec, stride: int = 1) -> nn.Conv2d:
+    return norm.conv(cin, cout, 3, stride=stride, padding=1, bias=False)
 
 
-def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+def conv1x1(cin: int, cout: int, norm: NormSpec, stride: int = 1) -> nn.Conv2d:
+    return norm.conv(cin, cout, 1, stride=stride, bias=False)
 
 
 def projection(cin: int, cout: int, stride: int, norm: NormSpec) -> nn.Sequential | None:
     """1x1 conv + norm shortcut where the shape changes, None (identity) where it does not."""
     if stride == 1 and cin == cout:
         return None
-    return nn.Sequential(conv1x1(cin, cout, stride), norm.make(cout))
+    return nn.Sequential(conv1x1(cin, cout, norm, stride), norm.make(cout))
 
 
 class BasicBlock(nn.Module):
@@ -73,9 +74,9 @@ class BasicBlock(nn.Module):
 
     def __init__(self, cin: int, planes: int, stride: int, norm: NormSpec):
         super().__init__()
-        self.conv1 = conv3x3(cin, planes, stride)
+        self.conv1 = conv3x3(cin, planes, norm, stride)
         self.bn1, self.act1 = norm.norm_act(planes)
-        self.conv2 = conv3x3(planes, planes)
+        self.conv2 = conv3x3(planes, planes, norm)
         self.bn2 = norm.make(planes)
         # Not in-place: hooks (autoHyper metrics, landscape probes) may hold activations. After the sum: ReLU.
         self.relu = nn.ReLU()
@@ -96,11 +97,11 @@ class Bottleneck(nn.Module):
     def __init__(self, cin: int, planes: int, stride: int, norm: NormSpec):
         super().__init__()
         width = planes * self.expansion
-        self.conv1 = conv1x1(cin, planes)
+        self.conv1 = conv1x1(cin, planes, norm)
         self.bn1, self.act1 = norm.norm_act(planes)
-        self.conv2 = conv3x3(planes, planes, stride)
+        self.conv2 = conv3x3(planes, planes, norm, stride)
         self.bn2, self.act2 = norm.norm_act(planes)
-        self.conv3 = conv1x1(planes, width)
+        self.conv3 = conv1x1(planes, width, norm)
         self.bn3 = norm.make(width)
         self.relu = nn.ReLU()
         self.downsample = projection(cin, width, stride, norm)
@@ -128,7 +129,7 @@ class CifarResNet(nn.Module):
             raise ConfigError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (20, 32, 44, 56, 110, ...), got {depth}")
         n = (depth - 2) // 6
         self.depth = depth
-        self.conv1 = conv3x3(in_channels, 16)
+        self.conv1 = conv3x3(in_channels, 16, norm)
         self.bn1, self.act1 = norm.norm_act(16)
         self.layer1 = make_stage(BasicBlock, 16, 16, n, 1, norm)
         self.layer2 = make_stage(BasicBlock, 16, 32, n, 2, norm)
@@ -155,10 +156,10 @@ class ImageNetResNet(nn.Module):
         block = BasicBlock if kind == "basic" else Bottleneck
         self.depth, self.small_stem = depth, small_stem
         if small_stem:
-            self.conv1 = conv3x3(in_channels, 64)
+            self.conv1 = conv3x3(in_channels, 64, norm)
             self.maxpool = nn.Identity()
         else:
-            self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+            self.conv1 = norm.conv(in_channels, 64, 7, stride=2, padding=3, bias=False)
             self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         self.bn1, self.act1 = norm.norm_act(64)
         cin = 64

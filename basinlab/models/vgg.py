@@ -46,7 +46,7 @@ def make_features(config, in_channels: int, norm: NormSpec, ceil_mode: bool) -> 
         if item == "M":
             layers.append(nn.MaxPool2d(2, stride=2, ceil_mode=ceil_mode))
             continue
-        layers += [nn.Conv2d(cin, item, 3, padding=1, bias=False), *norm.norm_act(item)]
+        layers += [norm.conv(cin, item, 3, padding=1, bias=False), *norm.norm_act(item)]
         cin = item
     return nn.Sequential(*layers)
 

@@ -35,12 +35,12 @@ class WideBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, dropout: float, norm: NormSpec):
         super().__init__()
         self.bn1, self.act1 = norm.norm_act(cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.conv1 = norm.conv(cin, cout, 3, stride=stride, padding=1, bias=False)
         self.bn2, self.act2 = norm.norm_act(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.conv2 = norm.conv(cout, cout, 3, padding=1, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         project = stride != 1 or cin != cout
-        self.shortcut = nn.Conv2d(cin, cout, 1, stride=stride, bias=False) if project else None
+        self.shortcut = norm.conv(cin, cout, 1, stride=stride, bias=False) if project else None
 
     def forward(self, x):
         pre = self.act1(self.bn1(x))
@@ -57,7 +57,7 @@ class WideResNet(nn.Module):
         check_int(widen_factor, "wide_resnet widen_factor", maximum=64)
         n = (depth - 4) // 6
         widths = [16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
-        self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+        self.conv1 = norm.conv(in_channels, 16, 3, padding=1, bias=False)
         cin, stages = 16, []
         for i, width in enumerate(widths):
             blocks = [WideBlock(cin if j == 0 else width, width, 1 if (i == 0 or j > 0) else 2, dropout, norm)

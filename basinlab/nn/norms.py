@@ -13,7 +13,15 @@ instance   InstanceNorm2d(affine, no running stats): per-sample statistics in ev
            undefined on 1-D features (one element per channel)
 online     basinlab.nn.online_norm.OnlineNorm2d / OnlineNorm1d (afwd, abkw, ecm)
 none       nn.Identity (convs have no bias, so only the FC layers keep one)
+frn        FilterResponseNorm with its TLU (learned eps), basinlab.nn.batch_free
+evonorm_s0 EvoNormS0 (groups as group norm's), basinlab.nn.batch_free
+evonorm_b0 EvoNormB0 (batch variance, running variance), basinlab.nn.batch_free
+gn_ws      GroupNorm as ``group``, and every conv built by ``spec.conv`` weight-standardised (StdConv2d)
+batchrenorm BatchRenorm with the paper's r_max / d_max warm-up, basinlab.nn.batch_renorm
 =========  ===============================================================================
+
+FRN and EvoNorm bring their own activation: ``norm_act`` gives the layer with it and no ReLU; ``make`` gives the
+layer without it (a norm before a residual sum). docs/methods/norms.md states the formulas and defaults.
 """
 
 from __future__ import annotations
@@ -41,19 +49,28 @@ _DATASET_DEFAULTS = {
 
 
 # Modes whose layer applies its own activation (FRN+TLU, EvoNorm): models put no ReLU after them.
-NORMS_WITH_ACTIVATION: frozenset[str] = frozenset()
+NORMS_WITH_ACTIVATION: frozenset[str] = frozenset({"frn", "evonorm_s0", "evonorm_b0"})
+# Modes whose training forward uses batch statistics, so one value per channel cannot be normalised.
+BATCH_DEPENDENT_MODES: frozenset[str] = frozenset({"batch", "evonorm_b0", "batchrenorm"})
+# The modes that train at batch size 1, in NORM_MODES order (named by the batch-1 refusal).
+BATCH_ONE_MODES: tuple[str, ...] = tuple(m for m in NORM_MODES if m not in BATCH_DEPENDENT_MODES)
+# Modes whose convs are weight-standardised.
+WEIGHT_STANDARDISED_MODES: frozenset[str] = frozenset({"gn_ws"})
+# eps of each mode where none is given: 1e-5 (torch's) unless the mode's source uses another.
+_DEFAULT_EPS = 1e-5
+_MODE_EPS = {"frn": 1e-6, "evonorm_b0": 1e-3}
 
 
 @dataclass(frozen=True)
 class NormSpec:
     """Which normaliser to build and its settings; immutable and validated on creation."""
 
-    mode: str = "batch"          # batch|group|layer|instance|online|none
+    mode: str = "batch"          # one of NORM_MODES
     afwd: float = 0.999          # online: forward (statistics) decay
     abkw: float = 0.99           # online: backward (control process) decay
     ecm: str = "ls"              # online: error compensation ls|ac|none
-    gn_groups: int = 8           # group: number of groups (capped to a divisor of C)
-    eps: float = 1e-5
+    gn_groups: int = 8           # group, gn_ws, evonorm_s0: number of groups (capped to a divisor of C)
+    eps: float | None = None     # None: the mode's default (1e-5; frn 1e-6 fixed part; evonorm_b0 1e-3)
 
     def __post_init__(self):
         if self.mode not in NORM_MODES:
@@ -66,7 +83,7 @@ class NormSpec:
                 raise ConfigError(f"norm {key} must be a number in (0, 1), got {value!r}")
         if isinstance(self.gn_groups, bool) or not isinstance(self.gn_groups, int) or self.gn_groups < 1:
             raise ConfigError(f"norm gn_groups must be an integer >= 1, got {self.gn_groups!r}")
-        if not isinstance(self.eps, (int, float)) or not self.eps > 0:
+        if self.eps is not None and (not isinstance(self.eps, (int, float)) or not self.eps > 0):
             raise ConfigError(f"norm eps must be a positive number, got {self.eps!r}")
 
     @classmethod
@@ -103,14 +120,27 @@ class NormSpec:
         raise ConfigError(f"norm must be a mode name, a dict or a NormSpec, got {type(value).__name__}; "
                           f"modes: {', '.join(NORM_MODES)}")
 
+    @property
+    def layer_eps(self) -> float:
+        """The eps the layers get: the one given, else the mode's default."""
+        return self.eps if self.eps is not None else _MODE_EPS.get(self.mode, _DEFAULT_EPS)
+
     def make(self, num_features: int, dim: int = 2) -> nn.Module:
-        """A fresh normalisation layer for ``num_features`` channels.
+        """A fresh normalisation layer for ``num_features`` channels, without an activation of its own (a norm
+        that brings one, FRN or EvoNorm, is built without it: a model puts this layer where no activation
+        follows, e.g. before a residual sum).
 
         dim=2: after a conv, input (N, C, H, W); dim=1: after a linear layer, input (N, C).
         """
+        return self._build(num_features, dim, with_activation=False)
+
+    def _build(self, num_features: int, dim: int, with_activation: bool) -> nn.Module:
         if dim not in (1, 2):
             raise ValueError(f"dim must be 1 or 2, got {dim}")
+        # A mode whose layer brings its activation has a `_make_<mode>_without_act` builder for make().
         builder = getattr(self, f"_make_{self.mode}")
+        if not with_activation:
+            builder = getattr(self, f"_make_{self.mode}_without_act", builder)
         layer = builder(num_features, dim)
         init_norm_(layer)
         return layer
@@ -123,39 +153,82 @@ class NormSpec:
     def norm_act(self, num_features: int, dim: int = 2) -> tuple[nn.Module, nn.Module]:
         """(norm layer, the activation after it): the one builder every model family calls for a norm followed
         by an activation. ReLU has no state, so checkpoints of either kind keep their keys."""
-        return self.make(num_features, dim), self.activation()
+        return self._build(num_features, dim, with_activation=True), self.activation()
+
+    def conv(self, in_channels: int, out_channels: int, kernel_size, **kwargs) -> nn.Conv2d:
+        """A conv for this mode's network: weight-standardised (StdConv2d, an nn.Conv2d with the same
+        parameters) under gn_ws, else nn.Conv2d. kwargs as nn.Conv2d's (stride, padding, bias, ...)."""
+        if self.mode in WEIGHT_STANDARDISED_MODES:
+            from basinlab.nn.batch_free import StdConv2d
+
+            return StdConv2d(in_channels, out_channels, kernel_size, **kwargs)
+        return nn.Conv2d(in_channels, out_channels, kernel_size, **kwargs)
 
     # One builder per mode keeps each rule next to its reason.
     def _make_batch(self, c: int, dim: int) -> nn.Module:
         cls = nn.BatchNorm2d if dim == 2 else nn.BatchNorm1d
-        return cls(c, eps=self.eps, momentum=0.1)
+        return cls(c, eps=self.layer_eps, momentum=0.1)
 
     def _make_group(self, c: int, dim: int) -> nn.Module:
-        return nn.GroupNorm(group_count(c, self.gn_groups), c, eps=self.eps)
+        return nn.GroupNorm(group_count(c, self.gn_groups), c, eps=self.layer_eps)
 
     def _make_layer(self, c: int, dim: int) -> nn.Module:
         # GroupNorm(1, C) normalises each sample over (C, H, W) with a per-channel affine; the
         # reference's LayerNorm([C, H, W]) had a per-element affine and crashed at init.
         if dim == 2:
-            return nn.GroupNorm(1, c, eps=self.eps)
-        return nn.LayerNorm(c, eps=self.eps)
+            return nn.GroupNorm(1, c, eps=self.layer_eps)
+        return nn.LayerNorm(c, eps=self.layer_eps)
 
     def _make_instance(self, c: int, dim: int) -> nn.Module:
         if dim == 1:
             raise ConfigError("norm 'instance' is not defined for 1-D features (one value per channel); "
                               "use batch, group, layer, online or none for this model")
         # No running statistics: per-sample statistics at eval as in training (the reference's mode).
-        return nn.InstanceNorm2d(c, eps=self.eps, affine=True, track_running_stats=False)
+        return nn.InstanceNorm2d(c, eps=self.layer_eps, affine=True, track_running_stats=False)
 
     def _make_online(self, c: int, dim: int) -> nn.Module:
         # Imported here so that the other modes never depend on the online module.
         from basinlab.nn import online_norm
 
         cls = online_norm.OnlineNorm2d if dim == 2 else online_norm.OnlineNorm1d
-        return cls(c, alpha_fwd=self.afwd, alpha_bkw=self.abkw, eps=self.eps, ecm=self.ecm)
+        return cls(c, alpha_fwd=self.afwd, alpha_bkw=self.abkw, eps=self.layer_eps, ecm=self.ecm)
 
     def _make_none(self, c: int, dim: int) -> nn.Module:
         return nn.Identity()
+
+    def _make_frn(self, c: int, dim: int) -> nn.Module:
+        return self._batch_free("FilterResponseNorm", c, apply_act=True)
+
+    def _make_frn_without_act(self, c: int, dim: int) -> nn.Module:
+        # FRN without its TLU, as timm's FilterResponseNormTlu2d(apply_act=False) in a norm-act seam
+        return self._batch_free("FilterResponseNorm", c, apply_act=False)
+
+    def _make_evonorm_s0(self, c: int, dim: int) -> nn.Module:
+        return self._batch_free("EvoNormS0", c, group_count(c, self.gn_groups), apply_act=True)
+
+    def _make_evonorm_s0_without_act(self, c: int, dim: int) -> nn.Module:
+        return self._batch_free("EvoNormS0", c, group_count(c, self.gn_groups), apply_act=False)
+
+    def _make_evonorm_b0(self, c: int, dim: int) -> nn.Module:
+        return self._batch_free("EvoNormB0", c, apply_act=True)
+
+    def _make_evonorm_b0_without_act(self, c: int, dim: int) -> nn.Module:
+        return self._batch_free("EvoNormB0", c, apply_act=False)
+
+    def _batch_free(self, name: str, *args, **kwargs) -> nn.Module:
+        # Imported here so that the other modes never depend on the module.
+        from basinlab.nn import batch_free
+
+        return getattr(batch_free, name)(*args, eps=self.layer_eps, **kwargs)
+
+    def _make_gn_ws(self, c: int, dim: int) -> nn.Module:
+        # The weight standardisation is in the convs (NormSpec.conv); the norm is group norm's.
+        return self._make_group(c, dim)
+
+    def _make_batchrenorm(self, c: int, dim: int) -> nn.Module:
+        from basinlab.nn.batch_renorm import BatchRenorm
+
+        return BatchRenorm(c, eps=self.layer_eps)
 
     def to_dict(self) -> dict:
         """Plain dict of the fields (for logging the resolved config)."""
@@ -184,6 +257,12 @@ def group_count(num_channels: int, groups: int) -> int:
     return 1
 
 
+def _lazy_norm_types() -> tuple:
+    # Only look at the modules something imported: no layer of theirs can exist otherwise.
+    free, renorm = sys.modules.get("basinlab.nn.batch_free"), sys.modules.get("basinlab.nn.batch_renorm")
+    return (free.batch_free_types() if free else ()) + ((renorm.BatchRenorm,) if renorm else ())
+
+
 def _online_types() -> tuple:
     # Only look at the online module if something imported it: no online layer can exist otherwise.
     module = sys.modules.get("basinlab.nn.online_norm")
@@ -196,7 +275,7 @@ def _online_types() -> tuple:
 def is_norm_module(module: nn.Module) -> bool:
     """True for any normalisation layer a NormSpec can build (and PyTorch's other norms)."""
     base = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
-    return isinstance(module, base + _online_types())
+    return isinstance(module, base + _online_types() + _lazy_norm_types())
 
 
 def init_norm_(module: nn.Module) -> nn.Module:

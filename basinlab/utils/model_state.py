@@ -7,6 +7,12 @@ import torch
 from torch import nn
 
 
+def uses_batch_statistics(module: nn.Module) -> bool:
+    """Whether the layer normalises with the statistics of the batch in training mode: PyTorch's BatchNorm, and
+    any layer that says so with a true `uses_batch_statistics` (basinlab's EvoNorm-B0, Batch Renorm)."""
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) or bool(getattr(module, "uses_batch_statistics", False))
+
+
 @contextlib.contextmanager
 def model_state_kept(model: nn.Module):
     """Every module's train/eval flag and every buffer (BatchNorm statistics, online-norm state) are as
