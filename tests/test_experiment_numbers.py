@@ -194,7 +194,8 @@ def test_bf16_parity_numbers_are_its_per_run_csv():
 # Each committed sweep folder (its runs' config.yaml, env.yaml, results.csv and the sweep's record) and the summary
 # the README's table is checked against above.
 COMMITTED_SWEEPS = {"flat-minima/runs": "flat-minima/summary.csv",
-                    "flat-minima/runs-msharpness": "flat-minima/msharpness.csv"}
+                    "flat-minima/runs-msharpness": "flat-minima/msharpness.csv",
+                    "async-sgd/runs": "async-sgd/summary.csv"}
 
 
 @pytest.mark.parametrize("folder", sorted(COMMITTED_SWEEPS))
