@@ -65,19 +65,23 @@ class BatchRenorm(nn.Module):
             raise ValueError(f"BatchRenorm expects (N, {self.num_features}) or (N, {self.num_features}, H, W) "
                              f"inputs, got shape {tuple(x.shape)}")
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        if self.training:
-            normalised = self._train_normalise(x, shape)
-        else:
-            mean, std = self.running_mean.view(shape), self.running_std.view(shape)
-            normalised = ((wide(x) - mean) / std).to(x.dtype)
-        return normalised * self.weight.to(x.dtype).view(shape) + self.bias.to(x.dtype).view(shape)
-
-    def _train_normalise(self, x: torch.Tensor, shape) -> torch.Tensor:
-        refuse_one_value_per_channel(self, x)
-        dims = (0, 2, 3) if x.dim() == 4 else (0,)
         xf = wide(x)
-        batch_mean = xf.mean(dim=dims)
-        batch_std = (xf.var(dim=dims, unbiased=False) + self.eps).sqrt()
+        if self.training:
+            scale, shift = self._train_scale_shift(xf)
+        else:
+            scale = 1 / self.running_std
+            shift = -self.running_mean * scale
+        # gamma * ((x - mu) / sigma * r + d) + beta = x * scale' + shift': one pass over x, not six (the gradient
+        # still flows through the batch mean and sigma_B inside scale and shift).
+        scale, shift = scale * self.weight, shift * self.weight + self.bias
+        return torch.addcmul(shift.view(shape), xf, scale.view(shape)).to(x.dtype)
+
+    def _train_scale_shift(self, xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per channel (r / sigma_B, d - mu_B r / sigma_B) of Algorithm 1, and the moving averages updated."""
+        refuse_one_value_per_channel(self, xf)
+        dims = (0, 2, 3) if xf.dim() == 4 else (0,)
+        batch_var, batch_mean = torch.var_mean(xf, dim=dims, correction=0)
+        batch_std = (batch_var + self.eps).sqrt()
         r_max, d_max = self.limits()
         with torch.no_grad():
             r = (batch_std / self.running_std).clamp(1 / r_max, r_max)
@@ -85,8 +89,8 @@ class BatchRenorm(nn.Module):
             self.running_mean.add_(self.momentum * (batch_mean - self.running_mean))
             self.running_std.add_(self.momentum * (batch_std - self.running_std))
             self.num_batches_tracked.add_(1)
-        normalised = (xf - batch_mean.view(shape)) / batch_std.view(shape) * r.view(shape) + d.view(shape)
-        return normalised.to(x.dtype)
+        scale = r / batch_std
+        return scale, d - batch_mean * scale
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, " \

@@ -30,6 +30,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from basinlab.choices import ECM_MODES, NORM_MODES
@@ -170,7 +171,7 @@ class NormSpec:
         return cls(c, eps=self.layer_eps, momentum=0.1)
 
     def _make_group(self, c: int, dim: int) -> nn.Module:
-        return nn.GroupNorm(group_count(c, self.gn_groups), c, eps=self.layer_eps)
+        return ContiguousGroupNorm(group_count(c, self.gn_groups), c, eps=self.layer_eps)
 
     def _make_layer(self, c: int, dim: int) -> nn.Module:
         # GroupNorm(1, C) normalises each sample over (C, H, W) with a per-channel affine; the
@@ -184,7 +185,7 @@ class NormSpec:
             raise ConfigError("norm 'instance' is not defined for 1-D features (one value per channel); "
                               "use batch, group, layer, online or none for this model")
         # No running statistics: per-sample statistics at eval as in training (the reference's mode).
-        return nn.InstanceNorm2d(c, eps=self.layer_eps, affine=True, track_running_stats=False)
+        return ContiguousInstanceNorm2d(c, eps=self.layer_eps, affine=True, track_running_stats=False)
 
     def _make_online(self, c: int, dim: int) -> nn.Module:
         # Imported here so that the other modes never depend on the online module.
@@ -233,6 +234,40 @@ class NormSpec:
     def to_dict(self) -> dict:
         """Plain dict of the fields (for logging the resolved config)."""
         return dataclasses.asdict(self)
+
+
+def _reduced_channels_last_on_cpu(x: torch.Tensor) -> bool:
+    """A bfloat16/float16 channels_last CPU input: where torch's kernels are slow (in float32 they are not, and the
+    format copies would cost more than they save: benchmarks/norms.py)."""
+    return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and x.dim() == 4 \
+        and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+class ContiguousGroupNorm(nn.GroupNorm):
+    """nn.GroupNorm that normalises a bfloat16 channels_last CPU input in the contiguous format, handed back
+    channels_last.
+
+    Why: torch 2.13's CPU native_group_norm_backward on a channels_last bfloat16 [128, 16, 32, 32] input with 8
+    groups takes 26.5 ms against 1.5 ms contiguous, and the engine runs conv models channels_last on the CPU (also
+    under --amp bf16); the two format copies cost far less (benchmarks/norms.py, docs/speed.md). Same parameters.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # One group takes torch's fast path in either format.
+        if self.num_groups > 1 and _reduced_channels_last_on_cpu(x):
+            return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
+
+
+class ContiguousInstanceNorm2d(nn.InstanceNorm2d):
+    """nn.InstanceNorm2d that hands a bfloat16 channels_last CPU input back channels_last: torch's instance_norm copies
+    the input to the contiguous format (a batch norm over a (1, N*C, H, W) view) and returns it contiguous, so the next
+    conv would copy it back; converting once here is cheaper (benchmarks/norms.py). Same parameters and state."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _reduced_channels_last_on_cpu(x):
+            return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
 
 
 def _normalise_keys(value: dict) -> dict:
