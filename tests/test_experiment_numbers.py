@@ -223,3 +223,45 @@ def test_each_readme_separates_what_reproduces_from_what_does_not(readme):
     text = readme.read_text()
     assert "**What reproduces here.**" in text and "**What does not reproduce at this scale" in text
     assert "../shared" not in text
+
+
+# ---------------------------------------------------------------------------------------------- edge of stability
+def test_edge_of_stability_table_and_prose_are_its_per_run_files():
+    import importlib.util
+    folder = EXPERIMENTS / "edge-of-stability"
+    spec = importlib.util.spec_from_file_location("eos_analyze", folder / "analyze.py")
+    analyze = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(analyze)
+    runs = sorted(p for p in (folder / "runs").iterdir() if (p / "sharpness-steps.csv").is_file())
+    recomputed = pd.DataFrame([analyze.run_row(run) for run in runs])
+    committed = pd.read_csv(folder / "summary.csv")
+    pd.testing.assert_frame_equal(recomputed, committed, check_exact=False, rtol=1e-9, check_dtype=False)
+    text = (folder / "README.md").read_text()
+    assert analyze.markdown(recomputed) in text  # the table, cell for cell
+    frame = recomputed.set_index("run")
+    prose = " ".join(text.split())
+    gd = frame[frame.index.str.startswith("gd-")]
+    edge = gd.dropna(subset=["reach_step"])
+    assert (gd["before_batch"].abs() < 0.01).all()  # "a median below 1% of 2/η before the edge"
+    assert f"medians {edge['hover_batch'].min():.2f}-{edge['hover_batch'].max():.2f} of 2/η" in prose
+    rises = frame.dropna(subset=["reach_step"])["loss_rises"]
+    assert f"{rises.min():.2f}-{rises.max():.2f} for those that did" in prose
+    assert (frame.loc[frame["reach_step"].isna(), "loss_rises"] == 0).all()
+    mse = frame.loc[["gd-mse-lr0.02-s0", "gd-mse-lr0.0133-s0"]]
+    assert f"a median of {mse['hover_median'].iloc[0]:.2f} in both" in prose
+    assert mse["hover_median"].round(2).nunique() == 1
+    assert f"between {mse['hover_min'].min():.2f} and {mse['hover_max'].max():.2f}" in prose
+    steps = (mse["steps"] - mse["reach_step"]).astype(int).tolist()
+    assert f"for {steps[0]} and {steps[1]} steps" in prose
+    ce = frame.loc[["gd-ce-lr0.04-s0", "gd-ce-lr0.08-s0"]]
+    assert f"(medians {ce['hover_median'].iloc[0]:.2f} and {ce['hover_median'].iloc[1]:.2f}" in prose
+    assert f"within {ce['reach_step'].max():.0f} steps" in prose
+    sgd = frame.loc["sgd-mse-b100-lr0.02-s0"]
+    assert f"(median {sgd['hover_median']:.2f} from step {sgd['reach_step']:,.0f} on)" in prose
+    assert f"(median {sgd['hover_batch']:.2f}, rising)" in prose
+    assert f"(late median {frame.loc['gd-ce-lr0.08-s0', 'late_lambda']:.2f})" in prose
+    total = sum(pd.read_csv(run / "results.csv")[["epoch_time_s", "val_time_s"]].to_numpy().sum() for run in runs)
+    assert f"{len(runs)} runs, {total / 60:.0f} minutes" in prose.replace("Six runs", f"{len(runs)} runs")
+    index = " ".join((EXPERIMENTS / "README.md").read_text().split())
+    assert f"(square loss: median {mse['hover_median'].iloc[0]:.2f} of it)" in index
+    assert f"the batch sharpness stays at {sgd['hover_batch']:.2f})" in index

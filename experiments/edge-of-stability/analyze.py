@@ -8,9 +8,11 @@ and writes OUT/summary.csv and .md (default OUT = this folder) with, per run:
   reach_step        the first measured step with lambda_max >= 0.9 x threshold (blank: never);
   hover_median      the median of lambda_max / threshold over the measurements from reach_step on;
   hover_min, hover_max  their range;
-  late_lambda, late_batch  the medians of lambda_max / threshold and batch_sharpness / threshold over the second
-                    half of the measurements (every run, edge reached or not: mini-batch SGD's full-batch
-                    lambda_max stays below its edge, its batch sharpness is what reaches it);
+  hover_batch       the median of batch_sharpness / threshold from reach_step on (at the edge the gradient
+                    turns into the top eigenvector: this ratio jumps from about 0 to about 1 in gradient descent);
+  before_batch      the same median before reach_step (the whole run where it never reaches the edge);
+  late_lambda       the median of lambda_max / threshold over the second half of the measurements (every run,
+                    edge reached or not);
   final_loss, final_acc1  training loss and top-1 (on the training set, as measured during the last epoch);
   loss_rises        the share of steps (epochs of one full-batch step) whose training loss is above the step
                     before's: 0 for monotone descent, well above it at the edge (non-monotone, Cohen et al.);
@@ -46,8 +48,9 @@ def run_row(folder: Path) -> dict:
             "steps": int(steps["step"].iloc[-1]), "lambda_start": steps["lambda_max"].iloc[0],
             "reach_step": int(steps["step"].iloc[reached[0]]) if len(reached) else np.nan,
             "hover_median": ratio.iloc[after].median(), "hover_min": ratio.iloc[after].min(),
-            "hover_max": ratio.iloc[after].max(), "late_lambda": ratio.iloc[late].median(),
-            "late_batch": batch_ratio.iloc[late].median(),
+            "hover_max": ratio.iloc[after].max(), "hover_batch": batch_ratio.iloc[after].median(),
+            "before_batch": batch_ratio.iloc[:reached[0] if len(reached) else None].median(),
+            "late_lambda": ratio.iloc[late].median(),
             "lambda_final": steps["lambda_max"].iloc[-1], "final_loss": losses[-1],
             "final_acc1": results["train_acc1"].iloc[-1],
             "loss_rises": float(np.mean(np.diff(losses) > 0)) if len(losses) > 1 else np.nan}
@@ -55,15 +58,16 @@ def run_row(folder: Path) -> dict:
 
 def markdown(frame: pd.DataFrame) -> str:
     lines = ["| run | lr | 2/lr | steps | lambda_max at start | reaches 0.9 x 2/lr at step | lambda_max / (2/lr) "
-             "from then on (median, range) | late lambda_max / (2/lr) | late batch sharpness / (2/lr) | "
+             "from then on (median, range) | batch sharpness / (2/lr) from then on | late lambda_max / (2/lr) | "
              "final train loss | final train top-1 % | loss rises |",
              "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for row in frame.itertuples():
         reach = "never" if np.isnan(row.reach_step) else f"{row.reach_step:.0f}"
         hover = "-" if np.isnan(row.hover_median) else \
             f"{row.hover_median:.3f} ({row.hover_min:.3f}-{row.hover_max:.3f})"
+        batch = "-" if np.isnan(row.hover_batch) else f"{row.hover_batch:.3f}"
         lines.append(f"| {row.run} | {row.lr:.4g} | {row.threshold:.4g} | {row.steps} | {row.lambda_start:.1f} | "
-                     f"{reach} | {hover} | {row.late_lambda:.3f} | {row.late_batch:.3f} | {row.final_loss:.4f} | "
+                     f"{reach} | {hover} | {batch} | {row.late_lambda:.3f} | {row.final_loss:.4f} | "
                      f"{row.final_acc1:.2f} | {row.loss_rises:.2f} |")
     return "\n".join(lines) + "\n"
 
