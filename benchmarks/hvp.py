@@ -73,7 +73,7 @@ def relative_difference(a, b) -> float:
 
 def measure(model, criterion, x, y, mode: str, repeats: int, clock=time.perf_counter) -> dict:
     gen = torch.Generator().manual_seed(1)
-    vec = [torch.randn(p.shape, generator=gen) for p in model.parameters() if p.requires_grad]
+    vec = [torch.randn(p.shape, generator=gen).to(p.device) for p in model.parameters() if p.requires_grad]
     with _measurement_mode(model, mode):
         fns = routes(model, criterion, x, y, vec)
         agree = relative_difference(fns["double-backward"](), fns["fwd-over-rev"]())
