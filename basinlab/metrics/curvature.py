@@ -46,7 +46,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
@@ -60,12 +59,11 @@ from basinlab.metrics.hessian import (
     _flatten,
     _measurement_mode,
     _prepare,
-    _rademacher,
     _unflatten,
     check_tolerance,
 )
 from basinlab.metrics.hessian_eigen import HessianEigen, _eig_lanczos
-from basinlab.metrics.hessian_spectrum import HessianTrace
+from basinlab.metrics.hessian_spectrum import HessianTrace, hutchinson
 from basinlab.utils.model_state import uses_batch_statistics
 
 __all__ = ["CURVATURES", "curvature_vector_product", "curvature_eigenvalues", "curvature_trace",
@@ -272,19 +270,9 @@ def curvature_trace(model: nn.Module, criterion: Callable, batches, kind: str = 
     max_iter = _check_int(max_iter, "max_iter")
     min_samples = _check_int(min_samples, "min_samples", minimum=2)
     tol = _check_positive(tol, "tol", allow_zero=True)
-    samples: list[float] = []
-    se, converged = math.inf, False
     with _measurement_mode(model, mode):
         op = _CurvatureOperator(model, criterion, batches, ps, kind, cache_graph, gen, mc_samples)
-        for _ in range(max_iter):
-            z = _rademacher(gen, op.numel, op.dtype, op.device)
-            samples.append(float(torch.dot(z, op.matvec(z))))
-            if len(samples) >= 2:
-                se = float(np.std(samples, ddof=1) / math.sqrt(len(samples)))
-            if len(samples) >= min_samples and se <= tol * abs(float(np.mean(samples))):
-                converged = True
-                break
-    return HessianTrace(float(np.mean(samples)), se, len(samples), converged or tol == 0)
+        return hutchinson(op, gen, max_iter, min_samples, tol)
 
 
 def empirical_fisher_trace(model: nn.Module, criterion: Callable, batches, params=None, *,

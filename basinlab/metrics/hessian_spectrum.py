@@ -115,19 +115,25 @@ def hessian_trace(model: nn.Module, criterion: Callable, batches, max_iter: int 
     tol = _check_positive(tol, "tol", allow_zero=True)
     seed = _check_int(seed, "seed", minimum=0)
     gen = torch.Generator().manual_seed(seed)
+    with _measurement_mode(model, mode):
+        return hutchinson(_HessianOperator(model, criterion, batches, ps, cache_graph), gen, max_iter, min_samples,
+                          tol)
+
+
+def hutchinson(op, gen: torch.Generator, max_iter: int, min_samples: int, tol: float) -> HessianTrace:
+    """Hutchinson's ``mean(z^T A z)`` over Rademacher ``z`` for any operator with ``matvec``, ``numel``, ``dtype``
+    and ``device`` (the Hessian, a curvature matrix), with :func:`hessian_trace`'s stopping rule."""
     samples: list[float] = []
     se, converged = math.inf, False
-    with _measurement_mode(model, mode):
-        op = _HessianOperator(model, criterion, batches, ps, cache_graph)
-        for _ in range(max_iter):
-            z = _rademacher(gen, op.numel, op.dtype, op.device)
-            samples.append(float(torch.dot(z, op.matvec(z))))
-            m = len(samples)
-            if m >= 2:
-                se = float(np.std(samples, ddof=1) / math.sqrt(m))
-            if m >= min_samples and se <= tol * abs(float(np.mean(samples))):
-                converged = True
-                break
+    for _ in range(max_iter):
+        z = _rademacher(gen, op.numel, op.dtype, op.device)
+        samples.append(float(torch.dot(z, op.matvec(z))))
+        m = len(samples)
+        if m >= 2:
+            se = float(np.std(samples, ddof=1) / math.sqrt(m))
+        if m >= min_samples and se <= tol * abs(float(np.mean(samples))):
+            converged = True
+            break
     return HessianTrace(float(np.mean(samples)), se, len(samples), converged or tol == 0)
 
 
