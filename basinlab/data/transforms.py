@@ -29,15 +29,15 @@ import numpy as np
 import torch
 
 from basinlab.errors import ConfigError
+from basinlab.utils.model_state import random_state_kept
 from basinlab.utils.schema import shown
 
 
 @contextlib.contextmanager
 def seeded_rngs(seed: int, device: torch.device | None = None):
     """torch's (CPU and `device`'s) and Python's random generators seeded with `seed`, restored after."""
-    devices = [device] if device is not None and device.type == "cuda" else []
     python_state = random.getstate()
-    with torch.random.fork_rng(devices=devices):
+    with random_state_kept(device):
         torch.manual_seed(seed)
         random.seed(seed)
         try:

@@ -9,7 +9,7 @@ from basinlab.errors import ConfigError
 from basinlab.nn.losses import loss_module
 from basinlab.nn.norms import BATCH_ONE_MODES
 from basinlab.optim import Regime, one_phase_regime, regime_from_model_config
-from basinlab.utils.model_state import model_state_kept
+from basinlab.utils.model_state import model_state_kept, random_state_kept
 
 REGIME_KEYS = ("regime", "data_regime")
 
@@ -146,9 +146,8 @@ def check_model_fits_data(model: nn.Module, input_shape, num_classes: int, model
     whole batch would only cost a forward pass at start-up). Weights, buffers, modes and the global random
     state are left as they were."""
     shape = "x".join(map(str, input_shape))
-    devices = [device] if device.type == "cuda" else []
     try:
-        with model_state_kept(model), torch.no_grad(), torch.random.fork_rng(devices=devices):
+        with model_state_kept(model), torch.no_grad(), random_state_kept(device):
             model.eval()
             out = model(torch.zeros(2, *input_shape, device=device))
             if smallest_batch is not None:

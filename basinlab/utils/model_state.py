@@ -13,6 +13,12 @@ def uses_batch_statistics(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm) or bool(getattr(module, "uses_batch_statistics", False))
 
 
+def random_state_kept(device=None):
+    """torch's global random state, and `device`'s where it is a CUDA device, restored when the block ends."""
+    device = torch.device(device) if device is not None else None
+    return torch.random.fork_rng(devices=[device] if device is not None and device.type == "cuda" else [])
+
+
 @contextlib.contextmanager
 def model_state_kept(model: nn.Module):
     """Every module's train/eval flag and every buffer (BatchNorm statistics, online-norm state) are as

@@ -26,6 +26,7 @@ from basinlab.engine.callbacks import Callback
 from basinlab.errors import ConfigError
 from basinlab.methods.edge_of_stability import thresholds
 from basinlab.utils.checks import check_int
+from basinlab.utils.model_state import random_state_kept
 
 METHOD_NAME = "--log-sharpness-every-steps (edge of stability)"
 CSV_NAME, PNG_NAME = "sharpness-steps.csv", "sharpness-steps.png"
@@ -53,11 +54,10 @@ class EdgeOfStability(Callback):
     def __init__(self, every: int, batches: int, *, seed: int = 0, mode: str = "train"):
         self.every, self.batches, self.seed, self.mode = every, batches, seed, mode
         self.data, self.rows, self.starts = None, [], {}
-        self.delayed_threshold = {}   # the --server threshold on lr x lambda per momentum (slow to compute)
 
     def setup(self, run) -> None:
         from basinlab.analysis.data import first_training_batches
-        with torch.random.fork_rng(devices=_cuda_devices(run.device)):
+        with random_state_kept(run.device):
             self.data = first_training_batches(run.cfg, self.batches, run.batch_size, run.device)
 
     def on_fit_start(self, run) -> None:
@@ -92,19 +92,19 @@ class EdgeOfStability(Callback):
         if self.data is None:
             self.setup(run)
         start = time.perf_counter()
-        with torch.random.fork_rng(devices=_cuda_devices(run.device)):
+        with random_state_kept(run.device):
             top, products = self.top_eigenvalue(run, "lambda_max", None)
             batch = batch_sharpness(run.model, run.criterion, self.data, mode=self.mode)
             products += batch.hvp_count
             preconditioned = math.nan
-            if thresholds.is_adam(run.optimizer):
+            adam = thresholds.is_adam(run.optimizer)  # Adam's edge bounds the preconditioned sharpness only
+            if adam:
                 scale = thresholds.adam_scale(run.optimizer, list(run.model.parameters()))
                 if scale is not None:
                     preconditioned, more = self.top_eigenvalue(run, "preconditioned", scale)
                     products += more
         seconds = time.perf_counter() - start
-        edge = self.threshold(run)
-        adam = thresholds.is_adam(run.optimizer)  # Adam's edge bounds the preconditioned sharpness only
+        edge = thresholds.threshold(run.optimizer, run.strategy)
         return {"step": run.global_step, "epoch": run.global_step / run.steps_per_epoch, "lr": run.lr,
                 "lambda_max": top, "batch_sharpness": batch.value, "preconditioned_sharpness": preconditioned,
                 "threshold": edge, "lambda_max_over_threshold": math.nan if adam else top / edge,
@@ -122,22 +122,13 @@ class EdgeOfStability(Callback):
     def gradient_seconds(self, run) -> float:
         """What one gradient over the measured batches costs now: the unit the measurement's cost is given in."""
         start = time.perf_counter()
-        with torch.random.fork_rng(devices=_cuda_devices(run.device)):
+        with random_state_kept(run.device):
             from basinlab.metrics.hessian import _measurement_mode
             params = [p for p in run.model.parameters() if p.requires_grad]
             with _measurement_mode(run.model, self.mode), torch.enable_grad():
                 for x, y in self.data:
                     torch.autograd.grad(run.criterion(run.model(x), y), params, allow_unused=True)
         return time.perf_counter() - start
-
-    def threshold(self, run) -> float:
-        delayed = getattr(run.strategy, "stability_threshold", None)
-        if delayed is None:
-            return thresholds.threshold(run.optimizer, run.strategy)
-        momentum = float(run.optimizer.param_groups[0].get("momentum", 0.0) or 0.0)
-        if momentum not in self.delayed_threshold:
-            self.delayed_threshold[momentum] = delayed(run.optimizer)
-        return self.delayed_threshold[momentum] / run.lr if run.lr > 0 else math.inf
 
     def write(self, run) -> None:
         import pandas as pd
@@ -152,7 +143,3 @@ class EdgeOfStability(Callback):
         self.rows = [dict(row) for row in state.get("rows", [])]
         self.starts = {k: list(v) for k, v in state.get("starts", {}).items()}
 
-
-def _cuda_devices(device) -> list:
-    device = torch.device(device)
-    return [device] if device.type == "cuda" else []

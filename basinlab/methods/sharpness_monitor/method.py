@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from basinlab.engine.callbacks import Callback
 from basinlab.errors import ConfigError
 from basinlab.utils.checks import check_int
+from basinlab.utils.model_state import random_state_kept
 
 LAMBDA_SETTINGS = {"max_iter": 100, "tol": 1e-3, "method": "lanczos"}
 TRACE_SETTINGS = {"max_iter": 50, "tol": 1e-2}
@@ -67,7 +66,7 @@ class SharpnessMonitor(Callback):
         # built once, before the run folder exists (too few batches refuses the run), from the batch size
         # at the start: the same examples at every measurement
         from basinlab.analysis.data import first_training_batches
-        with torch.random.fork_rng(devices=_cuda_devices(run.device)):
+        with random_state_kept(run.device):
             self.data = first_training_batches(run.cfg, self.batches, run.batch_size,
                                                run.device)
 
@@ -86,7 +85,7 @@ class SharpnessMonitor(Callback):
         if self.data is None:
             self.setup(run)
         model, criterion = run.model, run.criterion
-        with torch.random.fork_rng(devices=_cuda_devices(run.device)):
+        with random_state_kept(run.device):
             lam = lambda_max(model, criterion, self.data, seed=self.seed, mode=self.mode, **LAMBDA_SETTINGS)
             out = {"lambda_max": lam, "lr_times_lambda_max": run.lr * lam}
             if self.log_trace:
@@ -97,7 +96,3 @@ class SharpnessMonitor(Callback):
             out["stability_threshold"] = threshold
         return out
 
-
-def _cuda_devices(device) -> list:
-    device = torch.device(device)
-    return [device] if device.type == "cuda" else []
