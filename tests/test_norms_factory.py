@@ -212,6 +212,6 @@ def test_a_norm_that_brings_its_activation_gets_no_relu_after_it(monkeypatch, na
     on_norms, total = relus_on_norm_outputs(create_model(name, 10, dataset, **config).eval(), x)
     assert on_norms > 0
     monkeypatch.setattr(norms, "NORMS_WITH_ACTIVATION", frozenset({"batch"}))
-    monkeypatch.setattr(NormSpec, "_make_batch", lambda self, c, dim: (SelfActivatingNorm if dim == 2
-                                                                        else SelfActivatingNorm1d)(c))
+    monkeypatch.setattr(NormSpec, "_make_batch", lambda self, c, dim, apply_act=True: (
+        SelfActivatingNorm if dim == 2 else SelfActivatingNorm1d)(c))
     assert relus_on_norm_outputs(create_model(name, 10, dataset, **config).eval(), x) == (0, total - on_norms)

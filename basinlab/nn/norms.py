@@ -138,11 +138,10 @@ class NormSpec:
     def _build(self, num_features: int, dim: int, with_activation: bool) -> nn.Module:
         if dim not in (1, 2):
             raise ValueError(f"dim must be 1 or 2, got {dim}")
-        # A mode whose layer brings its activation has a `_make_<mode>_without_act` builder for make().
         builder = getattr(self, f"_make_{self.mode}")
-        if not with_activation:
-            builder = getattr(self, f"_make_{self.mode}_without_act", builder)
-        layer = builder(num_features, dim)
+        # a mode whose layer brings its activation builds it without where none follows (apply_act=False)
+        own_activation_left_out = not with_activation and self.mode in NORMS_WITH_ACTIVATION
+        layer = builder(num_features, dim, apply_act=False) if own_activation_left_out else builder(num_features, dim)
         init_norm_(layer)
         return layer
 
@@ -197,24 +196,16 @@ class NormSpec:
     def _make_none(self, c: int, dim: int) -> nn.Module:
         return nn.Identity()
 
-    def _make_frn(self, c: int, dim: int) -> nn.Module:
-        return self._batch_free("FilterResponseNorm", c, apply_act=True)
+    # apply_act=False: FRN without its TLU (timm's FilterResponseNormTlu2d(apply_act=False)), EvoNorm without its
+    # nonlinearity, where no activation follows (before a residual sum)
+    def _make_frn(self, c: int, dim: int, apply_act: bool = True) -> nn.Module:
+        return self._batch_free("FilterResponseNorm", c, apply_act=apply_act)
 
-    def _make_frn_without_act(self, c: int, dim: int) -> nn.Module:
-        # FRN without its TLU, as timm's FilterResponseNormTlu2d(apply_act=False) in a norm-act seam
-        return self._batch_free("FilterResponseNorm", c, apply_act=False)
+    def _make_evonorm_s0(self, c: int, dim: int, apply_act: bool = True) -> nn.Module:
+        return self._batch_free("EvoNormS0", c, group_count(c, self.gn_groups), apply_act=apply_act)
 
-    def _make_evonorm_s0(self, c: int, dim: int) -> nn.Module:
-        return self._batch_free("EvoNormS0", c, group_count(c, self.gn_groups), apply_act=True)
-
-    def _make_evonorm_s0_without_act(self, c: int, dim: int) -> nn.Module:
-        return self._batch_free("EvoNormS0", c, group_count(c, self.gn_groups), apply_act=False)
-
-    def _make_evonorm_b0(self, c: int, dim: int) -> nn.Module:
-        return self._batch_free("EvoNormB0", c, apply_act=True)
-
-    def _make_evonorm_b0_without_act(self, c: int, dim: int) -> nn.Module:
-        return self._batch_free("EvoNormB0", c, apply_act=False)
+    def _make_evonorm_b0(self, c: int, dim: int, apply_act: bool = True) -> nn.Module:
+        return self._batch_free("EvoNormB0", c, apply_act=apply_act)
 
     def _batch_free(self, name: str, *args, **kwargs) -> nn.Module:
         # Imported here so that the other modes never depend on the module.
