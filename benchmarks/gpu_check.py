@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import pickle
 import platform
 import re
 import subprocess
@@ -43,6 +42,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import basinlab  # noqa: E402
 from basinlab.api import make_config  # noqa: E402
 from basinlab.data.catalog import DATASETS  # noqa: E402
+from basinlab.data.formats import read_cifar_batch  # noqa: E402
 from basinlab.data.locate import locate  # noqa: E402
 from basinlab.engine.setup import split_model_config  # noqa: E402
 from basinlab.errors import BasinlabError  # noqa: E402
@@ -117,18 +117,17 @@ def cifar_batches(datasets_dir: Path, count: int, device: str) -> tuple[torch.Te
     """The first `count` CIFAR-10 training images, normalised, channels_last, on `device` (for the bare loop)."""
     folder = locate("cifar10", datasets_dir).folder
     images, labels = [], []
-    for index in range(1, 6):
-        with open(folder / f"data_batch_{index}", "rb") as fh:
-            batch = pickle.load(fh, encoding="bytes")  # the trusted, prepared CIFAR-10 copy
-        images.append(np.asarray(batch[b"data"], dtype=np.uint8))
-        labels += batch[b"labels"]
+    for index in range(1, 6):  # basinlab's CIFAR reader: its unpickler admits numpy arrays only
+        split = read_cifar_batch("cifar10", folder / f"data_batch_{index}")
+        images.append(split.images)
+        labels.append(split.labels)
         if sum(len(part) for part in images) >= count:
             break
-    x = torch.from_numpy(np.concatenate(images)[:count]).view(-1, 3, 32, 32).float().div_(255)
+    x = torch.from_numpy(np.concatenate(images)[:count]).float().div_(255)
     info = DATASETS["cifar10"]
     x = (x - torch.tensor(info.mean).view(1, 3, 1, 1)) / torch.tensor(info.std).view(1, 3, 1, 1)
     x = x.to(device).contiguous(memory_format=torch.channels_last)
-    return x, torch.tensor(labels[:count]).to(device)
+    return x, torch.from_numpy(np.concatenate(labels)[:count]).to(device)
 
 
 def bare_loop_rate(x: torch.Tensor, y: torch.Tensor, precision: str) -> float:
