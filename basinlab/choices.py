@@ -8,6 +8,7 @@ NORM_MODES = ("batch", "group", "layer", "instance", "online", "none",   # nn/no
 ECM_MODES = ("ls", "ac", "none")                 # nn/online_norm.py
 SERVER_MODES = ("ssgd", "asgd", "msgd")          # methods/asgd/server.py
 WORKER_ORDERS = ("round_robin", "random", "normal")                       # methods/asgd/schedule.py
+WORKER_LOSS_POLICIES = ("continue", "stop")      # methods/asgd/real/server.py
 NOISE_TYPES = ("uniform", "normal")              # methods/flat/noise.py
 NOISE_SCALES = ("none", "weight", "filter")      # methods/flat/noise.py (filter: AdaSmoothOut)
 STRENGTH_SCHEDULES = ("constant", "anneal", "tanh")                       # methods/flat/smoothout.py

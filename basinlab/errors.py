@@ -30,3 +30,10 @@ class NonFiniteLossError(Exception):
     """Training produced NaN/inf loss: exit status 3, the last good checkpoint is kept."""
 
     exit_code = 3
+
+
+class WorkerLostError(Exception):
+    """A real parameter server lost a worker process under --on-worker-loss stop, or every worker: exit status 5;
+    the last checkpoint is kept."""
+
+    exit_code = 5

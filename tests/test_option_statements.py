@@ -20,7 +20,7 @@ OWNERS = {f.metadata["owner"] for f in FIELDS.values()}
 GIVEN = {"server": "asgd", "smoothout": 0.01, "sam": 0.05, "asam": 0.5, "ghost_batch": 16, "log_sharpness_every": 1,
          "train_limit": 64, "val_limit": 32, "lr_milestones": [2], "amp": "bf16", "gsam": 0.05, "msam": 0.3,
          "looksam": 0.05, "saf": True, "mesa": True, "log_sharpness_every_steps": 5, "loss": "mse",
-         "label_smoothing": 0.1}
+         "label_smoothing": 0.1, "real": True}
 
 
 def options_read_in(folder: Path) -> dict[str, set[str]]:
@@ -74,14 +74,14 @@ DETAIL_VALUES = {"workers": 2, "delay": 1, "worker_order": "random", "adjust_lr"
                  "limit_mode": "first", "lr_multiplier": 0.5, "eval_amp": "none", "sam_m": 16, "sam_interval": 2,
                  "gsam_alpha": 0.2, "gsam_rho_min": 0.01, "looksam_k": 3, "looksam_alpha": 0.5, "saf_lambda": 0.5,
                  "saf_tau": 2.0, "saf_horizon": 2, "mesa_decay": 0.99,
-                 "saf_start_epoch": 0}
+                 "saf_start_epoch": 0, "real": True, "fixed_delay": 1, "max_delay": 2, "on_worker_loss": "stop"}
 
 
 @pytest.mark.parametrize("name, main", RELATIONS, ids=[f"{n}-needs-{m}" for n, m in RELATIONS])
 def test_a_detail_needs_its_main_option(name, main):
     with pytest.raises(ConfigError, match=f"^{flag(name)} needs .*{flag(main)}"):
         validated_config({name: DETAIL_VALUES[name]})
-    extra = {"workers": 2} if main == "server" else {}
+    extra = {"workers": 2} if main == "server" else {"server": "asgd", "workers": 2} if main == "real" else {}
     validated_config({name: DETAIL_VALUES[name], main: GIVEN[main], **extra})
 
 

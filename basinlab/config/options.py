@@ -26,6 +26,7 @@ from basinlab.choices import (
     SERVER_MODES,
     STRENGTH_SCHEDULES,
     WD_FILTERS,
+    WORKER_LOSS_POLICIES,
     WORKER_ORDERS,
 )
 from basinlab.utils.schema import Rule
@@ -191,6 +192,17 @@ class TrainConfig:
                             group="asgd", owner="asgd", needs=("server",))
     adjust_lr: bool = opt(False, "scale the regime's lr for the delay: eta*sin(pi/(4d+2))",
                           group="asgd", owner="asgd", needs=("server",))
+    real: bool = opt(False, "run the workers as real processes on this machine, their delays measured",
+                     group="asgd", owner="asgd", needs=("server",))
+    fixed_delay: int | None = opt(None, "real workers: apply each gradient exactly D updates after it was read",
+                                  low=0, high=4096, metavar="D",
+                                  group="asgd", owner="asgd", needs=("real",), unset="apply on arrival")
+    max_delay: int | None = opt(None, "real workers: drop a gradient read more than D updates ago",
+                                low=0, high=4096, metavar="D",
+                                group="asgd", owner="asgd", needs=("real",), unset="no bound")
+    on_worker_loss: str = opt("continue", "real workers: when one dies, go on with the rest, or stop",
+                              choices=WORKER_LOSS_POLICIES,
+                              group="asgd", owner="asgd", needs=("real",))
     # --- flat minima (basinlab.methods.flat) ------------------------------------------------------
     smoothout: float | None = opt(None, "SmoothOut noise strength A (weight noise each step)",
                                   low=0, metavar="A",

@@ -174,22 +174,25 @@ class Loader(abc.ABC):
             self._order = (key, torch.randperm(self.num_examples, generator=make_generator("order", self.seed, epoch)))
         return self._order[1]
 
-    def index_batches(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
-        """(batch number, CPU int64 example indices of this rank) for batches start_batch.. of an epoch."""
+    def index_batches(self, epoch: int, start_batch: int = 0, stride: int = 1) -> Iterator[tuple[int, torch.Tensor]]:
+        """(batch number, CPU int64 example indices of this rank) for batches start_batch, start_batch + stride, ..
+        of an epoch (a stride > 1: one worker's share of the epoch's batch plan, as a real parameter server's
+        worker takes it)."""
         if self.train:
             order = self.permutation(epoch)
             lo, hi = self.shard_bounds()
-            for j in range(start_batch, len(self)):
+            for j in range(start_batch, len(self), stride):
                 yield j, order[j * self.batch_size + lo: j * self.batch_size + hi]
         else:
             mine = torch.arange(self.rank, self.num_examples, self.world_size)
             size = self._local_eval_batch()
-            for j in range(start_batch, len(self)):
+            for j in range(start_batch, len(self), stride):
                 yield j, mine[j * size:(j + 1) * size]
 
     @abc.abstractmethod
-    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(float32 images, int64 labels) on the device for batches start_batch.. of `epoch`."""
+    def epoch(self, epoch: int, start_batch: int = 0, stride: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(float32 images, int64 labels) on the device for batches start_batch, start_batch + stride, .. of
+        `epoch`."""
 
     def __repr__(self) -> str:
         kind = "train" if self.train else "eval"

@@ -72,8 +72,8 @@ class MemoryLoader(Loader):
         else:
             raise ValueError(f"in-memory loaders do not implement augmentation {augmentation!r}")
 
-    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for batch, index in self.index_batches(epoch, start_batch):
+    def epoch(self, epoch: int, start_batch: int = 0, stride: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch, index in self.index_batches(epoch, start_batch, stride):
             if self.train and self.duplicates > 1:
                 index = index.repeat(self.duplicates)   # copy-major: [copy 0, copy 1, ...]
             transform = self.sample_transform()

@@ -145,14 +145,15 @@ class _PlanSampler(Sampler):
         self.loader = weakref.proxy(loader)
         self.epoch = 0
         self.start_batch = 0
+        self.stride = 1
 
     def __iter__(self):
         # Built eagerly: a lazy generator kept by the DataLoader would hold the loader strongly.
         return iter([self.loader.batch_keys(self.epoch, index)
-                     for _, index in self.loader.index_batches(self.epoch, self.start_batch)])
+                     for _, index in self.loader.index_batches(self.epoch, self.start_batch, self.stride)])
 
     def __len__(self) -> int:
-        return max(0, len(self.loader) - self.start_batch)
+        return len(range(self.start_batch, len(self.loader), self.stride))
 
 
 def _worker_error_line(exc: BasinlabError) -> str:
@@ -242,8 +243,8 @@ class StreamLoader(Loader):
         if changed:
             self.close()  # persistent workers hold a copy of the dataset: the next epoch starts new ones
 
-    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.sampler.epoch, self.sampler.start_batch = epoch, start_batch
+    def epoch(self, epoch: int, start_batch: int = 0, stride: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.sampler.epoch, self.sampler.start_batch, self.sampler.stride = epoch, start_batch, stride
         batches = iter(self.loader)
         batch_number = start_batch
         while (batch := self._next_batch(batches)) is not None:
@@ -253,7 +254,7 @@ class StreamLoader(Loader):
             if images.dtype == torch.uint8:
                 images = normalise(images, self.scale, self.shift)
             yield self.finish_batch(images, epoch, batch_number), labels
-            batch_number += 1
+            batch_number += stride
 
     @staticmethod
     def _next_batch(batches):

@@ -173,3 +173,26 @@ def _train_mode_probe(model, batch: int, input_shape, model_name: str, device) -
         raise ConfigError(f"model {model_name} has norm layers that use batch statistics (batch, evonorm_b0, "
                           f"batchrenorm) and cannot normalise a batch of {batch} sample(s) in training; use a batch "
                           f"(and --ghost-batch chunks) of at least 2, or --norm-mode {working}") from None
+
+
+def build_data_and_model(cfg: TrainConfig, device: torch.device, dist, log):
+    """(train loader, val loader, model on `device`, data regime, note on the input transform) of `cfg`: the one
+    way a run's data and model are made, in the trainer and in a real parameter server's worker processes."""
+    import basinlab.data as data_lib
+    from basinlab.engine.data_settings import attach_input_transform, check_data_regime
+    from basinlab.models import create_model
+    from basinlab.optim import DataRegime
+    model_config, regime_config = split_model_config(cfg)
+    train_loader, val_loader = data_lib.build_loaders(
+        cfg.dataset, cfg.datasets_dir or data_lib.default_datasets_dir(),
+        batch_size=cfg.batch_size or 128, eval_batch_size=cfg.eval_batch_size or max(cfg.batch_size or 128, 256),
+        device=device, seed=cfg.seed, train_limit=cfg.train_limit, val_limit=cfg.val_limit, workers=cfg.data_workers,
+        augment=cfg.augment, download=cfg.download, rank=dist.rank, world_size=dist.world_size,
+        limit_mode=cfg.limit_mode)
+    model = dist.convert_norms(create_model(cfg.model, train_loader.num_classes, cfg.dataset, **model_config), log)
+    model.to(device)
+    transform_note = attach_input_transform(model, cfg.model, (train_loader, val_loader))
+    attach_data_regime(model, regime_config)
+    data_regime = DataRegime(getattr(model, "data_regime", None) or [])
+    check_data_regime(data_regime, train_loader, val_loader, flag_batch=cfg.batch_size is not None)
+    return train_loader, val_loader, model, data_regime, transform_note

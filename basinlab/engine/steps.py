@@ -28,6 +28,7 @@ class StepResult:
     loss: torch.Tensor            # detached mean loss of the batch
     logits: torch.Tensor | None   # detached outputs for accuracy (None: not counted)
     skipped: bool = False         # non-finite loss under --nan-policy skip
+    target: torch.Tensor | None = None  # the labels of `logits` when they are not the loop's batch (real workers)
 
 
 class StepStrategy:
@@ -42,6 +43,12 @@ class StepStrategy:
     def lr_factor(self, run) -> float:
         """The factor every lr of the regime is multiplied by for this strategy (asked once, after setup)."""
         return 1.0
+
+    def batches(self, loader, epoch: int, start_batch: int):
+        """The loop's (x, y) batches of `epoch` from `start_batch`, one per train_step. A strategy whose batches
+        are computed elsewhere (a real parameter server's worker processes) yields (None, None) for each
+        gradient it will receive, and its results carry their labels (StepResult.target)."""
+        return loader.epoch(epoch, start_batch=start_batch)
 
     def train_step(self, ctx, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         raise NotImplementedError

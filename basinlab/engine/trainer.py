@@ -13,20 +13,14 @@ from pathlib import Path
 
 import torch
 
-import basinlab.data as data_lib
 from basinlab.config import TrainConfig
 from basinlab.data.choose import check_data_options, resolve_dataset
-from basinlab.engine.data_settings import (
-    apply_data_settings,
-    attach_input_transform,
-    check_data_regime,
-    describe_phase,
-)
+from basinlab.engine.data_settings import apply_data_settings, describe_phase
 from basinlab.engine.distributed import DataParallel
 from basinlab.engine.evaluate import Meter, evaluate
 from basinlab.engine.run_info import RunInfo
 from basinlab.engine.setup import (
-    attach_data_regime,
+    build_data_and_model,
     build_regime,
     check_model_fits_data,
     make_criterion,
@@ -36,8 +30,6 @@ from basinlab.engine.step_context import StepContext
 from basinlab.engine.steps import STRATEGIES, StepStrategy
 from basinlab.engine.trainer_state import CheckpointedState, check_state_keys
 from basinlab.errors import NonFiniteLossError, WriteError
-from basinlab.models import create_model
-from basinlab.optim import DataRegime
 from basinlab.optim.weight_decay import describe as describe_weight_decay
 from basinlab.optim.weight_decay import parameter_groups
 from basinlab.records.run_folder import RunFolder, default_run_name
@@ -118,26 +110,13 @@ class Trainer(CheckpointedState):
     def _build(self, resume_state) -> None:
         """Data, model, regime, precision, optimizer and strategy; the resumed state on top."""
         cfg = self.cfg
-        model_config, regime_config = split_model_config(cfg)
-        self.train_loader, self.val_loader = data_lib.build_loaders(
-            cfg.dataset, cfg.datasets_dir or data_lib.default_datasets_dir(),
-            batch_size=cfg.batch_size or 128, eval_batch_size=cfg.eval_batch_size or max(cfg.batch_size or 128, 256),
-            device=self.device,
-            seed=cfg.seed, train_limit=cfg.train_limit, val_limit=cfg.val_limit, workers=cfg.data_workers,
-            augment=cfg.augment, download=cfg.download, rank=self.dist.rank, world_size=self.dist.world_size,
-            limit_mode=cfg.limit_mode)
-        self.model = create_model(cfg.model, self.train_loader.num_classes, cfg.dataset, **model_config)
-        self.model = self.dist.convert_norms(self.model, self.log)
-        self.model.to(self.device)
-        transform_note = attach_input_transform(self.model, cfg.model, (self.train_loader, self.val_loader))
-        attach_data_regime(self.model, regime_config)
-        self.data_regime = DataRegime(getattr(self.model, "data_regime", None) or [])
-        check_data_regime(self.data_regime, self.train_loader, self.val_loader, flag_batch=cfg.batch_size is not None)
+        self.train_loader, self.val_loader, self.model, self.data_regime, transform_note = build_data_and_model(
+            cfg, self.device, self.dist, self.log)
         self._apply_data_regime(log=False)   # the first phase's input size is what the probe must fit
         check_model_fits_data(self.model, self.train_loader.input_shape, self.train_loader.num_classes, cfg.model,
                               cfg.dataset, self.device, smallest_batch=self._smallest_chunk())
         self.epochs = cfg.epochs or getattr(self.model, "default_epochs", None) or 10
-        self.regime, notes = build_regime(cfg, self.model, regime_config)
+        self.regime, notes = build_regime(cfg, self.model, split_model_config(cfg)[1])
         self.wd_filter = cfg.wd_filter or self.regime.wd_filter or "all"
         notes += [describe_weight_decay(self.model, self.wd_filter)]
         notes += [transform_note] if transform_note else []
@@ -297,18 +276,19 @@ class Trainer(CheckpointedState):
         progress = self.log.progress(f"epoch {self.epoch + 1}/{self.epochs}", len(loader),
                                      initial=self.batch_in_epoch, print_freq=self.cfg.print_freq,
                                      later_steps=(self.epochs - self.epoch - 1) * len(loader))
-        for x, y in loader.epoch(self.epoch, start_batch=self.batch_in_epoch):
+        for x, y in self.strategy.batches(loader, self.epoch, self.batch_in_epoch):
             self._apply_regime()
             before = self._buffers_before_step()
             result = self.strategy.train_step(self.step_context, x, y)
             if result.skipped and before is not None:
                 self._restore_buffers(before)  # a skipped batch leaves no trace (BN statistics included)
+            y = y if result.target is None else result.target  # a real server's batch came from a worker
             if result.logits is not None:
                 self.meter.update(result.loss, result.logits.float(), y)
             self.batch_in_epoch += 1
             for cb in self.callbacks:
                 cb.on_step_end(self.info, result)
-            if progress.step(x.shape[0] * self.dist.world_size, lambda step=result: self._step_summary(step)):
+            if progress.step(len(y) * self.dist.world_size, lambda step=result: self._step_summary(step)):
                 self.run.steps.append(self.global_step, self.epoch + self.batch_in_epoch / len(loader),
                                       result.loss.item(), self.lr)
             if self.stop_signal is not None or self._due_step_checkpoint():

@@ -1,4 +1,5 @@
-"""`configure(cfg)`: the parameter-server step strategy for --server, and the checks of its options."""
+"""`configure(cfg)`: the parameter-server step strategy for --server (simulated, or --real worker processes with
+their delay log), and the checks of its options."""
 from __future__ import annotations
 
 from basinlab.errors import ConfigError
@@ -17,6 +18,8 @@ def configure(cfg, world_size: int = 1, workflow: str = "train"):
     if world_size > 1:
         raise ConfigError(f"--server {cfg.server} simulates its asynchronous workers inside one process and "
                           f"cannot run in a {world_size}-process job; run it without torchrun/--nproc")
+    if cfg.real:
+        return configure_real(cfg)
     resolve_delay(cfg.server, cfg.workers, cfg.delay)
     if cfg.nproc is not None and cfg.nproc > 1:
         raise ConfigError(f"--server simulates its {cfg.workers} workers in one process; --nproc {cfg.nproc} is not "
@@ -24,3 +27,9 @@ def configure(cfg, world_size: int = 1, workflow: str = "train"):
     strategy = ParameterServerStep(cfg.server, cfg.workers, cfg.delay, schedule=cfg.worker_order,
                                    adjust_lr=cfg.adjust_lr, seed=cfg.seed)
     return strategy, []
+
+
+def configure_real(cfg):
+    """--real: N worker processes on this machine and the server in this one (real/server.py)."""
+    from basinlab.methods.asgd.real.method import real_server
+    return real_server(cfg)

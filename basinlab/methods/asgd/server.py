@@ -31,6 +31,7 @@ from torch import Tensor
 from basinlab.choices import SERVER_MODES
 from basinlab.engine.steps import StepResult, StepStrategy
 from basinlab.errors import ConfigError
+from basinlab.methods.asgd.momentum import ShiftedMomentum
 from basinlab.methods.asgd.schedule import make_scheduler
 from basinlab.methods.asgd.snapshots import FlatLayout, SnapshotPool, copy_all
 from basinlab.methods.asgd.stability import adjusted_lr, closed_form_threshold, stability_threshold
@@ -83,7 +84,6 @@ class ParameterServer:
         self.params, self.buffers = list(params), list(buffers)
         self.float_buffers = [b for b in self.buffers if b.is_floating_point()]
         self.int_buffers = [b for b in self.buffers if not b.is_floating_point()]
-        self.param_index = {id(p): i for i, p in enumerate(self.params)}
         self.scheduler = make_scheduler(schedule, self.workers, seed)
         # with d = 0 every worker computes on the current weights: snapshots need only the buffers
         self.snap_params = self.params if self.delay > 0 else []
@@ -96,9 +96,7 @@ class ParameterServer:
         self.contributed: list[int] = []  # those of them whose gradient arrived (finite loss)
         self.buffer_sum: list[Tensor] | None = None
         self.int_last: list[Tensor] | None = None
-        self.momentum: dict[int, list[Tensor]] = {}   # msgd: worker -> flat momentum storage
-        self._momentum_layout = FlatLayout(self.params)
-        self._momentum_views: dict[int, list[Tensor]] = {}
+        self.momentum = ShiftedMomentum(self.params)   # msgd: a momentum buffer per worker
         self.delay_counts: dict[int, int] = {}
 
     # ------------------------------------------------------------------------------ one push
@@ -190,44 +188,9 @@ class ParameterServer:
         self.pending, self.contributed = [], []
 
     # ------------------------------------------------------------------------------ msgd update
-    @torch.no_grad()
     def shifted_momentum_step(self, worker: int, param_groups) -> None:
-        """x -= lr * v_w with worker w's own buffer v_w = gamma v_w + (1 - dampening) (g + wd x).
-
-        Weight decay uses the server's current weights. A worker's first update starts its buffer at
-        the gradient (as torch.optim.SGD does), so the recursion starts with x[-1] = x[0].
-        """
-        for group in param_groups:
-            if group.get("nesterov"):
-                raise ConfigError("--server msgd implements shifted heavy-ball momentum; the regime sets nesterov: "
-                                  "remove it (allowed: lr, momentum, dampening, weight_decay)")
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            if group.get("weight_decay", 0):
-                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
-            gamma = group.get("momentum", 0.0)
-            if gamma:
-                fresh = worker not in self.momentum
-                buffers = self._worker_momentum(worker, params)
-                torch._foreach_mul_(buffers, gamma)
-                torch._foreach_add_(buffers, grads, alpha=1.0 if fresh else 1.0 - group.get("dampening", 0.0))
-                grads = buffers
-            torch._foreach_add_(params, grads, alpha=-group["lr"])
-
-    def _worker_momentum(self, worker: int, params: list[Tensor]) -> list[Tensor]:
-        if worker not in self.momentum:
-            flats = self._momentum_layout.allocate()
-            for flat in flats:
-                flat.zero_()
-            self._keep_momentum(worker, flats)
-        views = self._momentum_views[worker]
-        return [views[self.param_index[id(p)]] for p in params]
-
-    def _keep_momentum(self, worker: int, flats: list[Tensor]) -> None:
-        self.momentum[worker] = flats
-        self._momentum_views[worker] = self._momentum_layout.views(flats)
+        """msgd's update with worker `worker`'s own momentum buffer (momentum.py)."""
+        self.momentum.step(worker, param_groups)
 
     # ------------------------------------------------------------------------------ measurements
     def take_delay_counts(self) -> dict[int, int]:
@@ -256,7 +219,7 @@ class ParameterServer:
         snap = self.pool.snapshot_bytes
         most = self.delay + 1 if self.scheduler.name == "round_robin" else self.workers + 1
         extra_buffers = sum(b.numel() * b.element_size() for b in self.buffers) if self.group > 1 else 0
-        momentum = self._momentum_layout.nbytes * (self.workers if self.mode == "msgd" else 0)
+        momentum = self.momentum.nbytes(self.workers if self.mode == "msgd" else 0)
         return {"model_bytes": FlatLayout(self.params + self.buffers).nbytes, "snapshot_bytes": snap,
                 "snapshots_live": len(self.pool.live), "snapshots_peak": self.pool.peak, "snapshots_max": most,
                 "momentum_bytes_max": momentum, "group_buffer_bytes": extra_buffers}
@@ -272,7 +235,7 @@ class ParameterServer:
             "grads": [p.grad for p in self.params] if mid_group else None,
             "buffer_sum": self.buffer_sum if mid_group and self.contributed else None,
             "int_last": self.int_last if mid_group and self.contributed else None,
-            "momentum": dict(self.momentum), "delay_counts": dict(self.delay_counts),
+            "momentum": self.momentum.state_dict(), "delay_counts": dict(self.delay_counts),
         }
 
     @torch.no_grad()
@@ -293,11 +256,7 @@ class ParameterServer:
         if state["buffer_sum"] is not None:
             self.buffer_sum = [t.to(b.device).clone() for t, b in zip(state["buffer_sum"], self.float_buffers)]
             self.int_last = [t.to(b.device).clone() for t, b in zip(state["int_last"], self.int_buffers)]
-        self.momentum, self._momentum_views = {}, {}
-        for worker, flats in state["momentum"].items():
-            mine = self._momentum_layout.allocate()
-            copy_all(mine, list(flats))
-            self._keep_momentum(int(worker), mine)
+        self.momentum.load_state_dict(state["momentum"])
         self.delay_counts = {int(k): int(v) for k, v in state["delay_counts"].items()}
 
 
