@@ -17,6 +17,8 @@ METHOD_GROUPS = ("asynchronous SGD", "flat minima", "the SAM family", "measureme
 # Every option of the method groups, each in a combination a training accepts.
 METHOD_FLAGS = {
     "server": ["--server", "asgd", "--workers", "2", "--delay", "1", "--worker-order", "random", "--adjust-lr"],
+    "real-server": ["--server", "asgd", "--workers", "2", "--real", "--max-delay", "3", "--on-worker-loss", "stop"],
+    "real-fixed-delay": ["--server", "msgd", "--workers", "2", "--real", "--fixed-delay", "1"],
     "smoothout": ["--smoothout", "0.001", "--smoothout-noise", "normal", "--smoothout-adapt", "filter",
                   "--smoothout-schedule", "anneal", "--smoothout-include-bn", "--no-denoise", "--ghost-batch", "16"],
     "sam": ["--sam", "0.05", "--sam-perturbation", "global"],
@@ -34,7 +36,9 @@ METHOD_FLAGS = {
     "edge-of-stability": ["--log-sharpness-every-steps", "4", "--sharpness-batches", "1", "--hessian-mode", "train"],
     "lowrank": ["--log-lowrank"],
 }
-REFUSED_IN_LR_RANGE = {"server": "cannot run in the LR range test", "lr-scale-batch": "replaces by its sweep",
+REFUSED_IN_LR_RANGE = {"server": "cannot run in the LR range test",
+                       "real-server": "cannot run in the LR range test",
+                       "real-fixed-delay": "cannot run in the LR range test", "lr-scale-batch": "replaces by its sweep",
                        "sharpness-monitor": "the LR range test has none",
                        "edge-of-stability": "changes the lr at every step", "lowrank": "the LR range test has none",
                        "saf": "does not have", "mesa": "does not have"}
