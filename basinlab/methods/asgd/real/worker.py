@@ -46,8 +46,8 @@ class Worker:
         self.index = int(instructions["worker"])
         torch.set_num_threads(int(instructions.get("threads", 1)))
         self.device = pick_device(instructions.get("device", "cpu"))
-        self.loader, _, self.model, self.data_regime, _ = build_data_and_model(cfg, self.device, DataParallel(cfg),
-                                                                               _Log())
+        self.loader, self.val_loader, self.model, self.data_regime, _ = build_data_and_model(
+            cfg, self.device, DataParallel(cfg), _Log())
         self.ctx = StepContext.from_config(cfg, self.model, self.device)
         self.params = list(self.model.parameters())
         buffers = list(self.model.buffers())
@@ -79,7 +79,7 @@ class Worker:
     def _share(self, epoch: int, first: int, stride: int):
         """(epoch, batch number, x, y) of this worker's batches of `epoch`: first, first + stride, ..."""
         from basinlab.engine.data_settings import apply_data_settings
-        apply_data_settings(self.data_regime.settings_at(epoch), self.loader, self.loader,
+        apply_data_settings(self.data_regime.settings_at(epoch), self.loader, self.val_loader,
                             flag_batch=self.cfg.batch_size is not None, flag_eval_batch=True)
         for offset, (x, y) in enumerate(self.loader.epoch(epoch, start_batch=first, stride=stride)):
             yield epoch, first + offset * stride, x, y
