@@ -74,7 +74,8 @@ DETAIL_VALUES = {"workers": 2, "delay": 1, "worker_order": "random", "adjust_lr"
                  "limit_mode": "first", "lr_multiplier": 0.5, "eval_amp": "none", "sam_m": 16, "sam_interval": 2,
                  "gsam_alpha": 0.2, "gsam_rho_min": 0.01, "looksam_k": 3, "looksam_alpha": 0.5, "saf_lambda": 0.5,
                  "saf_tau": 2.0, "saf_horizon": 2, "mesa_decay": 0.99,
-                 "saf_start_epoch": 0, "real": True, "fixed_delay": 1, "max_delay": 2, "on_worker_loss": "stop"}
+                 "saf_start_epoch": 0, "real": True, "fixed_delay": 1, "max_delay": 2, "on_worker_loss": "stop",
+                 "worker_trace": "delays.csv"}
 
 
 @pytest.mark.parametrize("name, main", RELATIONS, ids=[f"{n}-needs-{m}" for n, m in RELATIONS])

@@ -62,6 +62,12 @@ def test_every_batch_is_applied_once_in_version_order_with_its_delay_measured(tm
     assert row.delay_mean == pytest.approx(delays.delay.mean()) and row.delay_max == delays.delay.max()
     assert row.delay_p95 == pytest.approx(np.percentile(delays.delay, 95)) and row.workers_alive == 3
     assert trainer.strategy.pool.ended == {0: 0, 1: 0, 2: 0}          # each worker ended on STOP, by itself
+    # the simulator replaying this run's arrivals gives every gradient the same delay
+    replay = basinlab.train(**BASE, worker_trace=str(folder / "delays.csv"), results_dir=str(tmp_path), save="replay")
+    replayed = pd.read_csv(replay.path / "delays.csv")
+    columns = ["worker", "version_read", "version_applied", "delay"]
+    assert (replayed[columns].to_numpy() == delays[columns].to_numpy()).all()
+    assert abs(replay.history.val_acc1.iloc[-1] - row.val_acc1) < 5.0
 
 
 def test_a_fixed_delay_holds_every_gradient_to_it_and_trains_like_the_simulator(tmp_path):
@@ -158,6 +164,8 @@ def _state(pid: int) -> str:
     (dict(fixed_delay=2, max_delay=3), "give --fixed-delay or --max-delay, not both"),
     (dict(amp="fp16"), "--real does not support --amp fp16"),
     (dict(worker_order="random"), "real workers arrive in the order they finish"),
+    (dict(worker_trace="delays.csv"), "--worker-trace replays a real run's order in the simulator"),
+    (dict(nproc=2), "--real starts its 3 worker processes itself"),
 ])
 def test_what_a_real_server_cannot_honour_is_refused_in_one_line(tmp_path, options, words):
     with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace("+", r"\+")):

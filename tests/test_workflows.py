@@ -19,6 +19,8 @@ METHOD_FLAGS = {
     "server": ["--server", "asgd", "--workers", "2", "--delay", "1", "--worker-order", "random", "--adjust-lr"],
     "real-server": ["--server", "asgd", "--workers", "2", "--real", "--max-delay", "3", "--on-worker-loss", "stop"],
     "real-fixed-delay": ["--server", "msgd", "--workers", "2", "--real", "--fixed-delay", "1"],
+    # a real run's first 12 arrivals (basinlab train --server asgd --workers 3 --real), replayed by the simulator
+    "worker-trace": ["--server", "asgd", "--workers", "3", "--worker-trace", str(ROOT / "tests/fixtures/delays.csv")],
     "smoothout": ["--smoothout", "0.001", "--smoothout-noise", "normal", "--smoothout-adapt", "filter",
                   "--smoothout-schedule", "anneal", "--smoothout-include-bn", "--no-denoise", "--ghost-batch", "16"],
     "sam": ["--sam", "0.05", "--sam-perturbation", "global"],
@@ -38,7 +40,8 @@ METHOD_FLAGS = {
 }
 REFUSED_IN_LR_RANGE = {"server": "cannot run in the LR range test",
                        "real-server": "cannot run in the LR range test",
-                       "real-fixed-delay": "cannot run in the LR range test", "lr-scale-batch": "replaces by its sweep",
+                       "real-fixed-delay": "cannot run in the LR range test",
+                       "worker-trace": "cannot run in the LR range test", "lr-scale-batch": "replaces by its sweep",
                        "sharpness-monitor": "the LR range test has none",
                        "edge-of-stability": "changes the lr at every step", "lowrank": "the LR range test has none",
                        "saf": "does not have", "mesa": "does not have"}

@@ -1,6 +1,8 @@
 """`basinlab stability`: the table of stable learning rates under gradient delay (spec 02-async-sgd.md)."""
 from __future__ import annotations
 
+import math
+
 from basinlab.cli.options import integer, number, output_file
 from basinlab.errors import ConfigError
 from basinlab.methods.asgd.stability import KINDS, adjusted_lr, stability_table
@@ -24,6 +26,9 @@ def add_commands(sub) -> None:
                    help="thresholds on eta*lambda_max instead of the effective eta/(1-gamma)*lambda_max")
     p.add_argument("--csv", type=output_file, help="also write the table to this CSV file (in a folder that "
                                                    "exists)")
+    p.add_argument("--delays-from", metavar="RUN",
+                   help="a real run's delays.csv (or its run folder): thresholds at its measured mean, p95 and max "
+                        "delay, and the empirical threshold of its measured delay sequence (standard momentum)")
     p.set_defaults(func=cmd_stability)
 
 
@@ -55,6 +60,8 @@ def format_table(table) -> str:
 def cmd_stability(args) -> int:
     if len(set(args.delays)) != len(args.delays) or len(set(args.momentum)) != len(args.momentum):
         raise ConfigError("--delays and --momentum must not repeat a value")
+    if args.delays_from:
+        return measured_stability(args)
     table = build_table(args.delays, args.momentum, args.kind, raw=args.raw)
     what = "eta*lambda_max" if args.raw else "eta*lambda_max/(1-gamma)"
     print(f"largest stable {what} by delay tau (linear stability; below it a minimum with top Hessian "
@@ -65,6 +72,35 @@ def cmd_stability(args) -> int:
         out = table.copy()
         out.index.name = "delay"
         out.columns = [c.replace(" ", "_").replace("-", "_").replace("=", "") for c in out.columns]
+        atomic_write_text(args.csv, out.to_csv())
+        print(f"wrote {args.csv}")
+    return 0
+
+
+def measured_stability(args) -> int:
+    """--delays-from: the measured delays of a real run against the constant-delay thresholds and its own."""
+    import numpy as np
+
+    from basinlab.methods.asgd.real.trace import applied_delays, empirical_threshold, read_delays
+    delays = applied_delays(read_delays(args.delays_from))
+    if delays.size == 0:
+        raise ConfigError(f"{args.delays_from}: no applied gradient in its delays.csv")
+    mean, p95, most = float(delays.mean()), float(np.percentile(delays, 95)), int(delays.max())
+    print(f"measured: {delays.size} applied gradients, delay mean {mean:.3g}, p50 {np.percentile(delays, 50):.3g}, "
+          f"p95 {p95:.3g}, max {most}")
+    rows = {f"constant {d} (ceil of the mean)" if d == math.ceil(mean) else f"constant {d}": d
+            for d in dict.fromkeys([math.ceil(mean), math.ceil(p95), most])}
+    table = build_table(list(rows.values()), args.momentum, ["standard"], raw=args.raw)
+    table.index = list(rows)
+    empirical = [empirical_threshold(delays, m) / (1.0 if args.raw else 1.0 - m) for m in args.momentum]
+    table.loc["measured sequence (empirical)"] = [*empirical, float("nan")]
+    what = "eta*lambda_max" if args.raw else "eta*lambda_max/(1-gamma)"
+    print(f"largest stable {what}: linear stability at constant delays, and delayed SGD with server momentum on a "
+          f"quadratic driven by the measured delay sequence (methods/asgd/real/trace.py)")
+    print(format_table(table))
+    if args.csv:
+        out = table.copy()
+        out.index.name = "delay"
         atomic_write_text(args.csv, out.to_csv())
         print(f"wrote {args.csv}")
     return 0

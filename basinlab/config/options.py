@@ -200,6 +200,9 @@ class TrainConfig:
     max_delay: int | None = opt(None, "real workers: drop a gradient read more than D updates ago",
                                 low=0, high=4096, metavar="D",
                                 group="asgd", owner="asgd", needs=("real",), unset="no bound")
+    worker_trace: str | None = opt(None, "simulated workers: replay a real run's order (its delays.csv)",
+                                   metavar="FILE", group="asgd", owner="asgd", needs=("server",),
+                                   unset="--worker-order")
     on_worker_loss: str = opt("continue", "real workers: when one dies, go on with the rest, or stop",
                               choices=WORKER_LOSS_POLICIES,
                               group="asgd", owner="asgd", needs=("real",))

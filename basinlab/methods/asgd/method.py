@@ -15,15 +15,20 @@ def configure(cfg, world_size: int = 1, workflow: str = "train"):
         raise ConfigError(f"--server {cfg.server} cannot run in the LR range test: the test reads each step's loss "
                           f"as the answer to that step's lr, and the server's delayed gradients come from earlier "
                           f"lrs; run the LR range test without --server")
+    if cfg.real and (world_size > 1 or (cfg.nproc or 1) > 1):
+        raise ConfigError(f"--real starts its {cfg.workers} worker processes itself, on this machine; running them "
+                          f"as torchrun ranks is not supported yet: run it without torchrun/--nproc")
     if world_size > 1:
         raise ConfigError(f"--server {cfg.server} simulates its asynchronous workers inside one process and "
                           f"cannot run in a {world_size}-process job; run it without torchrun/--nproc")
-    if cfg.real:
-        return configure_real(cfg)
-    resolve_delay(cfg.server, cfg.workers, cfg.delay)
     if cfg.nproc is not None and cfg.nproc > 1:
         raise ConfigError(f"--server simulates its {cfg.workers} workers in one process; --nproc {cfg.nproc} is not "
                           f"supported with it (allowed: --nproc 1 or none)")
+    if cfg.real:
+        return configure_real(cfg)
+    if cfg.worker_trace is not None:
+        return configure_replay(cfg)
+    resolve_delay(cfg.server, cfg.workers, cfg.delay)
     strategy = ParameterServerStep(cfg.server, cfg.workers, cfg.delay, schedule=cfg.worker_order,
                                    adjust_lr=cfg.adjust_lr, seed=cfg.seed)
     return strategy, []
@@ -33,3 +38,13 @@ def configure_real(cfg):
     """--real: N worker processes on this machine and the server in this one (real/server.py)."""
     from basinlab.methods.asgd.real.method import real_server
     return real_server(cfg)
+
+
+def configure_replay(cfg):
+    """--worker-trace: the simulator replaying a real run's arrivals, with its own delays.csv."""
+    from basinlab.methods.asgd.real.method import DelayFile
+    from basinlab.methods.asgd.replay import TraceReplayStep
+    if cfg.delay is not None or cfg.worker_order != "round_robin":
+        raise ConfigError("--worker-trace sets the order and so the delays; drop --delay and --worker-order")
+    strategy = TraceReplayStep(cfg.server, cfg.workers, cfg.worker_trace, adjust_lr=cfg.adjust_lr, seed=cfg.seed)
+    return strategy, [DelayFile(strategy)]

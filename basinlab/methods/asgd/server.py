@@ -32,7 +32,7 @@ from basinlab.choices import SERVER_MODES
 from basinlab.engine.steps import StepResult, StepStrategy
 from basinlab.errors import ConfigError
 from basinlab.methods.asgd.momentum import ShiftedMomentum
-from basinlab.methods.asgd.schedule import make_scheduler
+from basinlab.methods.asgd.schedule import Scheduler, make_scheduler
 from basinlab.methods.asgd.snapshots import FlatLayout, SnapshotPool, copy_all
 from basinlab.methods.asgd.stability import adjusted_lr, closed_form_threshold, stability_threshold
 
@@ -84,7 +84,8 @@ class ParameterServer:
         self.params, self.buffers = list(params), list(buffers)
         self.float_buffers = [b for b in self.buffers if b.is_floating_point()]
         self.int_buffers = [b for b in self.buffers if not b.is_floating_point()]
-        self.scheduler = make_scheduler(schedule, self.workers, seed)
+        # a Scheduler given as it is: the replay of a real run's order (real/trace.py TraceOrder)
+        self.scheduler = schedule if isinstance(schedule, Scheduler) else make_scheduler(schedule, self.workers, seed)
         # with d = 0 every worker computes on the current weights: snapshots need only the buffers
         self.snap_params = self.params if self.delay > 0 else []
         self.pool = SnapshotPool(self.snap_params, self.buffers)
@@ -98,6 +99,7 @@ class ParameterServer:
         self.int_last: list[Tensor] | None = None
         self.momentum = ShiftedMomentum(self.params)   # msgd: a momentum buffer per worker
         self.delay_counts: dict[int, int] = {}
+        self.on_applied = None    # called (worker, version read, version applied to) per applied gradient
 
     # ------------------------------------------------------------------------------ one push
     def step(self, compute, update) -> tuple[int, bool]:
@@ -155,6 +157,8 @@ class ParameterServer:
         for w in self.contributed:
             stale = self.version - self.worker_version[w]
             self.delay_counts[stale] = self.delay_counts.get(stale, 0) + 1
+            if self.on_applied is not None:
+                self.on_applied(w, self.worker_version[w], self.version)
         if arrived:
             grads = [p.grad for p in self.params if p.grad is not None]
             if arrived > 1 and grads:
@@ -186,6 +190,17 @@ class ParameterServer:
             self.scheduler.pulled(w)
         self.version = new
         self.pending, self.contributed = [], []
+
+    @torch.no_grad()
+    def pull_current(self) -> None:
+        """Every worker takes the current weights (a real server's sync point: its workers restart together)."""
+        if self.pending:
+            raise RuntimeError("pull_current() inside an open group")
+        for w in range(self.workers):
+            self.pool.release(self.worker_version[w])
+            self.worker_version[w] = self.version
+            self.scheduler.pulled(w)
+        self.pool[self.version].refs += self.workers
 
     # ------------------------------------------------------------------------------ msgd update
     def shifted_momentum_step(self, worker: int, param_groups) -> None:

@@ -29,9 +29,13 @@ class DelayLog:
         self.discarded = 0              # in-flight gradients discarded at sync points this epoch
 
     def add(self, wire, worker: int, version: int, status: str) -> None:
-        read = int(wire.field("version"))
-        self.rows.append((int(wire.field("epoch")) + 1, int(wire.field("batch")), worker, read, version,
-                          version - read, round(time.time() - wire.field("read_time"), 6), status))
+        """The row of a gradient message `wire` from `worker`, applied to (or dropped at) server `version`."""
+        self.add_row(int(wire.field("epoch")) + 1, int(wire.field("batch")), worker, int(wire.field("version")),
+                     version, round(time.time() - wire.field("read_time"), 6), status)
+
+    def add_row(self, epoch: int, batch: int, worker: int, read: int, version: int, age_s: float,
+                status: str) -> None:
+        self.rows.append((epoch, batch, worker, read, version, version - read, age_s, status))
 
     def take_epoch(self) -> np.ndarray:
         """The delays of the gradients applied this epoch (applied or drained)."""

@@ -17,6 +17,9 @@ def check_real(cfg) -> None:
     if cfg.worker_order != "round_robin":
         raise ConfigError(f"--worker-order {cfg.worker_order} orders simulated workers; real workers arrive in the "
                           f"order they finish: drop --worker-order with --real")
+    if cfg.worker_trace is not None:
+        raise ConfigError("--worker-trace replays a real run's order in the simulator; real workers make their own: "
+                          "drop --worker-trace or --real")
     if cfg.fixed_delay is not None and cfg.max_delay is not None:
         raise ConfigError("--fixed-delay already bounds every delay; give --fixed-delay or --max-delay, not both")
     if mode == "ssgd" and cfg.fixed_delay not in (None, 0):
