@@ -58,3 +58,15 @@ def test_a_malformed_delays_csv_is_refused_in_one_line(tmp_path, edit, words):
         read_delays(trace)
     with pytest.raises(ConfigError, match="no delays.csv at"):
         read_delays(tmp_path / "elsewhere")
+
+
+def test_the_report_reads_each_epochs_delay_distribution(tmp_path):
+    from basinlab.records.report_data import delay_fractions
+    trace = write_trace(tmp_path / "delays.csv", [0, 1, 1, 2])
+    table = pd.read_csv(trace)
+    table.loc[3, "status"] = "dropped"          # not applied: not in the distribution
+    table.loc[[2, 3], "epoch"] = 2
+    table.to_csv(trace, index=False)
+    fractions = delay_fractions(trace)
+    assert fractions.to_dict("list") == {"epoch": [1, 1, 2], "delay": [0, 1, 1], "fraction": [0.5, 0.5, 1.0]}
+    assert delay_fractions(tmp_path / "absent.csv") is None

@@ -21,6 +21,7 @@ import pytest
 
 import basinlab
 from basinlab.api import build_run, make_config
+from basinlab.cli import main
 from basinlab.engine.callbacks import Callback
 from basinlab.engine.trainer import TrainingInterrupted
 from basinlab.errors import ConfigError, WorkerLostError
@@ -62,6 +63,9 @@ def test_every_batch_is_applied_once_in_version_order_with_its_delay_measured(tm
     assert row.delay_mean == pytest.approx(delays.delay.mean()) and row.delay_max == delays.delay.max()
     assert row.delay_p95 == pytest.approx(np.percentile(delays.delay, 95)) and row.workers_alive == 3
     assert trainer.strategy.pool.ended == {0: 0, 1: 0, 2: 0}          # each worker ended on STOP, by itself
+    assert (folder / "plots" / "delays.png").is_file()
+    assert main(["report", str(folder), "-o", str(tmp_path / "report.html")]) == 0
+    assert "measured delays per epoch: free (delays.csv)" in (tmp_path / "report.html").read_text()
     # the simulator replaying this run's arrivals gives every gradient the same delay
     replay = basinlab.train(**BASE, worker_trace=str(folder / "delays.csv"), results_dir=str(tmp_path), save="replay")
     replayed = pd.read_csv(replay.path / "delays.csv")

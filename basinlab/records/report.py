@@ -7,9 +7,10 @@ loss, best epoch, epochs run; then the options that differ, as the run used them
 run or sweep setting (unticking one hides its lines in every figure) and, with a sweep, one to show each seed; the
 curves per epoch (loss, top-1 error, lr; train dashed, validation solid) with zoom, pan and hover, the per-step
 loss where steps.csv was written, the sharpness against its edge where sharpness-steps.csv was (lambda_max, batch
-and preconditioned sharpness, the threshold dashed), one figure per method column of results.csv (delays,
-lambda_max, SmoothOut strength, ...) and the low-rank means where lowrank.csv exists; for each sweep its statistics
-over seeds and every seed's final top-1 per setting; last, each run's context (subset, time, images/s, model,
+and preconditioned sharpness, the threshold dashed), each epoch's measured delays where delays.csv was (a heat
+map per run), one figure per method column of results.csv (delays, lambda_max, SmoothOut strength, ...) and the
+low-rank means where lowrank.csv exists; for each sweep its statistics over seeds and every seed's final top-1 per
+setting; last, each run's context (subset, time, images/s, model,
 version, commit, date, folder). BokehJS and the data are inlined: the file opens without a network.
 
 A run given on its own is one colour and its lines carry the tag ``run:<name>``. A sweep's setting is one colour:
@@ -222,6 +223,7 @@ def series_figures(entries: list[Entry]) -> list:
         figures.append(_with_legend(fig, len(entries)))
     if any(run.sharpness is not None for run in runs):
         figures.append(sharpness_figure(entries))
+    figures += delay_figures(entries)
     for column in dict.fromkeys(c for run in runs for c in run.method_columns()):
         fig = _figure(column, column, False)
         _series(fig, entries, lambda run: run.history, column)
@@ -257,6 +259,33 @@ def sharpness_figure(entries: list[Entry]):
                 draw_entry(fig, part, [_xy(frame, "epoch", column) for frame in frames],
                            {"line_dash": dash, "legend_label": f"{entry.label} {name}"})
     return _with_legend(fig, len(entries))
+
+
+DELAY_FIGURES = 6  # runs with delays.csv drawn as heat maps, at most
+
+
+def delay_figures(entries: list[Entry]) -> list:
+    """delays.csv (--real): for each run (the first DELAY_FIGURES), each epoch's distribution of measured delays as
+    a heat map, epoch x delay, coloured by the fraction of that epoch's applied gradients."""
+    from bokeh.models import ColumnDataSource, HoverTool
+    from bokeh.plotting import figure
+    from bokeh.transform import linear_cmap
+    figures = []
+    for entry in entries:
+        for run in (run for run in entry.runs if run.delays is not None):
+            if len(figures) == DELAY_FIGURES:
+                return figures
+            frame = run.delays
+            fig = figure(title=f"measured delays per epoch: {run.name} (delays.csv)", **FIGURE)
+            fig.xaxis.axis_label, fig.yaxis.axis_label = "epoch", "delay (server updates)"
+            colours = linear_cmap("fraction", "Viridis256", 0, float(frame["fraction"].max()))
+            cells = fig.rect("epoch", "delay", 1, 1, fill_color=colours, line_color=None,
+                             source=ColumnDataSource({c: frame[c].tolist() for c in ("epoch", "delay", "fraction")}))
+            _tagged(cells, f"member:{run.name}" if entry.is_setting else entry.key)
+            fig.add_tools(HoverTool(tooltips=[("epoch", "@epoch"), ("delay", "@delay"),
+                                              ("fraction", "@fraction{0.000}")]))
+            figures.append(fig)
+    return figures
 
 
 def _series(fig, entries: list[Entry], frame_of, column: str) -> None:

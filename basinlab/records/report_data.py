@@ -48,6 +48,7 @@ class RunData:
     lowrank: pd.DataFrame | None = None         # per-epoch means of lowrank.csv
     env: dict = field(default_factory=dict)     # env.yaml: versions, commit, start, and what options resolved to
     sharpness: pd.DataFrame | None = None       # sharpness-steps.csv (--log-sharpness-every-steps)
+    delays: pd.DataFrame | None = None          # delays.csv (--real): epoch, delay, fraction of its gradients
 
     @property
     def effective(self) -> dict | None:
@@ -98,7 +99,7 @@ def read_run_data(path: str | Path, name: str | None = None) -> RunData:
     config = read_yaml_mapping(path / "config.yaml", what="run config")  # safe_load, size and alias limits
     return RunData(name or path.name, path, config, read_history(results), read_steps(path / "steps.csv"),
                    lowrank_means(path / "lowrank.csv"), read_env(path / "env.yaml"),
-                   read_sharpness_steps(path / SHARPNESS_CSV))
+                   read_sharpness_steps(path / SHARPNESS_CSV), delay_fractions(path / "delays.csv"))
 
 
 def read_sharpness_steps(path: Path) -> pd.DataFrame | None:
@@ -168,6 +169,24 @@ def lowrank_means(path: Path) -> pd.DataFrame | None:
         frame = frame[frame["kind"] == "conv"]
     means = {name: (frame[a] + frame[b]) / 2 for name, (a, b) in LOWRANK_MEANS.items()}
     return pd.DataFrame({"epoch": frame["epoch"], **means}).groupby("epoch", as_index=False).mean()
+
+
+def delay_fractions(path: Path) -> pd.DataFrame | None:
+    """A real run's delays.csv as (epoch, delay, fraction of that epoch's applied gradients); None where there is
+    none or it cannot be read (the figure is left out, the rest of the run reported)."""
+    import pandas as pd
+    if not path.is_file():
+        return None
+    try:
+        frame = pd.read_csv(path, usecols=["epoch", "delay", "status"])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError):
+        return None
+    frame = frame[frame["status"] != "dropped"]
+    if frame.empty or not all(pd.api.types.is_numeric_dtype(frame[c]) for c in ("epoch", "delay")):
+        return None
+    counts = frame.groupby(["epoch", "delay"]).size().rename("count").reset_index()
+    counts["fraction"] = counts["count"] / counts.groupby("epoch")["count"].transform("sum")
+    return counts[["epoch", "delay", "fraction"]]
 
 
 def unique_names(paths: list[Path]) -> list[str]:

@@ -76,3 +76,14 @@ class DelayFile(Callback):
         rows = self.strategy.delays.take_rows()
         with open(self.path, "a") as f:
             f.writelines(",".join(map(str, r)) + "\n" for r in rows)
+        if run.is_main:
+            self.plot(run)
+
+    def plot(self, run) -> None:
+        """plots/delays.png from the whole file (each epoch's distribution)."""
+        import pandas as pd
+
+        from basinlab.methods.asgd.real.plot import plot_delays
+        table = pd.read_csv(self.path)
+        if len(table):
+            plot_delays(table, run.path / "plots" / "delays.png", title=f"{run.path.name}: measured delays")
