@@ -25,7 +25,7 @@ from basinlab.engine.inspect import (
 from basinlab.engine.setup import check_norm_options
 from basinlab.engine.trainer import Trainer
 from basinlab.errors import ConfigError
-from basinlab.methods.registry import build_method
+from basinlab.methods.registry import build_method, claim_rank
 from basinlab.models import absolute_model_spec, is_user_model, trusting_model_code
 from basinlab.models import trust_model_code as trust_user_model
 from basinlab.presets import get_preset
@@ -85,7 +85,8 @@ def train(config=None, *, callbacks=(), strategy=None, trust_model_code: bool = 
     `strategy` replaces the step strategy the options would choose. `trust_model_code=True` lets this call
     import the model code (file.py:factory) that `config` or a resumed checkpoint names; a model named in
     `options` is trusted anyway, and no file can grant trust itself.
-    Returns a Run with `.path`, `.config`, `.history` (pandas DataFrame, one row per epoch) and `.model`.
+    Returns a Run with `.path`, `.config`, `.history` (pandas DataFrame, one row per epoch) and `.model`; on a
+    worker rank of a --real torchrun job (methods/asgd/real/ranks.py), that worker's exit status.
     """
     if not isinstance(trust_model_code, bool):
         raise ConfigError(f"trust_model_code must be True or False, got {shown(trust_model_code)}")
@@ -94,6 +95,11 @@ def train(config=None, *, callbacks=(), strategy=None, trust_model_code: bool = 
             cfg = config.replace(**options) if options else config
         else:
             cfg = make_config(load_yaml(config) if config is not None else {}, **options)
+        role = claim_rank(cfg)  # a method that runs as several torchrun ranks (--real) gives this rank its part
+        if role is not None:
+            finished = role()
+            if finished is not None:   # a worker rank: it trained no run of its own
+                return finished
         return build_run(cfg, callbacks=callbacks, strategy=strategy).fit()
 
 

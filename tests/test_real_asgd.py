@@ -169,9 +169,36 @@ def _state(pid: int) -> str:
     (dict(amp="fp16"), "--real does not support --amp fp16"),
     (dict(worker_order="random"), "real workers arrive in the order they finish"),
     (dict(worker_trace="delays.csv"), "--worker-trace replays a real run's order in the simulator"),
-    (dict(nproc=2), "--real starts its 3 worker processes itself"),
+    (dict(nproc=2), "--real runs its server and 3 workers as processes of their own"),
 ])
 def test_what_a_real_server_cannot_honour_is_refused_in_one_line(tmp_path, options, words):
     with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace("+", r"\+")):
         real_run(tmp_path, "refused", **options)
     assert not (tmp_path / "refused").exists()
+
+
+def test_under_torchrun_rank_0_serves_and_the_other_ranks_work(tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4", "-m", "basinlab",
+               "train", "--dataset", "mnist5k", "--model", "fc", "--epochs", "1", "--batch-size", "32",
+               "--train-limit", "960", "--server", "asgd", "--workers", "3", "--real", "--quiet",
+               "--results-dir", str(tmp_path), "--save", "ranks"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    delays = pd.read_csv(tmp_path / "ranks" / "delays.csv")
+    assert sorted(delays.batch) == list(range(STEPS)) and set(delays.worker) == {0, 1, 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["ranks"]     # one run folder: the server's
+
+
+def test_a_torchrun_job_of_the_wrong_size_is_refused(monkeypatch):
+    from basinlab.methods.asgd.real.ranks import STORE_ENV, claim_rank
+    cfg = make_config(**BASE, real=True)
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match="as 4 ranks; this job has 3: launch --workers \\+ 1 processes"):
+        claim_rank(cfg)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.delenv(STORE_ENV, raising=False)
+    claim_rank(cfg)()                                # rank 0 becomes a one-process run: the server
+    assert "WORLD_SIZE" not in os.environ and "RANK" not in os.environ and STORE_ENV in os.environ
+    os.environ.pop(STORE_ENV)                        # (monkeypatch puts back what it found: nothing)
+    assert claim_rank(make_config(**BASE)) is None   # the simulator is not claimed

@@ -32,6 +32,8 @@ def cmd_train(args) -> int:
         build_run(cfg.replace(quiet=False)).setup(dry_run=True)
         return 0
     run = record_errors(train)(cfg)
+    if isinstance(run, int):  # a --real worker rank under torchrun: its exit status
+        return run
     if not cfg.quiet and is_main_process():
         best = run.best or {}
         print(f"run folder: {run.path} (best val top-1 {best.get('val_acc1', float('nan')):.2f}% "

@@ -59,3 +59,10 @@ def build_method(cfg: TrainConfig, world_size: int = 1, workflow: str = "train")
             strategy, owner = found, module.METHOD_NAME
         callbacks.extend(more)
     return strategy or PlainStep(cfg.ghost_batch), callbacks
+
+
+def claim_rank(cfg: TrainConfig):
+    """Under torchrun, what this rank runs for a method whose job is several kinds of process (--real: rank 0 the
+    server, which then trains as one process, the others its workers); None for ordinary training."""
+    from basinlab.methods.asgd.real.ranks import claim_rank as real_ranks
+    return real_ranks(cfg)

@@ -16,8 +16,9 @@ def configure(cfg, world_size: int = 1, workflow: str = "train"):
                           f"as the answer to that step's lr, and the server's delayed gradients come from earlier "
                           f"lrs; run the LR range test without --server")
     if cfg.real and (world_size > 1 or (cfg.nproc or 1) > 1):
-        raise ConfigError(f"--real starts its {cfg.workers} worker processes itself, on this machine; running them "
-                          f"as torchrun ranks is not supported yet: run it without torchrun/--nproc")
+        raise ConfigError(f"--real runs its server and {cfg.workers} workers as processes of their own: start them "
+                          f"yourself (basinlab train ... --real) or as {cfg.workers + 1} torchrun ranks (torchrun "
+                          f"--nproc_per_node {cfg.workers + 1} -m basinlab train ... --real), not with --nproc")
     if world_size > 1:
         raise ConfigError(f"--server {cfg.server} simulates its asynchronous workers inside one process and "
                           f"cannot run in a {world_size}-process job; run it without torchrun/--nproc")

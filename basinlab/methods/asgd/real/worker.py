@@ -101,10 +101,10 @@ class Worker:
         self.wire.send(self.conn, block)
 
 
-def main() -> int:
+def serve(instructions: dict) -> int:
+    """Build this worker from `instructions` and run it until the server says stop; the exit status."""
+    from basinlab.models import trusting_model_code
     try:
-        from basinlab.models import trusting_model_code
-        instructions = json.loads(sys.stdin.read())
         with trusting_model_code(bool(instructions.get("trust"))):  # the server's process built this model
             worker = Worker(instructions)
         worker.run()
@@ -115,6 +115,11 @@ def main() -> int:
     except Exception as exc:  # noqa: BLE001 - the one line the server repeats
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return 1
+
+
+def main() -> int:
+    """A worker started by the server on this machine: its instructions arrive on stdin."""
+    return serve(json.loads(sys.stdin.read()))
 
 
 if __name__ == "__main__":

@@ -42,12 +42,18 @@ class WorkerPool:
 
     # ------------------------------------------------------------------------------ start
     def start(self, instructions: dict, threads: int) -> None:
+        """Start the N worker processes here, or, as rank 0 of a torchrun job, tell its other ranks where to
+        connect (ranks.py); then wait for every connection."""
+        from basinlab.methods.asgd.real.ranks import publish, serving_ranks
         key = secrets.token_bytes(32)
-        server = socket.create_server(("127.0.0.1", 0))
+        ranks = serving_ranks()
+        server = socket.create_server(("0.0.0.0" if ranks else "127.0.0.1", 0))
         server.settimeout(1.0)
         try:
             port = server.getsockname()[1]
-            for worker in range(self.count):
+            if ranks:
+                publish({**instructions, "key": key.hex()}, port)
+            for worker in range(0 if ranks else self.count):
                 self._spawn(worker, {**instructions, "worker": worker, "address": ["127.0.0.1", port],
                                      "key": key.hex()}, threads)
             self._accept(server, key)
