@@ -62,6 +62,7 @@ def test_every_batch_is_applied_once_in_version_order_with_its_delay_measured(tm
     row = pd.read_csv(folder / "results.csv").iloc[0]
     assert row.delay_mean == pytest.approx(delays.delay.mean()) and row.delay_max == delays.delay.max()
     assert row.delay_p95 == pytest.approx(np.percentile(delays.delay, 95)) and row.workers_alive == 3
+    assert 0 < row.worker_spread < 0.5       # the weights the workers last received, against the server's
     assert trainer.strategy.pool.ended == {0: 0, 1: 0, 2: 0}          # each worker ended on STOP, by itself
     assert (folder / "plots" / "delays.png").is_file()
     assert main(["report", str(folder), "-o", str(tmp_path / "report.html")]) == 0

@@ -58,6 +58,8 @@ class RealServerStep(StepStrategy):
         self.int_buffers = [b for b in self.buffers if not b.is_floating_point()]
         self.momentum = ShiftedMomentum(self.params) if self.mode == "msgd" else None
         self.send_wire = Wire(self.params, self.buffers, run.num_classes)
+        # the parameters each worker last received (flat, float32 as sent): for the worker_spread column
+        self.sent = {w: torch.zeros(sum(p.numel() for p in self.params)) for w in range(self.workers)}
         self.wires = {w: Wire(self.params, self.buffers, run.num_classes, run.batch_size)
                       for w in range(self.workers)}
         self.pool = WorkerPool(self.workers, run.log)
@@ -147,14 +149,32 @@ class RealServerStep(StepStrategy):
             block = self.send_wire.pack_weights(START, {"version": self.version, "epoch": self.epoch,
                                                         "batch": self.next_batch[worker], "stride": self.stride})
             if self.pool.send(worker, self.send_wire, block):
+                self._keep_sent(worker)
                 self.computing.add(worker)
         self.paused = False
 
     def _reply(self, worker: int) -> None:
         """The current weights to `worker`; it computes its next batch on them, if its share has one."""
         block = self.send_wire.pack_weights(WEIGHTS, {"version": self.version})
-        if self.pool.send(worker, self.send_wire, block) and self.next_batch[worker] < self.steps_per_epoch:
+        if not self.pool.send(worker, self.send_wire, block):
+            return
+        self._keep_sent(worker)
+        if self.next_batch[worker] < self.steps_per_epoch:
             self.computing.add(worker)
+
+    def _keep_sent(self, worker: int) -> None:
+        self.sent[worker].copy_(self.send_wire.body[:self.sent[worker].numel()])
+
+    @torch.no_grad()
+    def worker_spread(self) -> float:
+        """RMS over the live workers of ||x_worker - x_server|| / ||x_server||: the weights each last received
+        against the server's now (the simulator's column; parameters only)."""
+        server = torch.cat([p.detach().reshape(-1).float().cpu() for p in self.params])
+        live = self.pool.alive
+        if not live:
+            return math.nan
+        total = sum(float((self.sent[w] - server).double().square().sum()) for w in live)
+        return math.sqrt(total / len(live)) / max(float(server.double().norm()), 1e-30)
 
     # ------------------------------------------------------------------------------ applying gradients
     def _apply_ready(self, ctx, drain: bool = False, reply: bool = True) -> None:
@@ -239,7 +259,7 @@ class RealServerStep(StepStrategy):
         if delays.size:
             run.tensorboard.histogram("asgd/delay", delays, run.epoch + 1)
         stats = self.delays.summary(delays)
-        return {**stats, "workers_alive": len(self.pool.alive)}
+        return {**stats, "worker_spread": self.worker_spread(), "workers_alive": len(self.pool.alive)}
 
     def state_dict(self) -> dict:
         return {"mode": self.mode, "workers": self.workers, "version": self.version, "epoch": self.epoch,
