@@ -51,3 +51,27 @@ def test_autohyper_trains_the_runs_of_its_grid(config, tmp_path):
         assert mine[key] == run.options.get(key), key
     assert _first_phase(mine) == _first_phase(run.options)
     assert len(grid.grid["lr"]) == 7 and len(grid.seeds) >= 3
+
+
+def test_the_cluster_script_of_real_workers_is_a_valid_job(monkeypatch):
+    """experiments/async-sgd/real-paper.sbatch: its basinlab command passes every option's and method's check, and
+    its torchrun job has the server's rank plus one per worker, without training anything."""
+    import re
+    import shlex
+    import subprocess
+
+    from basinlab.cli import build_parser
+    from basinlab.cli.options import build_train_config
+    from basinlab.methods.registry import build_method, claim_rank
+    script = EXPERIMENTS / "async-sgd" / "real-paper.sbatch"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text().replace("\\\n", " ").replace('"$SEED"', "0").replace("$SEED", "0")
+    command = shlex.split(text[text.index("-m basinlab train"):].splitlines()[0])[3:]
+    nodes, per_node = (int(re.search(rf"--{name} (\d+)", text).group(1)) for name in ("nnodes", "nproc_per_node"))
+    assert f"#SBATCH --nodes={nodes}" in text
+    cfg = build_train_config(build_parser().parse_args(["train", *command]))
+    assert cfg.real and cfg.workers + 1 == nodes * per_node
+    build_method(cfg, 1)
+    monkeypatch.setenv("WORLD_SIZE", str(nodes * per_node))
+    monkeypatch.setenv("RANK", "1")
+    assert callable(claim_rank(cfg))   # a worker rank's part (not run: it would wait for the server)

@@ -168,6 +168,7 @@ def _state(pid: int) -> str:
     (dict(fixed_delay=1), "D+1 must divide N; allowed for 3 workers: 0, 2"),
     (dict(fixed_delay=2, max_delay=3), "give --fixed-delay or --max-delay, not both"),
     (dict(amp="fp16"), "--real does not support --amp fp16"),
+    (dict(adjust_lr=True), "--adjust-lr scales the lr for a delay known before training"),
     (dict(worker_order="random"), "real workers arrive in the order they finish"),
     (dict(worker_trace="delays.csv"), "--worker-trace replays a real run's order in the simulator"),
     (dict(nproc=2), "--real runs its server and 3 workers as processes of their own"),

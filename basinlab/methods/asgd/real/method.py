@@ -34,6 +34,10 @@ def check_real(cfg) -> None:
     if mode == "msgd" and cfg.fixed_delay not in (None, n - 1):
         raise ConfigError(f"--server msgd applies one worker's gradient per update; --fixed-delay must be "
                           f"workers - 1 = {n - 1} or absent, got {cfg.fixed_delay}")
+    if cfg.adjust_lr and cfg.fixed_delay is None:
+        raise ConfigError("--adjust-lr scales the lr for a delay known before training; real workers' delays are "
+                          "measured: give --fixed-delay D, or set --lr from `basinlab stability --delays-from RUN` "
+                          "of an earlier run")
     if cfg.amp == "fp16":
         raise ConfigError("--real does not support --amp fp16 (the loss scale would live in N+1 processes); use "
                           "--amp bf16 or none")
@@ -49,7 +53,7 @@ def real_server(cfg):
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = max(1, cores // (cfg.workers + 1))
     strategy = RealServerStep(cfg.server, cfg.workers, fixed_delay=cfg.fixed_delay, max_delay=cfg.max_delay,
-                              on_worker_loss=cfg.on_worker_loss, threads=threads)
+                              on_worker_loss=cfg.on_worker_loss, threads=threads, adjust_lr=cfg.adjust_lr)
     return strategy, [DelayFile(strategy)]
 
 

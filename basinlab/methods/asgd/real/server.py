@@ -27,18 +27,19 @@ from basinlab.methods.asgd.momentum import ShiftedMomentum
 from basinlab.methods.asgd.real.delays import DelayLog
 from basinlab.methods.asgd.real.wire import NONFINITE, START, STOP, WEIGHTS, Wire
 from basinlab.methods.asgd.real.workers import WorkerPool
+from basinlab.methods.asgd.stability import adjusted_lr
 
 
 class RealServerStep(StepStrategy):
     name = "real-parameter-server"
 
     def __init__(self, mode: str, workers: int, *, fixed_delay: int | None = None, max_delay: int | None = None,
-                 on_worker_loss: str = "continue", threads: int = 1):
+                 on_worker_loss: str = "continue", threads: int = 1, adjust_lr: bool = False):
         self.mode, self.workers = mode, workers
         self.fixed_delay = 0 if mode == "ssgd" else fixed_delay
         self.group = workers // (self.fixed_delay + 1) if self.fixed_delay is not None else 1
         self.max_delay, self.on_worker_loss = max_delay, on_worker_loss
-        self.threads = threads
+        self.threads, self.adjust_lr = threads, adjust_lr
         self.pool: WorkerPool | None = None
         self.version = 0
         self.epoch = -1                       # the epoch whose batch plan the workers follow
@@ -69,6 +70,15 @@ class RealServerStep(StepStrategy):
         bound = f", older than {self.max_delay} dropped" if self.max_delay is not None else ""
         run.log(f"real parameter server {self.mode}: {self.workers} worker processes on this machine "
                 f"({self.threads} thread(s) each), {rule}{bound}; worker logs in {self.pool.folder}")
+
+    def lr_factor(self, run) -> float:
+        """--adjust-lr with --fixed-delay D: every lr of the regime x sin(pi/(4D+2)) (as the simulator's)."""
+        if not self.adjust_lr:
+            return 1.0
+        factor = adjusted_lr(1.0, self.fixed_delay)
+        run.log(f"--adjust-lr: every lr of the regime scaled by sin(pi/(4d+2)) = {factor:.6g} for the fixed delay "
+                f"d={self.fixed_delay}")
+        return factor
 
     def _instructions(self, run) -> dict:
         """What each worker process reads on stdin: the run's resolved config (its model code, if any, was
@@ -255,11 +265,22 @@ class RealServerStep(StepStrategy):
 
     # ------------------------------------------------------------------------------ records
     def epoch_metrics(self, run) -> dict:
-        delays = self.delays.take_epoch()
+        delays = self.epoch_delays = self.delays.take_epoch()
         if delays.size:
             run.tensorboard.histogram("asgd/delay", delays, run.epoch + 1)
         stats = self.delays.summary(delays)
         return {**stats, "worker_spread": self.worker_spread(), "workers_alive": len(self.pool.alive)}
+
+    def stability_threshold(self, optimizer) -> float:
+        """The threshold on lr * lambda_max for this epoch's measured delays (the sharpness monitor's column): the
+        empirical one of delayed SGD with the server's momentum driven by them (real/trace.py); NaN for msgd
+        with momentum (its per-worker momentum is not simulated there) or an epoch without applied gradients."""
+        from basinlab.methods.asgd.real.trace import empirical_threshold
+        momentum = float(optimizer.param_groups[0].get("momentum", 0.0) or 0.0)
+        delays = getattr(self, "epoch_delays", None)
+        if delays is None or not delays.size or (self.mode == "msgd" and momentum):
+            return math.nan
+        return empirical_threshold(delays, momentum)
 
     def state_dict(self) -> dict:
         return {"mode": self.mode, "workers": self.workers, "version": self.version, "epoch": self.epoch,

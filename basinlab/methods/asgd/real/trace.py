@@ -48,8 +48,10 @@ def read_delays(path):
     if missing:
         raise ConfigError(f"{path} lacks the column(s) {', '.join(missing)} of a delays.csv ({', '.join(COLUMNS)})")
     numeric = [c for c in COLUMNS if c != "status"]
-    if not all(pd.api.types.is_numeric_dtype(table[c]) for c in numeric) or table[numeric].isna().any().any():
-        raise ConfigError(f"{path}: the columns {', '.join(numeric)} must hold numbers in every row")
+    counts = [c for c in numeric if c != "age_s"]   # age_s is empty in a simulated replay's file (no clock)
+    if not all(pd.api.types.is_numeric_dtype(table[c]) for c in numeric) or table[counts].isna().any().any():
+        raise ConfigError(f"{path}: the columns {', '.join(counts)} must hold numbers in every row (age_s too, "
+                          f"or nothing)")
     unknown = set(table.status) - {*APPLIED, "dropped"}
     if unknown:
         raise ConfigError(f"{path}: unknown status {sorted(unknown)[0]!r} (allowed: {', '.join(APPLIED)}, dropped)")
