@@ -265,3 +265,55 @@ def test_edge_of_stability_table_and_prose_are_its_per_run_files():
     index = " ".join((EXPERIMENTS / "README.md").read_text().split())
     assert f"(square loss: median {mse['hover_median'].iloc[0]:.2f} of it)" in index
     assert f"the batch sharpness stays at {sgd['hover_batch']:.2f})" in index
+
+
+# ---------------------------------------------------------------------------------------------- real asynchrony
+def test_async_sgd_real_table_is_recomputed_from_its_per_run_files():
+    """real.csv is analyze_real.py's rows recomputed from the committed run folders (results.csv, delays.csv), and
+    the README's real-asynchrony table is real.md."""
+    import importlib.util
+    folder = EXPERIMENTS / "async-sgd"
+    spec = importlib.util.spec_from_file_location("analyze_real", folder / "analyze_real.py")
+    analyze = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(analyze)
+    committed = pd.read_csv(folder / "real.csv")
+    for _, row in committed.iterrows():
+        where = folder / ("runs-real" if row["variant"] in ("real-8", "replay-8", "rule-8") else "runs")
+        again = analyze.run_row(where / row["run"], row["variant"])
+        for column, value in again.items():
+            assert value == row[column] or close(f"{value:.6g}", row[column]), (row["run"], column)
+    assert analyze.medians_table(committed) == (folder / "real.md").read_text()
+    assert (folder / "real.md").read_text() in (folder / "README.md").read_text()
+
+
+def test_async_sgd_real_prose_is_its_delays_and_table():
+    """Each number the real-asynchrony paragraphs quote, from the committed delays.csv files and real.csv."""
+    folder = EXPERIMENTS / "async-sgd"
+    text = " ".join((folder / "README.md").read_text().split())
+    runs = sorted((folder / "runs-real").glob("real-8-s*"))
+    delays = [pd.read_csv(run / "delays.csv").query("status != 'dropped'").delay for run in runs]
+
+    def span(values, digits=0, unit=""):
+        low, high = (f"{v:.{digits}f}" for v in (min(values), max(values)))
+        return f"{low}{unit}" if low == high else f"{low}-{high}{unit}"
+    assert f"{span([100 * (d == 7).mean() for d in delays], unit='%')} of the applied gradients had delay 7" in text
+    assert f"{span([100 * (d < 7).mean() for d in delays], unit='%')} a shorter one" in text
+    assert f"{span([100 * (d > 7).mean() for d in delays], unit='%')} a longer one, up to " \
+           f"{' and '.join(str(int(d.max())) for d in delays)}" in text
+    table = pd.read_csv(folder / "real.csv")
+    real, rule = table[table.variant == "real-8"], table[table.variant == "rule-8"]
+    assert f"empirical threshold is {span(real.threshold_empirical, 3)}" in text
+    above = [100 * (t / real.threshold_at_mean.iloc[0] - 1) for t in real.threshold_empirical]
+    assert f"{span(above)}% above the {real.threshold_at_mean.iloc[0]:.3f} of a constant delay 7" in text
+    assert f"the threshold would be {span(real.threshold_at_p95, 3)}" in text
+    assert f"by its longest delay {span(real.threshold_at_max, 3)}" in text
+    assert f"gives lr {span(rule.lr, 5)} instead of {table[table.variant == 'asgd-8-adjusted'].lr.iloc[0]:.5f}" in text
+    med = table.groupby("variant").median(numeric_only=True)
+    flatter = [med.loc["sync", "lambda_max"] / med.loc[v, "lambda_max"] for v in ("real-8", "replay-8")]
+    assert f"regions {flatter[0]:.1f} and {flatter[1]:.1f} times flatter" in text
+    ratios = [med.loc[v, "ratio_to_empirical"] for v in ("real-8", "replay-8")]
+    assert f"{ratios[0]:.2f} and {ratios[1]:.2f} times above its threshold" in text
+    accuracies = med.loc[["real-8", "replay-8", "asgd-8"], "final_val_acc1"]
+    assert f"differ by at most {accuracies.max() - accuracies.min():.2f} points" in text
+    spread = table.groupby("variant").final_val_acc1.agg(lambda a: a.max() - a.min())
+    assert f"of one variant by up to {spread.loc[['real-8', 'replay-8', 'asgd-8']].max():.2f}" in text
