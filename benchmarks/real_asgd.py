@@ -3,6 +3,7 @@ synchronous training on the same machine, measured in one run.
 
     python3 benchmarks/real_asgd.py                   # ResNet-20 wire round trips, then fc on mnist5k runs
     python3 benchmarks/real_asgd.py --workers 3 --epochs 1
+    python3 benchmarks/real_asgd.py --dataset cifar10 --model resnet20 --batch-size 128 --train-limit 2560 --workers 8
 
 1. Round trip: a worker-sized process pair on this machine (socketpair, the real server's Wire): the worker packs
    ResNet-20's gradient, buffers and a batch of 128 logits, sends it; the server receives it, packs the weights and
@@ -57,9 +58,9 @@ def round_trip_ms(repeats: int) -> tuple[float, int]:
     return 1000 * statistics.median(times), size
 
 
-def images_per_s(folder: str, name: str, **options) -> float:
-    basinlab.train(dataset="mnist5k", model="fc", batch_size=32, lr=0.05, quiet=True, results_dir=folder, save=name,
-                   **options)
+def images_per_s(folder: str, name: str, args, **options) -> float:
+    basinlab.train(dataset=args.dataset, model=args.model, batch_size=args.batch_size, train_limit=args.train_limit,
+                   lr=0.05, quiet=True, results_dir=folder, save=name, amp=args.amp, **options)
     return float(pd.read_csv(f"{folder}/{name}/results.csv").train_images_per_s.median())
 
 
@@ -68,14 +69,20 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--dataset", default="mnist5k")
+    parser.add_argument("--model", default="fc")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--train-limit", type=int, default=None)
+    parser.add_argument("--amp", default="none")
     args = parser.parse_args(argv)
     ms, size = round_trip_ms(args.repeats)
     print(f"ResNet-20 message round trip (gradient {size / 2**20:.2f} MiB out, weights back): {ms:.2f} ms median "
           f"of {args.repeats}")
     with tempfile.TemporaryDirectory() as folder:
-        plain = images_per_s(folder, "plain", epochs=args.epochs)
-        real = images_per_s(folder, "real", epochs=args.epochs, server="asgd", workers=args.workers, real=True)
-    print(f"fc on mnist5k, batch 32, {args.epochs} epochs, {torch.get_num_threads()} threads in this process:")
+        plain = images_per_s(folder, "plain", args, epochs=args.epochs)
+        real = images_per_s(folder, "real", args, epochs=args.epochs, server="asgd", workers=args.workers, real=True)
+    print(f"{args.model} on {args.dataset}, batch {args.batch_size}, {args.epochs} epochs, amp {args.amp}, "
+          f"{torch.get_num_threads()} threads in this process:")
     print(f"  plain {plain:.0f} images/s, --real with {args.workers} workers {real:.0f} images/s: ratio "
           f"{real / plain:.2f}")
     return 0
