@@ -22,7 +22,7 @@ import numpy as np
 
 from basinlab.errors import ConfigError
 from basinlab.methods.asgd.real.delays import COLUMNS
-from basinlab.methods.asgd.schedule import Scheduler
+from basinlab.methods.asgd.schedule import RoundRobin
 
 MAX_TRACE_BYTES = 1 << 30
 MIN_STEPS = 20_000
@@ -66,8 +66,9 @@ def applied_delays(table) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- replay
-class TraceOrder(Scheduler):
-    """--worker-trace: the workers of a real run's applied gradients, in their order."""
+class TraceOrder(RoundRobin):
+    """--worker-trace: the workers of a real run's applied gradients, in their order (the push count and its
+    checkpointed state are round robin's)."""
 
     name = "trace"
 
@@ -80,7 +81,6 @@ class TraceOrder(Scheduler):
         if self.order.size and (self.order.min() < 0 or self.order.max() >= workers):
             raise ConfigError(f"--worker-trace names worker {int(self.order.max())}, but the run has --workers "
                               f"{workers}: give the real run's worker count")
-        self.pushes = 0
 
     def next(self, waiting):
         if self.pushes >= len(self.order):
@@ -89,13 +89,6 @@ class TraceOrder(Scheduler):
         worker = int(self.order[self.pushes])
         self.pushes += 1
         return worker
-
-    def state_dict(self):
-        return {**super().state_dict(), "pushes": self.pushes}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.pushes = int(state["pushes"])
 
 
 # ---------------------------------------------------------------------------------------------- stability
