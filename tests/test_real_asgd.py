@@ -204,3 +204,16 @@ def test_a_torchrun_job_of_the_wrong_size_is_refused(monkeypatch):
     assert "WORLD_SIZE" not in os.environ and "RANK" not in os.environ and STORE_ENV in os.environ
     os.environ.pop(STORE_ENV)                        # (monkeypatch puts back what it found: nothing)
     assert claim_rank(make_config(**BASE)) is None   # the simulator is not claimed
+
+
+def test_a_worker_that_cannot_start_fails_the_setup_in_one_line_and_leaves_no_process(tmp_path, monkeypatch):
+    from basinlab.methods.asgd.real.server import RealServerStep
+    broken = RealServerStep._instructions
+
+    def instructions(self, run):
+        return {**broken(self, run), "config": "model: [not a model name]\n"}
+    monkeypatch.setattr(RealServerStep, "_instructions", instructions)
+    trainer, folder = real_run(tmp_path, "broken")
+    with pytest.raises(WorkerLostError, match=r"worker \d ended before it connected \(exit 1\): ConfigError: "):
+        trainer.setup()
+    assert set(trainer.strategy.pool.ended) == {0, 1, 2} and not folder.exists()

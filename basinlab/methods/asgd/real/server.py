@@ -64,7 +64,11 @@ class RealServerStep(StepStrategy):
         self.wires = {w: Wire(self.params, self.buffers, run.num_classes, run.batch_size)
                       for w in range(self.workers)}
         self.pool = WorkerPool(self.workers, run.log)
-        self.pool.start(self._instructions(run), self.threads)
+        try:
+            self.pool.start(self._instructions(run), self.threads)
+        except BaseException:   # the trainer closes only a strategy whose setup finished: end what started here
+            self.close()
+            raise
         rule = (f"every gradient applied exactly {self.fixed_delay} update(s) after it was read, "
                 f"{self.group} per update" if self.fixed_delay is not None else "gradients applied on arrival")
         bound = f", older than {self.max_delay} dropped" if self.max_delay is not None else ""
