@@ -4,7 +4,8 @@ Push i of the simulation is made by the worker of the trace's i-th applied gradi
 (k = 1), and at each sync point (every epoch's end) every simulated worker pulls the current weights, as the
 real server's workers do. So each simulated delay is the trace's: a real run and its simulated twin differ only
 in numerics and data order (the simulator's loop feeds batches in plan order). The replay writes its own
-delays.csv (age_s empty: no clock) for the comparison.
+delays.csv (age_s empty: no clock) for the comparison. A --fixed-delay trace starts with read versions below 0
+(x[t] = x[0] for t < 0); the simulator replays its first D rows with its own start, delays 0..D-1.
 """
 from __future__ import annotations
 

@@ -3,12 +3,13 @@
 One row per gradient that reached the server and was not discarded at a sync point:
 
     epoch, batch, worker      which batch of the epoch's plan, computed by which worker process
-    version_read              the server version of the weights it was computed on
+    version_read              the server version of the weights it was computed on (below 0 at a --fixed-delay
+                              run's start: x[t] = x[0] for t < 0)
     version_applied           the server version it was applied to (the update makes version_applied + 1)
     delay                     version_applied - version_read (updates between reading and applying)
     age_s                     wall-clock seconds from the worker reading those weights to the server applying
-    status                    applied | warmup (--fixed-delay: one of the first D updates after a start or sync
-                              point, applied with the delay that exists) | drained (applied at a sync point) |
+    status                    applied | warmup (--fixed-delay: one of the first D updates after a sync point,
+                              applied with the delay that exists) | drained (applied at a sync point) |
                               dropped (older than --max-delay: not applied)
 """
 from __future__ import annotations

@@ -157,15 +157,23 @@ class RealServerStep(StepStrategy):
         return StepResult(torch.tensor(math.nan), None, skipped=True, target=torch.empty(0, dtype=torch.long))
 
     def _start_workers(self) -> None:
-        for worker in self.pool.alive:
+        for i, worker in enumerate(self.pool.alive):
             if self.next_batch.get(worker, self.steps_per_epoch) >= self.steps_per_epoch:
                 continue
-            block = self.send_wire.pack_weights(START, {"version": self.version, "epoch": self.epoch,
+            block = self.send_wire.pack_weights(START, {"version": self._start_version(i), "epoch": self.epoch,
                                                         "batch": self.next_batch[worker], "stride": self.stride})
             if self.pool.send(worker, self.send_wire, block):
                 self._keep_sent(worker)
                 self.computing.add(worker)
         self.paused = False
+
+    def _start_version(self, i: int) -> int:
+        """The version live worker i is told it read. At a --fixed-delay run's very start, the usual convention of
+        delayed SGD, x[t] = x[0] for t < 0: group i // k read version i // k - D (the same initial weights), so the
+        first updates, too, apply gradients exactly D updates old. Otherwise the current version."""
+        if self.fixed_delay is None or self.version or self.epoch or self.delays.written or self.delays.rows:
+            return self.version
+        return i // self.group - self.fixed_delay
 
     def _reply(self, worker: int) -> None:
         """The current weights to `worker`; it computes its next batch on them, if its share has one."""
@@ -205,7 +213,7 @@ class RealServerStep(StepStrategy):
     def _ready_group(self, drain: bool) -> tuple[list[int], str]:
         """The gradients to apply now and their status. On arrival: the first held one. --fixed-delay D: the k
         gradients read D updates ago; while no worker computes and none is due (the first D updates after a
-        start or a sync point, when fewer than D updates exist to wait for), the k oldest: `warmup`."""
+        sync point, when fewer than D updates exist to wait for), the k oldest: `warmup`."""
         if not self.held:
             return [], ""
         if drain:
