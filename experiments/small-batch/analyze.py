@@ -1,0 +1,82 @@
+"""Each norm's final accuracy at batch 2, 8 and 128, from the small-batch sweep's finished runs.
+
+    python3 experiments/small-batch/analyze.py [experiments/small-batch/runs] [--out experiments/small-batch]
+
+Writes OUT/table.csv (per norm and batch: n, median, min and max of the final validation top-1 over the seeds, and
+the median's drop from batch 128), OUT/table.md (the same as a norm x batch table; "–" where no run has
+finished) and OUT/table.png (median and min-max per norm against the batch, log x). The runs finished so far
+are what is read: a sweep still running gives a partial table (n says how many seeds).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from basinlab.sweep import stored_spec
+from basinlab.sweep.summary import run_rows
+from basinlab.utils.figures import new_figure, save_png
+
+HERE = Path(__file__).resolve().parent
+BATCHES = {"b2": 2, "b8": 8, "b128": 128}
+NORMS = ("batch", "online", "group", "frn", "evonorm_s0", "batchrenorm")
+
+
+def table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (norm, batch) with finished runs: n, median, min, max of the final top-1; the drop from 128."""
+    grouped = runs.groupby(["norm-mode", "variant"])["final_val_acc1"]
+    out = grouped.agg(n="size", median="median", low="min", high="max").reset_index()
+    out["batch"] = out["variant"].map(BATCHES)
+    full = out[out["batch"] == 128].set_index("norm-mode")["median"]
+    out["drop_from_128"] = out["median"] - out["norm-mode"].map(full)
+    order = {norm: i for i, norm in enumerate(NORMS)}
+    return out.sort_values(["norm-mode", "batch"], key=lambda c: c.map(order) if c.name == "norm-mode" else c)
+
+
+def markdown(rows: pd.DataFrame) -> str:
+    lines = ["| norm | " + " | ".join(f"batch {b}" for b in BATCHES.values()) + " |",
+             "|---|" + "---|" * len(BATCHES)]
+    for norm in NORMS:
+        cells = []
+        for variant in BATCHES:
+            found = rows[(rows["norm-mode"] == norm) & (rows["variant"] == variant)]
+            if found.empty:
+                cells.append("–")
+                continue
+            r = found.iloc[0]
+            cells.append(f"{r['median']:.2f} ({r['low']:.2f}-{r['high']:.2f}), n={int(r['n'])}")
+        lines.append(f"| {norm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: pd.DataFrame, path: Path) -> None:
+    fig, ax = new_figure(figsize=(7, 4.5))
+    for i, norm in enumerate(NORMS):
+        mine = rows[rows["norm-mode"] == norm]
+        if mine.empty:
+            continue
+        ax.errorbar(mine["batch"], mine["median"], yerr=[mine["median"] - mine["low"], mine["high"] - mine["median"]],
+                    marker="o", capsize=3, color=f"C{i}", label=norm)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(BATCHES.values()), [str(b) for b in BATCHES.values()])
+    ax.set_xlabel("batch size (lr scaled linearly from 0.1 at 128)")
+    ax.set_ylabel("final validation top-1 % (median, min-max)")
+    ax.legend()
+    save_png(fig, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", type=Path, nargs="?", default=HERE / "runs")
+    parser.add_argument("--out", type=Path, default=HERE)
+    args = parser.parse_args()
+    rows = table(run_rows(stored_spec(args.sweep), args.sweep))
+    rows.to_csv(args.out / "table.csv", index=False)
+    (args.out / "table.md").write_text(markdown(rows))
+    plot(rows, args.out / "table.png")
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
