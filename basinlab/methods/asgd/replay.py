@@ -1,8 +1,8 @@
 """--worker-trace RUN/delays.csv: the simulated server replaying the order of a real run's arrivals.
 
 Push i of the simulation is made by the worker of the trace's i-th applied gradient, one gradient per update
-(k = 1), and at each sync point (every epoch's end) every simulated worker pulls the current weights, as the
-real server's workers do. So each simulated delay is the trace's: a real run and its simulated twin differ only
+(k = 1); like the real server's workers, a simulated worker goes on from the weights it holds across an epoch's
+end. So each simulated delay is the trace's: a real run and its simulated twin differ only
 in numerics and data order (the simulator's loop feeds batches in plan order). The replay writes its own
 delays.csv (age_s empty: no clock) for the comparison. A --fixed-delay trace starts with read versions below 0
 (x[t] = x[0] for t < 0); the simulator replays its first D rows with its own start, delays 0..D-1.
@@ -30,7 +30,7 @@ class TraceReplayStep(ParameterServerStep):
         self.delays = DelayLog()
 
     def setup(self, ctx, run) -> None:
-        self.run, model = run, ctx.model
+        model = ctx.model
         order = TraceOrder(self.workers, self.seed, self.table)
         self.server = ParameterServer(model.parameters(), model.buffers(), mode=self.mode, workers=self.workers,
                                       delay=self.delay, schedule=order, seed=self.seed)
@@ -40,12 +40,6 @@ class TraceReplayStep(ParameterServerStep):
             self._check_msgd(ctx)
         self._log_setup(ctx, run)
         run.log(f"worker order: replaying the {len(order.order)} applied gradients of {self.trace_path}")
-
-    def sync(self, ctx) -> None:
-        """At an epoch's end every worker pulls the current weights, as real workers restart together there (the
-        trace does not record a real run's mid-epoch checkpoints, so the replay does nothing at its own)."""
-        if self.run.batch_in_epoch >= self.run.steps_per_epoch:
-            self.server.pull_current()
 
     def epoch_metrics(self, run) -> dict:
         row = super().epoch_metrics(run)

@@ -191,17 +191,6 @@ class ParameterServer:
         self.version = new
         self.pending, self.contributed = [], []
 
-    @torch.no_grad()
-    def pull_current(self) -> None:
-        """Every worker takes the current weights (a real server's sync point: its workers restart together)."""
-        if self.pending:
-            raise RuntimeError("pull_current() inside an open group")
-        for w in range(self.workers):
-            self.pool.release(self.worker_version[w])
-            self.worker_version[w] = self.version
-            self.scheduler.pulled(w)
-        self.pool[self.version].refs += self.workers
-
     # ------------------------------------------------------------------------------ msgd update
     def shifted_momentum_step(self, worker: int, param_groups) -> None:
         """msgd's update with worker `worker`'s own momentum buffer (momentum.py)."""

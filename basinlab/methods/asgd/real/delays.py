@@ -1,6 +1,6 @@
 """Every gradient's delay, measured: the rows of `delays.csv` and the epoch's summary columns.
 
-One row per gradient that reached the server and was not discarded at a sync point:
+One row per gradient that reached the server:
 
     epoch, batch, worker      which batch of the epoch's plan, computed by which worker process
     version_read              the server version of the weights it was computed on (below 0 at a --fixed-delay
@@ -8,8 +8,8 @@ One row per gradient that reached the server and was not discarded at a sync poi
     version_applied           the server version it was applied to (the update makes version_applied + 1)
     delay                     version_applied - version_read (updates between reading and applying)
     age_s                     wall-clock seconds from the worker reading those weights to the server applying
-    status                    applied | warmup (--fixed-delay: one of the first D updates after a sync point,
-                              applied with the delay that exists) | drained (applied at a sync point) |
+    status                    applied | warmup (--fixed-delay: applied before its turn, because no worker could
+                              bring it: after a lost worker) | drained (applied at the run's last sync point) |
                               dropped (older than --max-delay: not applied)
 """
 from __future__ import annotations
@@ -27,7 +27,6 @@ class DelayLog:
         self.rows: list[tuple] = []     # rows not yet written to delays.csv
         self.written = 0                # rows delays.csv holds
         self.epoch_start = 0            # index (over all rows) of this epoch's first row
-        self.discarded = 0              # in-flight gradients discarded at sync points this epoch
 
     def add(self, wire, worker: int, version: int, status: str) -> None:
         """The row of a gradient message `wire` from `worker`, applied to (or dropped at) server `version`."""
@@ -50,8 +49,7 @@ class DelayLog:
         stats = {"delay_mean": float(delays.mean()), "delay_max": int(delays.max()),
                  "delay_p50": float(np.percentile(delays, 50)), "delay_p95": float(np.percentile(delays, 95))} \
             if delays.size else dict.fromkeys(("delay_mean", "delay_max", "delay_p50", "delay_p95"), float("nan"))
-        stats.update(dropped=self._dropped, drained=self._drained, discarded=self.discarded)
-        self.discarded = 0
+        stats.update(dropped=self._dropped, drained=self._drained)
         self.epoch_start = self.written + len(self.rows)
         return stats
 
@@ -62,10 +60,8 @@ class DelayLog:
         return rows
 
     def state_dict(self) -> dict:
-        return {"rows": [list(r) for r in self.rows], "written": self.written, "epoch_start": self.epoch_start,
-                "discarded": self.discarded}
+        return {"rows": [list(r) for r in self.rows], "written": self.written, "epoch_start": self.epoch_start}
 
     def load_state_dict(self, state: dict) -> None:
         self.rows = [tuple(r) for r in state["rows"]]
         self.written, self.epoch_start = int(state["written"]), int(state["epoch_start"])
-        self.discarded = int(state["discarded"])

@@ -10,10 +10,10 @@ momentum), the version counter and the run folder. Each of its steps is one grad
 
 Data plan: the epoch's batches are the synchronous run's (same seed, same batch size, same augmentation);
 live worker i of L takes batches i, i + L, i + 2L, ... So an epoch is len(loader) arrivals.
-Sync points (validation, checkpoints): in-flight gradients are received and discarded (their batches are
-computed again afterwards, counted as `discarded`), held ones are applied (`drained`); the workers then wait
-and start again from where they were. A resumed run continues from its checkpoint; the order in which the
-workers' gradients arrive is not reproducible (docs/guarantees.md).
+Sync points (validation, checkpoints): in-flight gradients are received and kept for the next steps, held
+ones stay held, and the workers wait; then each goes on from the weights it holds, so a sync point changes no
+delay. Checkpoints keep the waiting gradients and each worker's weights, so a resume does the same. The order
+in which the workers' gradients arrive is not reproducible (docs/guarantees.md).
 """
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ class RealServerStep(StepStrategy):
         self.stride = workers
         self.computing: set[int] = set()      # workers computing on weights we sent
         self.held: list[int] = []             # workers whose gradient waits (--fixed-delay), in arrival order
+        self.early: list[int] = []            # gradients received at a sync point, for the next steps to take
+        self.plan_epoch: dict[int, int] = {}  # worker -> the epoch whose share it is working through
         self.paused = True                    # workers wait for START (run start, after every sync point)
         self.delays = DelayLog()
 
@@ -59,8 +61,9 @@ class RealServerStep(StepStrategy):
         self.int_buffers = [b for b in self.buffers if not b.is_floating_point()]
         self.momentum = ShiftedMomentum(self.params) if self.mode == "msgd" else None
         self.send_wire = Wire(self.params, self.buffers, run.num_classes)
-        # the parameters each worker last received (flat, float32 as sent): for the worker_spread column
-        self.sent = {w: torch.zeros(sum(p.numel() for p in self.params)) for w in range(self.workers)}
+        # the weights message each worker last received: resent after a sync point or a resume (it goes on from
+        # the weights it holds), and read by the worker_spread column
+        self.last_sent: dict[int, bytes] = {}
         self.wires = {w: Wire(self.params, self.buffers, run.num_classes, run.batch_size)
                       for w in range(self.workers)}
         self.pool = WorkerPool(self.workers, run.log)
@@ -121,7 +124,7 @@ class RealServerStep(StepStrategy):
     def train_step(self, ctx, x, y):
         if self.paused:
             self._start_workers()
-        worker = self.pool.receive_any(self.wires, self.computing)
+        worker = self.early.pop(0) if self.early else self.pool.receive_any(self.wires, self.computing)
         if worker is None:
             return self._after_loss()
         self.computing.discard(worker)
@@ -157,13 +160,19 @@ class RealServerStep(StepStrategy):
         return StepResult(torch.tensor(math.nan), None, skipped=True, target=torch.empty(0, dtype=torch.long))
 
     def _start_workers(self) -> None:
+        """START to every idle worker with batches left: its share's plan, and the weights it last received (it
+        goes on from them, as if no sync point had been; at the run's start, the initial weights)."""
+        waiting = set(self.held) | set(self.early) | self.computing
         for i, worker in enumerate(self.pool.alive):
-            if self.next_batch.get(worker, self.steps_per_epoch) >= self.steps_per_epoch:
+            if worker in waiting or self.next_batch.get(worker, self.steps_per_epoch) >= self.steps_per_epoch:
                 continue
-            block = self.send_wire.pack_weights(START, {"version": self._start_version(i), "epoch": self.epoch,
-                                                        "batch": self.next_batch[worker], "stride": self.stride})
+            plan = {"epoch": self.epoch, "batch": self.next_batch[worker], "stride": self.stride}
+            if worker in self.last_sent:
+                block = self.send_wire.repack(self.last_sent[worker], START, plan)
+            else:
+                block = self.send_wire.pack_weights(START, {"version": self._start_version(i), **plan})
             if self.pool.send(worker, self.send_wire, block):
-                self._keep_sent(worker)
+                self._sent(worker, block)
                 self.computing.add(worker)
         self.paused = False
 
@@ -176,26 +185,34 @@ class RealServerStep(StepStrategy):
         return i // self.group - self.fixed_delay
 
     def _reply(self, worker: int) -> None:
-        """The current weights to `worker`; it computes its next batch on them, if its share has one."""
-        block = self.send_wire.pack_weights(WEIGHTS, {"version": self.version})
+        """The current weights to `worker`; it computes its next batch on them, if its share has one. A worker
+        still on another epoch's plan (its gradient waited across the epoch's end, or it is new after a resume)
+        gets this epoch's plan with them (START)."""
+        kind, plan = WEIGHTS, {}
+        if self.plan_epoch.get(worker) != self.epoch:
+            kind, plan = START, {"epoch": self.epoch, "batch": self.next_batch[worker], "stride": self.stride}
+        block = self.send_wire.pack_weights(kind, {"version": self.version, **plan})
         if not self.pool.send(worker, self.send_wire, block):
             return
-        self._keep_sent(worker)
+        self._sent(worker, block)
         if self.next_batch[worker] < self.steps_per_epoch:
             self.computing.add(worker)
 
-    def _keep_sent(self, worker: int) -> None:
-        self.sent[worker].copy_(self.send_wire.body[:self.sent[worker].numel()])
+    def _sent(self, worker: int, block) -> None:
+        self.last_sent[worker] = bytes(block)
+        if self.send_wire.kind() == START:
+            self.plan_epoch[worker] = self.epoch
 
     @torch.no_grad()
     def worker_spread(self) -> float:
         """RMS over the live workers of ||x_worker - x_server|| / ||x_server||: the weights each last received
         against the server's now (the simulator's column; parameters only)."""
         server = torch.cat([p.detach().reshape(-1).float().cpu() for p in self.params])
-        live = self.pool.alive
+        live = [w for w in self.pool.alive if w in self.last_sent]
         if not live:
             return math.nan
-        total = sum(float((self.sent[w] - server).double().square().sum()) for w in live)
+        total = sum(float((self.send_wire.params_of(self.last_sent[w]) - server).double().square().sum())
+                    for w in live)
         return math.sqrt(total / len(live)) / max(float(server.double().norm()), 1e-30)
 
     # ------------------------------------------------------------------------------ applying gradients
@@ -212,8 +229,8 @@ class RealServerStep(StepStrategy):
 
     def _ready_group(self, drain: bool) -> tuple[list[int], str]:
         """The gradients to apply now and their status. On arrival: the first held one. --fixed-delay D: the k
-        gradients read D updates ago; while no worker computes and none is due (the first D updates after a
-        sync point, when fewer than D updates exist to wait for), the k oldest: `warmup`."""
+        gradients read D updates ago; if none is due while batches remain and no worker computes (a worker was
+        lost), the k oldest: `warmup`."""
         if not self.held:
             return [], ""
         if drain:
@@ -225,9 +242,9 @@ class RealServerStep(StepStrategy):
         due = [w for w in oldest_first if read[w] <= self.version - self.fixed_delay]
         if len(due) >= self.group:
             return due[:self.group], "applied"
-        if not (self.computing & set(self.pool.alive)):
-            return oldest_first[:self.group], "warmup"
-        return [], ""
+        if not (self.computing & set(self.pool.alive)) and self._still_to_arrive() > 0:
+            return oldest_first[:self.group], "warmup"   # nobody can bring its turn (a worker was lost)
+        return [], ""   # at an epoch's end, held gradients wait for the next epoch's updates
 
     @torch.no_grad()
     def _apply(self, ctx, group: list[int], status: str) -> None:
@@ -264,15 +281,18 @@ class RealServerStep(StepStrategy):
 
     # ------------------------------------------------------------------------------ sync points
     def sync(self, ctx) -> None:
-        """Before validation and checkpoints: discard the gradients in flight, apply the held ones, pause."""
+        """Before validation and checkpoints: the gradients in flight are received and kept for the next steps
+        (`early`), held ones stay held, and every worker waits; afterwards each goes on from the weights it holds
+        (_start_workers). At the end of the run's last epoch the held gradients are applied (`drained`)."""
         if self.paused:
             return
         for worker in sorted(self.computing):
             if self.pool.receive_any(self.wires, {worker}) == worker:
-                self.delays.discarded += 1   # its batch stays in the worker's share: computed again later
+                self.early.append(worker)
         self.computing.clear()
         self.held = [w for w in self.held if w not in self.pool.lost]
-        self._apply_ready(ctx, drain=True, reply=False)
+        if self.run.epoch + 1 >= self.run.epochs and self._still_to_arrive() == 0:
+            self._apply_ready(ctx, drain=True, reply=False)
         self.paused = True
 
     # ------------------------------------------------------------------------------ records
@@ -295,9 +315,16 @@ class RealServerStep(StepStrategy):
         return empirical_threshold(delays, momentum)
 
     def state_dict(self) -> dict:
+        """Taken at sync points: the position, the weights each worker holds, and the gradients waiting (held or
+        early) as their messages, so that a resume sends each worker on from where it was."""
+        waiting = self.held + self.early
+        as_tensor = lambda data: torch.frombuffer(bytearray(data), dtype=torch.uint8)  # noqa: E731
         return {"mode": self.mode, "workers": self.workers, "version": self.version, "epoch": self.epoch,
                 "next_batch": dict(self.next_batch), "stride": self.stride, "delays": self.delays.state_dict(),
-                "momentum": self.momentum.state_dict() if self.momentum is not None else None}
+                "momentum": self.momentum.state_dict() if self.momentum is not None else None,
+                "held": list(self.held), "early": list(self.early),
+                "waiting": {w: as_tensor(self.wires[w].message()) for w in waiting},
+                "last_sent": {w: as_tensor(block) for w, block in self.last_sent.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.version, self.epoch, self.stride = int(state["version"]), int(state["epoch"]), int(state["stride"])
@@ -305,4 +332,9 @@ class RealServerStep(StepStrategy):
         self.delays.load_state_dict(state["delays"])
         if self.momentum is not None and state["momentum"] is not None:
             self.momentum.load_state_dict(state["momentum"])
+        self.held, self.early = [int(w) for w in state["held"]], [int(w) for w in state["early"]]
+        for worker, message in state["waiting"].items():
+            self.wires[int(worker)].load_message(message.numpy().tobytes())
+        self.last_sent = {int(w): message.numpy().tobytes() for w, message in state["last_sent"].items()}
+        self.plan_epoch = {}   # new worker processes: each first message is a START
 

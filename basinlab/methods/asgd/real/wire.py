@@ -39,7 +39,7 @@ class Wire:
         self._allocate(examples)
 
     def _allocate(self, examples: int) -> None:
-        self.examples = examples
+        self.examples, self.length = examples, 0
         body = max(1, self.weights_len + examples * (self.num_classes + 1))  # gradients: as long as the weights
         self.raw = bytearray(8 * self.header_len + 4 * body)
         self.header = np.frombuffer(self.raw, np.float64, self.header_len)
@@ -151,10 +151,31 @@ class Wire:
         """Fill the buffer from `conn` (growing it for a larger batch); the message's kind."""
         from multiprocessing.connection import BufferTooShort
         try:
-            conn.recv_bytes_into(self.raw)
+            self.length = conn.recv_bytes_into(self.raw)
         except BufferTooShort as exc:
-            data = exc.args[0]
-            extra = (len(data) - len(self.raw)) // (4 * (self.num_classes + 1)) + 1
-            self._allocate(self.examples + extra)
-            self.raw[:len(data)] = data
+            self.load_message(exc.args[0])
         return self.kind()
+
+    def load_message(self, data: bytes) -> None:
+        """Put a whole message (received, or kept in a checkpoint) into the buffer."""
+        if len(data) > len(self.raw):
+            self._allocate(self.examples + (len(data) - len(self.raw)) // (4 * (self.num_classes + 1)) + 1)
+        self.raw[:len(data)] = data
+        self.length = len(data)
+
+    def message(self) -> bytes:
+        """The bytes of the message the buffer holds."""
+        return bytes(self.raw[:self.length])
+
+    def repack(self, data: bytes, kind: int, fields: dict) -> memoryview:
+        """A kept weights message again, as `kind` with `fields` changed (its weights and version as they were)."""
+        self.load_message(data)
+        self.header[0] = kind
+        for name, value in fields.items():
+            self.header[HEADER.index(name)] = value
+        return memoryview(self.raw)[:self.length]
+
+    def params_of(self, data: bytes) -> torch.Tensor:
+        """The flat parameters of a weights message `data` (a copy)."""
+        n = sum(p.numel() for p in self.params)
+        return torch.from_numpy(np.frombuffer(data, np.float32, count=n, offset=8 * self.header_len).copy())
