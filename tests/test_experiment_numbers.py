@@ -302,6 +302,9 @@ def test_async_sgd_real_prose_is_its_delays_and_table():
            f"{' and '.join(str(int(d.max())) for d in delays)}" in text
     table = pd.read_csv(folder / "real.csv")
     real, rule = table[table.variant == "real-8"], table[table.variant == "rule-8"]
+    simulated = table[table.variant == "asgd-8"]
+    assert f"The mean, {span(real.delay_mean, 2)}, is the constant-delay simulator's " \
+           f"{simulated.delay_mean.iloc[0]:.2f}" in text
     assert f"empirical threshold is {span(real.threshold_empirical, 3)}" in text
     above = [100 * (t / real.threshold_at_mean.iloc[0] - 1) for t in real.threshold_empirical]
     assert f"{span(above)}% above the {real.threshold_at_mean.iloc[0]:.3f} of a constant delay 7" in text
@@ -311,9 +314,14 @@ def test_async_sgd_real_prose_is_its_delays_and_table():
     med = table.groupby("variant").median(numeric_only=True)
     flatter = [med.loc["sync", "lambda_max"] / med.loc[v, "lambda_max"] for v in ("real-8", "replay-8")]
     assert f"regions {flatter[0]:.1f} and {flatter[1]:.1f} times flatter" in text
+    assert f"(lambda_max {med.loc['real-8', 'lambda_max']:.3g}, and {med.loc['replay-8', 'lambda_max']:.3g} for" in text
     ratios = [med.loc[v, "ratio_to_empirical"] for v in ("real-8", "replay-8")]
     assert f"{ratios[0]:.2f} and {ratios[1]:.2f} times above its threshold" in text
-    accuracies = med.loc[["real-8", "replay-8", "asgd-8"], "final_val_acc1"]
-    assert f"differ by at most {accuracies.max() - accuracies.min():.2f} points" in text
+    finals = [med.loc[v, "final_val_acc1"] for v in ("real-8", "replay-8", "asgd-8")]
+    assert "A-SGD end at {:.2f}, {:.2f} and {:.2f}%".format(*finals) in text
+    assert f"differ by at most {max(finals) - min(finals):.2f} points" in text
     spread = table.groupby("variant").final_val_acc1.agg(lambda a: a.max() - a.min())
     assert f"of one variant by up to {spread.loc[['real-8', 'replay-8', 'asgd-8']].max():.2f}" in text
+    assert f"({med.loc['rule-8', 'ratio_to_empirical']:.2f} times, against " \
+           f"{med.loc['asgd-8-adjusted', 'ratio_to_empirical']:.2f}; lambda_max {med.loc['rule-8', 'lambda_max']:.3g} " \
+           f"against {med.loc['asgd-8-adjusted', 'lambda_max']:.3g})" in text
