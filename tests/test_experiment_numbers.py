@@ -322,6 +322,6 @@ def test_async_sgd_real_prose_is_its_delays_and_table():
     assert f"differ by at most {max(finals) - min(finals):.2f} points" in text
     spread = table.groupby("variant").final_val_acc1.agg(lambda a: a.max() - a.min())
     assert f"of one variant by up to {spread.loc[['real-8', 'replay-8', 'asgd-8']].max():.2f}" in text
-    assert f"({med.loc['rule-8', 'ratio_to_empirical']:.2f} times, against " \
-           f"{med.loc['asgd-8-adjusted', 'ratio_to_empirical']:.2f}; lambda_max {med.loc['rule-8', 'lambda_max']:.3g} " \
-           f"against {med.loc['asgd-8-adjusted', 'lambda_max']:.3g})" in text
+    rule, constant = med.loc["rule-8"], med.loc["asgd-8-adjusted"]
+    assert f"({rule.ratio_to_empirical:.2f} times, against {constant.ratio_to_empirical:.2f}; lambda_max " \
+           f"{rule.lambda_max:.3g} against {constant.lambda_max:.3g})" in text
