@@ -69,7 +69,8 @@ class Wire:
             self.header[at:at + b.numel()] = b.detach().reshape(-1).cpu().double().numpy()
             at += b.numel()
 
-    def _read_int_buffers(self, buffers) -> None:
+    def read_int_buffers_into(self, buffers) -> None:
+        """The message's integer buffers (its header's tail) copied into `buffers`."""
         at = len(HEADER) + len(self.params)
         for b in buffers:
             values = torch.from_numpy(self.header[at:at + b.numel()].copy()).to(b.dtype).view(b.shape)
@@ -101,7 +102,7 @@ class Wire:
         pieces, _ = self._pieces(self.params + self.float_buffers, 0)
         for t, piece in zip(list(params) + list(float_buffers), pieces):
             t.copy_(piece)
-        self._read_int_buffers(int_buffers)
+        self.read_int_buffers_into(int_buffers)
 
     @torch.no_grad()
     def pack_gradient(self, kind: int, fields: dict, logits: torch.Tensor | None, labels: torch.Tensor) -> memoryview:
@@ -139,9 +140,6 @@ class Wire:
         logits = self.body[end:end + n * self.num_classes].view(n, self.num_classes)
         labels = self.body[end + n * self.num_classes:end + n * (self.num_classes + 1)].long()
         return grads, buffers, logits, labels
-
-    def read_int_buffers_into(self, buffers) -> None:
-        self._read_int_buffers(buffers)
 
     # ------------------------------------------------------------------------------ transport
     def send(self, conn, block: memoryview) -> None:
