@@ -5,12 +5,14 @@ Each method keeps its presets next to its code; this is the one list of them.
 from __future__ import annotations
 
 from basinlab.errors import ConfigError
+from basinlab.methods.airbench import presets as airbench_presets
 from basinlab.methods.asgd import presets as asgd_presets
 from basinlab.methods.flat import presets as flat_presets
 from basinlab.nn import presets as online_norm_presets
 
 USER_PRESETS: dict[str, dict] = {}  # register_preset's: a fork's or a script's own
-PRESET_TABLES = (online_norm_presets.PRESETS, asgd_presets.PRESETS, flat_presets.PRESETS, USER_PRESETS)
+PRESET_TABLES = (online_norm_presets.PRESETS, asgd_presets.PRESETS, flat_presets.PRESETS, airbench_presets.PRESETS,
+                 USER_PRESETS)
 
 
 def register_preset(name: str, options: dict, about: str = "") -> None:

@@ -290,6 +290,15 @@ class TrainConfig:
                            group="sam_family", owner="saf", needs=("saf",))
     mesa_decay: float = opt(0.9998, "MESA: the decay of the model's exponential moving average", low=0, high=1,
                             high_open=True, metavar="B", group="sam_family", owner="saf", needs=("mesa",))
+    # --- airbench's training tricks (basinlab.methods.airbench) ---------------------------------------------
+    lookahead_every: int | None = opt(None, "airbench's lookahead: every K optimizer steps the weights become an EMA "
+                                            "of themselves with decay 0.95^K (t/T)^3, T the run's steps; the last "
+                                            "step takes the EMA", low=1, high=1_000_000, metavar="K",
+                                      group="optimisation", owner="airbench", unset="off")
+    whiten_bias_epochs: int | None = opt(None, "airbench: train the whitening layer's bias for the first E epochs, "
+                                               "then keep it (a model with a `whiten` layer: airbench94)",
+                                         low=0, high=1_000_000, metavar="E", group="optimisation", owner="airbench",
+                                         unset="always trained")
     # --- measurements during training (basinlab.methods.sharpness_monitor, .lowrank) --------------
     log_sharpness_every: int | None = opt(None, "log lambda_max (Hessian) every k epochs",
                                           low=1, high=1_000_000,

@@ -137,6 +137,11 @@ class Loader(abc.ABC):
                 images = transform.for_split(self.train)(images)
         return images
 
+    def examples(self, count: int) -> torch.Tensor:
+        """The first `count` examples, normalised and not augmented, for a model's init_from_data."""
+        raise ConfigError(f"this model initialises layers from the training images, which needs a dataset held in "
+                          f"memory (CIFAR, MNIST and the like); '{self.dataset_name}' is read from image files")
+
     # ------------------------------------------------------------------------- batch plan
     def use_evaluation_plan(self, batch_size: int | None = None) -> Loader:
         """Yield every example once, in stored order, without dropping a short last batch.

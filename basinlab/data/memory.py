@@ -47,6 +47,24 @@ class CropFlip:
         return batch.gather(3, cols.view(b, 1, 1, width).expand(b, channels, height, width))
 
 
+def reflected(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Positions in [-size + 1, 2 size - 2] mirrored into [0, size - 1] without repeating the edge (reflect
+    padding: -1 -> 1, size -> size - 2)."""
+    return (size - 1) - ((size - 1) - index.abs()).abs()
+
+
+def flip_flags(mode: str, drawn: torch.Tensor, base: torch.Tensor | None, index: torch.Tensor,
+               epoch: int) -> torch.Tensor:
+    """Which images of a batch are mirrored: `random` as drawn; `alternating` (airbench): a fixed random half of
+    the examples in even epochs and the other half in odd ones, so every image is seen both ways every two
+    epochs; `none` none."""
+    if mode == "random":
+        return drawn
+    if mode == "none":
+        return torch.zeros_like(drawn)
+    return base[index] ^ (epoch % 2)
+
+
 class MemoryLoader(Loader):
     """A dataset held as uint8 [N, C, H, W] on the device; see Loader for order and sharding."""
 
@@ -71,6 +89,17 @@ class MemoryLoader(Loader):
             self.images = images.to(self.device)
         else:
             raise ValueError(f"in-memory loaders do not implement augmentation {augmentation!r}")
+        self.translate: int | None = None  # data regime: shifts of up to N pixels (reflect padding), not the crop
+        self.flip = "random"
+        self._base_flips: torch.Tensor | None = None
+
+    def set_augmentation(self, translate: int | None = None, flip: str = "random") -> None:
+        """The data regime's crop-and-flip variant: `translate` N replaces the zero-padded 4-pixel crop by shifts
+        of up to N pixels with reflect padding; `flip` random, alternating or none (data/transforms.py)."""
+        self.translate, self.flip = translate, flip
+        if flip == "alternating" and self._base_flips is None:
+            generator = make_generator("alternating-flip", self.seed)
+            self._base_flips = torch.randint(0, 2, (self.num_examples,), generator=generator)
 
     def epoch(self, epoch: int, start_batch: int = 0, stride: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch, index in self.index_batches(epoch, start_batch, stride):
@@ -90,10 +119,31 @@ class MemoryLoader(Loader):
 
     def _augmented(self, epoch: int, batch: int, index: torch.Tensor) -> torch.Tensor:
         # Draws cover the global batch so every rank's slice matches a single process exactly.
-        params = crop_flip_params(self.seed, epoch, batch, self.images_per_batch)[:, self.copy_rows()]
+        pad = PAD if self.translate is None else self.translate
+        params = crop_flip_params(self.seed, epoch, batch, self.images_per_batch, pad)[:, self.copy_rows()]
+        if self.flip != "random":
+            params[2] = flip_flags(self.flip, params[2], self._base_flips, index, epoch)
         packed = torch.cat([index[None], params]).to(self.device)   # one small host-to-device copy
         index, dy, dx, flip = packed
-        return self.crop_flip(self.images, index, dy, dx, flip)
+        if self.translate is None:
+            return self.crop_flip(self.images, index, dy, dx, flip)
+        return self._translated(index, dy - pad, dx - pad, flip)
+
+    def _translated(self, index, dy, dx, flip) -> torch.Tensor:
+        """Images shifted by (dy, dx) with reflect padding, mirrored where flagged: the crop's two gathers with
+        reflected positions in the stored (zero-padded) images."""
+        height, width = len(self.crop_flip.rows), len(self.crop_flip.cols)
+        rows = PAD + reflected(dy[:, None] + self.crop_flip.rows, height)
+        cols = PAD + reflected(dx[:, None] + self.crop_flip.cols, width)
+        cols = torch.where(flip[:, None].bool(), cols.flip(1), cols)
+        batch = self.images.index_select(0, index)
+        b, channels, _, padded_width = batch.shape
+        batch = batch.gather(2, rows.view(b, 1, height, 1).expand(b, channels, height, padded_width))
+        return batch.gather(3, cols.view(b, 1, 1, width).expand(b, channels, height, width))
+
+    def examples(self, count: int) -> torch.Tensor:
+        """The first `count` stored examples, normalised and not augmented (a model's init_from_data)."""
+        return normalise(self.raw_images()[:count], self.scale, self.shift)
 
     def _transformed(self, transform, epoch: int, index: torch.Tensor) -> torch.Tensor:
         """The model's per-sample input_transform, image by image on the CPU (the seed's form)."""

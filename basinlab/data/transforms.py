@@ -5,6 +5,10 @@ Data-regime keys (set per epoch, see optim/data_regime.py), as convNet.pytorch m
   the border) set to 0 after normalisation, on each training image (DeVries & Taylor 2017).
 - `duplicates`: M: every example of a training batch appears M times with its own augmentation draws
   ("augment your batch", Hoffer et al. 2019): a batch of B examples is B*M images per step.
+- `translate`: N: in-memory crop-and-flip datasets shift each training image by up to N pixels each way with
+  reflect padding (airbench's), instead of the zero-padded 4-pixel crop.
+- `flip`: `random` (default; each image mirrored with probability 1/2 per epoch), `alternating` (airbench: a
+  seeded random half of the examples mirrored in even epochs, the other half in odd ones) or `none`.
 - `input_size`: N or [h, w] for training and validation images; `scale_size`: image folders' evaluation
   resize (shorter side) before the centre crop. `autoaugment` is refused (not implemented here).
 

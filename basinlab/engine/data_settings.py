@@ -5,6 +5,8 @@ each means); the log gives the data regime and, at each phase, the batch the ste
 """
 from __future__ import annotations
 
+from basinlab.data.catalog import PAD_CROP_FLIP
+from basinlab.data.memory import MemoryLoader
 from basinlab.data.stream import StreamLoader
 from basinlab.data.transforms import Cutout, InputTransform, as_height_width
 from basinlab.errors import ConfigError
@@ -40,6 +42,18 @@ def check_data_regime(regime: DataRegime, train_loader, val_loader, flag_batch: 
             _check_scale_size(settings, val_loader, where)
         if "batch_size" in settings and not flag_batch:
             _check_batch(train_loader, settings["batch_size"], where)
+        if "translate" in settings or "flip" in settings:
+            _check_augmentation(settings, train_loader, where)
+
+
+def _check_augmentation(settings: dict, loader, where: str) -> None:
+    if not isinstance(loader, MemoryLoader):
+        raise ConfigError(f"{where}: translate and flip change the in-memory crop-and-flip augmentation; "
+                          f"'{loader.dataset_name}' is read from image files: drop them from the data regime")
+    side = min(loader.native_shape[1:])
+    if settings.get("translate", 0) >= side:
+        raise ConfigError(f"{where}: translate {settings['translate']} must be smaller than the images' side "
+                          f"({side} pixels) for reflect padding")
 
 
 def _check_scale_size(settings: dict, val_loader, where: str) -> None:
@@ -76,6 +90,8 @@ def apply_data_settings(settings: dict, train_loader, val_loader, *, flag_batch:
     cutout = settings.get("cutout")
     train_loader.cutout = Cutout.from_setting(cutout, "data regime") if cutout is not None else None
     train_loader.duplicates = settings.get("duplicates", 1)
+    if isinstance(train_loader, MemoryLoader):
+        train_loader.set_augmentation(settings.get("translate"), settings.get("flip", "random"))
 
 
 def describe_phase(train_loader, val_loader) -> str:
@@ -85,6 +101,10 @@ def describe_phase(train_loader, val_loader) -> str:
     if train_loader.duplicates > 1:
         parts[0] += f" x {train_loader.duplicates} duplicates = {train_loader.images_per_batch} images per step"
     parts.append(f"input {height}x{width}")
+    if getattr(train_loader, "augmentation", None) == PAD_CROP_FLIP:
+        shift = "crop 4px (zero padding)" if train_loader.translate is None else \
+            f"translate {train_loader.translate}px (reflect padding)"
+        parts.append(f"{shift}, flip {train_loader.flip}")
     if train_loader.cutout is not None:
         parts.append(f"cutout {train_loader.cutout.holes} x {train_loader.cutout.length}px")
     parts.append(f"eval batch {val_loader.batch_size}")

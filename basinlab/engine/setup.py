@@ -191,8 +191,21 @@ def build_data_and_model(cfg: TrainConfig, device: torch.device, dist, log):
         limit_mode=cfg.limit_mode)
     model = dist.convert_norms(create_model(cfg.model, train_loader.num_classes, cfg.dataset, **model_config), log)
     model.to(device)
+    init_note = init_from_data(model, train_loader)
     transform_note = attach_input_transform(model, cfg.model, (train_loader, val_loader))
     attach_data_regime(model, regime_config)
     data_regime = DataRegime(getattr(model, "data_regime", None) or [])
     check_data_regime(data_regime, train_loader, val_loader, flag_batch=cfg.batch_size is not None)
-    return train_loader, val_loader, model, data_regime, transform_note
+    notes = "; ".join(note for note in (init_note, transform_note) if note) or None
+    return train_loader, val_loader, model, data_regime, notes
+
+
+def init_from_data(model: nn.Module, train_loader) -> str | None:
+    """A model that initialises layers from data (`init_from_data(images)`, e.g. airbench94's whitening layer)
+    gets its first `data_init_examples` training images, normalised and not augmented, in stored order: the same
+    images on every rank and in every run of a seed. A resumed run's checkpoint then replaces the result."""
+    init = getattr(model, "init_from_data", None)
+    if init is None:
+        return None
+    count = min(int(getattr(model, "data_init_examples", train_loader.num_examples)), train_loader.num_examples)
+    return init(train_loader.examples(count))

@@ -9,6 +9,7 @@ At most one entry may supply the step strategy; the engine itself knows none of 
     methods/sharpness_monitor/   --log-sharpness-every     lambda_max during training (callback)
     methods/edge_of_stability/   --log-sharpness-every-steps  sharpness against its edge, live (callback)
     methods/lowrank/             --log-lowrank, AdaS       low-rank metrics, AdaS's epoch update (callback)
+    methods/airbench/            --lookahead-every, --whiten-bias-epochs  airbench's tricks (callbacks)
 
 A new method adds its module to METHODS; see docs/extending.md.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 from basinlab.config import TrainConfig
 from basinlab.engine.steps import PlainStep
 from basinlab.errors import ConfigError
+from basinlab.methods.airbench import method as airbench
 from basinlab.methods.asgd import method as asgd
 from basinlab.methods.edge_of_stability import method as edge_of_stability
 from basinlab.methods.flat import method as flat
@@ -37,6 +39,7 @@ METHODS = (
     sharpness_monitor,  # --log-sharpness-every
     edge_of_stability,  # --log-sharpness-every-steps
     lowrank_log,        # --log-lowrank, AdaS epoch updates
+    airbench,           # --lookahead-every, --whiten-bias-epochs
 )
 
 

@@ -2,7 +2,7 @@
 
 Families live in their own modules and register themselves on import:
 resnet (CIFAR 6n+2 and ImageNet v1.5), wide_resnet, vgg, alexnet, mnist, keskar (F1, C1, C3), mlp (fc:
-Cohen et al.'s fully-connected networks).
+Cohen et al.'s fully-connected networks), airbench (airbench94).
 
 Every model carries ``description`` (one line), ``regime`` (default optimisation schedule, list
 format), ``default_epochs`` (the length that regime was designed for) and takes a ``norm``
@@ -10,7 +10,7 @@ config key (see basinlab.nn.norms.NormSpec).
 """
 
 # Imported for their registrations.
-from basinlab.models import alexnet, keskar, mlp, mnist, resnet, vgg, wide_resnet  # noqa: E402,F401
+from basinlab.models import airbench, alexnet, keskar, mlp, mnist, resnet, vgg, wide_resnet  # noqa: E402,F401
 from basinlab.models.registry import (
     absolute_model_spec,
     check_config_keys,

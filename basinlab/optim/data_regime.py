@@ -11,7 +11,9 @@ from basinlab.utils.checks import check_int
 from basinlab.utils.schema import shown
 
 DATA_REGIME_KEYS = ("batch_size", "eval_batch_size", "input_size", "scale_size", "autoaugment", "cutout",
-                    "duplicates")
+                    "duplicates", "translate", "flip")
+FLIP_MODES = ("random", "alternating", "none")
+MAX_TRANSLATE = 64
 _POSITIVE_INT_KEYS = ("batch_size", "eval_batch_size", "scale_size", "duplicates")
 MAX_SIDE = 65_536  # pixels: sizes that could exhaust memory are refused before anything is allocated
 _MAXIMA = {"batch_size": 2**20, "eval_batch_size": 2**20, "scale_size": MAX_SIDE, "duplicates": 1024}
@@ -19,6 +21,13 @@ _MAXIMA = {"batch_size": 2**20, "eval_batch_size": 2**20, "scale_size": MAX_SIDE
 
 def _size(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_SIDE
+
+
+def _check_augmentation_key(key: str, value, where: str) -> None:
+    if key == "translate":
+        check_int(value, f"{where}: 'translate'", 0, maximum=MAX_TRANSLATE)
+    if key == "flip" and value not in FLIP_MODES:
+        raise ConfigError(f"{where}: 'flip' must be one of {', '.join(FLIP_MODES)}, got {shown(value)}")
 
 
 class DataRegime:
@@ -81,6 +90,7 @@ class DataRegime:
                     if not ok:
                         raise ConfigError(f"data regime entry {i}: 'input_size' must be an integer in [1, "
                                           f"{MAX_SIDE}] or [h, w], got {shown(v)}")
+                _check_augmentation_key(k, v, f"data regime entry {i}")
                 acc[k] = v
             self._entries.append({"epoch": ep, **{k: v for k, v in e.items() if k != "epoch"}})
             self._acc.append((ep, dict(acc)))

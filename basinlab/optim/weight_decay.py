@@ -29,15 +29,22 @@ def is_decayed(name: str, param: torch.Tensor) -> bool:
 
 
 def parameter_groups(model: torch.nn.Module, wd_filter: str):
-    """The optimizer's parameters: all in one group, or (`weights`) a second group that the regime's
-    weight decay reaches scaled by 0 (``weight_decay_scale``)."""
+    """The optimizer's parameters: the model's own groups where it brings them (`model.parameter_groups()`:
+    dicts with 'params' and '<key>_scale' factors, e.g. airbench94's BatchNorm biases at 64x the lr), else one
+    group; with `weights`, each group split so that the regime's weight decay reaches biases and norm parameters
+    scaled by 0 (``weight_decay_scale``)."""
+    own = getattr(model, "parameter_groups", None)
+    groups = own() if callable(own) else [{"params": list(model.parameters())}]
     if wd_filter == "all":
-        return list(model.parameters())
-    decayed, kept = [], []
-    for name, param in model.named_parameters():
-        (decayed if is_decayed(name, param) else kept).append(param)
-    groups = [{"params": decayed}] if decayed else []
-    return groups + ([{"params": kept, "weight_decay_scale": 0.0}] if kept else [])
+        return groups if callable(own) else groups[0]["params"]
+    names = {id(p): n for n, p in model.named_parameters()}
+    split = []
+    for group in groups:
+        decayed = [p for p in group["params"] if is_decayed(names[id(p)], p)]
+        kept = [p for p in group["params"] if not is_decayed(names[id(p)], p)]
+        split += [{**group, "params": decayed}] if decayed else []
+        split += [{**group, "params": kept, "weight_decay_scale": 0.0}] if kept else []
+    return split
 
 
 def describe(model: torch.nn.Module, wd_filter: str) -> str:
