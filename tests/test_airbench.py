@@ -333,3 +333,11 @@ def test_other_norm_modes_are_refused_for_airbench94():
 def test_lookahead_is_refused_outside_training():
     with pytest.raises(ConfigError, match="the lr-range workflow's trainings have no such run"):
         airbench_method.configure(make_config(lookahead_every=5), 1, "lr-range")
+
+
+def test_without_augmentation_the_log_says_translate_and_flip_do_not_apply(cifar, tmp_path, capsys):
+    code = main(["train", "--preset", "airbench94", "--datasets-dir", str(cifar), "--model-config", SMALL, "-b", "16",
+                 "--no-augment", "--dry-run", "--results-dir", str(tmp_path)])
+    out = capsys.readouterr()
+    assert code == 0 and "no augmentation (this dataset has none, or --no-augment: translate and flip do not apply)" \
+        in out.out + out.err

@@ -107,3 +107,15 @@ def test_compile_trains_as_the_eager_model_does(tmp_path, device):
     compiled = basinlab.train(**common, compile=True, save="compiled").history
     assert abs(compiled.train_loss.iloc[0] - eager.train_loss.iloc[0]) < 1e-3
     assert abs(compiled.val_loss.iloc[0] - eager.val_loss.iloc[0]) < 1e-3
+
+
+@pytest.mark.cuda
+def test_the_airbench94_preset_trains_on_cuda_in_bf16(tmp_path):
+    from tests.test_data import make_cifar10
+    make_cifar10(tmp_path / "data" / "cifar10" / "cifar-10-batches-py", per_batch=64, n_test=64)
+    run = basinlab.train(preset="airbench94", datasets_dir=str(tmp_path / "data"),
+                         model_config="{'widths': [16, 32, 32]}", batch_size=64, epochs=2, device="cuda",
+                         amp="bf16", quiet=True, results_dir=str(tmp_path), save="airbench")
+    assert run.history.train_loss.notna().all() and run.history.val_loss.notna().all()
+    log = (run.path / "log.txt").read_text()
+    assert "device cuda" in log and "whitening layer set from" in log

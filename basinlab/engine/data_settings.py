@@ -105,6 +105,8 @@ def describe_phase(train_loader, val_loader) -> str:
         shift = "crop 4px (zero padding)" if train_loader.translate is None else \
             f"translate {train_loader.translate}px (reflect padding)"
         parts.append(f"{shift}, flip {train_loader.flip}")
+    elif isinstance(train_loader, MemoryLoader) and (train_loader.translate, train_loader.flip) != (None, "random"):
+        parts.append("no augmentation (this dataset has none, or --no-augment: translate and flip do not apply)")
     if train_loader.cutout is not None:
         parts.append(f"cutout {train_loader.cutout.holes} x {train_loader.cutout.length}px")
     parts.append(f"eval batch {val_loader.batch_size}")
