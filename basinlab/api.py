@@ -15,7 +15,7 @@ from pathlib import Path
 from basinlab.config import FIELDS, RULES, TrainConfig, from_mapping, load_yaml, validated_config
 from basinlab.engine.checkpoint import resolve_checkpoint, resume_values
 from basinlab.engine.distributed import current_world_size
-from basinlab.engine.evaluate import evaluate
+from basinlab.engine.evaluate import evaluate, evaluation_forward
 from basinlab.engine.inspect import (
     export_safetensors,
     model_from_checkpoint,
@@ -128,8 +128,8 @@ def evaluate_checkpoint(path, *, dataset=None, split="val", datasets_dir=None, b
     model, loader, criterion = prepare_evaluation(path, dataset=dataset, split=split, datasets_dir=datasets_dir,
                                                   batch_size=batch_size, limit=limit, device=device,
                                                   trust_model_code=trust_model_code, full_split=full_split)
-    if noise_model is None:
-        return evaluate(model, loader, criterion)
+    if noise_model is None:  # the accuracy validation reports (a model's test-time augmentation included)
+        return evaluate(model, loader, criterion, forward=evaluation_forward(model))
     return evaluate_under_noise(model, loader, criterion, noise_model, samples=noise_samples, seed=seed,
                                 include_norm=noise_include_bn)
 

@@ -97,12 +97,12 @@ def test_test_time_augmentation_weights_six_views_as_airbench():
         return (logits(v) + logits(v.flip(-1))) / 2
     with torch.no_grad():
         expected = mirrored(x) / 2 + (mirrored(shifted(x, -1, -1)) + mirrored(shifted(x, 1, 1))) / 4
-        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model.evaluation_forward(x), expected, rtol=1e-5, atol=1e-6)
         model.tta = 1
-        torch.testing.assert_close(model(x), mirrored(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model.evaluation_forward(x), mirrored(x), rtol=1e-5, atol=1e-6)
         model.tta = 0
-        assert torch.equal(model(x), logits(x))
-    assert torch.equal(model.train()(x), logits(x))              # training never averages views
+        assert torch.equal(model.evaluation_forward(x), logits(x))
+    assert torch.equal(model(x), logits(x))                      # forward never averages views
 
 
 def test_the_whitening_filters_whiten_the_patches():
@@ -237,8 +237,19 @@ def test_bad_augmentation_settings_are_refused_in_one_line(entry, words):
 
 # ------------------------------------------------------------------------------------------ the callbacks
 class FakeRun:
+    """What Lookahead reads of a run; batch_in_epoch counts the batches taken, as after the trainer's step."""
+
     def __init__(self, model, epochs=2, steps_per_epoch=5):
         self.model, self.epochs, self.steps_per_epoch, self.global_step = model, epochs, steps_per_epoch, 0
+        self.batches = 0
+
+    @property
+    def epoch(self):
+        return (self.batches - 1) // self.steps_per_epoch
+
+    @property
+    def batch_in_epoch(self):
+        return (self.batches - 1) % self.steps_per_epoch + 1
 
 
 def test_lookahead_pulls_every_k_steps_and_takes_the_average_at_the_end():
@@ -252,7 +263,7 @@ def test_lookahead_pulls_every_k_steps_and_takes_the_average_at_the_end():
             for p in model.parameters():
                 p.add_(0.01 * step)
         current = {k: v.clone() for k, v in model.state_dict().items() if v.is_floating_point()}
-        run.global_step = step
+        run.global_step = run.batches = step
         lookahead.on_step_end(run, None)
         pulls = ([0.95 ** 3 * (step / 10) ** 3] if step % 3 == 0 else []) + ([1.0] if step == 10 else [])
         for decay in pulls:
@@ -265,6 +276,23 @@ def test_lookahead_pulls_every_k_steps_and_takes_the_average_at_the_end():
     lookahead.on_step_end(run, None)              # a skipped batch takes no step and pulls nothing
     torch.testing.assert_close(model.state_dict()["head.weight"], current["head.weight"])
     assert lookahead_decay(6, 10, 3) == pytest.approx(0.95 ** 3 * 0.6 ** 3)
+
+
+def test_the_last_batch_takes_the_average_even_when_skipped_batches_left_steps_untaken():
+    model = small_model()
+    run = FakeRun(model, epochs=1, steps_per_epoch=4)
+    lookahead = Lookahead(3)
+    lookahead.setup(run)
+    start = model.head.weight.detach().clone()
+    for batch, step in zip(range(1, 5), (1, 2, 2, 3)):          # the third batch was skipped (no step)
+        if step != run.global_step:
+            with torch.no_grad():
+                model.head.weight.add_(1.0)
+        run.batches, run.global_step = batch, step
+        lookahead.on_step_end(run, None)
+    # step 3 pulled with decay 0.95^3 (3/4)^3, then the last batch took the average: w = ema
+    decay = 0.95 ** 3 * 0.75 ** 3
+    torch.testing.assert_close(model.head.weight, decay * start + (1 - decay) * (start + 3.0))
 
 
 class BiasEachEpoch(Callback):
@@ -330,9 +358,44 @@ def test_other_norm_modes_are_refused_for_airbench94():
         create_model("airbench94", 10, "cifar10", norm="group")
 
 
-def test_lookahead_is_refused_outside_training():
-    with pytest.raises(ConfigError, match="the lr-range workflow's trainings have no such run"):
-        airbench_method.configure(make_config(lookahead_every=5), 1, "lr-range")
+def test_lookahead_is_refused_with_a_parameter_server_and_idle_in_the_lr_range_test(cifar, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="a parameter server's snapshots"):
+        airbench_method.configure(make_config(lookahead_every=5, server="asgd", workers=2), 1, "train")
+    _, callbacks = airbench_method.configure(make_config(lookahead_every=5), 1, "lr-range")
+    assert [type(c).__name__ for c in callbacks] == ["LookaheadNotInRangeTest"]
+    code = main(["lr-range", "--preset", "airbench94", "--datasets-dir", str(cifar), "--model-config", SMALL,
+                 "-b", "16", "--num-steps", "3", "-o", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+
+
+def test_the_groups_survive_sync_batch_norm_and_the_log_names_them():
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(small_model())
+    groups = parameter_groups(model, "all")
+    assert [len(g["params"]) for g in groups] == [8, 6] and groups[1]["lr_scale"] == 64.0  # 6 norm biases
+    from basinlab.optim.weight_decay import describe
+    assert "with lr_scale x 64, weight_decay_scale x 0.015625" in describe(model, "all")
+
+
+def test_validation_uses_the_augmented_views_and_the_model_itself_is_the_plain_network():
+    from basinlab.engine.evaluate import evaluation_forward
+    model = small_model().eval()
+    x = images(4)
+    with torch.no_grad():
+        assert torch.equal(model(x), model.logits(x))
+        assert not torch.allclose(evaluation_forward(model)(x), model(x))
+    plain = create_model("resnet20", 10, "cifar10")
+    assert evaluation_forward(plain) is plain
+
+
+def test_alternating_flip_mirrors_duplicate_copies_both_ways():
+    loader, stored = memory_loader(translate=0)
+    loader.duplicates = 2
+    (_, index), = list(loader.index_batches(0))[:1]
+    batch, _ = next(iter(loader.epoch(0)))
+    first, second = batch[:len(index)], batch[len(index):]
+    for i, a, b in zip(index.tolist(), first, second):
+        if not torch.equal(stored[i], stored[i].flip(-1)):
+            assert torch.equal(a, b.flip(-1)), i
 
 
 def test_without_augmentation_the_log_says_translate_and_flip_do_not_apply(cifar, tmp_path, capsys):

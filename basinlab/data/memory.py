@@ -54,15 +54,16 @@ def reflected(index: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def flip_flags(mode: str, drawn: torch.Tensor, base: torch.Tensor | None, index: torch.Tensor,
-               epoch: int) -> torch.Tensor:
+               epoch: int, duplicates: int = 1) -> torch.Tensor:
     """Which images of a batch are mirrored: `random` as drawn; `alternating` (airbench): a fixed random half of
     the examples in even epochs and the other half in odd ones, so every image is seen both ways every two
-    epochs; `none` none."""
+    epochs (with duplicates, odd copies the other way from even ones); `none` none."""
     if mode == "random":
         return drawn
     if mode == "none":
         return torch.zeros_like(drawn)
-    return base[index] ^ (epoch % 2)
+    copy = torch.arange(len(index)) // (len(index) // duplicates)   # index is copy-major (see MemoryLoader.epoch)
+    return base[index] ^ (epoch % 2) ^ (copy % 2)
 
 
 class MemoryLoader(Loader):
@@ -122,7 +123,8 @@ class MemoryLoader(Loader):
         pad = PAD if self.translate is None else self.translate
         params = crop_flip_params(self.seed, epoch, batch, self.images_per_batch, pad)[:, self.copy_rows()]
         if self.flip != "random":
-            params[2] = flip_flags(self.flip, params[2], self._base_flips, index, epoch)
+            params[2] = flip_flags(self.flip, params[2], self._base_flips, index, epoch,
+                                   self.duplicates if self.train else 1)
         packed = torch.cat([index[None], params]).to(self.device)   # one small host-to-device copy
         index, dy, dx, flip = packed
         if self.translate is None:

@@ -45,20 +45,29 @@ class Meter:
         self.sums.copy_(state["sums"])
 
 
+def evaluation_forward(model):
+    """What validation calls: the model's own `evaluation_forward(x)` where it has one (airbench94's test-time
+    augmentation), else the model. Measurements of the loss surface call the model itself."""
+    own = getattr(model, "evaluation_forward", None)
+    return own if callable(own) else model
+
+
 @torch.no_grad()  # (not inference_mode: a lazy module materialised here would hold inference tensors)
 def evaluate(model, loader, criterion, *, epoch: int = 0, autocast=contextlib.nullcontext,
-             prepare=lambda x: x, progress=None) -> dict:
+             prepare=lambda x: x, progress=None, forward=None) -> dict:
     """Mean loss and top-1/top-5 accuracy (percent) over every example of `loader` (eval mode).
 
-    `progress`: a records.progress.Progress told of each batch (this process's examples so far).
+    `progress`: a records.progress.Progress told of each batch (this process's examples so far). `forward`: what
+    maps a batch to logits (default: the model; validation passes `evaluation_forward(model)`).
     """
+    forward = forward or model
     was_training = model.training
     model.eval()
     meter = Meter(next(model.parameters()).device)
     try:
         for x, y in loader.epoch(epoch):
             with autocast():
-                logits = model(prepare(x))
+                logits = forward(prepare(x))
                 loss = criterion(logits, y)
             meter.update(loss.float(), logits.float(), y)
             if progress is not None:

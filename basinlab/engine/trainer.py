@@ -17,7 +17,7 @@ from basinlab.config import TrainConfig
 from basinlab.data.choose import check_data_options, resolve_dataset
 from basinlab.engine.data_settings import apply_data_settings, describe_phase
 from basinlab.engine.distributed import DataParallel
-from basinlab.engine.evaluate import Meter, evaluate
+from basinlab.engine.evaluate import Meter, evaluate, evaluation_forward
 from basinlab.engine.run_info import RunInfo
 from basinlab.engine.setup import (
     build_data_and_model,
@@ -340,7 +340,8 @@ class Trainer(CheckpointedState):
                                      print_freq=self.cfg.print_freq)
         try:
             val = evaluate(self.eval_model, self.val_loader, self.eval_criterion, autocast=self.precision.eval_autocast,
-                           prepare=self.step_context.prepare, progress=progress)
+                           prepare=self.step_context.prepare, progress=progress,
+                           forward=evaluation_forward(self.eval_model))
         finally:
             progress.close()
         val_seconds = time.perf_counter() - started

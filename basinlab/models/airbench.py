@@ -16,8 +16,10 @@ What the engine reads from this model:
 - `parameter_groups()`: BatchNorm biases get 64x the lr and 1/64 of the weight decay (the same decay per step).
 - `data_regime`: batch 1024, translation by up to 2 pixels (reflect padding) and alternating flip.
 - `init_from_data(images)`: the whitening layer from the first `data_init_examples` training images.
-- In eval mode, `tta` 2 (the default) averages the logits of 6 views (mirror, and a one-pixel shift up-left
-  and down-right, weighted as airbench's `infer_mirror_translate`); 1 mirror only; 0 none.
+- `evaluation_forward(x)`: with `tta` 2 (the default) the mean logits of 6 views (mirror, and a one-pixel shift
+  up-left and down-right, weighted as airbench's `infer_mirror_translate`); 1 mirror only; 0 none. The engine's
+  validation and `basinlab evaluate` use it; `forward` is always the plain network, so the Hessian, sharpness,
+  landscape and noise tools measure the function training differentiates.
 """
 from __future__ import annotations
 
@@ -121,9 +123,11 @@ class Airbench94(nn.Module):
         return self.head(x.flatten(1)) * self.scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or self.tta == 0:
-            return self.logits(x)
-        return self._test_time_augmented(x)
+        return self.logits(x)
+
+    def evaluation_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits validation reports: test-time augmented at level `tta`."""
+        return self.logits(x) if self.tta == 0 else self._test_time_augmented(x)
 
     def _mirrored(self, x: torch.Tensor) -> torch.Tensor:
         return 0.5 * self.logits(x) + 0.5 * self.logits(x.flip(-1))
@@ -141,7 +145,8 @@ class Airbench94(nn.Module):
     def parameter_groups(self) -> list[dict]:
         """The optimizer's groups: BatchNorm biases at 64x the lr and 1/64 of the weight decay (airbench's
         bias_scaler), the other trainable parameters as the regime says; frozen parameters are left out."""
-        norm_biases = [m.bias for m in self.modules() if isinstance(m, nn.BatchNorm2d)]
+        # _BatchNorm, not BatchNorm2d: --sync-bn turns the layers into SyncBatchNorm
+        norm_biases = [m.bias for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         chosen = {id(p) for p in norm_biases}
         others = [p for p in self.parameters() if p.requires_grad and id(p) not in chosen]
         return [{"params": others},
@@ -149,8 +154,9 @@ class Airbench94(nn.Module):
 
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor) -> str:
-        """Set the whitening filters from normalised training images [N, C, H, W]; returns a log line."""
-        self.whiten.weight.copy_(whitening_weights(images.to(self.whiten.weight.device), self.whiten.kernel_size[0]))
+        """Set the whitening filters from normalised training images [N, C, H, W]; returns a log line. Computed on
+        the CPU (float64 sums; MPS has no float64) and copied to the layer's device."""
+        self.whiten.weight.copy_(whitening_weights(images.cpu(), self.whiten.kernel_size[0]))
         return f"airbench94: whitening layer set from the 2x2 patches of the first {len(images)} training images"
 
 

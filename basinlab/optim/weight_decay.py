@@ -48,16 +48,23 @@ def parameter_groups(model: torch.nn.Module, wd_filter: str):
 
 
 def describe(model: torch.nn.Module, wd_filter: str) -> str:
-    """One log line: which parameters are decayed."""
+    """One log line: which parameters are decayed (and the model's own optimizer groups, if it brings them)."""
+    own = getattr(model, "parameter_groups", None)
+    groups = ""
+    if callable(own):
+        scaled = [", ".join(f"{k} x {v:g}" for k, v in g.items() if k.endswith("_scale")) for g in own()]
+        sizes = [sum(p.numel() for p in g["params"]) for g in own()]
+        groups = "; the model's optimizer groups: " + "; ".join(
+            f"{size:,} values{' with ' + text if text else ''}" for size, text in zip(sizes, scaled))
     if wd_filter == "all":
-        return "weight decay scope: every parameter (--wd-filter all)"
+        return "weight decay scope: every parameter (--wd-filter all)" + groups
     named = list(model.named_parameters())
     decayed = [p for n, p in named if is_decayed(n, p)]
     values = sum(p.numel() for p in decayed)
     total = sum(p.numel() for _, p in named)
     return (f"weight decay scope: conv/linear weights only (--wd-filter weights, convNet's regularizer): "
             f"{len(decayed)} of {len(named)} tensors, {values:,} of {total:,} values; biases and norm "
-            f"parameters are not decayed")
+            f"parameters are not decayed{groups}")
 
 
 def translate_regularizer(phase: dict, where: str) -> tuple[dict, str | None]:

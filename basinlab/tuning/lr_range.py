@@ -324,8 +324,8 @@ def lr_range_test(
             except StopIteration:
                 reason = "data-exhausted"
                 break
-            for group in optimizer.param_groups:
-                group["lr"] = float(lr)
+            for group in optimizer.param_groups:  # a group's lr_scale (a model's own groups) holds in the sweep too
+                group["lr"] = float(lr) * group.get("lr_scale", 1.0)
             loss = step_fn(model, optimizer, batch)
             loss = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
             lrs.append(float(lr))

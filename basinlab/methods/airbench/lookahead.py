@@ -4,7 +4,8 @@ reset to every K optimizer steps, with a decay that grows from 0 to 0.95^K over 
 State semantics: the average `ema` holds every floating-point entry of the model's state_dict (weights and
 BatchNorm running statistics, as airbench's LookaheadState does). After optimizer step t, when t % K == 0:
 ema <- decay(t) ema + (1 - decay(t)) w, then w <- ema, with decay(t) = 0.95^K (t / T)^3 and T the run's steps
-(epochs x steps per epoch). After step T the weights take the average once more with decay 1, i.e. w <- ema.
+(epochs x the first data phase's steps per epoch). After the last batch of the last epoch the weights take the
+average once more with decay 1, i.e. w <- ema (also when --nan-policy skip left steps untaken).
 The average starts from the weights at the start of training (airbench starts it before its whitening
 initialisation; the difference is a weight of 0.95^5 (5/T)^3, under 1e-6, on the first update). It is
 checkpointed, so a resumed run continues exactly.
@@ -43,7 +44,7 @@ class Lookahead(Callback):
         self.last_step = step
         if step % self.every == 0:
             self._pull(run.model, lookahead_decay(min(step, self.total), self.total, self.every))
-        if step == self.total:
+        if run.epoch == run.epochs - 1 and run.batch_in_epoch == run.steps_per_epoch:
             self._pull(run.model, 1.0)
 
     @torch.no_grad()
@@ -60,3 +61,11 @@ class Lookahead(Callback):
         for name, value in state["ema"].items():
             self.ema[name].copy_(value)
         self.last_step = int(state["last_step"])
+
+
+class LookaheadNotInRangeTest(Callback):
+    """--lookahead-every in the LR range test (a preset may carry it): its steps sweep the lr, not a run."""
+
+    def setup(self, run) -> None:
+        run.log("--lookahead-every is not used in the LR range test: its average spans a run's steps, and the test's "
+                "steps sweep the lr")
