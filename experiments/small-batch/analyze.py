@@ -4,8 +4,10 @@
 
 Writes OUT/table.csv (per norm and batch: n, median, min and max of the final validation top-1 over the seeds, and
 the median's drop from batch 128), OUT/table.md (the same as a norm x batch table; "–" where no run has
-finished) and OUT/table.png (median and min-max per norm against the batch, log x). The runs finished so far
-are what is read: a sweep still running gives a partial table (n says how many seeds).
+finished), OUT/table.png (median and min-max per norm against the batch, log x), and OUT/paired.csv / .md: each
+norm's difference from batch norm at the same batch and seed (the seeds share data order, augmentation and
+initial weights where the layers allow), its median and range, and whether every seed's difference has one sign.
+The runs finished so far are what is read: a sweep still running gives a partial table (n says how many seeds).
 """
 from __future__ import annotations
 
@@ -50,6 +52,35 @@ def markdown(rows: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per batch and norm (not batch norm): final top-1 minus batch norm's on the same seed (seeds both have)."""
+    wide = runs.pivot_table(index=["variant", "seed"], columns="norm-mode", values="final_val_acc1")
+    rows = []
+    for variant in BATCHES:
+        if variant not in wide.index.get_level_values(0) or "batch" not in wide.columns:
+            continue
+        seeds = wide.loc[variant]
+        for norm in NORMS[1:]:
+            if norm not in seeds.columns:
+                continue
+            diff = (seeds[norm] - seeds["batch"]).dropna()
+            if diff.empty:
+                continue
+            rows.append({"batch": BATCHES[variant], "norm": norm, "n": len(diff), "median": diff.median(),
+                         "low": diff.min(), "high": diff.max(), "per_seed": " ".join(f"{d:+.2f}" for d in diff),
+                         "one_sign": bool((diff > 0).all() or (diff < 0).all())})
+    return pd.DataFrame(rows)
+
+
+def paired_markdown(rows: pd.DataFrame) -> str:
+    lines = ["| batch | norm | minus batch norm, per seed | median (range) | every seed one sign |",
+             "|---:|---|---|---|---|"]
+    for _, r in rows.iterrows():
+        lines.append(f"| {r['batch']} | {r['norm']} | {r['per_seed']} | {r['median']:+.2f} ({r['low']:+.2f} to "
+                     f"{r['high']:+.2f}) | {'yes' if r['one_sign'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(rows: pd.DataFrame, path: Path) -> None:
     fig, ax = new_figure(figsize=(7, 4.5))
     for i, norm in enumerate(NORMS):
@@ -71,11 +102,16 @@ def main() -> None:
     parser.add_argument("sweep", type=Path, nargs="?", default=HERE / "runs")
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args()
-    rows = table(run_rows(stored_spec(args.sweep), args.sweep))
+    runs = run_rows(stored_spec(args.sweep), args.sweep)
+    rows = table(runs)
     rows.to_csv(args.out / "table.csv", index=False)
     (args.out / "table.md").write_text(markdown(rows))
     plot(rows, args.out / "table.png")
+    differences = paired(runs)
+    differences.to_csv(args.out / "paired.csv", index=False)
+    (args.out / "paired.md").write_text(paired_markdown(differences))
     print(markdown(rows))
+    print(paired_markdown(differences))
 
 
 if __name__ == "__main__":
