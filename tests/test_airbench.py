@@ -404,3 +404,12 @@ def test_without_augmentation_the_log_says_translate_and_flip_do_not_apply(cifar
     out = capsys.readouterr()
     assert code == 0 and "no augmentation (this dataset has none, or --no-augment: translate and flip do not apply)" \
         in out.out + out.err
+
+
+def test_translate_with_a_per_image_input_transform_is_refused_in_one_line():
+    from basinlab.data.transforms import InputTransform
+    from basinlab.engine.data_settings import check_data_regime
+    loader, _ = memory_loader()
+    loader.input_transform = InputTransform(train=lambda image: image, eval=None, on_batch=False)
+    with pytest.raises(ConfigError, match="the model's per-image input_transform replaces; drop one of them"):
+        check_data_regime(DataRegime([{"epoch": 0, "translate": 2}]), loader, loader, flag_batch=False)

@@ -50,6 +50,9 @@ def _check_augmentation(settings: dict, loader, where: str) -> None:
     if not isinstance(loader, MemoryLoader):
         raise ConfigError(f"{where}: translate and flip change the in-memory crop-and-flip augmentation; "
                           f"'{loader.dataset_name}' is read from image files: drop them from the data regime")
+    if loader.sample_transform() is not None:
+        raise ConfigError(f"{where}: translate and flip change basinlab's crop-and-flip augmentation, which the "
+                          f"model's per-image input_transform replaces; drop one of them")
     side = min(loader.native_shape[1:])
     if settings.get("translate", 0) >= side:
         raise ConfigError(f"{where}: translate {settings['translate']} must be smaller than the images' side "
