@@ -1,4 +1,5 @@
-"""Callbacks the resume tests share: stop a run after a given step, or keep a copy of its checkpoint there."""
+"""What the resume tests share: stop a run after a given step, keep a copy of its checkpoint there, resume it and
+compare."""
 import os
 import shutil
 import signal
@@ -26,3 +27,17 @@ class KeepCheckpoint(Callback):
     def on_step_end(self, run, result):
         if run.global_step == self.after:
             shutil.copy(run.path / "last.pt", self.target)
+
+
+def resume_and_load(mid, results_dir, straight="straight", resumed="resumed"):
+    """Resume the checkpoint `mid` as the run `resumed` in `results_dir` (the CLI, as a user would), then return the
+    last.pt of the uninterrupted run `straight` and of the resumed one, each with its model's tensors equal."""
+    import torch
+
+    from basinlab.cli import main
+    assert main(["train", "--resume", str(mid), "--save", resumed, "--results-dir", str(results_dir), "--quiet"]) == 0
+    a = torch.load(results_dir / straight / "last.pt", weights_only=True)
+    b = torch.load(results_dir / resumed / "last.pt", weights_only=True)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    return a, b

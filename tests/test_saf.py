@@ -28,7 +28,7 @@ from basinlab.methods.saf import store as store_module
 from basinlab.methods.saf.method import MESAStep, SAFStep, configure
 from basinlab.methods.saf.store import check_store_fits
 from basinlab.records.results import TIME_COLUMNS
-from tests.run_callbacks import KeepCheckpoint
+from tests.run_callbacks import KeepCheckpoint, resume_and_load
 
 CPU = torch.device("cpu")
 TINY = "{'dropout': 0.0, 'width': 4, 'hidden': 16}"
@@ -209,12 +209,7 @@ def test_resume_mid_epoch_is_bit_identical_with_passes_counted(tmp_path, no_run_
                               callbacks=[KeepCheckpoint(7, tmp_path / "mid.pt")], **options, **RUN)
     mid = torch.load(tmp_path / "mid.pt", weights_only=True)
     assert mid["global_step"] == 6 and mid["strategy"]["counts"]["updates"] == 2
-    assert main(["train", "--resume", str(tmp_path / "mid.pt"), "--save", "resumed", "--results-dir",
-                 str(tmp_path), "--quiet"]) == 0
-    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
+    a, b = resume_and_load(tmp_path / "mid.pt", tmp_path)
     if method == "saf":
         assert torch.equal(a["strategy"]["store"]["slots"], b["strategy"]["store"]["slots"])
         assert int((a["strategy"]["store"]["slots"] != 0).any(-1).sum()) == 2 * 64  # both slots filled
