@@ -325,3 +325,32 @@ def test_async_sgd_real_prose_is_its_delays_and_table():
     rule, constant = med.loc["rule-8"], med.loc["asgd-8-adjusted"]
     assert f"({rule.ratio_to_empirical:.2f} times, against {constant.ratio_to_empirical:.2f}; lambda_max " \
            f"{rule.lambda_max:.3g} against {constant.lambda_max:.3g})" in text
+
+
+# ---------------------------------------------------------------------------------------------- small batches
+def test_small_batch_tables_and_prose_are_its_per_run_files():
+    """table.csv and paired.csv are analyze.py's, recomputed from the committed runs; the README holds both tables
+    cell for cell, and each number its prose quotes is recomputed here."""
+    import importlib.util
+
+    from basinlab.sweep import stored_spec
+    from basinlab.sweep.summary import run_rows
+    folder = EXPERIMENTS / "small-batch"
+    spec = importlib.util.spec_from_file_location("small_batch_analyze", folder / "analyze.py")
+    analyze = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(analyze)
+    sweep = folder / "runs"
+    runs = run_rows(stored_spec(sweep), sweep)
+    assert len(runs) == 54
+    rows, differences = analyze.table(runs), analyze.paired(runs)
+    pd.testing.assert_frame_equal(rows.reset_index(drop=True), pd.read_csv(folder / "table.csv"),
+                                  check_exact=False, rtol=1e-9, check_dtype=False)
+    pd.testing.assert_frame_equal(differences, pd.read_csv(folder / "paired.csv"), check_exact=False, rtol=1e-9,
+                                  check_dtype=False)
+    text = (folder / "README.md").read_text()
+    assert analyze.markdown(rows) in text and analyze.paired_markdown(differences) in text
+    prose = " ".join(text.split())
+    spent = analyze.cost(sweep, runs)
+    assert f"{spent['runs']} runs, {spent['minutes'] / 60:.1f} hours of run time" in prose
+    assert ", ".join(spent["commits"]) in prose
+    median = rows.set_index(["norm-mode", "batch"])["median"]

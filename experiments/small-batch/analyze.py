@@ -5,8 +5,8 @@
 Writes OUT/table.csv (per norm and batch: n, median, min and max of the final validation top-1 over the seeds, and
 the median's drop from batch 128), OUT/table.md (the same as a norm x batch table; "–" where no run has
 finished), OUT/table.png (median and min-max per norm against the batch, log x), and OUT/paired.csv / .md: each
-norm's difference from batch norm at the same batch and seed (the seeds share data order, augmentation and
-initial weights where the layers allow), its median and range, and whether every seed's difference has one sign.
+norm's difference from batch norm at the same batch and seed (FRN's and EvoNorm-S0's from group norm too; the
+seeds share data order and augmentation), its median and range, and whether every seed's difference has one sign.
 The runs finished so far are what is read: a sweep still running gives a partial table (n says how many seeds).
 """
 from __future__ import annotations
@@ -52,33 +52,50 @@ def markdown(rows: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+# (norm, the norm it is compared with): every norm against batch norm; FRN and EvoNorm-S0 also against group norm,
+# the comparison their papers make at small batches
+PAIRS = [(norm, "batch") for norm in NORMS[1:]] + [("frn", "group"), ("evonorm_s0", "group")]
+
+
 def paired(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per batch and norm (not batch norm): final top-1 minus batch norm's on the same seed (seeds both have)."""
+    """Per batch and pair: the norm's final top-1 minus the other's on the same seed (the seeds both have)."""
     wide = runs.pivot_table(index=["variant", "seed"], columns="norm-mode", values="final_val_acc1")
     rows = []
     for variant in BATCHES:
-        if variant not in wide.index.get_level_values(0) or "batch" not in wide.columns:
+        if variant not in wide.index.get_level_values(0):
             continue
         seeds = wide.loc[variant]
-        for norm in NORMS[1:]:
-            if norm not in seeds.columns:
+        for norm, reference in PAIRS:
+            if norm not in seeds.columns or reference not in seeds.columns:
                 continue
-            diff = (seeds[norm] - seeds["batch"]).dropna()
+            diff = (seeds[norm] - seeds[reference]).dropna()
             if diff.empty:
                 continue
-            rows.append({"batch": BATCHES[variant], "norm": norm, "n": len(diff), "median": diff.median(),
-                         "low": diff.min(), "high": diff.max(), "per_seed": " ".join(f"{d:+.2f}" for d in diff),
+            rows.append({"batch": BATCHES[variant], "norm": norm, "against": reference, "n": len(diff),
+                         "median": diff.median(), "low": diff.min(), "high": diff.max(),
+                         "per_seed": " ".join(f"{d:+.2f}" for d in diff),
                          "one_sign": bool((diff > 0).all() or (diff < 0).all())})
     return pd.DataFrame(rows)
 
 
 def paired_markdown(rows: pd.DataFrame) -> str:
-    lines = ["| batch | norm | minus batch norm, per seed | median (range) | every seed one sign |",
-             "|---:|---|---|---|---|"]
+    lines = ["| batch | norm | minus | per seed (0, 1, 2) | median (range) | every seed one sign |",
+             "|---:|---|---|---|---|---|"]
     for _, r in rows.iterrows():
-        lines.append(f"| {r['batch']} | {r['norm']} | {r['per_seed']} | {r['median']:+.2f} ({r['low']:+.2f} to "
-                     f"{r['high']:+.2f}) | {'yes' if r['one_sign'] else 'no'} |")
+        lines.append(f"| {r['batch']} | {r['norm']} | {r['against']} | {r['per_seed']} | {r['median']:+.2f} "
+                     f"({r['low']:+.2f} to {r['high']:+.2f}) | {'yes' if r['one_sign'] else 'no'} |")
     return "\n".join(lines) + "\n"
+
+
+def cost(sweep: Path, runs: pd.DataFrame) -> dict:
+    """How many runs, their minutes of training and validation, and the commits they ran at (each run's env.yaml)."""
+    import yaml
+    minutes, commits = 0.0, set()
+    for run in runs["run"]:
+        results = pd.read_csv(sweep / run / "results.csv")
+        minutes += float(results[["epoch_time_s", "val_time_s"]].to_numpy().sum()) / 60
+        commits.add(str(yaml.safe_load((sweep / run / "env.yaml").read_text())["git_commit"])[:7])
+    return {"runs": len(runs), "minutes": minutes, "commits": sorted(commits)}
 
 
 def plot(rows: pd.DataFrame, path: Path) -> None:
@@ -112,6 +129,8 @@ def main() -> None:
     (args.out / "paired.md").write_text(paired_markdown(differences))
     print(markdown(rows))
     print(paired_markdown(differences))
+    spent = cost(args.sweep, runs)
+    print(f"{spent['runs']} runs, {spent['minutes']:.0f} minutes of run time, at {', '.join(spent['commits'])}")
 
 
 if __name__ == "__main__":
