@@ -354,3 +354,31 @@ def test_small_batch_tables_and_prose_are_its_per_run_files():
     assert f"{spent['runs']} runs, {spent['minutes'] / 60:.1f} hours of run time" in prose
     assert ", ".join(spent["commits"]) in prose
     median = rows.set_index(["norm-mode", "batch"])["median"]
+    pairs = differences.set_index(["batch", "norm", "against"])
+
+    def pair(batch, norm, against="batch"):
+        r = pairs.loc[(batch, norm, against)]
+        return f"{r['median']:+.2f} ({r['low']:+.2f} to {r['high']:+.2f})"
+    claimed = [(2, n, "batch") for n in ("online", "group", "frn", "evonorm_s0", "batchrenorm")] + \
+        [(b, n, "group") for b in (2, 8) for n in ("frn", "evonorm_s0")]   # "on every seed" in the README
+    assert all(pairs.loc[key, "one_sign"] for key in claimed) and not pairs.loc[(8, "batchrenorm", "batch"), "one_sign"]
+    assert f"by {pair(2, 'frn', 'group').replace(' (', ' points (median; ')}" in prose
+    assert f"{pair(8, 'frn', 'group')} at batch 8" in prose
+    assert f"{pair(2, 'evonorm_s0', 'group')} at batch 2 and {pair(8, 'evonorm_s0', 'group')} at batch 8" in prose
+    independent = [abs(median[(n, 8)] - median[(n, 2)]) for n in ("group", "frn", "evonorm_s0", "online")]
+    assert f"move by {max(independent):.1f} points or less" in prose
+    assert f"gains {median[('batch', 8)] - median[('batch', 2)]:.2f} points from batch 2 to 8, and Batch Renorm " \
+           f"{median[('batchrenorm', 8)] - median[('batchrenorm', 2)]:.2f}" in prose
+    below = {n: -pairs.loc[(2, n, "batch"), "median"] for n in ("online", "evonorm_s0", "batchrenorm", "frn", "group")}
+    assert (f"online norm by {below['online']:.2f} points (median), EvoNorm-S0 {below['evonorm_s0']:.2f}, Batch "
+            f"Renorm {below['batchrenorm']:.2f}, FRN {below['frn']:.2f}, group norm {below['group']:.2f}") in prose
+    assert f"here it is {below['batchrenorm']:.2f} points below" in prose
+    assert f"level with batch norm ({pairs.loc[(8, 'batchrenorm', 'batch'), 'median']:.2f}".replace("-", "−") in prose
+    assert f"at batch 128 FRN is {-pairs.loc[(128, 'frn', 'batch'), 'median']:.2f} points below" in prose
+    assert (f"1.25 points below at batch 2, {-pairs.loc[(8, 'online', 'batch'), 'median']:.2f} at batch 8 and "
+            f"{-pairs.loc[(128, 'online', 'batch'), 'median']:.2f} at 128") in prose
+    index = " ".join((EXPERIMENTS / "README.md").read_text().split())
+    assert f"at batch 2 all are {min(below.values()):.2f}-{max(below.values()):.2f} points below on every seed" in index
+    assert f"batch norm gains {median[('batch', 8)] - median[('batch', 2)]:.0f} points" in index
+    assert (f"group norm ends at {median[('group', 128)]:.2f}% and EvoNorm-S0 at {median[('evonorm_s0', 128)]:.2f}% "
+            f"(batch norm {median[('batch', 128)]:.2f}%)") in prose
