@@ -20,7 +20,7 @@ OWNERS = {f.metadata["owner"] for f in FIELDS.values()}
 GIVEN = {"server": "asgd", "smoothout": 0.01, "sam": 0.05, "asam": 0.5, "ghost_batch": 16, "log_sharpness_every": 1,
          "train_limit": 64, "val_limit": 32, "lr_milestones": [2], "amp": "bf16", "gsam": 0.05, "msam": 0.3,
          "looksam": 0.05, "saf": True, "mesa": True, "log_sharpness_every_steps": 5, "loss": "mse",
-         "label_smoothing": 0.1, "real": True}
+         "label_smoothing": 0.1, "real": True, "lookahead_every": 5}
 
 
 def options_read_in(folder: Path) -> dict[str, set[str]]:

@@ -294,7 +294,9 @@ class TrainConfig:
     lookahead_every: int | None = opt(None, "airbench's lookahead: every K optimizer steps the weights become an EMA "
                                             "of themselves with decay 0.95^K (t/T)^3, T the run's steps; the last "
                                             "step takes the EMA", low=1, high=1_000_000, metavar="K",
-                                      group="optimisation", owner="airbench", unset="off")
+                                      group="optimisation", owner="airbench", unset="off",
+                                      conflicts={"server": "a parameter server's snapshots would undo or miscount "
+                                                           "its pulls"})
     whiten_bias_epochs: int | None = opt(None, "airbench: train the whitening layer's bias for the first E epochs, "
                                                "then keep it (a model with a `whiten` layer: airbench94)",
                                          low=0, high=1_000_000, metavar="E", group="optimisation", owner="airbench",
