@@ -169,12 +169,12 @@ def test_the_models_groups_keep_the_wd_filter():
 
 
 # ------------------------------------------------------------------------------------------ the data
-def memory_loader(n=64, seed=0, epochs_flip="alternating", translate=2):
+def memory_loader(n=64, seed=0, flip="alternating", translate=2):
     rng = np.random.default_rng(seed)
     stored = rng.integers(0, 256, (n, 3, 8, 8), dtype=np.uint8)
     loader = MemoryLoader("toy", stored, rng.integers(0, 10, n), num_classes=10, mean=(0, 0, 0), std=(1, 1, 1),
                           batch_size=16, train=True, augmentation=PAD_CROP_FLIP, seed=seed)
-    loader.set_augmentation(translate, epochs_flip)
+    loader.set_augmentation(translate, flip)
     return loader, torch.from_numpy(stored).float() / 255
 
 

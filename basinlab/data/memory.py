@@ -26,6 +26,12 @@ def crop_flip_params(seed: int, epoch: int, batch: int, batch_size: int, pad: in
     return torch.cat([offsets, flips])
 
 
+def reflected(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Positions in [-size + 1, 2 size - 2] mirrored into [0, size - 1] without repeating the edge (reflect
+    padding: -1 -> 1, size -> size - 2)."""
+    return (size - 1) - ((size - 1) - index.abs()).abs()
+
+
 class CropFlip:
     """Selects a batch from zero-padded images, crops HxW windows at per-sample offsets and mirrors
     the flagged ones: an index_select and two gathers (rows, then columns; the flip is a reversed
@@ -38,19 +44,25 @@ class CropFlip:
 
     def __call__(self, padded: torch.Tensor, index: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor,
                  flip: torch.Tensor) -> torch.Tensor:
+        cols = dx[:, None] + torch.where(flip[:, None].bool(), self.cols_flipped, self.cols)
+        return self.windows(padded, index, dy[:, None] + self.rows, cols)
+
+    def reflect_shifted(self, padded: torch.Tensor, index: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor,
+                        flip: torch.Tensor, margin: int) -> torch.Tensor:
+        """The images shifted by (dy, dx) with reflect padding, mirrored where flagged: the same gathers at
+        reflected positions inside the stored images' zero `margin`."""
+        rows = margin + reflected(dy[:, None] + self.rows, len(self.rows))
+        cols = margin + reflected(dx[:, None] + self.cols, len(self.cols))
+        return self.windows(padded, index, rows, torch.where(flip[:, None].bool(), cols.flip(1), cols))
+
+    def windows(self, padded: torch.Tensor, index: torch.Tensor, rows: torch.Tensor,
+                cols: torch.Tensor) -> torch.Tensor:
+        """Rows [b, H] and columns [b, W] (positions in `padded`) of the images `index` selects."""
         batch = padded.index_select(0, index)                                          # [b, C, Hp, Wp]
         b, channels, _, padded_width = batch.shape
         height, width = len(self.rows), len(self.cols)
-        rows = (dy[:, None] + self.rows).view(b, 1, height, 1)
-        batch = batch.gather(2, rows.expand(b, channels, height, padded_width))        # [b, C, H, Wp]
-        cols = dx[:, None] + torch.where(flip[:, None].bool(), self.cols_flipped, self.cols)
+        batch = batch.gather(2, rows.view(b, 1, height, 1).expand(b, channels, height, padded_width))
         return batch.gather(3, cols.view(b, 1, 1, width).expand(b, channels, height, width))
-
-
-def reflected(index: torch.Tensor, size: int) -> torch.Tensor:
-    """Positions in [-size + 1, 2 size - 2] mirrored into [0, size - 1] without repeating the edge (reflect
-    padding: -1 -> 1, size -> size - 2)."""
-    return (size - 1) - ((size - 1) - index.abs()).abs()
 
 
 def flip_flags(mode: str, drawn: torch.Tensor, base: torch.Tensor | None, index: torch.Tensor,
@@ -129,19 +141,7 @@ class MemoryLoader(Loader):
         index, dy, dx, flip = packed
         if self.translate is None:
             return self.crop_flip(self.images, index, dy, dx, flip)
-        return self._translated(index, dy - pad, dx - pad, flip)
-
-    def _translated(self, index, dy, dx, flip) -> torch.Tensor:
-        """Images shifted by (dy, dx) with reflect padding, mirrored where flagged: the crop's two gathers with
-        reflected positions in the stored (zero-padded) images."""
-        height, width = len(self.crop_flip.rows), len(self.crop_flip.cols)
-        rows = PAD + reflected(dy[:, None] + self.crop_flip.rows, height)
-        cols = PAD + reflected(dx[:, None] + self.crop_flip.cols, width)
-        cols = torch.where(flip[:, None].bool(), cols.flip(1), cols)
-        batch = self.images.index_select(0, index)
-        b, channels, _, padded_width = batch.shape
-        batch = batch.gather(2, rows.view(b, 1, height, 1).expand(b, channels, height, padded_width))
-        return batch.gather(3, cols.view(b, 1, 1, width).expand(b, channels, height, width))
+        return self.crop_flip.reflect_shifted(self.images, index, dy - pad, dx - pad, flip, PAD)
 
     def examples(self, count: int) -> torch.Tensor:
         """The first `count` stored examples, normalised and not augmented (a model's init_from_data)."""

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from basinlab.errors import ConfigError
-from basinlab.models.common import check_choice, finish_model, input_spec, resolve_norm
+from basinlab.models.common import check_choice, check_widths, finish_model, input_spec, resolve_norm
 from basinlab.models.registry import register_model
 
 __all__ = ["Airbench94", "whitening_weights", "AIRBENCH94_REGIME", "AIRBENCH94_DATA_REGIME"]
@@ -164,10 +164,7 @@ class Airbench94(nn.Module):
 def airbench94(num_classes, dataset, norm="batch", tta=2, widths=(64, 256, 256), in_channels=None):
     """airbench94's network (its own BatchNorm; other norm modes are not offered); `widths` of its conv groups."""
     spec = input_spec(dataset, in_channels)
-    if not isinstance(widths, (list, tuple)) or not widths or not all(
-            isinstance(w, int) and not isinstance(w, bool) and 0 < w <= 65_536 for w in widths):
-        raise ConfigError(f"airbench94 widths must be a list of conv-group widths (integers in [1, 65536]), "
-                          f"got {widths!r}")
+    widths = check_widths(widths, "airbench94 widths", "the conv groups' widths", "[64, 256, 256]")
     spec_norm = resolve_norm(norm, dataset)
     mode = spec_norm.mode
     if mode != "batch":

@@ -12,7 +12,7 @@ from basinlab.nn.norms import NormSpec, init_norm_
 from basinlab.utils.checks import check_int
 
 __all__ = ["InputSpec", "input_spec", "resolve_norm", "init_weights_", "step_regime", "finish_model",
-           "count_params", "check_choice", "check_fraction"]
+           "count_params", "check_choice", "check_fraction", "check_widths"]
 
 _MNIST_LIKE = ("mnist", "fashionmnist", "kmnist", "emnist")
 _CIFAR_LIKE = ("cifar", "svhn")
@@ -63,6 +63,13 @@ def check_choice(name: str, value, allowed) -> None:
     """ConfigError unless ``value`` is one of ``allowed``."""
     if value not in allowed:
         raise ConfigError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+def check_widths(widths, name: str, what: str, example: str) -> list[int]:
+    """A non-empty list of layer widths (integers in [1, 65536]), else ConfigError naming `what` they are."""
+    if not isinstance(widths, (list, tuple)) or not widths:
+        raise ConfigError(f"{name} must be {what}, e.g. {example}; got {widths!r}")
+    return [check_int(w, f"each of {name}", maximum=1 << 16) for w in widths]
 
 
 def check_fraction(name: str, value) -> float:

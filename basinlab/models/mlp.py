@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from basinlab.errors import ConfigError
-from basinlab.models.common import check_choice, finish_model, input_spec, resolve_norm
+from basinlab.models.common import check_choice, check_widths, finish_model, input_spec, resolve_norm
 from basinlab.models.registry import register_model
-from basinlab.utils.checks import check_int
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "softplus": nn.Softplus, "gelu": nn.GELU,
                "hardtanh": nn.Hardtanh}
@@ -32,9 +30,7 @@ class FullyConnected(nn.Sequential):
 def _widths(widths) -> list[int]:
     if isinstance(widths, int) and not isinstance(widths, bool):
         widths = [widths]
-    if not isinstance(widths, (list, tuple)) or not widths:
-        raise ConfigError(f"fc widths must be the hidden layers' widths, e.g. [200, 200]; got {widths!r}")
-    return [check_int(w, "each of fc widths", maximum=1 << 16) for w in widths]
+    return check_widths(widths, "fc widths", "the hidden layers' widths", "[200, 200]")
 
 
 def _fc(num_classes, dataset, widths, activation, in_channels):

@@ -52,10 +52,7 @@ def describe(model: torch.nn.Module, wd_filter: str) -> str:
     own = getattr(model, "parameter_groups", None)
     groups = ""
     if callable(own):
-        scaled = [", ".join(f"{k} x {v:g}" for k, v in g.items() if k.endswith("_scale")) for g in own()]
-        sizes = [sum(p.numel() for p in g["params"]) for g in own()]
-        groups = "; the model's optimizer groups: " + "; ".join(
-            f"{size:,} values{' with ' + text if text else ''}" for size, text in zip(sizes, scaled))
+        groups = "; the model's optimizer groups: " + "; ".join(_group_text(group) for group in own())
     if wd_filter == "all":
         return "weight decay scope: every parameter (--wd-filter all)" + groups
     named = list(model.named_parameters())
@@ -65,6 +62,13 @@ def describe(model: torch.nn.Module, wd_filter: str) -> str:
     return (f"weight decay scope: conv/linear weights only (--wd-filter weights, convNet's regularizer): "
             f"{len(decayed)} of {len(named)} tensors, {values:,} of {total:,} values; biases and norm "
             f"parameters are not decayed{groups}")
+
+
+def _group_text(group: dict) -> str:
+    """'1,152 values with lr_scale x 64, weight_decay_scale x 0.015625' for one of a model's own groups."""
+    scaled = ", ".join(f"{k} x {v:g}" for k, v in group.items() if k.endswith("_scale"))
+    values = sum(p.numel() for p in group["params"])
+    return f"{values:,} values" + (f" with {scaled}" if scaled else "")
 
 
 def translate_regularizer(phase: dict, where: str) -> tuple[dict, str | None]:
