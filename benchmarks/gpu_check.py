@@ -118,21 +118,31 @@ def cuda_tests(ctx: Context, limit_s: float) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- throughput
-def cifar_batches(datasets_dir: Path, count: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `count` CIFAR-10 training images, normalised, channels_last, on `device` (for the bare loop)."""
+TRAIN_FILES = [f"data_batch_{index}" for index in range(1, 6)]
+
+
+def cifar_arrays(datasets_dir: Path, files: list[str], count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images [N, 3, 32, 32] and labels of the CIFAR-10 batch files, read in order until `count` images (all
+    when None) with basinlab's reader (its unpickler admits numpy arrays only)."""
     folder = locate("cifar10", datasets_dir).folder
     images, labels = [], []
-    for index in range(1, 6):  # basinlab's CIFAR reader: its unpickler admits numpy arrays only
-        split = read_cifar_batch("cifar10", folder / f"data_batch_{index}")
+    for name in files:
+        split = read_cifar_batch("cifar10", folder / name)
         images.append(split.images)
         labels.append(split.labels)
-        if sum(len(part) for part in images) >= count:
+        if count is not None and sum(len(part) for part in images) >= count:
             break
-    x = torch.from_numpy(np.concatenate(images)[:count]).float().div_(255)
+    return np.concatenate(images)[:count], np.concatenate(labels)[:count]
+
+
+def cifar_batches(datasets_dir: Path, count: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `count` CIFAR-10 training images, normalised, channels_last, on `device` (for the bare loop)."""
+    images, labels = cifar_arrays(datasets_dir, TRAIN_FILES, count)
+    x = torch.from_numpy(images).float().div_(255)
     info = DATASETS["cifar10"]
     x = (x - torch.tensor(info.mean).view(1, 3, 1, 1)) / torch.tensor(info.std).view(1, 3, 1, 1)
     x = x.to(device).contiguous(memory_format=torch.channels_last)
-    return x, torch.from_numpy(np.concatenate(labels)[:count]).to(device)
+    return x, torch.from_numpy(labels).to(device)
 
 
 def bare_loop_rate(x: torch.Tensor, y: torch.Tensor, precision: str) -> float:
@@ -280,8 +290,8 @@ def airbench(ctx: Context, limit_s: float) -> list[dict]:
 
 
 AIRBENCH_RUNNER = """
-import sys, types, time, torch
-name, path = sys.argv[1], sys.argv[2]
+import sys, types
+path = sys.argv[1]
 vision = types.ModuleType("torchvision"); vision.transforms = types.ModuleType("torchvision.transforms")
 def normalize(mean, std):
     return lambda x: (x - mean.view(1, -1, 1, 1).to(x)) / std.view(1, -1, 1, 1).to(x)
@@ -305,13 +315,11 @@ def airbench_reference(ctx: Context, limit_s: float) -> list[dict]:
     """airbench's own script on the same CIFAR-10 files: its train.pt/test.pt written from basinlab's reader."""
     folder = ctx.work / "airbench"
     (folder / "cifar10").mkdir(parents=True, exist_ok=True)
-    source = locate("cifar10", ctx.datasets_dir).folder
-    for split, files in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
-        parts = [read_cifar_batch("cifar10", source / name) for name in files]
-        images = torch.from_numpy(np.concatenate([p.images for p in parts])).permute(0, 2, 3, 1).contiguous()
-        labels = torch.from_numpy(np.concatenate([p.labels for p in parts]))
-        torch.save({"images": images, "labels": labels, "classes": list(range(10))}, folder / "cifar10" / f"{split}.pt")
-    command = [sys.executable, "-c", AIRBENCH_RUNNER, "airbench94", str(ctx.airbench_script)]
+    for split, files in (("train", TRAIN_FILES), ("test", ["test_batch"])):
+        images, labels = cifar_arrays(ctx.datasets_dir, files)
+        torch.save({"images": torch.from_numpy(images).permute(0, 2, 3, 1).contiguous(),
+                    "labels": torch.from_numpy(labels), "classes": list(range(10))}, folder / "cifar10" / f"{split}.pt")
+    command = [sys.executable, "-c", AIRBENCH_RUNNER, str(ctx.airbench_script)]
     try:
         done = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=limit_s)
     except subprocess.TimeoutExpired:
