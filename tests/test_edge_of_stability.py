@@ -21,6 +21,7 @@ from basinlab.metrics.batch_sharpness import batch_sharpness
 from basinlab.metrics.hessian_eigen import hessian_eigenvalues
 from basinlab.records.results import TIME_COLUMNS
 from tests.run_callbacks import InterruptAfter
+from tests.test_data import make_cifar10
 
 
 # ------------------------------------------------------------------------------------------ thresholds
@@ -77,6 +78,46 @@ def test_adams_preconditioner_is_read_from_its_state():
         squares = 0.99 * squares + 0.01 * g.double() ** 2
     p = (1 - 0.8 ** 3) * ((squares / (1 - 0.99 ** 3)).sqrt() + 1e-6)
     assert torch.allclose(thresholds.adam_scale(optimizer, [weight])[0].double(), p.rsqrt(), rtol=1e-5)
+
+
+def momentum_per_coordinate(lrs, momentum, hessian):
+    """Whether heavy-ball SGD with a per-coordinate lr L grows on f(w) = w^T H w / 2: the spectral radius of its
+    linear map (w, v) -> (w - L (b v + H w), b v + H w) is above 1."""
+    step = np.diag(lrs)
+    n = len(lrs)
+    update = np.block([[np.eye(n) - step @ hessian, -momentum * step], [hessian, momentum * np.eye(n)]])
+    return np.abs(np.linalg.eigvals(update)).max() > 1.0
+
+
+def test_with_lr_groups_the_edge_bounds_the_lr_scaled_sharpness():
+    # three parameters in two groups, lr 0.01 and 4x that: the update is w -= lr_0 S v, S = diag(1, 4, 4)
+    a, b, c = (nn.Parameter(torch.zeros(())) for _ in range(3))
+    optimizer = torch.optim.SGD([{"params": [a], "lr": 0.01}, {"params": [b, c], "lr": 0.04}], momentum=0.9)
+    assert thresholds.is_preconditioned(optimizer) and thresholds.has_lr_groups(optimizer)
+    scale = thresholds.preconditioner_scale(optimizer, [a, b, c])
+    assert [float(d) for d in scale] == pytest.approx([1.0, 2.0, 2.0])
+    edge = thresholds.threshold(optimizer, None)
+    assert edge == pytest.approx(3.8 / 0.01)               # group 0's momentum edge
+    gen = np.random.default_rng(0)
+    basis = np.linalg.qr(gen.standard_normal((3, 3)))[0]
+    hessian = basis @ np.diag([1.0, 0.4, 0.1]) @ basis.T
+    d = np.array([1.0, 2.0, 2.0])
+    scaled = np.linalg.eigvalsh(d[:, None] * hessian * d[None, :]).max()   # lambda_max(S^1/2 H S^1/2)
+    lrs = np.array([0.01, 0.04, 0.04])
+    assert not momentum_per_coordinate(lrs, 0.9, 0.99 * edge / scaled * hessian)
+    assert momentum_per_coordinate(lrs, 0.9, 1.01 * edge / scaled * hessian)
+    # lambda_max alone would put the edge elsewhere: the unscaled Hessian at lambda_max = edge already grows
+    assert momentum_per_coordinate(lrs, 0.9, 0.99 * edge / np.linalg.eigvalsh(hessian).max() * hessian)
+
+
+def test_groups_without_a_common_edge_and_groups_that_do_not_move():
+    a, b = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2))
+    mixed = torch.optim.SGD([{"params": [a], "momentum": 0.9}, {"params": [b], "momentum": 0.5}], lr=0.1)
+    assert math.isnan(thresholds.threshold(mixed, None))   # no one edge for two momenta
+    assert thresholds.preconditioner_scale(mixed, [a, b]) is None   # one lr: lambda_max itself is compared
+    still = torch.optim.SGD([{"params": [a], "lr": 0.1}, {"params": [b], "lr": 0.0}])
+    assert thresholds.preconditioner_scale(still, [a, b]) is None   # b does not move: no D H D over it
+    assert thresholds.preconditioner_scale(still, [a]) is not None
 
 
 # ------------------------------------------------------------------------------------------ the measurements
@@ -178,6 +219,21 @@ def test_adam_runs_log_the_preconditioned_sharpness_against_38_over_lr(tmp_path,
     assert (rows["preconditioned_sharpness"].iloc[1:] > 0).all()
     assert rows["threshold"].tolist() == pytest.approx([38 / 1e-3] * len(rows))
     assert rows["lambda_max_over_threshold"].isna().all()
+
+
+def test_a_model_with_lr_groups_logs_the_lr_scaled_sharpness_against_group_0s_edge(tmp_path, no_run_plots):
+    # airbench94 brings its BatchNorm biases at 64x the lr: the edge bounds lambda_max(S^1/2 H S^1/2)
+    make_cifar10(tmp_path / "data" / "cifar10" / "cifar-10-batches-py", per_batch=16, n_test=16)
+    run = basinlab.train(preset="airbench94", model_config="{'widths': [8, 16, 16]}", save="groups",
+                         datasets_dir=str(tmp_path / "data"), results_dir=str(tmp_path), quiet=True, batch_size=16,
+                         epochs=1, log_sharpness_every_steps=5, sharpness_batches=1)
+    rows = pd.read_csv(run.path / "sharpness-steps.csv")
+    assert rows["step"].tolist() == [0, 5]
+    assert (rows["preconditioned_sharpness"] > rows["lambda_max"]).all()   # S >= 1: it can only grow
+    assert rows["threshold"].to_numpy() == pytest.approx((2 + 2 * 0.85) / ((1 + 2 * 0.85) * rows["lr"]))
+    assert rows["lambda_max_over_threshold"].isna().all() and rows["batch_sharpness_over_threshold"].isna().all()
+    assert rows["preconditioned_over_threshold"].to_numpy() == pytest.approx(
+        rows["preconditioned_sharpness"] / rows["threshold"])
 
 
 def test_an_interrupted_run_resumes_with_the_same_rows(tmp_path, no_run_plots):

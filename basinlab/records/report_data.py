@@ -131,8 +131,8 @@ def read_sharpness_steps(path: Path) -> pd.DataFrame | None:
 
 
 def last_edge_ratio(sharpness: pd.DataFrame | None) -> float | None:
-    """The last measured lambda_max / threshold; for Adam, whose edge bounds the preconditioned sharpness (its
-    lambda_max / threshold is blank), the preconditioned lambda_max / threshold. None without measurements."""
+    """The last measured lambda_max / threshold; for Adam or lr groups, whose edge bounds the preconditioned
+    sharpness (their lambda_max / threshold is blank), the preconditioned one / threshold. None without measurements."""
     if sharpness is None:
         return None
     for column in ("lambda_max_over_threshold", "preconditioned_over_threshold"):

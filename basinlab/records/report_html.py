@@ -49,8 +49,8 @@ STYLE = """<style>
 </style>"""
 RESOLVED_NOTE = "not set in config.yaml: the value the run resolved it to (env.yaml, effective)"
 OVERRIDDEN_NOTE = "the run used another value than config.yaml asks for (env.yaml, effective)"
-EDGE_NOTE = ("sharpness-steps.csv (--log-sharpness-every-steps), its last row: lambda_max / threshold, for Adam the "
-             "preconditioned sharpness / its threshold; about 1 at the edge of stability")
+EDGE_NOTE = ("sharpness-steps.csv (--log-sharpness-every-steps), its last row: lambda_max / threshold, for Adam or lr "
+             "groups the preconditioned sharpness / its threshold; about 1 at the edge of stability")
 
 
 def _cell(column: str, text: str, classes: str = "", value=None, title: str = "") -> str:

@@ -6,7 +6,9 @@ first batches of epoch 0, no augmentation; BatchNorm on batch statistics, `--hes
                    the previous measurement's eigenvector: a few products when the Hessian moved little);
   * batch_sharpness  the mean over those batches of g_B^T H_B g_B / ||g_B||^2 (SGD's edge, Andreyev & Beneventano
                    2024); for every optimizer;
-  * preconditioned_sharpness  lambda_max(P^-1 H) with Adam's preconditioner (Adam/AdamW only, Cohen et al. 2022);
+  * preconditioned_sharpness  lambda_max(P^-1 H) with Adam's preconditioner (Cohen et al. 2022), and with param
+                   groups of different lrs lambda_max(S H), S = lr_g / lr_0 (what the edge then bounds;
+                   thresholds.py); NaN for SGD with one lr;
   * threshold      the edge the run's update has on the sharpness it is compared with (thresholds.py): 2/lr for
                    SGD, (2+2b)/lr with momentum, 38/lr for Adam's preconditioned sharpness, the delayed one under
                    --server;
@@ -97,18 +99,19 @@ class EdgeOfStability(Callback):
             batch = batch_sharpness(run.model, run.criterion, self.data, mode=self.mode)
             products += batch.hvp_count
             preconditioned = math.nan
-            adam = thresholds.is_adam(run.optimizer)  # Adam's edge bounds the preconditioned sharpness only
-            if adam:
-                scale = thresholds.adam_scale(run.optimizer, list(run.model.parameters()))
-                if scale is not None:
-                    preconditioned, more = self.top_eigenvalue(run, "preconditioned", scale)
-                    products += more
+            # Adam's edge, and an edge with lr groups, bound the preconditioned sharpness only
+            only_preconditioned = thresholds.is_preconditioned(run.optimizer)
+            trainable = [p for p in run.model.parameters() if p.requires_grad]  # what the Hessian is taken over
+            scale = thresholds.preconditioner_scale(run.optimizer, trainable)
+            if scale is not None:
+                preconditioned, more = self.top_eigenvalue(run, "preconditioned", scale)
+                products += more
         seconds = time.perf_counter() - start
         edge = thresholds.threshold(run.optimizer, run.strategy)
         return {"step": run.global_step, "epoch": run.global_step / run.steps_per_epoch, "lr": run.lr,
                 "lambda_max": top, "batch_sharpness": batch.value, "preconditioned_sharpness": preconditioned,
-                "threshold": edge, "lambda_max_over_threshold": math.nan if adam else top / edge,
-                "batch_sharpness_over_threshold": math.nan if adam else batch.value / edge,
+                "threshold": edge, "lambda_max_over_threshold": math.nan if only_preconditioned else top / edge,
+                "batch_sharpness_over_threshold": math.nan if only_preconditioned else batch.value / edge,
                 "preconditioned_over_threshold": preconditioned / edge, "hvp_count": products,
                 "seconds": seconds, "gradient_seconds": self.gradient_seconds(run)}
 

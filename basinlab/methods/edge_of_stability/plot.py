@@ -7,7 +7,7 @@ from pathlib import Path
 from basinlab.utils.figures import new_figure, save_png
 
 CURVES = (("lambda_max", "lambda_max (training loss)", "o"), ("batch_sharpness", "batch sharpness", "s"),
-          ("preconditioned_sharpness", "preconditioned sharpness (Adam)", "^"))
+          ("preconditioned_sharpness", "preconditioned sharpness (Adam, lr groups)", "^"))
 
 
 def plot_sharpness(rows: list[dict], path: Path) -> Path:

@@ -10,6 +10,10 @@ On a quadratic with curvature lambda along an eigenvector, an update is stable w
                                 (Cohen et al. 2022: 38 / lr at b1 = 0.9)
   * a parameter-server run      the strategy's delayed threshold on lr x lambda (At Stability's Edge; its
                                 stability_threshold(optimizer)), divided by lr
+Param groups with different lrs (a model's lr_scale groups, e.g. airbench94's BatchNorm biases at 64x) make the
+update w -= lr_0 S v with S = diag(lr_g / lr_0): its edge is group 0's, on the sharpness of S^1/2 H S^1/2 (for Adam,
+S^1/2 P^-1/2 H P^-1/2 S^1/2); lambda_max alone is then no longer what the edge bounds. Groups that differ in momentum,
+dampening, Nesterov or betas have no common edge (NaN).
 Weight decay adds wd to every eigenvalue of the update's curvature; the sharpness here is the loss's alone, as
 in the papers (lr x wd is ~5e-5 in the presets: below what a measurement resolves).
 """
@@ -59,10 +63,55 @@ def adam_scale(optimizer, params) -> list | None:
     return scale
 
 
+def has_lr_groups(optimizer) -> bool:
+    """Whether the param groups have different lrs (then the edge bounds the lr-scaled sharpness)."""
+    return len({group["lr"] for group in optimizer.param_groups}) > 1
+
+
+def is_preconditioned(optimizer) -> bool:
+    """Whether the run's edge bounds a preconditioned sharpness (Adam's, or lr groups') rather than lambda_max."""
+    return is_adam(optimizer) or (isinstance(optimizer, torch.optim.SGD) and has_lr_groups(optimizer))
+
+
+def lr_group_scale(optimizer, params) -> list | None:
+    """S^{1/2} = sqrt(lr_g / lr_0) for each parameter (as tensors shaped like it), or None where a parameter is in
+    no group or its group's lr is 0 (it does not move: no direction of the update's curvature)."""
+    reference = optimizer.param_groups[0]["lr"]
+    ratio = {id(p): group["lr"] / reference for group in optimizer.param_groups for p in group["params"]} \
+        if reference > 0 else {}
+    if any(ratio.get(id(p), 0.0) <= 0 for p in params):
+        return None
+    return [torch.full_like(p, math.sqrt(ratio[id(p)])) for p in params]
+
+
+def preconditioner_scale(optimizer, params) -> list | None:
+    """D such that the run's edge bounds lambda_max(D H D): Adam's P^{-1/2}, times S^{1/2} with lr groups; None
+    where the edge bounds lambda_max itself, or where D is not known yet (before Adam's first step)."""
+    if not is_preconditioned(optimizer):
+        return None
+    scale = adam_scale(optimizer, params) if is_adam(optimizer) else None
+    if is_adam(optimizer) and scale is None:
+        return None
+    groups = lr_group_scale(optimizer, params) if has_lr_groups(optimizer) else None
+    if has_lr_groups(optimizer) and groups is None:
+        return None
+    if scale is None:
+        return groups
+    return scale if groups is None else [a * b for a, b in zip(scale, groups)]
+
+
+def _shared_settings(optimizer, keys: tuple[str, ...]) -> bool:
+    """Whether every param group has group 0's value for each key (else the groups have no common edge)."""
+    first = optimizer.param_groups[0]
+    return all(group.get(key) == first.get(key) for group in optimizer.param_groups for key in keys)
+
+
 def threshold(optimizer, strategy) -> float:
     """The edge for this run's update on the sharpness it is compared with (NaN for an optimizer without a
-    known one: Adas, ...)."""
+    known one: Adas, ...; or param groups without a common one)."""
     group = optimizer.param_groups[0]
+    if not _shared_settings(optimizer, ("momentum", "dampening", "nesterov", "betas")):
+        return math.nan
     delayed = getattr(strategy, "stability_threshold", None)
     if delayed is not None:
         return delayed(optimizer) / group["lr"] if group["lr"] > 0 else math.inf
