@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -73,54 +74,85 @@ def data_shared_real():
 
 
 # ------------------------------------------------------------------------------ one finished sweep
+SWEEP_FOLDER_VARIABLE = "BASINLAB_TEST_FINISHED_SWEEP"
+
+
 class BackgroundSweep:
     """tests/test_sweep.py's SPEC (2 lr x 2 seeds) swept by `basinlab sweep` in a process of its own, one
     single-threaded run at a time: started as soon as the tests are collected, it trains on the CPU core that
-    the (single-threaded) tests before its first reader leave idle."""
+    the (single-threaded) tests before its first reader leave idle. One sweep serves every xdist worker: the
+    session's controller names its folder (SWEEP_FOLDER_VARIABLE, inherited by the workers), the first worker to
+    make `folder/started` starts it, and the sweep's exit status lands in `folder/exit` for every reader."""
 
-    def __init__(self):
+    def __init__(self, folder: Path):
+        self.folder, self.out = folder, folder / "out"
+
+    def start_once(self) -> None:
+        try:
+            (self.folder / "started").mkdir()
+        except FileExistsError:
+            return                                      # another worker started it
         from tests.test_sweep import write_spec
-        self.folder = Path(tempfile.mkdtemp(prefix="basinlab-finished-sweep-"))
-        self.out = self.folder / "out"
         command = [sys.executable, "-m", "basinlab", "sweep", str(write_spec(self.folder)), "--results-dir",
                    str(self.out), "--jobs", "1"]
-        self.log = open(self.folder / "sweep.log", "w")
-        self.proc = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        record_exit = "import pathlib, subprocess, sys; code = subprocess.call(sys.argv[2:]); " \
+                      "pathlib.Path(sys.argv[1]).write_text(str(code))"
+        with open(self.folder / "sweep.log", "w") as log:
+            proc = subprocess.Popen([sys.executable, "-c", record_exit, str(self.folder / "exit"), *command],
+                                    env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        (self.folder / "pid").write_text(str(proc.pid))
 
     def finished(self) -> Path:
-        code = self.proc.wait(timeout=600)
-        self.log.close()
-        assert code == 0, (self.folder / "sweep.log").read_text()[-3000:]
+        self.start_once()                               # asked for by a test collection did not see
+        deadline = time.monotonic() + 600
+        while not (self.folder / "exit").is_file():
+            assert time.monotonic() < deadline, "the background sweep took over 10 minutes"
+            time.sleep(0.2)
+        time.sleep(0.05)                                # the exit file is written whole: a few bytes
+        code = (self.folder / "exit").read_text()
+        assert code == "0", (self.folder / "sweep.log").read_text()[-3000:]
         return self.out
 
     def discard(self) -> None:
-        if self.proc.poll() is None:  # the session ended before any test needed it
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        self.log.close()
+        """The controller's last step, after every worker: end the sweep if no test needed it, then delete it."""
+        pid = self.folder / "pid"
+        if pid.is_file() and not (self.folder / "exit").is_file():
+            try:
+                os.killpg(int(pid.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-BACKGROUND_SWEEP = pytest.StashKey[BackgroundSweep]()
+def is_xdist_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def background_sweep() -> BackgroundSweep:
+    return BackgroundSweep(Path(os.environ[SWEEP_FOLDER_VARIABLE]))
+
+
+def pytest_configure(config):
+    if not is_xdist_worker(config):                    # the controller, or a run without xdist
+        os.environ[SWEEP_FOLDER_VARIABLE] = tempfile.mkdtemp(prefix="basinlab-finished-sweep-")
 
 
 def pytest_collection_finish(session):
     if session.config.option.collectonly:
         return
     if any("finished_sweep" in getattr(item, "fixturenames", ()) for item in session.items):
-        session.config.stash[BACKGROUND_SWEEP] = BackgroundSweep()
+        background_sweep().start_once()
 
 
 def pytest_unconfigure(config):
-    if BACKGROUND_SWEEP in config.stash:
-        config.stash[BACKGROUND_SWEEP].discard()
+    if not is_xdist_worker(config) and SWEEP_FOLDER_VARIABLE in os.environ:
+        background_sweep().discard()
+        del os.environ[SWEEP_FOLDER_VARIABLE]
 
 
 @pytest.fixture(scope="session")
-def finished_sweep(request):
+def finished_sweep():
     """The results folder of the session's BackgroundSweep, once it has finished, for every test that reads a
     finished sweep (test_sweep, test_report, test_sweep_slurm). Tests that change the folder work on a copy."""
-    if BACKGROUND_SWEEP not in request.config.stash:  # asked for by a test collection did not see
-        request.config.stash[BACKGROUND_SWEEP] = BackgroundSweep()
-    return request.config.stash[BACKGROUND_SWEEP].finished()
+    return background_sweep().finished()

@@ -91,9 +91,9 @@ def test_presets_match_the_seed_usage_text():
 def test_online_norm_resnet20_on_real_cifar10(tmp_path):
     if not (REAL / "cifar10" / "cifar-10-batches-py" / "test_batch").is_file():
         pytest.skip("real CIFAR-10 not prepared (python3 ../shared/tools/prepare_data.py)")
-    # validating is most of the cost: 2,000 stratified test images (chance 10% +- 0.7%) rather than all 10,000
+    # validating would be most of the cost: 500 stratified test images (chance 10% +- 1.3%) rather than 10,000
     run = basinlab.train(preset="onlinenorm-cifar10", norm_mode="online", datasets_dir=str(REAL), epochs=2,
-                         train_limit=512, val_limit=2000, batch_size=64, quiet=True, results_dir=str(tmp_path),
+                         train_limit=512, val_limit=500, batch_size=64, quiet=True, results_dir=str(tmp_path),
                          save="real")
     assert run.history["train_loss"].iloc[-1] < run.history["train_loss"].iloc[0]
-    assert run.history["val_acc1"].iloc[-1] > 15.0  # 19% here
+    assert run.history["val_acc1"].iloc[-1] > 15.0  # 19.4% here

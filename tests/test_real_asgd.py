@@ -145,9 +145,10 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
 def test_a_killed_server_ends_its_workers_within_seconds(tmp_path):
     command = [sys.executable, "-m", "basinlab", "train", "--dataset", "mnist5k", "--model", "fc", "--epochs", "50",
-               "--batch-size", "32", "--server", "asgd", "--workers", "3", "--real", "--quiet",
-               "--results-dir", str(tmp_path), "--save", "killed"]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               "--batch-size", "32", "--train-limit", "960", "--server", "asgd", "--workers", "3", "--real",
+               "--quiet", "--results-dir", str(tmp_path), "--save", "killed"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120
     while len(workers := _children(server.pid)) < 3 or not (tmp_path / "killed" / "results.csv").is_file():
         assert time.monotonic() < deadline and server.poll() is None

@@ -23,8 +23,16 @@ def slurm_answers() -> str | None:
     return None if proc.returncode == 0 else f"Slurm does not answer: {proc.stderr.strip()[:100]}"
 
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(slurm_answers() is not None, reason=str(slurm_answers()))]
+pytestmark = pytest.mark.slow
 pytest.importorskip("submitit")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm_cluster():
+    """Asked once, when a test of this file runs (not at collection, where every xdist worker would wait on srun)."""
+    why = slurm_answers()
+    if why is not None:
+        pytest.skip(why)
 
 # The runs lr_0.001-s0 and -s1 of tests/test_sweep.py's SPEC, which the session's finished sweep ran here
 SPEC = {**LOCAL_SPEC, "grid": {"lr": [0.001]}}
