@@ -328,3 +328,76 @@ def test_the_hessians_train_mode_and_the_recalibration_know_the_batch_statistics
     assert all(m.training for m in model.modules())  # restored
     with pytest.raises(ConfigError, match="BatchRenorm, EvoNormB0 layers keep theirs differently"):
         recalibrate_bn(model, [(torch.zeros(2, 2, 8, 8), torch.zeros(2))])
+
+
+# ------------------------------------------------------------------------------------------ --sync-bn
+def synced_layers(seed: int = 0) -> dict:
+    """Batch Renorm past its warm-up (r and d clip) with moving averages away from the batch's, and EvoNorm-B0."""
+    generator = torch.Generator().manual_seed(seed)
+    renorm = randomised(BatchRenorm(3), generator)[0]
+    renorm.num_batches_tracked.fill_(50_000)
+    renorm.running_mean.copy_(torch.randn(3, generator=generator, dtype=torch.float64))
+    renorm.running_std.copy_(0.5 + torch.rand(3, generator=generator, dtype=torch.float64))
+    return {"renorm": renorm, "b0": randomised(EvoNormB0(3), generator)[0]}
+
+
+def synced_inputs():
+    generator = torch.Generator().manual_seed(1)
+    return (torch.randn(8, 3, 4, 4, generator=generator, dtype=torch.float64) * 2 + 1,
+            torch.randn(8, 3, 4, 4, generator=generator, dtype=torch.float64))
+
+
+def forward_backward(layer, x, weights) -> dict:
+    x = x.clone().requires_grad_(True)
+    y = layer(x)
+    (y * weights).sum().backward()
+    return {"y": y.detach(), "x_grad": x.grad, **{f"grad_{n}": p.grad for n, p in layer.named_parameters()},
+            **{n: b.clone() for n, b in layer.named_buffers()}}
+
+
+def synced_worker(rank: int, folder: str) -> None:
+    """One of two gloo processes: its half of the batch through each layer with sync_group set."""
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
+    x, weights = synced_inputs()
+    rows = slice(4 * rank, 4 * rank + 4)
+    out = {}
+    for name, layer in synced_layers().items():
+        layer.sync_group = dist.group.WORLD
+        out[name] = forward_backward(layer, x[rows], weights[rows])
+    # what --sync-bn does to a model: BatchNorm becomes SyncBatchNorm, basinlab's layers get the group
+    from basinlab.api import make_config
+    from basinlab.engine.distributed import DataParallel, ProcessPlace
+    lines = []
+    model = DataParallel(make_config(sync_bn=True), ProcessPlace(rank, rank, 2, 2)).convert_norms(
+        nn.Sequential(BatchRenorm(3), nn.BatchNorm2d(3), EvoNormB0(3), BatchRenorm(3)), type("Log", (), {
+            "info": staticmethod(lines.append)}))
+    out["log"] = lines
+    out["groups"] = [type(m).__name__ for m in model if getattr(m, "sync_group", None) is dist.group.WORLD]
+    torch.save(out, f"{folder}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_sync_bn_takes_batch_renorm_and_evonorm_b0_statistics_over_every_process(tmp_path):
+    """Two processes with half the batch each, synchronised, compute what one process computes on the whole batch:
+    outputs, input gradients (of the summed loss), parameter gradients summed over the processes, moving averages."""
+    torch.multiprocessing.spawn(synced_worker, args=(str(tmp_path),), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks[0]["log"] == ["--sync-bn: 1 BatchNorm, 2 BatchRenorm, 1 EvoNormB0 layers synchronised across 2 "
+                               "processes"]
+    assert ranks[0]["groups"] == ["BatchRenorm", "EvoNormB0", "BatchRenorm"]
+    x, weights = synced_inputs()
+    for name, layer in synced_layers().items():
+        whole = forward_backward(layer, x, weights)
+        halves = [ranks[0][name], ranks[1][name]]
+        for key, value in whole.items():
+            if key in ("y", "x_grad"):
+                joined = torch.cat([h[key] for h in halves])
+            elif key.startswith("grad_"):
+                joined = halves[0][key] + halves[1][key]
+            else:
+                torch.testing.assert_close(halves[0][key], halves[1][key], rtol=0, atol=0)  # the same on both
+                joined = halves[0][key]
+            torch.testing.assert_close(joined, value, rtol=1e-10, atol=1e-12, msg=f"{name} {key}")
+        unsynced = forward_backward(synced_layers()[name], x[:4], weights[:4])["y"]
+        assert not torch.allclose(unsynced, halves[0]["y"], atol=1e-3)  # a half alone normalises differently

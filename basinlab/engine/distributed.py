@@ -154,7 +154,8 @@ class DataParallel:
         return self.device
 
     def convert_norms(self, model: torch.nn.Module, log) -> torch.nn.Module:
-        """--sync-bn: BatchNorm layers normalise over the global batch (SyncBatchNorm)."""
+        """--sync-bn: every layer that normalises with batch statistics takes them over the global batch: BatchNorm
+        as SyncBatchNorm, basinlab's own (Batch Renorm, EvoNorm-B0) through their `sync_group`."""
         if not self.cfg.sync_bn:
             return model
         if not self.active:
@@ -162,8 +163,13 @@ class DataParallel:
                               "normalises over the whole batch; drop --sync-bn")
         converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         count = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules())
-        log.info(f"--sync-bn: {count} BatchNorm layers synchronised across {self.world_size} processes"
-                 if count else "--sync-bn: the model has no BatchNorm layer; nothing to synchronise")
+        own = [m for m in converted.modules() if hasattr(m, "sync_group")]
+        for module in own:
+            module.sync_group = dist.group.WORLD
+        layers = [f"{count} BatchNorm"] if count else []
+        layers += [f"{sum(type(m) is kind for m in own)} {kind.__name__}" for kind in dict.fromkeys(map(type, own))]
+        log.info(f"--sync-bn: {', '.join(layers)} layers synchronised across {self.world_size} processes"
+                 if layers else "--sync-bn: the model has no layer with batch statistics; nothing to synchronise")
         return converted
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:

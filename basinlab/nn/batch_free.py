@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from basinlab.nn.batch_stats import batch_var_mean
+
 # FRN (Singh & Krishnan 2020): eps = 1e-6 + |eps_l|, eps_l one learned scalar per layer starting at 1e-4
 # (the paper's learned eps, lower-bounded by the fixed part; TensorFlow Addons' FilterResponseNormalization).
 FRN_EPS = 1e-6
@@ -153,14 +155,13 @@ class EvoNormB0(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_features))
         self.v = nn.Parameter(torch.ones(num_features)) if apply_act else None
         self.register_buffer("running_var", torch.ones(num_features))
+        self.sync_group = None  # --sync-bn: the process group whose global batch the variance is taken over
 
     def _batch_variance(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return self.running_var
         refuse_one_value_per_channel(self, x)
-        dims = (0, 2, 3) if x.dim() == 4 else (0,)
-        var = wide(x).var(dim=dims, unbiased=False)
-        n = x.numel() / x.shape[1]
+        var, _, n = batch_var_mean(wide(x), self.sync_group)
         with torch.no_grad():
             self.running_var.mul_(1 - self.momentum).add_(var * (self.momentum * n / (n - 1)))
         return var

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from basinlab.nn.batch_free import refuse_one_value_per_channel, wide
+from basinlab.nn.batch_stats import batch_var_mean
 
 # (first step of relaxation, step at which the final value is reached, start value, final value)
 R_MAX_SCHEDULE = (5_000, 40_000, 1.0, 3.0)
@@ -54,6 +55,7 @@ class BatchRenorm(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_std", torch.ones(num_features))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        self.sync_group = None  # --sync-bn: the process group whose global batch the statistics are taken over
 
     def limits(self) -> tuple[float, float]:
         """(r_max, d_max) for the next training step."""
@@ -79,8 +81,7 @@ class BatchRenorm(nn.Module):
     def _train_scale_shift(self, xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per channel (r / sigma_B, d - mu_B r / sigma_B) of Algorithm 1, and the moving averages updated."""
         refuse_one_value_per_channel(self, xf)
-        dims = (0, 2, 3) if xf.dim() == 4 else (0,)
-        batch_var, batch_mean = torch.var_mean(xf, dim=dims, correction=0)
+        batch_var, batch_mean, _ = batch_var_mean(xf, self.sync_group)
         batch_std = (batch_var + self.eps).sqrt()
         r_max, d_max = self.limits()
         with torch.no_grad():
