@@ -258,12 +258,65 @@ def test_weights_modes_buffers_and_grads_are_left_unchanged(kind, mode):
     (dict(mode="test"), "mode must be one of"),
     (dict(rho=1e30, norm="l2", adaptive=False), "the loss is not finite at a perturbed point"),
     (dict(rho=1e30, norm="l2", adaptive=False, kind="average"), "the loss is not finite at a perturbed point"),
+    (dict(restarts=2), "restarts need a random start"),
+    (dict(restarts=0, random_start=True), "restarts must be an integer >= 1"),
+    (dict(kind="average", random_start=True), "apply to the worst case"),
+    (dict(normalize_logits=1), "normalize_logits must be True or False"),
 ])
 def test_bad_arguments_are_refused_in_one_line(kwargs, needle):
     model, batches = bn_convnet()
     with pytest.raises(SharpnessInputError, match=needle) as caught:
         adaptive_sharpness(model, F.cross_entropy, batches[:1], iterations=kwargs.pop("iterations", 2), **kwargs)
     assert "\n" not in str(caught.value)
+
+
+# ----------------------------------------------------------------------------- the authors' options
+def test_normalised_logits_are_the_loss_of_centred_unit_norm_logits_and_undo_their_scale():
+    model, batches = bn_convnet()
+
+    def of_normalised(logits, y):  # the authors' LogitNormalizationWrapper, written out
+        centred = logits - logits.mean(dim=1, keepdim=True)
+        return F.cross_entropy(centred / torch.maximum(centred.norm(dim=1, keepdim=True),
+                                                       torch.full_like(centred[:, :1], 1e-10)), y)
+    for kind in ("worst", "average"):
+        options = dict(kind=kind, iterations=5, samples=4, seed=3)
+        ours = adaptive_sharpness(model, F.cross_entropy, batches, normalize_logits=True, **options)
+        theirs = adaptive_sharpness(model, of_normalised, batches, **options)
+        assert ours.value == theirs.value and ours.base_loss == theirs.base_loss
+    # the last layer 5 times larger: the logits 5 times larger at every (adaptively) perturbed point as well
+    plain, normalised = (adaptive_sharpness(model, F.cross_entropy, batches, kind="average", samples=4, seed=3,
+                                            normalize_logits=flag).value for flag in (False, True))
+    with torch.no_grad():
+        model[-1].weight.mul_(5)
+        model[-1].bias.mul_(5)
+    plain5, normalised5 = (adaptive_sharpness(model, F.cross_entropy, batches, kind="average", samples=4, seed=3,
+                                              normalize_logits=flag).value for flag in (False, True))
+    assert abs(plain5 - plain) > 0.1 * abs(plain)
+    assert normalised5 == pytest.approx(normalised, rel=1e-4)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_restarts_start_in_the_set_and_the_largest_loss_over_them_counts(norm):
+    from basinlab.metrics.adaptive_sharpness import _Perturbation
+    model, batches = bn_convnet()
+    rho = DEFAULT_RHO[("worst", True, norm)]
+    run = _Perturbation(model, F.cross_entropy, list(model.parameters()), True, norm, rho)
+    start = run._project(run.draw(torch.Generator().manual_seed(0)))
+    if norm == "linf":   # inside the box |delta| <= rho |w|
+        assert all(bool((d.abs() <= rho * w.abs() + 1e-12).all()) for d, w in zip(start, run.origin))
+    else:                # on the ellipsoid ||delta / |w| || = rho (the draw itself is about rho sqrt(n) away)
+        assert float(run._weighted_norm(start)) == pytest.approx(rho, rel=1e-4)
+    one = batches[:1]
+    from_zero = adaptive_sharpness(model, F.cross_entropy, one, norm=norm, iterations=5)
+    single = adaptive_sharpness(model, F.cross_entropy, one, norm=norm, iterations=5, random_start=True, seed=4)
+    three = adaptive_sharpness(model, F.cross_entropy, one, norm=norm, iterations=5, random_start=True,
+                               restarts=3, seed=4)
+    assert single.value != from_zero.value                      # another ascent
+    assert three.value >= single.value                          # its first restart is `single`'s ascent
+    assert (three.iterations, three.gradients) == (15, 3 * single.gradients)
+    again = adaptive_sharpness(model, F.cross_entropy, one, norm=norm, iterations=5, random_start=True,
+                               restarts=3, seed=4)
+    assert again.value == three.value                           # seeded
 
 
 # ----------------------------------------------------------------------------- `basinlab sharpness --measure adaptive`
@@ -305,6 +358,20 @@ def test_cli_writes_one_row_per_definition_and_rho(tiny_run, tmp_path, capsys):
     direct = adaptive_sharpness(model, criterion, first_40, rho=0.02, iterations=3)
     assert again["value"].iloc[1] == pytest.approx(direct.value, rel=1e-6)
     assert again["value"].iloc[0] < again["value"].iloc[1]
+    assert (again["restarts"] == 1).all() and not again["normalize_logits"].any()
+
+    # the authors' options: restarts from random starts (worst case only) and normalised logits, as the function
+    assert main(["sharpness", str(tiny_run), "--measure", "adaptive", "--kind", "worst", "average", "--ascent-iter",
+                 "3", "--samples", "2", "--restarts", "2", "--normalize-logits", "--adaptive-examples", "40", "-b",
+                 "16", "--device", "cpu", "-o", str(out)]) == 0
+    options = pd.read_csv(out).query("measure == 'adaptive'").set_index("kind")
+    assert options.loc["worst", "restarts"] == 2 and options.loc["worst", "iterations"] == 6
+    assert options.loc["average", "restarts"] == 1 and options["normalize_logits"].all()
+    direct = adaptive_sharpness(model, criterion, first_40, iterations=3, restarts=2, random_start=True,
+                                normalize_logits=True)
+    assert options.loc["worst", "value"] == pytest.approx(direct.value, rel=1e-6)
+    assert main(["sharpness", str(tiny_run), "--measure", "hessian", "--normalize-logits", "--device", "cpu",
+                 "-o", str(out)]) == 2
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -312,6 +379,8 @@ def test_cli_writes_one_row_per_definition_and_rho(tiny_run, tmp_path, capsys):
     (["--kind", "best"], "--kind: invalid choice"),
     (["--adaptive-examples", "0"], "--adaptive-examples: must be an integer"),
     (["--rho", "1e30", "--scaling", "plain", "--norm", "l2", "--kind", "average"], "use a smaller rho"),
+    (["--restarts", "2", "--kind", "average"], "--restarts applies to --measure adaptive with --kind worst only"),
+    (["--restarts", "0"], "--restarts: must be an integer"),
 ])
 def test_cli_bad_values_exit_2_in_one_line(tiny_run, tmp_path, capsys, args, needle):
     out = tmp_path / "s.csv"

@@ -128,7 +128,10 @@ def _check_detail_flags(args, measures) -> None:
     needs = [("--block-depth", args.block_depth is not None, args.per_layer, "--per-layer"),
              ("--fisher", args.fisher is not None, "fisher" in measures, "--measure fisher"),
              ("--mc-samples", args.mc_samples is not None, "fisher" in measures and "mc" in fisher,
-              "--measure fisher with --fisher mc")]
+              "--measure fisher with --fisher mc"),
+             ("--normalize-logits", args.normalize_logits, "adaptive" in measures, "--measure adaptive"),
+             ("--restarts", args.restarts is not None, "adaptive" in measures and "worst" in args.kind,
+              "--measure adaptive with --kind worst")]
     for flag, given, served, what in needs:
         if given and not served:
             raise ConfigError(f"{flag} applies to {what} only, which was not asked for; add it or drop {flag}")
@@ -154,6 +157,12 @@ def _adaptive_options(sharp) -> None:
     sharp.add_argument("--adaptive-examples", type=integer(1, 10_000_000), default=1024,
                        help="adaptive: the first N examples of the measured data (default 1024, the paper's); "
                             "sharpness is computed per batch of -b examples (m-sharpness, m = -b) and averaged")
+    sharp.add_argument("--normalize-logits", action="store_true",
+                       help="adaptive: the loss of centred, unit-norm logits, which removes their scale (the "
+                            "authors' --normalize_logits)")
+    sharp.add_argument("--restarts", type=integer(1, 1000),
+                       help="adaptive, worst case: ascents per batch, the largest loss counting; more than 1 starts "
+                            "each at a random point of the perturbation set (default 1: one ascent from delta = 0)")
 
 
 def _add_landscape(sub) -> None:
@@ -208,6 +217,7 @@ def cmd_sharpness(args) -> int:
                              rhos=tuple(dict.fromkeys(args.rho)) if args.rho else None,
                              ascent_iter=args.ascent_iter, samples=args.samples,
                              adaptive_examples=args.adaptive_examples, per_layer=args.per_layer,
+                             normalize_logits=args.normalize_logits, restarts=args.restarts or 1,
                              blocks="module" if args.block_depth is None else args.block_depth,
                              fisher_kinds=tuple(dict.fromkeys(args.fisher or ["mc"])),
                              mc_samples=args.mc_samples or 1)

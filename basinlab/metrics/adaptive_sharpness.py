@@ -17,6 +17,14 @@ taken elementwise at the measured weights ``w``:
 
 The value is the plain mean over batches (the authors' ``(sum worst - sum base) / n_batches``).
 Every parameter that requires grad is perturbed (BatchNorm weights and biases too, as the authors did).
+
+Options of the authors' evaluation script: ``normalize_logits`` (their ``--normalize_logits``, the
+LogitNormalizationWrapper of models.py: logits centred and scaled to unit l2 norm before the loss, which removes
+their scale), and ``random_start`` / ``restarts`` (their ``--sharpness_rand_init`` / ``--n_restarts``: each
+restart starts the ascent from a random point of the perturbation set, the largest loss over restarts counts).
+Their random start is ``random_init_lw``'s draw, rho c xi with xi ~ U[-1, 1] (linf) or N(0, I) (l2); for l2 that
+draw has norm about rho sqrt(n), far outside the ball, so here it is projected onto the ball first (their code
+never ran it: ``init_fn`` is a one-element tuple there).
 """
 from __future__ import annotations
 
@@ -105,24 +113,49 @@ def _check_settings(kind, adaptive, norm, rho, step_size):
     return rho, step_size
 
 
+def _check_restarts(kind, normalize_logits, random_start, restarts) -> int:
+    for name, value in (("normalize_logits", normalize_logits), ("random_start", random_start)):
+        if not isinstance(value, bool):
+            raise SharpnessInputError(f"{name} must be True or False, got {value!r}")
+    restarts = _check_int(restarts, "restarts")
+    if restarts > 1 and not random_start:
+        raise SharpnessInputError(f"restarts={restarts} repeats the same ascent from delta = 0: set random_start "
+                                  f"(the authors' rule: restarts need a random start), or restarts=1")
+    if kind == "average" and (random_start or restarts > 1):
+        raise SharpnessInputError("random_start and restarts apply to the worst case (its ascent); the average "
+                                  "case draws its own noise")
+    return restarts
+
+
+def logits_normalized(logits: Tensor) -> Tensor:
+    """Centred logits scaled to unit l2 norm per example (the authors' LogitNormalizationWrapper)."""
+    centred = logits - logits.mean(dim=-1, keepdim=True)
+    return centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-10)
+
+
 def adaptive_sharpness(model: nn.Module, criterion: Callable, batches, *, kind: str = "worst",
                        adaptive: bool = True, norm: str = "linf", rho: float | None = None, iterations: int = 20,
                        step_size: float | None = None, samples: int = 20, seed: int = 0, mode: str = "eval",
-                       params=None) -> AdaptiveSharpness:
+                       params=None, normalize_logits: bool = False, random_start: bool = False,
+                       restarts: int = 1) -> AdaptiveSharpness:
     """Worst-case (``kind="worst"``) or average-case (``"average"``) sharpness, adaptive or plain, in an
     ``l2`` or ``linf`` ball of radius ``rho`` (default: ``DEFAULT_RHO``), per batch and averaged.
 
     ``iterations``: ascent steps per batch (worst case; the authors' 20); ``step_size``: the first ascent
     step (default ``2 rho``, theirs); ``samples``: noise draws per batch (average case; their 20).
-    ``seed`` drives the noise (a local CPU generator; the worst case starts at ``delta = 0``, as their
-    default, and draws nothing).  The weights, modes, buffers and ``.grad`` are left as they were.
+    ``seed`` drives the noise and the random starts (a local CPU generator; by default the worst case starts at
+    ``delta = 0``, as theirs, and draws nothing).  ``normalize_logits``: the loss of centred, unit-norm logits
+    (both the base and the perturbed loss).  ``random_start``: each ascent starts at a random point of the set;
+    ``restarts``: ascents per batch, the largest loss counts (more than one needs ``random_start``).
+    The weights, modes, buffers and ``.grad`` are left as they were.
     """
     ps = _prepare(model, criterion, params)
     rho, step_size = _check_settings(kind, adaptive, norm, rho, step_size)
     iterations = _check_int(iterations, "iterations")
     samples = _check_int(samples, "samples")
     seed = _check_int(seed, "seed", minimum=0)
-    run = _Perturbation(model, criterion, ps, adaptive, norm, rho)
+    restarts = _check_restarts(kind, normalize_logits, random_start, restarts)
+    run = _Perturbation(model, criterion, ps, adaptive, norm, rho, normalize_logits)
     data = _Batches(batches, ps[0].device, ps[0].dtype)
     gen = torch.Generator().manual_seed(seed)
     bases, perturbed = [], []
@@ -132,7 +165,8 @@ def adaptive_sharpness(model: nn.Module, criterion: Callable, batches, *, kind: 
                 run.restore()
                 base = run.loss(x, y)
                 if kind == "worst":
-                    top = run.worst_case(x, y, base, iterations, step_size)
+                    top = max(run.worst_case(x, y, base, iterations, step_size, gen if random_start else None)
+                              for _ in range(restarts))
                 else:
                     top = run.average_case(x, y, samples, gen)
                 bases.append(base)
@@ -144,7 +178,7 @@ def adaptive_sharpness(model: nn.Module, criterion: Callable, batches, *, kind: 
         raise SharpnessInputError(f"{kind}-case sharpness ({'adaptive' if adaptive else 'plain'} {norm}, rho "
                                   f"{rho:g}): the loss is not finite at a perturbed point (it overflows inside "
                                   f"the perturbation set); use a smaller rho")
-    steps = iterations if kind == "worst" else samples
+    steps = iterations * restarts if kind == "worst" else samples
     return AdaptiveSharpness(value=value, per_batch=tuple(t - b for t, b in zip(perturbed, bases)),
                              base_loss=sum(bases) / len(bases), kind=kind, adaptive=adaptive, norm=norm, rho=rho,
                              iterations=steps, gradients=run.gradients, forwards=run.forwards)
@@ -153,9 +187,9 @@ def adaptive_sharpness(model: nn.Module, criterion: Callable, batches, *, kind: 
 class _Perturbation:
     """The weights ``w0 + delta`` of one measurement, the authors' ascent and noise on them, and counters."""
 
-    def __init__(self, model, criterion, params, adaptive, norm, rho):
+    def __init__(self, model, criterion, params, adaptive, norm, rho, normalize_logits=False):
         self.model, self.criterion, self.params = model, criterion, params
-        self.norm, self.rho, self.adaptive = norm, rho, adaptive
+        self.norm, self.rho, self.adaptive, self.normalize_logits = norm, rho, adaptive, normalize_logits
         self.origin = [p.detach().clone() for p in params]
         self.scale = [w.abs() for w in self.origin] if adaptive else [1] * len(params)
         # the weighted norm ||delta / c||: coordinates with w = 0 never move (their steps are scaled by 0)
@@ -176,7 +210,8 @@ class _Perturbation:
         self.set_weights(self.origin)
 
     def _criterion(self, x, y) -> Tensor:
-        loss = self.criterion(self.model(x), y)
+        logits = self.model(x)
+        loss = self.criterion(logits_normalized(logits) if self.normalize_logits else logits, y)
         if loss.dim() != 0:
             raise SharpnessInputError("criterion must return a scalar (mean) loss")
         return loss
@@ -195,26 +230,32 @@ class _Perturbation:
         return [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
 
     # ------------------------------------------------------------------ average case
+    def draw(self, gen: torch.Generator) -> list[Tensor]:
+        """``rho c xi``, xi ~ N(0, I) (l2) or U[-1, 1] (linf): the authors' ``random_init_lw``."""
+        delta = []
+        for w0, s in zip(self.origin, self.scale):
+            if self.norm == "l2":
+                xi = torch.randn(w0.shape, generator=gen, dtype=w0.dtype)
+            else:
+                xi = 2 * torch.rand(w0.shape, generator=gen, dtype=w0.dtype) - 1
+            delta.append(xi.to(w0.device) * (self.rho * s))
+        return delta
+
     def average_case(self, x, y, samples: int, gen: torch.Generator) -> float:
-        """Mean loss over `samples` draws of ``w0 + rho c xi`` (the authors' ``random_init_lw``)."""
+        """Mean loss over `samples` draws of ``w0 + rho c xi``."""
         total = 0.0
         for _ in range(samples):
-            delta = []
-            for w0, s in zip(self.origin, self.scale):
-                if self.norm == "l2":
-                    xi = torch.randn(w0.shape, generator=gen, dtype=w0.dtype)
-                else:
-                    xi = 2 * torch.rand(w0.shape, generator=gen, dtype=w0.dtype) - 1
-                delta.append(xi.to(w0.device) * (self.rho * s))
-            self.set_delta(delta)
+            self.set_delta(self.draw(gen))
             total += self.loss(x, y)
         return total / samples
 
     # ------------------------------------------------------------------ worst case
-    def worst_case(self, x, y, base: float, iterations: int, step_size: float) -> float:
-        """The largest loss seen by the authors' Auto-PGD ascent from ``delta = 0`` (their default)."""
+    def worst_case(self, x, y, base: float, iterations: int, step_size: float, gen=None) -> float:
+        """The largest loss seen by the authors' Auto-PGD ascent, from ``delta = 0`` (their default) or, given a
+        generator, from a random point of the set (a draw projected onto it; for linf the draw is inside)."""
         checkpoints = set(apgd_checkpoints(iterations))
-        delta = [torch.zeros_like(w) for w in self.origin]
+        delta = [torch.zeros_like(w) for w in self.origin] if gen is None else self._project(self.draw(gen))
+        self.set_delta(delta)   # the first gradient is taken at the start (w0 itself without a random start)
         previous = [d.clone() for d in delta]
         worst, worst_weights = base, [w.clone() for w in self.origin]
         step, last_step, last_worst, last_checkpoint, updates = step_size, step_size, base, 0, 0
