@@ -1,4 +1,5 @@
 """Shared test settings."""
+import contextlib
 import os
 import shutil
 import signal
@@ -92,16 +93,23 @@ class BackgroundSweep:
             (self.folder / "started").mkdir()
         except FileExistsError:
             return                                      # another worker started it
-        from tests.test_sweep import write_spec
-        command = [sys.executable, "-m", "basinlab", "sweep", str(write_spec(self.folder)), "--results-dir",
-                   str(self.out), "--jobs", "1"]
-        record_exit = "import pathlib, subprocess, sys; code = subprocess.call(sys.argv[2:]); " \
-                      "pathlib.Path(sys.argv[1]).write_text(str(code))"
-        with open(self.folder / "sweep.log", "w") as log:
-            proc = subprocess.Popen([sys.executable, "-c", record_exit, str(self.folder / "exit"), *command],
-                                    env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        (self.folder / "pid").write_text(str(proc.pid))
+        try:
+            from tests.test_sweep import write_spec
+            command = [sys.executable, "-m", "basinlab", "sweep", str(write_spec(self.folder)), "--results-dir",
+                       str(self.out), "--jobs", "1"]
+            # the exit status is written whole (a temporary file renamed), so a reader never sees it half-written
+            record_exit = "import os, pathlib, subprocess, sys; code = subprocess.call(sys.argv[2:]); " \
+                          "pathlib.Path(sys.argv[1] + '.tmp').write_text(str(code)); " \
+                          "os.replace(sys.argv[1] + '.tmp', sys.argv[1])"
+            with open(self.folder / "sweep.log", "w") as log:
+                proc = subprocess.Popen([sys.executable, "-c", record_exit, str(self.folder / "exit"), *command],
+                                        env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+            (self.folder / "pid").write_text(str(proc.pid))
+        except Exception as exc:   # every reader fails at once, with the reason, instead of waiting 10 minutes
+            (self.folder / "sweep.log").write_text(f"the background sweep did not start: {exc!r}")
+            (self.folder / "exit").write_text("not started")
+            raise
 
     def finished(self) -> Path:
         self.start_once()                               # asked for by a test collection did not see
@@ -109,7 +117,6 @@ class BackgroundSweep:
         while not (self.folder / "exit").is_file():
             assert time.monotonic() < deadline, "the background sweep took over 10 minutes"
             time.sleep(0.2)
-        time.sleep(0.05)                                # the exit file is written whole: a few bytes
         code = (self.folder / "exit").read_text()
         assert code == "0", (self.folder / "sweep.log").read_text()[-3000:]
         return self.out
@@ -119,7 +126,14 @@ class BackgroundSweep:
         pid = self.folder / "pid"
         if pid.is_file() and not (self.folder / "exit").is_file():
             try:
-                os.killpg(int(pid.read_text()), signal.SIGKILL)
+                group = int(pid.read_text())
+                os.killpg(group, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:    # gone before its folder is deleted under it
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(group, os.WNOHANG)  # reaped here when this process started it (no xdist)
+                    os.killpg(group, 0)
+                    time.sleep(0.05)
             except (ProcessLookupError, ValueError):
                 pass
         shutil.rmtree(self.folder, ignore_errors=True)

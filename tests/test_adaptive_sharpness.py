@@ -296,7 +296,7 @@ def test_normalised_logits_are_the_loss_of_centred_unit_norm_logits_and_undo_the
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
-def test_restarts_start_in_the_set_and_the_largest_loss_over_them_counts(norm):
+def test_restarts_start_in_the_set_and_the_largest_loss_over_them_counts(norm, monkeypatch):
     from basinlab.metrics.adaptive_sharpness import _Perturbation
     model, batches = bn_convnet()
     rho = DEFAULT_RHO[("worst", True, norm)]
@@ -314,9 +314,14 @@ def test_restarts_start_in_the_set_and_the_largest_loss_over_them_counts(norm):
     assert single.value != from_zero.value                      # another ascent
     assert three.value >= single.value                          # its first restart is `single`'s ascent
     assert (three.iterations, three.gradients) == (15, 3 * single.gradients)
+    starts = []
+    draw = _Perturbation.draw
+    monkeypatch.setattr(_Perturbation, "draw", lambda self, gen: starts.append(draw(self, gen)) or starts[-1])
     again = adaptive_sharpness(model, F.cross_entropy, one, norm=norm, iterations=5, random_start=True,
                                restarts=3, seed=4)
     assert again.value == three.value                           # seeded
+    assert len(starts) == 3 and not torch.equal(starts[0][0], starts[1][0]) and not torch.equal(starts[1][0],
+                                                                                                 starts[2][0])
 
 
 # ----------------------------------------------------------------------------- `basinlab sharpness --measure adaptive`
@@ -366,12 +371,19 @@ def test_cli_writes_one_row_per_definition_and_rho(tiny_run, tmp_path, capsys):
                  "16", "--device", "cpu", "-o", str(out)]) == 0
     options = pd.read_csv(out).query("measure == 'adaptive'").set_index("kind")
     assert options.loc["worst", "restarts"] == 2 and options.loc["worst", "iterations"] == 6
+    assert options.loc["worst", "random_start"] and not options.loc["average", "random_start"]
     assert options.loc["average", "restarts"] == 1 and options["normalize_logits"].all()
     direct = adaptive_sharpness(model, criterion, first_40, iterations=3, restarts=2, random_start=True,
                                 normalize_logits=True)
     assert options.loc["worst", "value"] == pytest.approx(direct.value, rel=1e-6)
     assert main(["sharpness", str(tiny_run), "--measure", "hessian", "--normalize-logits", "--device", "cpu",
                  "-o", str(out)]) == 2
+    assert main(["sharpness", str(tiny_run), "--measure", "adaptive", "--random-start", "--ascent-iter", "3",
+                 "--adaptive-examples", "40", "-b", "16", "--device", "cpu", "-o", str(out)]) == 0
+    single = pd.read_csv(out).query("measure == 'adaptive'").iloc[0]
+    assert single["random_start"] and single["restarts"] == 1
+    assert single["value"] == pytest.approx(adaptive_sharpness(model, criterion, first_40, iterations=3,
+                                                               random_start=True).value, rel=1e-6)
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -8,6 +8,8 @@ outputs identical and gradients within 6e-8 relative (StdConv2d within 5e-7: tim
 float64, within 4e-7 (timm computes the statistics in float32), StdConv2d within 2e-15. FRN's learned eps (timm has
 none) matched timm with its fixed eps set to 1e-6 + |eps_l|; B0 without activation matched timm's B0 with v = 0.
 """
+import copy
+
 import pandas as pd
 import pytest
 import torch
@@ -16,6 +18,7 @@ from torch import nn
 import basinlab
 from basinlab.cli import main
 from basinlab.engine.trainer import TrainingInterrupted
+from basinlab.metrics.hessian import _measurement_mode
 from basinlab.models import create_model
 from basinlab.nn.batch_free import EvoNormB0, EvoNormS0, FilterResponseNorm, StdConv2d
 from basinlab.nn.batch_renorm import D_MAX_SCHEDULE, R_MAX_SCHEDULE, BatchRenorm, ramp
@@ -363,7 +366,10 @@ def synced_worker(rank: int, folder: str) -> None:
     rows = slice(4 * rank, 4 * rank + 4)
     out = {}
     for name, layer in synced_layers().items():
-        layer.sync_group = dist.group.WORLD
+        layer.sync_batch_statistics = True
+        with _measurement_mode(layer, "train"):  # a measurement: this process's statistics, no collective
+            out[f"{name}_measured"] = layer(x[rows]).detach()
+        assert layer.sync_batch_statistics
         out[name] = forward_backward(layer, x[rows], weights[rows])
     # what --sync-bn does to a model: BatchNorm becomes SyncBatchNorm, basinlab's layers get the group
     from basinlab.api import make_config
@@ -373,7 +379,8 @@ def synced_worker(rank: int, folder: str) -> None:
         nn.Sequential(BatchRenorm(3), nn.BatchNorm2d(3), EvoNormB0(3), BatchRenorm(3)), type("Log", (), {
             "info": staticmethod(lines.append)}))
     out["log"] = lines
-    out["groups"] = [type(m).__name__ for m in model if getattr(m, "sync_group", None) is dist.group.WORLD]
+    out["groups"] = [type(m).__name__ for m in model if getattr(m, "sync_batch_statistics", False)]
+    copy.deepcopy(model)  # a synchronised model can be copied (MESA's average, SAF's trajectory)
     torch.save(out, f"{folder}/rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -401,3 +408,13 @@ def test_sync_bn_takes_batch_renorm_and_evonorm_b0_statistics_over_every_process
             torch.testing.assert_close(joined, value, rtol=1e-10, atol=1e-12, msg=f"{name} {key}")
         unsynced = forward_backward(synced_layers()[name], x[:4], weights[:4])["y"]
         assert not torch.allclose(unsynced, halves[0]["y"], atol=1e-3)  # a half alone normalises differently
+        torch.testing.assert_close(ranks[0][f"{name}_measured"][:4], unsynced)
+
+
+def test_sync_bn_layers_without_a_running_group_take_their_own_statistics():
+    x, weights = synced_inputs()
+    for name, layer in synced_layers().items():
+        alone = forward_backward(layer, x, weights)
+        flagged = synced_layers()[name]
+        flagged.sync_batch_statistics = True   # as SyncBatchNorm: no group of more than one process, no collective
+        torch.testing.assert_close(forward_backward(flagged, x, weights)["y"], alone["y"], rtol=0, atol=0)

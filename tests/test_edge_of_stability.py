@@ -118,6 +118,8 @@ def test_groups_without_a_common_edge_and_groups_that_do_not_move():
     still = torch.optim.SGD([{"params": [a], "lr": 0.1}, {"params": [b], "lr": 0.0}])
     assert thresholds.preconditioner_scale(still, [a, b]) is None   # b does not move: no D H D over it
     assert thresholds.preconditioner_scale(still, [a]) is not None
+    frozen = nn.Parameter(torch.zeros(2), requires_grad=False)   # a group of frozen parameters has no lr that acts
+    assert not thresholds.has_lr_groups(torch.optim.SGD([{"params": [a]}, {"params": [frozen], "lr": 1.0}], lr=0.1))
 
 
 # ------------------------------------------------------------------------------------------ the measurements

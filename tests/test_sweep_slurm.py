@@ -38,7 +38,7 @@ def slurm_cluster():
 SPEC = {**LOCAL_SPEC, "grid": {"lr": [0.001]}}
 
 
-def test_a_sweep_through_slurm_equals_the_same_sweep_run_here(tmp_path, capsys, finished_sweep):
+def test_a_sweep_through_slurm_equals_the_same_sweep_run_here(tmp_path, capsys, request):
     spec = write_spec(tmp_path, SPEC)
     assert main(["sweep", str(spec), "--results-dir", str(tmp_path / "slurm"), "--backend", "slurm",
                  "--cpus-per-run", "1"]) == 0
@@ -46,6 +46,8 @@ def test_a_sweep_through_slurm_equals_the_same_sweep_run_here(tmp_path, capsys, 
     assert printed.count("submitted as Slurm job") == 2 and "| 0.001 | 2/2 |" in printed
     assert [state["status"] for _, state in sweeps.status(tmp_path / "slurm")] == ["done", "done"]
     # one thread per run in both (--cpus-per-run 1 here; conftest.py's sweep): the same numbers
+    # asked for here, not as an argument: session fixtures are set up before the module's Slurm check would skip
+    finished_sweep = request.getfixturevalue("finished_sweep")
     slurm, local = pd.read_csv(tmp_path / "slurm" / "summary.csv"), pd.read_csv(finished_sweep / "summary.csv")
     pd.testing.assert_frame_equal(slurm, local[local["lr"] == 0.001].reset_index(drop=True))
 

@@ -29,8 +29,8 @@ from basinlab.utils.model_state import uses_batch_statistics
 
 MEASURES = ("hessian", "trace", "spectrum", "keskar", "adaptive", "min-eigenvalue", "gauss-newton", "fisher")
 COLUMNS = ["measure", "quantity", "value", "std_error", "hvp_count", "converged", "block", "n_params", "epsilon",
-           "subspace_dim", "kind", "scaling", "norm", "rho", "iterations", "restarts", "normalize_logits", "batch_size",
-           "seconds", "split", "examples", "hessian_mode", "dtype", "checkpoint"]
+           "subspace_dim", "kind", "scaling", "norm", "rho", "iterations", "restarts", "random_start",
+           "normalize_logits", "batch_size", "seconds", "split", "examples", "hessian_mode", "dtype", "checkpoint"]
 SCALINGS = ("adaptive", "plain")
 # --fisher's names -> the curvature kinds of basinlab.metrics.curvature
 FISHER_KINDS = {"exact": "fisher", "mc": "fisher-mc", "empirical": "empirical-fisher"}
@@ -59,7 +59,8 @@ class MeasureOptions:
     samples: int = 20                # adaptive, average case: noise draws per batch
     adaptive_examples: int = 1024    # adaptive: the first N examples of the data, in batches of -b (m)
     normalize_logits: bool = False   # adaptive: the loss of centred, unit-norm logits (the authors' option)
-    restarts: int = 1                # adaptive, worst case: ascents per batch, each from a random start when > 1
+    restarts: int = 1                # adaptive, worst case: ascents per batch (more than one needs random_start)
+    random_start: bool = False       # adaptive, worst case: each ascent from a random point of the set
     seed: int = 0
     per_layer: bool = False          # also lambda_max and trace of each diagonal Hessian block
     blocks: str | int = "module"     # per-layer: one block per layer ("module") or by module-path depth (int)
@@ -230,14 +231,15 @@ def _adaptive(model, criterion, data, opt: MeasureOptions) -> list[dict]:
         adaptive = scaling == "adaptive"
         for rho in opt.rhos or (sharpness.DEFAULT_RHO[(kind, adaptive, norm)],):
             start = time.perf_counter()
-            restarts = opt.restarts if kind == "worst" else 1   # the average case draws its own noise
+            worst = kind == "worst"   # restarts and random starts are the ascent's; the average case draws noise
+            restarts, random_start = (opt.restarts, opt.random_start) if worst else (1, False)
             res = sharpness.adaptive_sharpness(model, criterion, batches, kind=kind, adaptive=adaptive, norm=norm,
                                                rho=rho, iterations=opt.ascent_iter, samples=opt.samples,
                                                seed=opt.seed, normalize_logits=opt.normalize_logits,
-                                               random_start=restarts > 1, restarts=restarts)
+                                               random_start=random_start, restarts=restarts)
             rows.append(_row("adaptive", f"{kind}_{scaling}_{norm}", res.value, std_error=res.std_error, kind=kind,
                              scaling=scaling, norm=norm, rho=res.rho, iterations=res.iterations,
-                             normalize_logits=opt.normalize_logits, restarts=restarts,
+                             normalize_logits=opt.normalize_logits, restarts=restarts, random_start=random_start,
                              batch_size=batch_size, examples=examples, seconds=time.perf_counter() - start))
     return rows
 

@@ -131,6 +131,8 @@ def _check_detail_flags(args, measures) -> None:
               "--measure fisher with --fisher mc"),
              ("--normalize-logits", args.normalize_logits, "adaptive" in measures, "--measure adaptive"),
              ("--restarts", args.restarts is not None, "adaptive" in measures and "worst" in args.kind,
+              "--measure adaptive with --kind worst"),
+             ("--random-start", args.random_start, "adaptive" in measures and "worst" in args.kind,
               "--measure adaptive with --kind worst")]
     for flag, given, served, what in needs:
         if given and not served:
@@ -163,6 +165,9 @@ def _adaptive_options(sharp) -> None:
     sharp.add_argument("--restarts", type=integer(1, 1000),
                        help="adaptive, worst case: ascents per batch, the largest loss counting; more than 1 starts "
                             "each at a random point of the perturbation set (default 1: one ascent from delta = 0)")
+    sharp.add_argument("--random-start", action="store_true",
+                       help="adaptive, worst case: start each ascent at a random point of the perturbation set "
+                            "(the authors' --sharpness_rand_init; implied by --restarts above 1)")
 
 
 def _add_landscape(sub) -> None:
@@ -218,6 +223,7 @@ def cmd_sharpness(args) -> int:
                              ascent_iter=args.ascent_iter, samples=args.samples,
                              adaptive_examples=args.adaptive_examples, per_layer=args.per_layer,
                              normalize_logits=args.normalize_logits, restarts=args.restarts or 1,
+                             random_start=args.random_start or (args.restarts or 1) > 1,
                              blocks="module" if args.block_depth is None else args.block_depth,
                              fisher_kinds=tuple(dict.fromkeys(args.fisher or ["mc"])),
                              mc_samples=args.mc_samples or 1)

@@ -155,7 +155,7 @@ class DataParallel:
 
     def convert_norms(self, model: torch.nn.Module, log) -> torch.nn.Module:
         """--sync-bn: every layer that normalises with batch statistics takes them over the global batch: BatchNorm
-        as SyncBatchNorm, basinlab's own (Batch Renorm, EvoNorm-B0) through their `sync_group`."""
+        as SyncBatchNorm, basinlab's own (Batch Renorm, EvoNorm-B0) through their `sync_batch_statistics`."""
         if not self.cfg.sync_bn:
             return model
         if not self.active:
@@ -163,9 +163,9 @@ class DataParallel:
                               "normalises over the whole batch; drop --sync-bn")
         converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         count = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules())
-        own = [m for m in converted.modules() if hasattr(m, "sync_group")]
+        own = [m for m in converted.modules() if hasattr(m, "sync_batch_statistics")]
         for module in own:
-            module.sync_group = dist.group.WORLD
+            module.sync_batch_statistics = True
         layers = [f"{count} BatchNorm"] if count else []
         layers += [f"{sum(type(m) is kind for m in own)} {kind.__name__}" for kind in dict.fromkeys(map(type, own))]
         log.info(f"--sync-bn: {', '.join(layers)} layers synchronised across {self.world_size} processes"

@@ -257,7 +257,8 @@ class _Perturbation:
         delta = [torch.zeros_like(w) for w in self.origin] if gen is None else self._project(self.draw(gen))
         self.set_delta(delta)   # the first gradient is taken at the start (w0 itself without a random start)
         previous = [d.clone() for d in delta]
-        worst, worst_weights = base, [w.clone() for w in self.origin]
+        # a halving with no better point yet goes back to the start (theirs: worst_model_dict taken after it)
+        worst, worst_weights = base, [p.detach().clone() for p in self.params]
         step, last_step, last_worst, last_checkpoint, updates = step_size, step_size, base, 0, 0
         for i in range(iterations):
             backup = [d.clone() for d in delta]

@@ -156,13 +156,22 @@ def _measurement_mode(model: nn.Module, mode: str = "eval"):
     and every buffer restored afterwards."""
     if mode not in HESSIAN_MODES:
         raise SharpnessInputError(f"mode must be one of {', '.join(HESSIAN_MODES)}, got {mode!r}")
+    # --sync-bn's own layers take local statistics here: a measurement runs on one process, or on every process
+    # with the same batches, where its own are the global ones (and no process may wait on another's products)
+    synced = [m for m in model.modules() if getattr(m, "sync_batch_statistics", False)]
     with model_state_kept(model):
         model.eval()
         if mode == "train":
             for module in model.modules():
                 if uses_batch_statistics(module):
                     module.train()
-        yield
+        try:
+            for module in synced:
+                module.sync_batch_statistics = False
+            yield
+        finally:
+            for module in synced:
+                module.sync_batch_statistics = True
 
 
 def tolerance_floor(params: Sequence[Tensor]) -> float:

@@ -155,13 +155,13 @@ class EvoNormB0(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_features))
         self.v = nn.Parameter(torch.ones(num_features)) if apply_act else None
         self.register_buffer("running_var", torch.ones(num_features))
-        self.sync_group = None  # --sync-bn: the process group whose global batch the variance is taken over
+        self.sync_batch_statistics = False  # --sync-bn: the variance over every process's batch
 
     def _batch_variance(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return self.running_var
         refuse_one_value_per_channel(self, x)
-        var, _, n = batch_var_mean(wide(x), self.sync_group)
+        var, _, n = batch_var_mean(wide(x), self.sync_batch_statistics)
         with torch.no_grad():
             self.running_var.mul_(1 - self.momentum).add_(var * (self.momentum * n / (n - 1)))
         return var

@@ -55,7 +55,7 @@ class BatchRenorm(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_std", torch.ones(num_features))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
-        self.sync_group = None  # --sync-bn: the process group whose global batch the statistics are taken over
+        self.sync_batch_statistics = False  # --sync-bn: statistics over every process's batch
 
     def limits(self) -> tuple[float, float]:
         """(r_max, d_max) for the next training step."""
@@ -81,7 +81,7 @@ class BatchRenorm(nn.Module):
     def _train_scale_shift(self, xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per channel (r / sigma_B, d - mu_B r / sigma_B) of Algorithm 1, and the moving averages updated."""
         refuse_one_value_per_channel(self, xf)
-        batch_var, batch_mean, _ = batch_var_mean(xf, self.sync_group)
+        batch_var, batch_mean, _ = batch_var_mean(xf, self.sync_batch_statistics)
         batch_std = (batch_var + self.eps).sqrt()
         r_max, d_max = self.limits()
         with torch.no_grad():

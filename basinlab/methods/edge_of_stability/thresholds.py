@@ -64,8 +64,10 @@ def adam_scale(optimizer, params) -> list | None:
 
 
 def has_lr_groups(optimizer) -> bool:
-    """Whether the param groups have different lrs (then the edge bounds the lr-scaled sharpness)."""
-    return len({group["lr"] for group in optimizer.param_groups}) > 1
+    """Whether the groups holding trainable parameters have different lrs (then the edge bounds the lr-scaled
+    sharpness): a model's lr_scale groups, AdaS's per-layer lrs."""
+    moving = [group for group in optimizer.param_groups if any(p.requires_grad for p in group["params"])]
+    return len({group["lr"] for group in moving}) > 1
 
 
 def is_preconditioned(optimizer) -> bool:
@@ -108,7 +110,7 @@ def _shared_settings(optimizer, keys: tuple[str, ...]) -> bool:
 
 def threshold(optimizer, strategy) -> float:
     """The edge for this run's update on the sharpness it is compared with (NaN for an optimizer without a
-    known one: Adas, ...; or param groups without a common one)."""
+    known one, or param groups without a common one). AdaS is an SGD: its per-layer lrs are lr groups."""
     group = optimizer.param_groups[0]
     if not _shared_settings(optimizer, ("momentum", "dampening", "nesterov", "betas")):
         return math.nan
