@@ -155,6 +155,8 @@ def test_the_sam_family_under_two_processes_follows_each_rule(tmp_path):
     assert "g, eps, g_p and the GSAM direction per process, averaged before the step" in log
     assert state["looksam"]["strategy"]["t"] == 2
     assert pd.read_csv(tmp_path / "ddp" / "looksam" / "results.csv")["passes_per_step"].tolist() == [1.5]
-    for name in ("saf", "mesa"):  # the term applied in epoch 2 (the column is rank 0's rows' mean)
+    for name in ("saf", "mesa"):  # the term applied in epoch 2: its mean over both processes' rows is one's
         column = pd.read_csv(tmp_path / "ddp" / name / "results.csv")["trajectory_loss"]
+        alone = pd.read_csv(tmp_path / "one" / name / "results.csv")["trajectory_loss"]
         assert column.isna().tolist() == [True, False] and column.iloc[1] > 0
+        assert column.iloc[1] == pytest.approx(alone.iloc[1], rel=1e-3)  # rank 0 alone: 6% apart

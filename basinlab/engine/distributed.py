@@ -65,6 +65,15 @@ class ProcessPlace:
         return place
 
 
+def summed_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` summed over the data-parallel processes (itself in one process): what every rank calls at the same
+    point to turn its shard's counters into the run's (a method's epoch columns)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+    return tensor
+
+
 def current_world_size() -> int:
     """Processes in this job (1 outside torchrun): what methods check their options against."""
     return ProcessPlace.from_environ().world_size

@@ -32,6 +32,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from basinlab.engine.distributed import summed_over_processes
 from basinlab.engine.steps import StepResult, StepStrategy, accumulate_gradient, check_ghost_batch, describe_chunks
 from basinlab.methods.saf.store import OutputStore, check_store_fits, local_processes
 
@@ -123,7 +124,8 @@ class TrajectoryStep(StepStrategy):
 
     # ------------------------------------------------------------------------------------ records and state
     def epoch_metrics(self, run) -> dict:
-        counts, (total, applied) = dict(self.counts), self._term_sum.tolist()
+        # the term's mean over every process's rows (each rank holds its shard's sum); the counts are every rank's
+        counts, (total, applied) = dict(self.counts), summed_over_processes(self._term_sum).tolist()
         self.counts = dict.fromkeys(self.counts, 0)
         self._term_sum.zero_()
         updates = counts["updates"]
