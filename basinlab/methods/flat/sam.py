@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import torch
 
+from basinlab.engine.distributed import summed_over_processes
 from basinlab.engine.steps import (
     PlainStep,
     StepResult,
@@ -274,7 +275,7 @@ class SharpnessAwareStep(StepStrategy):
         self._norm_sum += torch.stack([grad_norm.double(), grad_norm.new_ones((), dtype=torch.float64)])
 
     def epoch_metrics(self, run) -> dict:
-        total, steps = self._norm_sum.tolist()
+        total, steps = summed_over_processes(self._norm_sum).tolist()   # the mean over every process's steps
         passes, updates = self._passes.tolist()
         self._norm_sum.zero_()
         self._passes.zero_()
