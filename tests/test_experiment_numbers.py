@@ -148,6 +148,43 @@ def test_autohyper_tables_are_its_comparison_and_grid_csvs():
     best_lr = grid["final_val_acc1_median"].idxmax()
     assert f"best\ngrid lr over seeds, {best_lr:g} ({grid.loc[best_lr, 'final_val_acc1_median']:.2f})" in text
     assert (comparison["chosen_lr"] > best_lr).all()  # "just above its best grid lr"
+    prose = " ".join(text.split())
+    assert f"same on every seed ({comparison['chosen_lr'].min():.3f}-{comparison['chosen_lr'].max():.3f}:" in prose
+    own_best = comparison["autohyper_final_val_acc1"] - comparison["grid_best_final_val_acc1"]
+    over_median = comparison["autohyper_final_val_acc1"] - comparison["grid_median_final_val_acc1"]
+    assert f"within 1 point on one seed (seed 1, {own_best[1]:+.2f}), {-own_best[2]:.2f} below on seed 2, and " \
+           f"{-own_best[0]:.2f} below on seed 0" in prose and abs(own_best[1]) < 1 < min(-own_best[0], -own_best[2])
+    assert over_median[0] < 0
+    assert f"{over_median[1]:.2f} and {over_median[2]:.2f} points above the grid's median" in prose
+    runs = folder / "runs"
+    finals = [pd.read_csv(f)["val_acc1"] for f in [*runs.glob("autohyper-s*/lr=*/trial_0/results.csv"),
+                                                    *runs.glob("grid/lr_0.1-s*/results.csv")]]
+    assert f"swings by up to {max(h.diff().abs().max() for h in finals):.0f} points" in prose
+    searches = [pd.read_csv(runs / f"autohyper-s{seed}" / "search.csv") for seed in (0, 1, 2)]
+    start = [float(d.loc[d["lr"].round(6) == 0.0625, "Z"].iloc[0]) for d in searches]
+    lowest = [float(d["Z"].min()) for d in searches]
+    assert f"from {min(start):.2f}-{max(start):.2f} at lr 0.0625 to {min(lowest):.2f}-{max(lowest):.2f} at its " \
+           f"lowest" in prose
+    seed0 = pd.read_csv(next(runs.glob("autohyper-s0/lr=*/trial_0/results.csv")))["val_acc1"]
+    assert f"peaked at {seed0.max():.2f} in epoch {seed0.idxmax() + 1} and ended at {seed0.iloc[-1]:.2f}" in prose
+
+
+def test_autohyper_comparison_is_recomputed_from_its_per_run_files(tmp_path):
+    """comparison.csv is run.py's comparison of the committed run folders (each search's record and trials, its
+    training, the grid's runs), recomputed here; each search's copied search.csv is its run folder's."""
+    import importlib.util
+    folder = EXPERIMENTS / "autohyper"
+    spec = importlib.util.spec_from_file_location("autohyper_run", folder / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    run.compare("reduced", folder / "runs", tmp_path)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "comparison.csv"), pd.read_csv(folder / "comparison.csv"),
+                                  check_exact=False, rtol=1e-9)
+    for seed in (0, 1, 2):
+        search = folder / "runs" / f"autohyper-s{seed}" / "search.csv"
+        assert search.read_text() == (folder / f"search-s{seed}.csv").read_text()
+        trials = pd.read_csv(search)["run"].dropna()
+        assert all((folder / "runs" / f"autohyper-s{seed}" / t / "lowrank.csv").is_file() for t in trials)
 
 
 # ---------------------------------------------------------------------------------------------- online norm
@@ -195,7 +232,8 @@ def test_bf16_parity_numbers_are_its_per_run_csv():
 # the README's table is checked against above.
 COMMITTED_SWEEPS = {"flat-minima/runs": "flat-minima/summary.csv",
                     "flat-minima/runs-msharpness": "flat-minima/msharpness.csv",
-                    "async-sgd/runs": "async-sgd/summary.csv"}
+                    "async-sgd/runs": "async-sgd/summary.csv",
+                    "autohyper/runs/grid": "autohyper/summary.csv"}
 
 
 @pytest.mark.parametrize("folder", sorted(COMMITTED_SWEEPS))

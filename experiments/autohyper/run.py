@@ -123,7 +123,8 @@ def plot(spec, runs: Path, table: pd.DataFrame, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=("reduced", "paper"), default="reduced")
-    parser.add_argument("--runs", type=Path, default=HERE / "runs", help="folder of the runs (not committed)")
+    parser.add_argument("--runs", type=Path, default=HERE / "runs",
+                        help="folder of the runs (their records are committed)")
     parser.add_argument("--out", type=Path, default=HERE, help="folder of the result files")
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once")
     parser.add_argument("--compare-only", action="store_true", help="only write the comparison of finished runs")
