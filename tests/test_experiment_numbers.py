@@ -256,6 +256,20 @@ def test_a_committed_summary_is_recomputed_from_its_per_run_files(folder):
     pd.testing.assert_frame_equal(recomputed[numbers], committed[numbers], check_exact=False, rtol=1e-9)
 
 
+def test_basinlab_report_on_an_experiments_runs_folder_finds_every_committed_sweep_and_run():
+    """`basinlab report experiments/<paper>/runs` (the READMEs' command): the folder, or the folders of runs in it,
+    bring every sweep recorded under it and every run folder outside those sweeps."""
+    from basinlab.sweep.report import _runs_and_sweeps, gather, is_sweep_folder
+    for folder in sorted(EXPERIMENTS.glob("*/runs*")):
+        found = _runs_and_sweeps(folder)
+        sweeps = {spec.parent.parent for spec in folder.glob("**/.sweep/spec.yaml")}
+        assert {f for f in found if is_sweep_folder(f)} == sweeps, folder
+        loose = {c.parent for c in folder.glob("**/config.yaml") if not any(s in c.parents for s in sweeps)}
+        assert {f for f in found if not is_sweep_folder(f)} == loose, folder
+    runs, tables = gather([EXPERIMENTS / "edge-of-stability" / "runs"], warn=None)
+    assert [t.name for t in tables] == ["edge-of-stability/runs"] and len(runs) == len(tables[0].runs) > 0
+
+
 @pytest.mark.parametrize("readme", sorted(EXPERIMENTS.glob("*/README.md")), ids=lambda p: p.parent.name)
 def test_each_readme_separates_what_reproduces_from_what_does_not(readme):
     text = readme.read_text()

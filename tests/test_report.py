@@ -93,9 +93,23 @@ def test_a_sweep_folder_brings_its_runs_its_table_and_its_seeds(finished_sweep, 
     assert "statistics over seeds" in (tmp_path / "r.html").read_text()
 
 
+def test_a_folder_of_runs_and_sweeps_brings_every_one_inside_it(finished_sweep, tmp_path):
+    """An experiment's runs/ (a sweep, and a folder of runs such as autoHyper's searches) given as one folder."""
+    from basinlab.sweep.report import gather
+    holder = tmp_path / "runs"
+    shutil.copytree(finished_sweep, holder / "grid")
+    shutil.copytree(finished_sweep / "lr_0.001-s0", holder / "search" / "trials" / "lr=0.001")
+    runs, sweeps = gather([holder])
+    assert [t.name for t in sweeps] == ["runs/grid"] and len(runs) == 5
+    assert "lr=0.001" in [run.name for run in runs]
+    (tmp_path / "deep" / "a" / "b" / "c").mkdir(parents=True)   # a run more than three levels down is not sought
+    shutil.copytree(finished_sweep / "lr_0.001-s0", tmp_path / "deep" / "a" / "b" / "c" / "run")
+    assert main(["report", str(tmp_path / "deep"), "-o", str(tmp_path / "r.html")]) == 2
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda p: p / "missing", "is not a folder"),
-    (lambda p: p, "is not a basinlab run folder"),
+    (lambda p: p, "holds none within 3 levels"),
 ])
 def test_bad_folders_are_one_line_exit_2(tmp_path, capsys, make, message):
     assert main(["report", str(make(tmp_path)), "-o", str(tmp_path / "r.html")]) == 2
