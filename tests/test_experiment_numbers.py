@@ -386,7 +386,7 @@ def test_small_batch_tables_and_prose_are_its_per_run_files():
     import importlib.util
 
     from basinlab.sweep import stored_spec
-    from basinlab.sweep.summary import run_rows
+    from basinlab.sweep.summary import run_cost, run_rows
     folder = EXPERIMENTS / "small-batch"
     spec = importlib.util.spec_from_file_location("small_batch_analyze", folder / "analyze.py")
     analyze = importlib.util.module_from_spec(spec)
@@ -402,7 +402,7 @@ def test_small_batch_tables_and_prose_are_its_per_run_files():
     text = (folder / "README.md").read_text()
     assert analyze.markdown(rows) in text and analyze.paired_markdown(differences) in text
     prose = " ".join(text.split())
-    spent = analyze.cost(sweep, runs)
+    spent = run_cost(sweep, runs)
     assert f"{spent['runs']} runs, {spent['minutes'] / 60:.1f} hours of run time" in prose
     assert ", ".join(spent["commits"]) in prose
     median = rows.set_index(["norm-mode", "batch"])["median"]

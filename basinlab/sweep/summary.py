@@ -47,6 +47,55 @@ def run_rows(spec: SweepSpec, results_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def run_cost(results_dir: Path, runs: pd.DataFrame) -> dict:
+    """What `runs` (run_rows' rows) cost and where they ran: how many, their minutes of training and validation
+    (results.csv's epoch_time_s and val_time_s), and the commits their env.yaml names (7 characters each) — the
+    run time and provenance an experiment's README quotes."""
+    from basinlab.config import read_yaml_mapping
+    minutes, commits = 0.0, set()
+    for run in runs["run"]:
+        results = read_history(results_dir / run / RESULTS)
+        minutes += float(results[["epoch_time_s", "val_time_s"]].to_numpy().sum()) / 60
+        env = read_yaml_mapping(results_dir / run / "env.yaml", what="run environment")
+        commits.add(str(env.get("git_commit"))[:7])
+    return {"runs": len(runs), "minutes": minutes, "commits": sorted(commits)}
+
+
+def paired_difference(differences: pd.Series) -> dict:
+    """One setting minus another on the same seeds (`differences`, one per seed): n, median, low, high, each seed's
+    difference as text, and whether they all have one sign (the rule an experiment's README claims an effect by)."""
+    return {"n": len(differences), "median": differences.median(), "low": differences.min(),
+            "high": differences.max(), "per_seed": " ".join(f"{d:+.2f}" for d in differences),
+            "one_sign": bool((differences > 0).all() or (differences < 0).all())}
+
+
+def paired_cells(row) -> str:
+    """'+0.22 +0.42 | +0.42 (+0.22 to +0.56) | yes': a paired_difference row's cells in a Markdown table."""
+    return (f"{row['per_seed']} | {row['median']:+.2f} ({row['low']:+.2f} to {row['high']:+.2f}) | "
+            f"{'yes' if row['one_sign'] else 'no'}")
+
+
+def analysis_arguments(description: str, here: Path):
+    """An experiment's analyze.py arguments: the sweep folder (default HERE/runs) and --out (default HERE)."""
+    import argparse
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
+    parser.add_argument("sweep", type=Path, nargs="?", default=here / "runs")
+    parser.add_argument("--out", type=Path, default=here)
+    return parser.parse_args()
+
+
+def write_table(out: Path, name: str, table: pd.DataFrame, text: str) -> str:
+    """OUT/NAME.csv and OUT/NAME.md (`text`, its Markdown); returns the Markdown to print."""
+    table.to_csv(out / f"{name}.csv", index=False)
+    (out / f"{name}.md").write_text(text)
+    return text
+
+
+def cost_line(results_dir: Path, runs: pd.DataFrame) -> str:
+    spent = run_cost(results_dir, runs)
+    return f"{spent['runs']} runs, {spent['minutes']:.0f} minutes of run time, at {', '.join(spent['commits'])}"
+
+
 def missing_runs(spec: SweepSpec, results_dir: Path) -> list[str]:
     """The runs recorded as done whose results.csv is gone (deleted or emptied)."""
     return [run.name for run in spec.runs if run_state(results_dir, run.name)["status"] == "missing"]

@@ -11,13 +11,19 @@ The runs finished so far are what is read: a sweep still running gives a partial
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
 
 from basinlab.sweep import stored_spec
-from basinlab.sweep.summary import run_rows
+from basinlab.sweep.summary import (
+    analysis_arguments,
+    cost_line,
+    paired_cells,
+    paired_difference,
+    run_rows,
+    write_table,
+)
 from basinlab.utils.figures import new_figure, save_png
 
 HERE = Path(__file__).resolve().parent
@@ -71,10 +77,7 @@ def paired(runs: pd.DataFrame) -> pd.DataFrame:
             diff = (seeds[norm] - seeds[reference]).dropna()
             if diff.empty:
                 continue
-            rows.append({"batch": BATCHES[variant], "norm": norm, "against": reference, "n": len(diff),
-                         "median": diff.median(), "low": diff.min(), "high": diff.max(),
-                         "per_seed": " ".join(f"{d:+.2f}" for d in diff),
-                         "one_sign": bool((diff > 0).all() or (diff < 0).all())})
+            rows.append({"batch": BATCHES[variant], "norm": norm, "against": reference, **paired_difference(diff)})
     return pd.DataFrame(rows)
 
 
@@ -82,20 +85,8 @@ def paired_markdown(rows: pd.DataFrame) -> str:
     lines = ["| batch | norm | minus | per seed (0, 1, 2) | median (range) | every seed one sign |",
              "|---:|---|---|---|---|---|"]
     for _, r in rows.iterrows():
-        lines.append(f"| {r['batch']} | {r['norm']} | {r['against']} | {r['per_seed']} | {r['median']:+.2f} "
-                     f"({r['low']:+.2f} to {r['high']:+.2f}) | {'yes' if r['one_sign'] else 'no'} |")
+        lines.append(f"| {r['batch']} | {r['norm']} | {r['against']} | {paired_cells(r)} |")
     return "\n".join(lines) + "\n"
-
-
-def cost(sweep: Path, runs: pd.DataFrame) -> dict:
-    """How many runs, their minutes of training and validation, and the commits they ran at (each run's env.yaml)."""
-    import yaml
-    minutes, commits = 0.0, set()
-    for run in runs["run"]:
-        results = pd.read_csv(sweep / run / "results.csv")
-        minutes += float(results[["epoch_time_s", "val_time_s"]].to_numpy().sum()) / 60
-        commits.add(str(yaml.safe_load((sweep / run / "env.yaml").read_text())["git_commit"])[:7])
-    return {"runs": len(runs), "minutes": minutes, "commits": sorted(commits)}
 
 
 def plot(rows: pd.DataFrame, path: Path) -> None:
@@ -115,22 +106,13 @@ def plot(rows: pd.DataFrame, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", type=Path, nargs="?", default=HERE / "runs")
-    parser.add_argument("--out", type=Path, default=HERE)
-    args = parser.parse_args()
+    args = analysis_arguments(__doc__, HERE)
     runs = run_rows(stored_spec(args.sweep), args.sweep)
-    rows = table(runs)
-    rows.to_csv(args.out / "table.csv", index=False)
-    (args.out / "table.md").write_text(markdown(rows))
+    rows, differences = table(runs), paired(runs)
+    print(write_table(args.out, "table", rows, markdown(rows)))
+    print(write_table(args.out, "paired", differences, paired_markdown(differences)))
     plot(rows, args.out / "table.png")
-    differences = paired(runs)
-    differences.to_csv(args.out / "paired.csv", index=False)
-    (args.out / "paired.md").write_text(paired_markdown(differences))
-    print(markdown(rows))
-    print(paired_markdown(differences))
-    spent = cost(args.sweep, runs)
-    print(f"{spent['runs']} runs, {spent['minutes']:.0f} minutes of run time, at {', '.join(spent['commits'])}")
+    print(cost_line(args.sweep, runs))
 
 
 if __name__ == "__main__":
