@@ -434,3 +434,53 @@ def test_small_batch_tables_and_prose_are_its_per_run_files():
     assert f"batch norm gains {median[('batch', 8)] - median[('batch', 2)]:.0f} points" in index
     assert (f"group norm ends at {median[('group', 128)]:.2f}% and EvoNorm-S0 at {median[('evonorm_s0', 128)]:.2f}% "
             f"(batch norm {median[('batch', 128)]:.2f}%)") in prose
+
+
+# ---------------------------------------------------------------------------------------------- airbench94
+def test_airbench_tables_and_prose_are_its_per_run_files():
+    """table.csv and paired.csv are analyze.py's, recomputed from the committed runs; the README holds both tables
+    and each number its prose quotes is recomputed here."""
+    import importlib.util
+
+    from basinlab.models import create_model
+    from basinlab.sweep import stored_spec
+    from basinlab.sweep.summary import run_cost, run_rows
+    folder = EXPERIMENTS / "airbench"
+    spec = importlib.util.spec_from_file_location("airbench_analyze", folder / "analyze.py")
+    analyze = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(analyze)
+    sweep = folder / "runs"
+    runs = run_rows(stored_spec(sweep), sweep)
+    assert len(runs) == 9
+    rows, differences = analyze.table(runs), analyze.paired(runs)
+    pd.testing.assert_frame_equal(rows, pd.read_csv(folder / "table.csv"), check_exact=False, rtol=1e-9,
+                                  check_dtype=False)
+    pd.testing.assert_frame_equal(differences, pd.read_csv(folder / "paired.csv"), check_exact=False, rtol=1e-9,
+                                  check_dtype=False)
+    text = (folder / "README.md").read_text()
+    assert analyze.markdown(rows) in text and analyze.paired_markdown(differences) in text
+    prose = " ".join(text.split())
+    spent = run_cost(sweep, runs)
+    assert f"{spent['runs']} runs, {spent['minutes']:.0f} minutes of run time" in prose
+    assert ", ".join(spent["commits"][:-1]) + f" and {spent['commits'][-1]}" in prose
+    pairs = differences.set_index(["flip", "minus"])
+    assert pairs["one_sign"].all() and (pairs["median"] > 0).all()   # "in direction, on every seed"
+
+    def pair(flip, minus):
+        r = pairs.loc[(flip, minus)]
+        return f"{r['median']:+.2f} ({r['low']:+.2f} to {r['high']:+.2f})"
+    assert f"by {pair('random', 'none').replace(' (', ' points (median; ')}" in prose
+    assert f"by {pair('alternating', 'random')}, and above no flip by {pair('alternating', 'none')}" in prose
+    train = {flip: [pd.read_csv(sweep / f"{flip}-s{seed}" / "results.csv")["train_acc1"].iloc[-1] for seed in range(3)]
+             for flip in ("alternating", "none")}
+    assert f"{min(train['none']):.2f}-{max(train['none']):.2f}% against {min(train['alternating']):.2f}-" \
+           f"{max(train['alternating']):.2f}% with alternating flip" in prose
+    assert min(train["none"]) > max(train["alternating"])
+    sizes = [sum(p.numel() for p in create_model("airbench94", 10, "cifar10", **widths).parameters())
+             for widths in ({"widths": [32, 64, 64]}, {})]
+    assert f"{sizes[0]:,} parameters instead of {sizes[1]:,}" in prose
+    assert f"full width ({sizes[1]:,} parameters)" in prose
+    alternating, random = pairs.loc[("alternating", "random"), "median"], pairs.loc[("random", "none"), "median"]
+    assert f"random flip, on every seed ({alternating:+.2f} points, median)" in (EXPERIMENTS / "README.md").read_text()
+    page = " ".join((ROOT / "docs" / "methods" / "airbench.md").read_text().split())
+    assert f"({alternating:+.2f} points, median) and random flip above none ({random:+.2f})" in page
