@@ -62,7 +62,8 @@ def seed_row(runs: Path, seed: int, trial_epochs: int) -> tuple[dict, Path]:
             out / chosen["run"])
 
 
-def compare(scale: str, runs: Path, out: Path) -> None:
+def comparison_table(scale: str, runs: Path):
+    """(the grid's spec, one row per seed: the search's choice and cost beside the grid's best and median)."""
     spec = read_spec(HERE / f"{scale}.yaml", runs / "grid")
     config = yaml.safe_load((HERE / f"autohyper-{scale}.yaml").read_text())
     rows = []
@@ -83,7 +84,11 @@ def compare(scale: str, runs: Path, out: Path) -> None:
                    grid_epochs=len(finals) * int(config["max_epochs"]))
         row["search_cost_vs_grid"] = row["trial_epochs"] / row["grid_epochs"]
         rows.append(row)
-    table = pd.DataFrame(rows)
+    return spec, pd.DataFrame(rows)
+
+
+def compare(scale: str, runs: Path, out: Path) -> None:
+    spec, table = comparison_table(scale, runs)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "comparison.csv", index=False)
     lines = ["| seed | autoHyper lr | trials (epochs) | autoHyper final top-1 % | grid best lr | grid best final "
