@@ -43,6 +43,34 @@ def check_median_range(cell: str, row: pd.Series) -> None:
     assert close(median, row["final_val_acc1_median"]) and close(low, row["final_val_acc1_min"]) \
         and close(high, row["final_val_acc1_max"]), (cell, row["setting"])
 
+def experiment_script(folder: Path, name: str):
+    """An experiment's script (analyze.py, run.py) as a module, imported from its file."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"{folder.name}_{name}", folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def recomputed_tables(folder: Path, count: int):
+    """(analyze.py, the sweep folder, its runs, table, paired differences, README text): the tables recomputed from
+    the committed runs equal table.csv and paired.csv, and the README holds both as analyze.py writes them."""
+    from basinlab.sweep import stored_spec
+    from basinlab.sweep.summary import run_rows
+    analyze = experiment_script(folder, "analyze")
+    sweep = folder / "runs"
+    runs = run_rows(stored_spec(sweep), sweep)
+    assert len(runs) == count
+    rows, differences = analyze.table(runs), analyze.paired(runs)
+    pd.testing.assert_frame_equal(rows.reset_index(drop=True), pd.read_csv(folder / "table.csv"),
+                                  check_exact=False, rtol=1e-9, check_dtype=False)
+    pd.testing.assert_frame_equal(differences, pd.read_csv(folder / "paired.csv"), check_exact=False, rtol=1e-9,
+                                  check_dtype=False)
+    text = (folder / "README.md").read_text()
+    assert analyze.markdown(rows) in text and analyze.paired_markdown(differences) in text
+    return analyze, sweep, runs, rows, differences, text
+
+
 
 # ---------------------------------------------------------------------------------------------- flat minima
 def test_flat_minima_table_is_its_summary_and_sharpness_csvs():
@@ -172,12 +200,8 @@ def test_autohyper_tables_are_its_comparison_and_grid_csvs():
 def test_autohyper_comparison_is_recomputed_from_its_per_run_files(tmp_path):
     """comparison.csv is run.py's comparison of the committed run folders (each search's record and trials, its
     training, the grid's runs), recomputed here; each search's copied search.csv is its run folder's."""
-    import importlib.util
     folder = EXPERIMENTS / "autohyper"
-    spec = importlib.util.spec_from_file_location("autohyper_run", folder / "run.py")
-    run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run)
-    _, table = run.comparison_table("reduced", folder / "runs")
+    _, table = experiment_script(folder, "run").comparison_table("reduced", folder / "runs")
     table.to_csv(tmp_path / "comparison.csv", index=False)   # as run.py writes it
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "comparison.csv"), pd.read_csv(folder / "comparison.csv"),
                                   check_exact=False, rtol=1e-9)
@@ -384,24 +408,8 @@ def test_async_sgd_real_prose_is_its_delays_and_table():
 def test_small_batch_tables_and_prose_are_its_per_run_files():
     """table.csv and paired.csv are analyze.py's, recomputed from the committed runs; the README holds both tables
     cell for cell, and each number its prose quotes is recomputed here."""
-    import importlib.util
-
-    from basinlab.sweep import stored_spec
-    from basinlab.sweep.summary import run_cost, run_rows
-    folder = EXPERIMENTS / "small-batch"
-    spec = importlib.util.spec_from_file_location("small_batch_analyze", folder / "analyze.py")
-    analyze = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(analyze)
-    sweep = folder / "runs"
-    runs = run_rows(stored_spec(sweep), sweep)
-    assert len(runs) == 54
-    rows, differences = analyze.table(runs), analyze.paired(runs)
-    pd.testing.assert_frame_equal(rows.reset_index(drop=True), pd.read_csv(folder / "table.csv"),
-                                  check_exact=False, rtol=1e-9, check_dtype=False)
-    pd.testing.assert_frame_equal(differences, pd.read_csv(folder / "paired.csv"), check_exact=False, rtol=1e-9,
-                                  check_dtype=False)
-    text = (folder / "README.md").read_text()
-    assert analyze.markdown(rows) in text and analyze.paired_markdown(differences) in text
+    from basinlab.sweep.summary import run_cost
+    analyze, sweep, runs, rows, differences, text = recomputed_tables(EXPERIMENTS / "small-batch", 54)
     prose = " ".join(text.split())
     spent = run_cost(sweep, runs)
     assert f"{spent['runs']} runs, {spent['minutes'] / 60:.1f} hours of run time" in prose
@@ -441,25 +449,9 @@ def test_small_batch_tables_and_prose_are_its_per_run_files():
 def test_airbench_tables_and_prose_are_its_per_run_files():
     """table.csv and paired.csv are analyze.py's, recomputed from the committed runs; the README holds both tables
     and each number its prose quotes is recomputed here."""
-    import importlib.util
-
     from basinlab.models import create_model
-    from basinlab.sweep import stored_spec
-    from basinlab.sweep.summary import run_cost, run_rows
-    folder = EXPERIMENTS / "airbench"
-    spec = importlib.util.spec_from_file_location("airbench_analyze", folder / "analyze.py")
-    analyze = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(analyze)
-    sweep = folder / "runs"
-    runs = run_rows(stored_spec(sweep), sweep)
-    assert len(runs) == 9
-    rows, differences = analyze.table(runs), analyze.paired(runs)
-    pd.testing.assert_frame_equal(rows, pd.read_csv(folder / "table.csv"), check_exact=False, rtol=1e-9,
-                                  check_dtype=False)
-    pd.testing.assert_frame_equal(differences, pd.read_csv(folder / "paired.csv"), check_exact=False, rtol=1e-9,
-                                  check_dtype=False)
-    text = (folder / "README.md").read_text()
-    assert analyze.markdown(rows) in text and analyze.paired_markdown(differences) in text
+    from basinlab.sweep.summary import run_cost
+    analyze, sweep, runs, rows, differences, text = recomputed_tables(EXPERIMENTS / "airbench", 9)
     prose = " ".join(text.split())
     spent = run_cost(sweep, runs)
     assert f"{spent['runs']} runs, {spent['minutes']:.0f} minutes of run time" in prose

@@ -91,15 +91,11 @@ def preconditioner_scale(optimizer, params) -> list | None:
     where the edge bounds lambda_max itself, or where D is not known yet (before Adam's first step)."""
     if not is_preconditioned(optimizer):
         return None
-    scale = adam_scale(optimizer, params) if is_adam(optimizer) else None
-    if is_adam(optimizer) and scale is None:
+    factors = ([adam_scale(optimizer, params)] if is_adam(optimizer) else []) + \
+        ([lr_group_scale(optimizer, params)] if has_lr_groups(optimizer) else [])
+    if any(factor is None for factor in factors):
         return None
-    groups = lr_group_scale(optimizer, params) if has_lr_groups(optimizer) else None
-    if has_lr_groups(optimizer) and groups is None:
-        return None
-    if scale is None:
-        return groups
-    return scale if groups is None else [a * b for a, b in zip(scale, groups)]
+    return factors[0] if len(factors) == 1 else [a * b for a, b in zip(*factors)]
 
 
 def _shared_settings(optimizer, keys: tuple[str, ...]) -> bool:
