@@ -16,12 +16,20 @@ torchrun sets RANK, LOCAL_RANK, WORLD_SIZE and LOCAL_WORLD_SIZE; a run with WORL
 from __future__ import annotations
 
 import datetime
+import gc
 import inspect
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+# Imported before any process group exists, on purpose: torch.distributed.nn.functional binds the group that
+# exists when it is first imported (torch._dynamo imports it, e.g. at an optimizer's first param group) into its
+# functions' default arguments, so a group started before it is never freed by destroy_process_group. Its gloo
+# threads then live until the interpreter exits, where 2 of 151 two-process test jobs aborted ("terminate called
+# without an active exception", SIGABRT after every record was written). Imported now, those defaults are None.
+import torch.distributed.nn  # noqa: F401
 from torch.nn.parallel import DistributedDataParallel
 
 from basinlab.config import TrainConfig
@@ -243,10 +251,14 @@ class DataParallel:
                 f"sync-bn {'on' if self.cfg.sync_bn else 'off'}; buffers per process, rank 0's before validation")
 
     def finish(self) -> None:
-        """Wait for rank 0's last records, then leave the process group (if this run started it)."""
+        """Wait for rank 0's last records, then leave the process group (if this run started it). The run has
+        dropped its DDP wrapper: collected now (it sits in reference cycles), the group is freed when destroyed,
+        here or by the script that started it, not at the interpreter's exit, where its gloo threads sometimes
+        aborted the process (SIGABRT) after every record was written."""
         if not self.active:
             return
         self.barrier()
+        gc.collect()
         if self.owns_group:
             dist.destroy_process_group()
             self.owns_group = False

@@ -262,6 +262,8 @@ class Trainer(CheckpointedState):
                 self.close_strategy()  # a strategy's processes or threads end with the run, failure included
             finally:
                 self.run.close()
+        # the DDP wrapper holds the process group: dropped here, the group is freed when it is destroyed
+        self.train_model = self.step_context.train_model = self.eval_model
         self.dist.finish()
         return self.run.result(self)
 
