@@ -159,3 +159,25 @@ def test_a_resumed_run_keeps_its_preset_in_config_yaml(tmp_path):
     stored = yaml.safe_load((tmp_path / "p" / "config.yaml").read_text())
     assert stored["preset"] == "smoothout-f1-mnist-sb" and stored["epochs"] == 2 and stored["model"] == "f1"
     assert len(pd.read_csv(tmp_path / "p" / "results.csv")) == 2
+
+
+def test_resuming_with_another_cpu_thread_count_says_the_run_is_no_longer_exact(tmp_path):
+    """The thread count splits a CPU's sums (see trainer_state._note_thread_change): the checkpoint keeps it, and
+    a resume with another count says so in the log, with the OMP_NUM_THREADS that would continue exactly."""
+    args = ["--model", "fc", "--dataset", "mnist5k", "--train-limit", "64", "--val-limit", "32", "--batch-size",
+            "32", "--quiet"]
+    threads = torch.get_num_threads()
+    other = 2 if threads == 1 else 1
+    note = "note: this run trained with"
+    assert main(["train", *args, "--epochs", "1", "--results-dir", str(tmp_path), "--save", "t"]) == 0
+    assert torch.load(tmp_path / "t" / "last.pt", weights_only=True)["cpu_threads"] == threads
+    try:
+        torch.set_num_threads(other)
+        assert main(["train", "--resume", str(tmp_path / "t"), "--epochs", "2", "--quiet"]) == 0
+        assert main(["train", "--resume", str(tmp_path / "t"), "--epochs", "3", "--quiet"]) == 0  # same count
+    finally:
+        torch.set_num_threads(threads)
+    log = (tmp_path / "t" / "log.txt").read_text()
+    assert log.count(note) == 1, log
+    assert f"{note} {threads} CPU threads and resumes with {other}: its sums split differently" in log
+    assert f"OMP_NUM_THREADS={threads} continues it exactly" in log

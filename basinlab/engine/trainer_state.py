@@ -10,6 +10,8 @@ from __future__ import annotations
 import numbers
 from pathlib import Path
 
+import torch
+
 from basinlab.engine.checkpoint import (
     load_checkpoint,
     load_weights,
@@ -45,6 +47,7 @@ class CheckpointedState:
             "history": [plain_row(row) for row in self.run.results.rows],  # results.csv's rows
             "scaler": self.precision.state_dict(),
             "rng": rng_state(),
+            "cpu_threads": torch.get_num_threads(),  # on a CPU, the sums' split (see _note_thread_change)
         }
 
     def _branch_from(self, resume_state) -> Path | None:
@@ -96,6 +99,19 @@ class CheckpointedState:
         where = (f"epoch {self.epoch + 1}, step {self.batch_in_epoch}" if self.batch_in_epoch
                  else f"the start of epoch {self.epoch + 1}")
         self.run.log.info(f"resumed from {self.cfg.resume} at {where} (global step {self.global_step})")
+        self._note_thread_change(state.get("cpu_threads"))
+
+    def _note_thread_change(self, trained_with) -> None:
+        """On a CPU the thread count decides how a convolution's or a matmul's sums are split, so the same step
+        gives other last digits with another count (float32 and bf16 alike) and a run drifts from there.
+        Resuming with another count is allowed (a sweep's --jobs sets it) but said: from here the run is not
+        the uninterrupted one."""
+        now = torch.get_num_threads()
+        if type(trained_with) is not int or trained_with == now or self.device.type != "cpu":
+            return  # older checkpoints have no count; a count that is not a number says nothing
+        self.run.log.info(f"note: this run trained with {trained_with} CPU threads and resumes with {now}: its "
+                          f"sums split differently, so from here it is not bit for bit the uninterrupted run; "
+                          f"OMP_NUM_THREADS={trained_with} continues it exactly")
 
     def _load_callback_states(self, stored) -> None:
         """Give each callback the state stored under its state_key; say which could not be placed."""
