@@ -237,6 +237,31 @@ def test_online_norm_tables_are_its_summary_and_checks_csvs():
     assert fp32 > high and f"{fp32 - high:.2f} points above the best" in text and f"({low:.2f}-{high:.2f})" in text
 
 
+
+def test_online_norm_analysis_of_the_rerun_is_each_committed_run_s_results():
+    """analyze.py on the rerun's runs finished so far (the README's table moves to it once all 18 are in): per norm
+    mode, n and the final top-1's median and range are each finished run's last results.csv row, read here; the
+    runs-threads/ rows pair each 2-thread run with the sweep's 1-thread run of the same norm and seed."""
+    from basinlab.sweep import stored_spec
+    from basinlab.sweep.state import run_state
+    from basinlab.sweep.summary import run_rows
+    analyze = experiment_script(EXPERIMENTS / "online-norm", "analyze")
+    sweep = EXPERIMENTS / "online-norm" / "runs"
+    rows = analyze.table(sweep, run_rows(stored_spec(sweep), sweep)).set_index("norm")
+    assert list(rows.index) == list(analyze.NORMS) and (rows["asked"] == 3).all()
+    for norm, row in rows.iterrows():
+        done = [sweep / f"norm-mode_{norm}-s{seed}" for seed in range(3)
+                if run_state(sweep, f"norm-mode_{norm}-s{seed}")["status"] == "done"]
+        finals = [pd.read_csv(folder / "results.csv")["val_acc1"].iloc[-1] for folder in done]
+        assert row["n"] == len(finals), norm
+        if finals:
+            assert row["final_val_acc1_median"] == pytest.approx(pd.Series(finals).median())
+            assert (row["final_val_acc1_low"], row["final_val_acc1_high"]) == (min(finals), max(finals))
+    assert rows.loc["online", "paper_best"] == 92.3 and "| 92.3 (0.26) |" in (sweep.parent / "README.md").read_text()
+    for _, pair in analyze.threads(sweep).iterrows():
+        seed = pair["run"].split("-")[1]   # batch-s0-threads2
+        assert (pair["threads"], pair["twin_threads"], pair["twin"]) == (2, 1, f"norm-mode_batch-{seed}")
+
 # ---------------------------------------------------------------------------------------------- bf16 parity
 def test_bf16_parity_numbers_are_its_per_run_csv():
     runs = pd.read_csv(EXPERIMENTS / "bf16-parity" / "summary.csv")
