@@ -165,7 +165,7 @@ def test_resuming_with_another_cpu_thread_count_says_the_run_is_no_longer_exact(
     """The thread count splits a CPU's sums (see trainer_state._note_thread_change): the checkpoint keeps it, and
     a resume with another count says so in the log, with the OMP_NUM_THREADS that would continue exactly."""
     args = ["--model", "fc", "--dataset", "mnist5k", "--train-limit", "64", "--val-limit", "32", "--batch-size",
-            "32", "--quiet"]
+            "32", "--quiet", "--device", "cpu"]
     threads = torch.get_num_threads()
     other = 2 if threads == 1 else 1
     note = "note: this run trained with"

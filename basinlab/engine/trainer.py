@@ -262,10 +262,15 @@ class Trainer(CheckpointedState):
                 self.close_strategy()  # a strategy's processes or threads end with the run, failure included
             finally:
                 self.run.close()
-        # the DDP wrapper holds the process group: dropped here, the group is freed when it is destroyed
-        self.train_model = self.step_context.train_model = self.eval_model
-        self.dist.finish()
+        self.leave_process_group()
         return self.run.result(self)
+
+    def leave_process_group(self) -> None:
+        """Drop the DDP wrapper, which holds the process group, then leave the group (DataParallel.finish): so a
+        destroyed group is really freed, not at the interpreter's exit."""
+        if getattr(self, "eval_model", None) is not None:  # built (a failed setup may stop before)
+            self.train_model = self.step_context.train_model = self.eval_model
+        self.dist.finish()
 
     def train_epoch(self) -> dict:
         """Train from the current position to the end of the epoch; return its metrics."""

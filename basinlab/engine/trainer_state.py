@@ -47,7 +47,8 @@ class CheckpointedState:
             "history": [plain_row(row) for row in self.run.results.rows],  # results.csv's rows
             "scaler": self.precision.state_dict(),
             "rng": rng_state(),
-            "cpu_threads": torch.get_num_threads(),  # on a CPU, the sums' split (see _note_thread_change)
+            # on a CPU, how its sums were split (see _note_thread_change); None where the device did the math
+            "cpu_threads": torch.get_num_threads() if self.device.type == "cpu" else None,
         }
 
     def _branch_from(self, resume_state) -> Path | None:
@@ -107,11 +108,11 @@ class CheckpointedState:
         Resuming with another count is allowed (a sweep's --jobs sets it) but said: from here the run is not
         the uninterrupted one."""
         now = torch.get_num_threads()
-        if type(trained_with) is not int or trained_with == now or self.device.type != "cpu":
-            return  # older checkpoints have no count; a count that is not a number says nothing
+        if type(trained_with) is not int or trained_with < 1 or trained_with == now or self.device.type != "cpu":
+            return  # older checkpoints and GPU runs have no count; a count that is not one says nothing
         self.run.log.info(f"note: this run trained with {trained_with} CPU threads and resumes with {now}: its "
                           f"sums split differently, so from here it is not bit for bit the uninterrupted run; "
-                          f"OMP_NUM_THREADS={trained_with} continues it exactly")
+                          f"OMP_NUM_THREADS={trained_with} continues it exactly (in a sweep, --jobs sets the count)")
 
     def _load_callback_states(self, stored) -> None:
         """Give each callback the state stored under its state_key; say which could not be placed."""

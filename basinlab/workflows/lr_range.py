@@ -68,9 +68,8 @@ def _close(trainer) -> None:
     run = getattr(trainer, "run", None)
     if run is not None:
         run.close()
-    dist = getattr(trainer, "dist", None)
-    if dist is not None and hasattr(dist, "finish"):
-        dist.finish()
+    if getattr(trainer, "dist", None) is not None:
+        trainer.leave_process_group()
 
 
 def write_lr_range(result: LRRangeResult, output: Path, cfg: TrainConfig, step: str = "plain") -> None:
