@@ -241,7 +241,7 @@ def test_online_norm_tables_are_its_summary_and_checks_csvs():
 def test_online_norm_analysis_of_the_rerun_is_each_committed_run_s_results():
     """analyze.py on the rerun's runs finished so far (the README's table moves to it once all 18 are in): per norm
     mode, n and the final top-1's median and range are each finished run's last results.csv row, read here; the
-    runs-threads/ rows pair each 2-thread run with the sweep's 1-thread run of the same norm and seed."""
+    runs-threads/ rows pair each run that started with 2 threads with the sweep's 1-thread run of its seed."""
     from basinlab.sweep import stored_spec
     from basinlab.sweep.state import run_state
     from basinlab.sweep.summary import run_rows
@@ -258,9 +258,12 @@ def test_online_norm_analysis_of_the_rerun_is_each_committed_run_s_results():
             assert row["final_val_acc1_median"] == pytest.approx(pd.Series(finals).median())
             assert (row["final_val_acc1_low"], row["final_val_acc1_high"]) == (min(finals), max(finals))
     assert rows.loc["online", "paper_best"] == 92.3 and "| 92.3 (0.26) |" in (sweep.parent / "README.md").read_text()
-    for _, pair in analyze.threads(sweep).iterrows():
+    pairs = analyze.threads(sweep)
+    assert sorted(pairs["run"]) == sorted(p.name for p in (sweep.parent / "runs-threads").iterdir() if p.is_dir())
+    for _, pair in pairs.iterrows():
         seed = pair["run"].split("-")[1]   # batch-s0-threads2
         assert (pair["threads"], pair["twin_threads"], pair["twin"]) == (2, 1, f"norm-mode_batch-{seed}")
+        assert pair["twin_final_val_acc1"] == pd.read_csv(sweep / pair["twin"] / "results.csv")["val_acc1"].iloc[-1]
 
 # ---------------------------------------------------------------------------------------------- bf16 parity
 def test_bf16_parity_numbers_are_its_per_run_csv():

@@ -3,16 +3,17 @@
     python3 experiments/online-norm/analyze.py [experiments/online-norm/runs] [--out experiments/online-norm]
 
 Writes, from SWEEP (reduced.yaml's runs) and the folders beside it:
-- OUT/table.csv and .md: per norm mode, the runs finished of those asked and the ones that diverged (with the
-  error their sweep recorded), the median, min and max over the seeds of the final and of the best validation
-  top-1 and of the final validation loss, and the gap to batch norm at the best epoch beside the paper's;
+- OUT/table.csv and .md: per norm mode, the runs finished of those asked, the ones that diverged (exit 3, with
+  the error their sweep recorded) and any that failed otherwise, the median, min and max over the seeds of the
+  final and of the best validation top-1 and of the final validation loss, and the best epoch of the median
+  curve over the seeds (the paper's statistic) with its gap to batch norm's beside the paper's;
 - OUT/paired.csv and .md: each norm's final top-1 minus batch norm's on the same seed (the seeds share data
   order, augmentation and initialisation up to the norm layers);
-- OUT/checks.csv and .md: reduced-checks.yaml's runs (SWEEP/../runs-checks) beside batch norm's seed 0 on the
+- OUT/rerun-checks.csv and .md: reduced-checks.yaml's runs (SWEEP/../runs-checks) beside batch norm's seed 0 on the
   same schedule;
 - OUT/threads.csv and .md: the runs of runs-threads/ (trained with 2 CPU threads) beside the same seed with 1;
 - OUT/table.png: every seed's final top-1 per norm mode, the median marked, a diverged mode written in.
-The runs finished so far are what is read: n says how many seeds.
+The runs finished so far are what is read: n says how many seeds; a table with no rows is not written.
 """
 from __future__ import annotations
 
@@ -42,49 +43,73 @@ PAPER_BEST = {"online": 92.3, "batch": 92.2, "instance": 90.4, "group": 90.3, "l
 COLUMNS = {"final_val_acc1": "final top-1 %", "best_val_acc1": "best top-1 %", "final_val_loss": "final val loss"}
 
 
-def diverged(sweep: Path, norm: str) -> list[str]:
-    """The error lines the sweep recorded for this norm's failed runs."""
+def failures(sweep: Path, norm: str) -> tuple[list[str], int]:
+    """(the error lines of this norm's diverged runs, how many failed otherwise): a non-finite loss is exit 3;
+    any other failure (killed, disk full) is not a divergence."""
     spec = stored_spec(sweep)
     states = [run_state(sweep, run.name) for run in spec.runs if run.values.get("norm_mode") == norm]
-    return [state.get("error", "") for state in states if state["status"] == "failed"]
+    failed = [state for state in states if state["status"] == "failed"]
+    return [state.get("error", "") for state in failed if state.get("exit") == 3], sum(
+        state.get("exit") != 3 for state in failed)
+
+
+def best_of_median_curve(sweep: Path, runs: pd.DataFrame) -> float:
+    """The paper's statistic: the best epoch of the per-epoch median over the seeds of validation top-1."""
+    if not len(runs):
+        return float("nan")
+    curves = pd.concat([read_history(sweep / run / "results.csv").set_index("epoch")["val_acc1"]
+                        for run in runs["run"]], axis=1)
+    return float(curves.median(axis=1).max())
 
 
 def table(sweep: Path, runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per norm mode: n finished, n diverged, medians and ranges, gap to batch norm (best epoch)."""
+    """One row per norm mode: finished, diverged and otherwise failed runs; medians and ranges; the gap to batch
+    norm at the best epoch of the median curve, here and in the paper."""
     asked = len(stored_spec(sweep).seeds)
-    batch = runs[runs["norm-mode"] == "batch"]["best_val_acc1"].median()
+    by_norm = {norm: runs[runs["norm-mode"] == norm] if len(runs) else runs for norm in NORMS}
+    batch = best_of_median_curve(sweep, by_norm["batch"])
     rows = []
-    for norm in NORMS:
-        mine = runs[runs["norm-mode"] == norm] if len(runs) else runs
-        failed = diverged(sweep, norm)
-        row = {"norm": norm, "n": len(mine), "asked": asked, "diverged": len(failed),
-               "error": failed[0] if failed else ""}
+    for norm, mine in by_norm.items():
+        diverged, failed = failures(sweep, norm)
+        row = {"norm": norm, "n": len(mine), "asked": asked, "diverged": len(diverged), "failed": failed,
+               "error": diverged[0] if diverged else ""}
         for column in COLUMNS:
             values = mine[column] if len(mine) else pd.Series(dtype=float)
             row |= {f"{column}_median": values.median(), f"{column}_low": values.min(),
                     f"{column}_high": values.max()}
-        row["gap_best_here"] = row["best_val_acc1_median"] - batch
+        row["best_of_median_curve"] = best_of_median_curve(sweep, mine)
+        row["gap_best_here"] = row["best_of_median_curve"] - batch
         row["paper_best"] = PAPER_BEST.get(norm, float("nan"))
         row["gap_best_paper"] = row["paper_best"] - PAPER_BEST["batch"]
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def count_cell(r) -> str:
+    """'3/3', '2/3, 1 diverged', '0/3, 3 diverged, ...'."""
+    cell = f"{int(r['n'])}/{int(r['asked'])}"
+    if r["diverged"]:
+        cell += f", {int(r['diverged'])} diverged"
+    if r["failed"]:
+        cell += f", {int(r['failed'])} failed otherwise"
+    return cell
+
+
 def markdown(rows: pd.DataFrame) -> str:
     lines = ["| norm | n | " + " | ".join(f"{label} (median, min-max)" for label in COLUMNS.values())
-             + " | paper, best top-1 % | gap to batch, best epoch: here (median) / paper |",
-             "|---|---|" + "---|" * (len(COLUMNS) + 2)]
+             + " | best epoch of the median curve | paper (the same) | gap to batch: here / paper |",
+             "|---|---|" + "---|" * (len(COLUMNS) + 3)]
     for _, r in rows.iterrows():
-        n = f"{int(r['n'])}/{int(r['asked'])}"
         paper = f"{r['paper_best']:.1f}" if pd.notna(r["paper_best"]) else "(not reported)"
         if r["n"] == 0:
-            what = f"diverged ({r['error']})" if r["diverged"] else "not run yet"
-            lines.append(f"| {r['norm']} | {n} | {what} | | | {paper} | |")
+            what = f"diverged: {r['error']}" if r["diverged"] == r["asked"] else "no finished run"
+            lines.append(f"| {r['norm']} | {count_cell(r)} | {what} | | | | {paper} | |")
             continue
         digits = {column: 3 if "loss" in column else 2 for column in COLUMNS}
         cells = [f"{r[f'{c}_median']:.{d}f} ({r[f'{c}_low']:.{d}f}-{r[f'{c}_high']:.{d}f})" for c, d in digits.items()]
         gap = f"{r['gap_best_here']:+.2f} / {r['gap_best_paper']:+.1f}" if r["norm"] != "batch" else "0 / 0"
-        lines.append(f"| {r['norm']} | {n} | " + " | ".join(cells) + f" | {paper} | {gap} |")
+        lines.append(f"| {r['norm']} | {count_cell(r)} | " + " | ".join(cells)
+                     + f" | {r['best_of_median_curve']:.2f} | {paper} | {gap} |")
     return "\n".join(lines) + "\n"
 
 
@@ -153,7 +178,7 @@ def threads(sweep: Path) -> pd.DataFrame:
 
 
 def threads_markdown(rows: pd.DataFrame) -> str:
-    lines = ["| run | threads | final val top-1 % | best | same seed, sweep's run: threads | final | best | "
+    lines = ["| run | threads at start | final val top-1 % | best | same seed, sweep's run: threads | final | best | "
              "final minus the sweep run's |", "|---|---|---|---|---|---|---|---|"]
     for _, r in rows.iterrows():
         lines.append(f"| {r['run']} | {r['threads']} | {r['final_val_acc1']:.2f} | {r['best_val_acc1']:.2f} | "
@@ -169,8 +194,11 @@ def plot(rows: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None:
         if len(mine):
             ax.scatter([i] * len(mine), mine, color=f"C{i}", alpha=0.7)
             ax.hlines(mine.median(), i - 0.2, i + 0.2, color=f"C{i}")
-        elif rows.set_index("norm").loc[norm, "diverged"]:
-            ax.text(i, 0.5, "diverged\n(every seed)", ha="center", va="center", transform=ax.get_xaxis_transform())
+        else:
+            row = rows.set_index("norm").loc[norm]
+            if row["diverged"] == row["asked"]:
+                ax.text(i, 0.5, "diverged\n(every seed)", ha="center", va="center",
+                        transform=ax.get_xaxis_transform())
     ax.set_xticks(range(len(NORMS)), NORMS)
     ax.set_xlabel("norm mode")
     ax.set_ylabel("final validation top-1 % (each seed; bar: median)")
@@ -181,13 +209,12 @@ def main() -> None:
     args = analysis_arguments(__doc__, HERE)
     runs = run_rows(stored_spec(args.sweep), args.sweep)
     rows = table(args.sweep, runs)
-    print(write_table(args.out, "table", rows, markdown(rows)))
-    differences = paired(runs)
-    print(write_table(args.out, "paired", differences, paired_markdown(differences)))
-    checked = checks(args.sweep, runs)
-    print(write_table(args.out, "checks", checked, checks_markdown(checked)))
-    threaded = threads(args.sweep)
-    print(write_table(args.out, "threads", threaded, threads_markdown(threaded)))
+    tables = {"table": (rows, markdown), "paired": (paired(runs), paired_markdown),
+              "rerun-checks": (checks(args.sweep, runs), checks_markdown), "threads": (threads(args.sweep),
+                                                                                      threads_markdown)}
+    for name, (frame, to_markdown) in tables.items():
+        if len(frame):  # a table with no rows yet writes nothing
+            print(write_table(args.out, name, frame, to_markdown(frame)))
     plot(rows, runs, args.out / "table.png")
     print(cost_line(args.sweep, runs))
 
