@@ -23,13 +23,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-
-# Imported before any process group exists, on purpose: torch.distributed.nn.functional binds the group that
-# exists when it is first imported (torch._dynamo imports it, e.g. at an optimizer's first param group) into its
-# functions' default arguments, so a group started before it is never freed by destroy_process_group. Its gloo
-# threads then live until the interpreter exits, where 2 of 151 two-process test jobs aborted ("terminate called
-# without an active exception", SIGABRT after every record was written). Imported now, those defaults are None.
-import torch.distributed.nn  # noqa: F401
 from torch.nn.parallel import DistributedDataParallel
 
 from basinlab.config import TrainConfig
@@ -37,6 +30,15 @@ from basinlab.data.loader import derive_seed
 from basinlab.engine.launch import DEFAULT_BATCH, check_global_batch, check_options
 from basinlab.engine.setup import pick_device
 from basinlab.errors import ConfigError
+
+# Imported before any process group exists, on purpose: torch.distributed.nn.functional binds the group that
+# exists when it is first imported (torch._dynamo imports it, e.g. at an optimizer's first param group) into its
+# functions' default arguments, so a group started before it is never freed by destroy_process_group. Its gloo
+# threads then live until the interpreter exits, where 2 of 151 two-process test jobs aborted ("terminate called
+# without an active exception", SIGABRT after every record was written). Imported now, those defaults are None.
+# (A PyTorch built without distributed support has no such module, and no group either.)
+if dist.is_available():
+    import torch.distributed.nn  # noqa: F401
 
 
 @dataclass(frozen=True)
