@@ -265,6 +265,25 @@ def test_online_norm_analysis_of_the_rerun_is_each_committed_run_s_results():
         assert (pair["threads"], pair["twin_threads"], pair["twin"]) == (2, 1, f"norm-mode_batch-{seed}")
         assert pair["twin_final_val_acc1"] == pd.read_csv(sweep / pair["twin"] / "results.csv")["val_acc1"].iloc[-1]
 
+
+def test_online_norm_provenance_runs_show_what_changed_since_the_12_03_run():
+    """runs-provenance/: batch norm's first epochs are the same at the 12-03 code (98f3096) and today's (with 2
+    threads, as the 2-thread run of runs-threads/); group norm's first epoch changed at 56b7f88 (group and instance
+    norm normalise channels_last bf16 inputs in contiguous layout), which the rerun's group-norm seed 0 follows."""
+    folder = EXPERIMENTS / "online-norm"
+
+    def epochs(path, n):
+        columns = ["train_loss", "train_acc1", "val_loss", "val_acc1"]
+        return pd.read_csv(folder / path / "results.csv")[columns].iloc[:n].reset_index(drop=True)
+    old_batch = epochs("runs-provenance/batch-s0-2ep-at-98f3096-2threads", 2)
+    pd.testing.assert_frame_equal(old_batch, epochs("runs-provenance/batch-s0-2ep-at-078c25d-2threads", 2))
+    pd.testing.assert_frame_equal(old_batch, epochs("runs-threads/batch-s0-threads2", 2))
+    before = epochs("runs-provenance/group-s0-1ep-at-14502b7", 1)
+    after = epochs("runs-provenance/group-s0-1ep-at-56b7f88", 1)
+    pd.testing.assert_frame_equal(before, epochs("runs-provenance/group-s0-2ep-at-98f3096", 1))
+    pd.testing.assert_frame_equal(after, epochs("runs/norm-mode_group-s0", 1))
+    assert before.loc[0, "train_loss"] != after.loc[0, "train_loss"]
+
 # ---------------------------------------------------------------------------------------------- bf16 parity
 def test_bf16_parity_numbers_are_its_per_run_csv():
     runs = pd.read_csv(EXPERIMENTS / "bf16-parity" / "summary.csv")
