@@ -17,6 +17,7 @@ The runs finished so far are what is read: n says how many seeds; a table with n
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -53,6 +54,12 @@ def failures(sweep: Path, norm: str) -> tuple[list[str], int]:
         state.get("exit") != 3 for state in failed)
 
 
+def where_it_diverged(error: str) -> str:
+    """'epoch 1, step 4 of 78' from the error line a diverged run's sweep recorded (the line itself otherwise)."""
+    found = re.search(r"non-finite loss \(\w+\) at (epoch \d+, step \d+ of \d+)", error)
+    return found.group(1) if found else error
+
+
 def best_of_median_curve(sweep: Path, runs: pd.DataFrame) -> float:
     """The paper's statistic: the best epoch of the per-epoch median over the seeds of validation top-1."""
     if not len(runs):
@@ -72,7 +79,7 @@ def table(sweep: Path, runs: pd.DataFrame) -> pd.DataFrame:
     for norm, mine in by_norm.items():
         diverged, failed = failures(sweep, norm)
         row = {"norm": norm, "n": len(mine), "asked": asked, "diverged": len(diverged), "failed": failed,
-               "error": diverged[0] if diverged else ""}
+               "diverged_at": "; ".join(where_it_diverged(error) for error in diverged)}
         for column in COLUMNS:
             values = mine[column] if len(mine) else pd.Series(dtype=float)
             row |= {f"{column}_median": values.median(), f"{column}_low": values.min(),
@@ -102,7 +109,8 @@ def markdown(rows: pd.DataFrame) -> str:
     for _, r in rows.iterrows():
         paper = f"{r['paper_best']:.1f}" if pd.notna(r["paper_best"]) else "(not reported)"
         if r["n"] == 0:
-            what = f"diverged: {r['error']}" if r["diverged"] == r["asked"] else "no finished run"
+            what = (f"diverged, every seed (non-finite loss at {r['diverged_at']})" if r["diverged"] == r["asked"]
+                    else "no finished run")
             lines.append(f"| {r['norm']} | {count_cell(r)} | {what} | | | | {paper} | |")
             continue
         digits = {column: 3 if "loss" in column else 2 for column in COLUMNS}
