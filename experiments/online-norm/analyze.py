@@ -44,10 +44,9 @@ PAPER_BEST = {"online": 92.3, "batch": 92.2, "instance": 90.4, "group": 90.3, "l
 COLUMNS = {"final_val_acc1": "final top-1 %", "best_val_acc1": "best top-1 %", "final_val_loss": "final val loss"}
 
 
-def failures(sweep: Path, norm: str) -> tuple[list[str], int]:
+def failures(spec, sweep: Path, norm: str) -> tuple[list[str], int]:
     """(the error lines of this norm's diverged runs, how many failed otherwise): a non-finite loss is exit 3;
     any other failure (killed, disk full) is not a divergence."""
-    spec = stored_spec(sweep)
     states = [run_state(sweep, run.name) for run in spec.runs if run.values.get("norm_mode") == norm]
     failed = [state for state in states if state["status"] == "failed"]
     return [state.get("error", "") for state in failed if state.get("exit") == 3], sum(
@@ -72,12 +71,13 @@ def best_of_median_curve(sweep: Path, runs: pd.DataFrame) -> float:
 def table(sweep: Path, runs: pd.DataFrame) -> pd.DataFrame:
     """One row per norm mode: finished, diverged and otherwise failed runs; medians and ranges; the gap to batch
     norm at the best epoch of the median curve, here and in the paper."""
-    asked = len(stored_spec(sweep).seeds)
+    spec = stored_spec(sweep)  # read once: every norm's failures come from it
+    asked = len(spec.seeds)
     by_norm = {norm: runs[runs["norm-mode"] == norm] if len(runs) else runs for norm in NORMS}
     batch = best_of_median_curve(sweep, by_norm["batch"])
     rows = []
     for norm, mine in by_norm.items():
-        diverged, failed = failures(sweep, norm)
+        diverged, failed = failures(spec, sweep, norm)
         row = {"norm": norm, "n": len(mine), "asked": asked, "diverged": len(diverged), "failed": failed,
                "diverged_at": "; ".join(where_it_diverged(error) for error in diverged)}
         for column in COLUMNS:
