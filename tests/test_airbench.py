@@ -329,6 +329,28 @@ def test_the_preset_trains_through_the_engine_and_keeps_the_whitening_bias_after
     assert "NAG lr=1.5 momentum=0.85" in log
 
 
+class FrozenAsAirbench(Callback):
+    """airbench's own freeze, possible in one process: the bias stops needing a gradient."""
+
+    def on_fit_start(self, run):
+        run.model.whiten.bias.requires_grad_(False)
+
+
+@pytest.mark.parametrize("update", [{"grad_clip": 0.05}, {"sam": 0.05}], ids=["grad-clip", "sam"])
+def test_a_frozen_whitening_bias_is_left_out_of_clipping_and_sam_as_airbench_leaves_it(cifar, tmp_path, no_run_plots,
+                                                                                       update):
+    """--whiten-bias-epochs 0 against the bias without requires_grad (frozen from the start, as airbench does):
+    the same weights after an epoch whose gradients are clipped, or perturbed by SAM, with the bias left out."""
+    def run(save, **options):
+        basinlab.train(preset="airbench94", datasets_dir=str(cifar), results_dir=str(tmp_path), save=save,
+                       quiet=True, model_config=SMALL, batch_size=16, epochs=1, **update, **options)
+        return torch.load(tmp_path / save / "last.pt", weights_only=True)["model"]
+    ours = run("ours", whiten_bias_epochs=0)
+    theirs = run("theirs", whiten_bias_epochs=1, callbacks=[FrozenAsAirbench()])   # 1: never frozen by ours
+    for key, value in theirs.items():
+        torch.testing.assert_close(ours[key], value, rtol=1e-6, atol=1e-7, msg=key)
+
+
 def test_an_interrupted_run_resumes_bit_for_bit_with_the_lookahead_average(cifar, tmp_path, no_run_plots):
     keep = KeepCheckpoint(8, tmp_path / "mid.pt")   # copied at step 8: the checkpoint of step 7, mid-epoch
     preset_run(cifar, tmp_path, "straight", save_every_steps=7, callbacks=[keep])

@@ -1,11 +1,15 @@
 """--whiten-bias-epochs E: the whitening layer's bias trains for the first E epochs and is kept after.
 
-airbench turns `requires_grad` off; here its gradient is dropped before each later optimizer step, which gives
-the same update (torch's optimizers skip a parameter without a gradient: no momentum, no weight decay) and
-keeps the set of parameters that need gradients fixed, as data-parallel training wants.
+airbench turns `requires_grad` off. Here the parameters that need gradients stay fixed, as data-parallel training
+wants, and the bias is frozen in two parts that together give airbench's update under any step:
+- from epoch E on, a gradient hook makes every backward give the bias a zero gradient, so whatever reads the
+  gradients before the step (--grad-clip's norm, SAM's perturbation and its norm) leaves the bias out;
+- before each step its gradient is dropped, so the optimizer skips it (torch's optimizers skip a parameter
+  without a gradient: no momentum from earlier epochs, no weight decay).
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from basinlab.engine.callbacks import Callback
@@ -16,6 +20,7 @@ class WhitenBiasEpochs(Callback):
     def __init__(self, epochs: int):
         self.epochs = epochs
         self.bias = None
+        self.zero_gradient = None  # the hook's handle while the bias is frozen
 
     def setup(self, run) -> None:
         whiten = getattr(run.model, "whiten", None)
@@ -24,6 +29,15 @@ class WhitenBiasEpochs(Callback):
                               f"(model.whiten, as airbench94 has); {run.cfg.model} has none: drop the option")
         self.bias = whiten.bias
 
+    def on_epoch_start(self, run, epoch: int) -> None:
+        if epoch >= self.epochs and self.zero_gradient is None:
+            self.zero_gradient = self.bias.register_hook(torch.zeros_like)
+
     def on_before_optimizer_step(self, run, optimizer) -> None:
         if run.epoch >= self.epochs:
             self.bias.grad = None
+
+    def on_fit_end(self, run) -> None:
+        if self.zero_gradient is not None:  # the model outlives the run (the Python API returns it)
+            self.zero_gradient.remove()
+            self.zero_gradient = None
