@@ -51,6 +51,9 @@ CONFIG = {"model": "mnist", "dataset": "mnist5k", "train-limit": 64, "val-limit"
           "channels-last": "auto", "adjust-lr": False, "seed": 0, "results-dir": "results", "save": "x"}
 ENV = {"basinlab": "0.2.0", "git_commit": "0123456789abcdef0123456789abcdef01234567",
        "started": "2026-12-01T10:11:12"}
+# two resumes, at other commits; a damaged entry (not a mapping) is left out, one without a commit shows "?"
+RESUMES = [{"started": "2026-12-02T08:00:00", "git_commit": "fedcba9876543210fedcba9876543210fedcba98"},
+           "damaged", {"started": "2026-12-03T08:00:00"}]
 EFFECTIVE = {"dataset": "mnist5k", "model": "MNIST convnet (2x conv5x5 16/32, FC 128), norm=batch, 0.22M params",
              "epochs": 3, "batch_size": 32, "train_examples": 64, "val_examples": 500, "optimizer": "SGD",
              "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "wd_filter": "all", "amp": "none",
@@ -67,7 +70,7 @@ def folders(tmp_path_factory):
     extra = {f"option-{i:02d}": f"value {i} of" for i in range(EXTRA_OPTIONS)}
     adjusted = _run_folder(root / "adjusted", {**CONFIG, "adjust-lr": True, "afwd": 0.9990234375,
                                                **{k: f"{v} adjusted" for k, v in extra.items()}},
-                           {**ENV, "effective": {**EFFECTIVE, "lr": 0.0105}}, 3, rng, 0.0105)
+                           {**ENV, "effective": {**EFFECTIVE, "lr": 0.0105}, "resumes": RESUMES}, 3, rng, 0.0105)
     old = _run_folder(root / "old", {**CONFIG, "lr": None, "afwd": 0.999, **{k: f"{v} old" for k, v in extra.items()}},
                       ENV, 2, rng, 0.05)
     sweep = root / "sw"
@@ -194,8 +197,12 @@ def test_the_context_of_each_run_is_its_env_yaml_and_results_csv(folders):
         assert float(row["median train images/s"]["data-value"]) == history["train_images_per_s"].median()
         for column, key in (("basinlab", "basinlab"), ("git commit", "git_commit"), ("started", "started")):
             assert row[column]["text"] == env[key]
+        resumed = [entry["git_commit"][:7] if "git_commit" in entry else "?" for entry in env.get("resumes", [])
+                   if isinstance(entry, dict)]
+        assert row["resumed at"]["text"] == ", ".join(resumed)
         assert row["model"]["text"] == effective.get("model", config["model"])
         assert row["folder"]["text"] == str(run.path)
+    assert rows["adjusted"]["resumed at"]["text"] == "fedcba9, ?" and rows["one"]["resumed at"]["text"] == ""
 
 
 def _renderers(layout, *tags):

@@ -161,6 +161,29 @@ def test_a_resumed_run_keeps_its_preset_in_config_yaml(tmp_path):
     assert len(pd.read_csv(tmp_path / "p" / "results.csv")) == 2
 
 
+def test_each_resume_is_recorded_in_env_yaml_with_its_commit_and_threads(tmp_path):
+    """env.yaml keeps what the run started with and gains a `resumes:` entry per resume, so a run whose epochs
+    came from several commits names them all; an env.yaml that cannot be read is left alone and the resume goes on."""
+    import yaml
+    args = ["--model", "fc", "--dataset", "mnist5k", "--train-limit", "64", "--val-limit", "32", "--batch-size",
+            "32", "--quiet", "--device", "cpu"]
+    env_file = tmp_path / "t" / "env.yaml"
+    assert main(["train", *args, "--epochs", "1", "--results-dir", str(tmp_path), "--save", "t"]) == 0
+    started = yaml.safe_load(env_file.read_text())
+    for epochs in ("2", "3"):
+        assert main(["train", "--resume", str(tmp_path / "t"), "--epochs", epochs, "--quiet"]) == 0
+    env = yaml.safe_load(env_file.read_text())
+    assert {key: env[key] for key in started} == started
+    assert len(env["resumes"]) == 2
+    for resume in env["resumes"]:
+        assert resume["threads"] == torch.get_num_threads() and resume["started"] >= started["started"]
+        assert resume.get("git_commit") == started.get("git_commit")
+    env_file.write_text("- not a mapping\n")
+    assert main(["train", "--resume", str(tmp_path / "t"), "--epochs", "4", "--quiet"]) == 0
+    assert env_file.read_text() == "- not a mapping\n"
+    assert "this resume is not recorded in env.yaml" in (tmp_path / "t" / "log.txt").read_text()
+
+
 def test_resuming_with_another_cpu_thread_count_says_the_run_is_no_longer_exact(tmp_path):
     """The thread count splits a CPU's sums (see trainer_state._note_thread_change): the checkpoint keeps it, and
     a resume with another count says so in the log, with the OMP_NUM_THREADS that would continue exactly."""

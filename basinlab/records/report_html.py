@@ -113,7 +113,7 @@ def runs_table_html(runs: list[RunData], colours: dict[str, str]) -> str:
     return _table(f"<tr>{groups}</tr><tr>{names}</tr>", rows, "runs")
 
 
-CONTEXT_TEXT = ("train-limit", "val-limit", "model", "basinlab", "git commit", "started", "folder")
+CONTEXT_TEXT = ("train-limit", "val-limit", "model", "basinlab", "git commit", "started", "resumed at", "folder")
 
 
 def context_table_html(runs: list[RunData]) -> str:

@@ -165,8 +165,16 @@ def option_columns(runs: list[RunData]) -> list[str]:
     return columns
 
 
+def resumes_of(env: dict) -> list[dict]:
+    """env.yaml's `resumes:` entries, one per resume (when, at which commit, with what threads), those that are
+    mappings; [] for a run never resumed, or resumed before runs recorded it."""
+    resumes = env.get("resumes")
+    return [entry for entry in resumes if isinstance(entry, dict)] if isinstance(resumes, list) else []
+
+
 def context_row(run: RunData) -> dict:
-    """The run's subset, training time, speed, version, commit, start and folder (blank where not recorded)."""
+    """The run's subset, training time, speed, version, commit, start, the commit of each resume and folder (blank
+    where not recorded)."""
     effective, history, env = run.effective or {}, run.history, run.env
     times = history["epoch_time_s"].dropna() if "epoch_time_s" in history else ()
     speeds = history["train_images_per_s"].dropna() if "train_images_per_s" in history else ()
@@ -177,6 +185,7 @@ def context_row(run: RunData) -> dict:
             "median train images/s": float(speeds.median()) if len(speeds) else None,
             "model": effective.get("model", run.config.get("model")),
             "basinlab": env.get("basinlab"), "git commit": env.get("git_commit"), "started": env.get("started"),
+            "resumed at": ", ".join(str(part.get("git_commit", "?"))[:7] for part in resumes_of(env)) or None,
             "folder": str(run.path)}
 
 

@@ -259,6 +259,7 @@ class RunFolder:
             if self.effective:
                 facts["effective"] = self.effective  # what the run resolved its options to (the report shows it)
             atomic_write_text(self.path / "env.yaml", yaml.safe_dump(facts, sort_keys=False))
+        unrecorded = self._record_resume() if self.resuming else None
         (self.path / "plots").mkdir(exist_ok=True)
         self.title = f"{self.path.name}: {Path(str(cfg.model)).name}"  # a model file: its name
         self.report = bool(cfg.report)
@@ -268,12 +269,32 @@ class RunFolder:
                     if self.restarts_unfinished else "the old run (--overwrite)")
             self.log.info(f"replacing {what}: it is kept in {self.replaced.aside} until this run's first "
                           f"checkpoint")
+        if unrecorded:
+            self.log.info(unrecorded)
         if self.branch_from is not None:
             self.log.info(f"branched from {self.branch_from.resolve()}: a new run that continues from it (the "
                           f"original run is left as it is)")
         self.tensorboard = TensorBoardLog(self.path / "tensorboard", enabled=True)
         atomic_write_text(self.path / "config.yaml", config_to_yaml(cfg))
         self.steps.write_kept()
+
+    def _record_resume(self) -> str | None:
+        """env.yaml gains a `resumes:` entry (when, at which commit, with what threads and versions), so every
+        commit a run's numbers come from is in its record, not only the one it started at. An env.yaml that
+        cannot be read is left as it is: the returned note says so (the resume goes on)."""
+        path = self.path / "env.yaml"
+        try:
+            facts = read_yaml_mapping(path, what="run environment")
+        except ConfigError as exc:
+            return f"this resume is not recorded in env.yaml: {exc}"
+        resumes = facts.get("resumes", [])
+        if not isinstance(resumes, list):
+            return f"this resume is not recorded in env.yaml: its 'resumes' is not a list ({path})"
+        now = environment_facts()
+        keep = ("started", "git_commit", "basinlab", "torch", "threads", "world_size", "command")
+        facts["resumes"] = [*resumes, {key: now[key] for key in keep if key in now}]
+        atomic_write_text(path, yaml.safe_dump(facts, sort_keys=False))
+        return None
 
     def _make_folder(self, cfg: TrainConfig) -> None:
         """The new run's folder by one mkdir, locked; what is there now is checked again (another process may
