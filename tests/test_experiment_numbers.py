@@ -213,35 +213,119 @@ def test_autohyper_comparison_is_recomputed_from_its_per_run_files(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- online norm
-def test_online_norm_tables_are_its_summary_and_checks_csvs():
+def test_online_norm_tables_and_prose_are_its_per_run_files():
+    """table, paired, rerun-checks and threads (.csv) are analyze.py's, recomputed from the committed runs; the
+    README holds each table as analyze.py writes it, and each number its prose quotes is recomputed here: the run
+    time and commits, the paired gaps, the ranking on every seed, the first and last epochs' training top-1, and
+    the checks' comparisons."""
+    from basinlab.sweep import stored_spec
+    from basinlab.sweep.summary import run_cost, run_rows
     folder = EXPERIMENTS / "online-norm"
-    summary = pd.read_csv(folder / "summary.csv").set_index("norm-mode")
-    batch_best = summary.loc["batch", "best_val_acc1_median"]
-    for cells in table(folder / "README.md", "norm-mode"):
-        mode, n = cells[0], cells[1]
-        if mode == "none":
-            assert n == "0/3" and mode not in summary.index or summary.loc[mode, "n"] == 0
-            continue
-        row = summary.loc[mode]
-        assert n == f"{int(row['n'])}/3"
-        check_median_range(cells[2], row)
-        assert close(cells[3], row["best_val_acc1_median"]) and close(cells[4], row["final_val_loss_median"])
-        here = cells[6].split(" / ")[0]
-        assert close(here, row["best_val_acc1_median"] - batch_best) if mode != "batch" else here == "0"
-    checks = pd.read_csv(folder / "checks.csv").set_index("variant")
+    analyze = experiment_script(folder, "analyze")
+    sweep = folder / "runs"
+    runs = run_rows(stored_spec(sweep), sweep)
+    assert len(runs) == 15   # 18 asked; the 3 without normalization diverged
+    computed = {"table": (analyze.table(sweep, runs), analyze.markdown),
+                "paired": (analyze.paired(runs), analyze.paired_markdown),
+                "rerun-checks": (analyze.checks(sweep, runs), analyze.checks_markdown),
+                "threads": (analyze.threads(sweep), analyze.threads_markdown)}
     text = (folder / "README.md").read_text()
-    assert f"Float32 ({checks.loc['online-fp32', 'final_val_acc1_median']:.2f})" in text
-    assert f"not help ({checks.loc['online-decays-4x', 'final_val_acc1_median']:.2f})" in text
-    low, high = summary.loc["online", "final_val_acc1_min"], summary.loc["online", "final_val_acc1_max"]
-    fp32 = checks.loc["online-fp32", "final_val_acc1_median"]
-    assert fp32 > high and f"{fp32 - high:.2f} points above the best" in text and f"({low:.2f}-{high:.2f})" in text
+    for name, (frame, to_markdown) in computed.items():
+        committed = pd.read_csv(folder / f"{name}.csv")
+        text_columns = [c for c in frame.columns if pd.api.types.is_string_dtype(frame[c])]  # "" reads back as NaN
+        committed[text_columns] = committed[text_columns].fillna("")
+        pd.testing.assert_frame_equal(frame.reset_index(drop=True), committed, check_exact=False, rtol=1e-9,
+                                      check_dtype=False)
+        assert to_markdown(frame) in text, name
+    prose = " ".join(text.split())
+    spent = run_cost(sweep, runs)
+    assert f"The {spent['runs']} runs that finished took {spent['minutes']:.0f} minutes of run time" in prose
+    assert ", ".join(spent["commits"][:-1]) + f" and {spent['commits'][-1]} (each run's `env.yaml`" in prose
+    pairs = computed["paired"][0].set_index("norm")
+    assert pairs["one_sign"].all() and (pairs["high"] < 0).all()   # "on every seed"
+    online = pairs.loc["online"]
+    assert (f"here it is {-online['median']:.2f} points below it at the final epoch (median; {-online['high']:.2f} "
+            f"to {-online['low']:.2f}, every seed below)") in prose
+    rows = computed["table"][0].set_index("norm")
+    assert f"and {-rows.loc['online', 'gap_best_here']:.2f} at the best epoch of the median curves" in prose
+    per_sample = pairs.loc[["instance", "group", "layer"]]
+    assert (f"{-per_sample['high'].max():.2f}-{-per_sample['low'].min():.2f} points behind batch norm on every seed "
+            f"(medians: instance {-per_sample.loc['instance', 'median']:.2f}, group "
+            f"{-per_sample.loc['group', 'median']:.2f}, layer {-per_sample.loc['layer', 'median']:.2f})") in prose
+    finals = runs.pivot_table(index="seed", columns="norm-mode", values="final_val_acc1")
+    for seed, row in finals.iterrows():   # "the ranking, on every seed"
+        assert list(row.sort_values(ascending=False).index) == ["batch", "online", "instance", "group", "layer"], seed
 
+    def train_values(norms, epoch):
+        return [pd.read_csv(sweep / f"norm-mode_{n}-s{s}" / "results.csv")["train_acc1"].iloc[epoch]
+                for n in norms for s in range(3)]
+
+    def train_top1(norms, epoch):
+        values = train_values(norms, epoch)
+        return f"{min(values):.2f}-{max(values):.2f}%"
+    assert max(train_values(["online"], -1)) < min(train_values(["batch"], -1))   # "(every seed)"
+    assert (f"after epoch 1: {train_top1(['instance', 'group', 'layer'], 0)} for them, {train_top1(['batch'], 0)} "
+            f"for batch norm)") in prose
+    assert f"final train top-1 is {train_top1(['online'], -1)[:-1]} against batch norm's " \
+           f"{train_top1(['batch'], -1)[:-1]}" in prose
+    diverged = rows.loc["none", "diverged_at"].split("; ")
+    assert "overflows in the first epoch (at step " + ", ".join(d.split(", step ")[1].split(" of")[0]
+                                                                for d in diverged[:-1]) in prose
+    index = " ".join((EXPERIMENTS / "README.md").read_text().split())
+    assert f"online {-online['median']:.2f} points below after 1,560 steps, median, every seed below" in index
+    twice = computed["threads"][0].set_index("run").loc["batch-s0-threads2"]
+    moved = twice["final_val_acc1"] - twice["twin_final_val_acc1"]
+    batch = runs[runs["norm-mode"] == "batch"]["final_val_acc1"]
+    assert moved > batch.max() - batch.min()
+    assert (f"Seed 0 ends {moved:.2f} point higher with 2 threads than with 1: the order of sums alone moves a final "
+            f"top-1 by more than batch norm's three seeds spread ({batch.max() - batch.min():.2f} points)") in prose
+    assert f"a thread count alone moved batch norm's seed 0 by {moved:.2f}" in prose
+    _check_online_norm_checks(folder, computed["rerun-checks"][0], runs, pairs, prose, index)
+
+
+def _check_online_norm_checks(folder, checks, runs, pairs, prose, index):
+    """The checks' prose: float32 and shorter memories against seed 0 in bf16, the 60-epoch pair against the
+    20-epoch gap; and both the checks and the main runs equal the 2026-12-03 run's (group norm aside)."""
+    from basinlab.sweep.summary import run_cost
+    spent = run_cost(folder / "runs-checks", checks)
+    assert f"{spent['runs']} runs, {spent['minutes']:.0f} minutes of run time, started at " \
+           f"{', '.join(spent['commits'])};" in prose
+    checks = checks.set_index("run")
+    main = runs.set_index(["norm-mode", "seed"])["final_val_acc1"]
+    fp32, decays = checks.loc["online-fp32-s0"], checks.loc["online-decays-4x-s0"]
+    online0, batch0 = main[("online", 0)], main[("batch", 0)]
+    assert (f"Float32 ({fp32['final_val_acc1']:.2f}) ends {fp32['final_val_acc1'] - online0:.2f} points above the "
+            f"same seed in bf16 ({online0:.2f}), its gap {fp32['gap_to_batch']:+.2f} instead of "
+            f"{online0 - batch0:+.2f}") in prose
+    spread = runs[runs["norm-mode"] == "online"]["final_val_acc1"]
+    assert f"the seeds' bf16 finals spread {spread.max() - spread.min():.2f} points" in prose
+    assert f"do not help ({decays['final_val_acc1']:.2f}, {decays['gap_to_batch']:+.2f})" in prose
+    batch60, online60 = checks.loc["batch-60ep-s0"], checks.loc["online-60ep-s0"]
+    assert (f"(batch {batch0:.2f} to {batch60['final_val_acc1']:.2f}, online {online0:.2f} to "
+            f"{online60['final_val_acc1']:.2f}) and seed 0's gap is {online60['gap_to_batch']:+.2f} instead of "
+            f"{online0 - batch0:+.2f} (train top-1 {online60['final_train_acc1']:.2f} against "
+            f"{batch60['final_train_acc1']:.2f})") in prose
+    gains = [batch60["final_val_acc1"] - batch0, online60["final_val_acc1"] - online0]
+    assert f"both norms gain {min(gains):.0f}-{max(gains):.0f} points" in prose
+    span = pairs.loc["online", "high"] - pairs.loc["online", "low"]
+    assert (f"a change of {online60['gap_to_batch'] - (online0 - batch0):.1f} points on one seed, where the "
+            f"three seeds' gaps at 20 epochs span {span:.2f} points") in prose
+    assert f"with 3x the steps one seed's gap is {-online60['gap_to_batch']:.2f}" in index
+    old = pd.read_csv(folder / "summary-2026-12-03.csv").set_index("norm-mode")
+    for norm in ("batch", "online", "instance", "layer", "group"):   # 3 seeds: min, median, max are all three
+        seeds = sorted(main[norm])
+        same = seeds == [old.loc[norm, f"final_val_acc1_{s}"] for s in ("min", "median", "max")]
+        assert same == (norm != "group"), norm
+    old_checks = pd.read_csv(folder / "checks-2026-12-03.csv").set_index("variant")
+    assert sorted(f"{variant}-s0" for variant in old_checks.index) == sorted(checks.index)
+    for variant, row in old_checks.iterrows():   # "these four runs equal the 2026-12-03 checks'"
+        assert checks.loc[f"{variant}-s0", "final_val_acc1"] == row["final_val_acc1_median"], variant
 
 
 def test_online_norm_analysis_of_the_rerun_is_each_committed_run_s_results():
-    """analyze.py on the rerun's runs finished so far (the README's table moves to it once all 18 are in): per norm
-    mode, n and the final top-1's median and range are each finished run's last results.csv row, read here; the
-    runs-threads/ rows pair each run that started with 2 threads with the sweep's 1-thread run of its seed."""
+    """analyze.py's table from the runs' files, each read here directly: per norm mode, n and the final top-1's
+    median and range are each finished run's last results.csv row; the runs-threads/ rows pair each run that
+    started with 2 threads with the sweep's 1-thread run of its seed."""
     from basinlab.sweep import stored_spec
     from basinlab.sweep.state import run_state
     from basinlab.sweep.summary import run_rows

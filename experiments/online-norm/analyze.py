@@ -208,6 +208,7 @@ def plot(rows: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None:
                 ax.text(i, 0.5, "diverged\n(every seed)", ha="center", va="center",
                         transform=ax.get_xaxis_transform())
     ax.set_xticks(range(len(NORMS)), NORMS)
+    ax.set_xlim(-0.5, len(NORMS) - 0.5)  # a mode with no point keeps its column (and its "diverged")
     ax.set_xlabel("norm mode")
     ax.set_ylabel("final validation top-1 % (each seed; bar: median)")
     save_png(fig, path)
