@@ -351,11 +351,24 @@ def test_a_frozen_whitening_bias_is_left_out_of_clipping_and_sam_as_airbench_lea
         torch.testing.assert_close(ours[key], value, rtol=1e-6, atol=1e-7, msg=key)
 
 
+def test_the_sharpness_monitor_measures_through_a_frozen_whitening_bias(cifar, tmp_path, no_run_plots):
+    """The bias's zero gradient keeps its graph, so the live measurements' Hessian-vector products (which
+    differentiate the gradient again) see a zero row instead of failing: lambda_max and batch sharpness before
+    training and at step 3, when the bias, frozen from the start, has its hook."""
+    basinlab.train(preset="airbench94", datasets_dir=str(cifar), results_dir=str(tmp_path), save="eos", quiet=True,
+                   model_config=SMALL, batch_size=16, epochs=1, whiten_bias_epochs=0, log_sharpness_every_steps=3,
+                   sharpness_batches=1)
+    rows = pd.read_csv(tmp_path / "eos" / "sharpness-steps.csv")
+    assert 3 in set(rows["step"]) and rows[["batch_sharpness", "lambda_max"]].notna().all().all()
+
+
 def test_an_interrupted_run_resumes_bit_for_bit_with_the_lookahead_average(cifar, tmp_path, no_run_plots):
-    keep = KeepCheckpoint(8, tmp_path / "mid.pt")   # copied at step 8: the checkpoint of step 7, mid-epoch
-    preset_run(cifar, tmp_path, "straight", save_every_steps=7, callbacks=[keep])
+    keep = KeepCheckpoint(13, tmp_path / "mid.pt")   # copied at step 13: the checkpoint of step 12, mid-epoch 3
+    # the bias frozen after epoch 1, with clipping: the run resumed in epoch 3 must freeze it again at once
+    preset_run(cifar, tmp_path, "straight", save_every_steps=12, callbacks=[keep], whiten_bias_epochs=1,
+               grad_clip=0.05)
     mid = torch.load(tmp_path / "mid.pt", weights_only=True)
-    assert mid["global_step"] == 7 and mid["callbacks"]["Lookahead"]["last_step"] == 7
+    assert mid["global_step"] == 12 and mid["callbacks"]["Lookahead"]["last_step"] == 12
     a, b = resume_and_load(tmp_path / "mid.pt", tmp_path)
     assert a["callbacks"]["Lookahead"]["last_step"] == b["callbacks"]["Lookahead"]["last_step"]
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "straight" / "results.csv").drop(columns=TIME_COLUMNS),

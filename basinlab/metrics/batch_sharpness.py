@@ -38,7 +38,7 @@ def batch_sharpness(model: nn.Module, criterion: Callable, batches, *, params=No
     with _measurement_mode(model, mode), torch.enable_grad():
         for x, y, _ in _Batches(batches, ps[0].device, ps[0].dtype):
             grads = torch.autograd.grad(criterion(model(x), y), ps, create_graph=True, allow_unused=True)
-            pairs = [(g, p) for g, p in zip(grads, ps) if g is not None]
+            pairs = [(g, p) for g, p in zip(grads, ps) if g is not None and g.requires_grad]  # else no curvature
             flat = [g.detach() for g, _ in pairs]
             squared = sum(float(g.double().pow(2).sum()) for g in flat)
             hg = torch.autograd.grad([g for g, _ in pairs], [p for _, p in pairs], grad_outputs=flat,

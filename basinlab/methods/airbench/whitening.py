@@ -1,9 +1,12 @@
 """--whiten-bias-epochs E: the whitening layer's bias trains for the first E epochs and is kept after.
 
 airbench turns `requires_grad` off. Here the parameters that need gradients stay fixed, as data-parallel training
-wants, and the bias is frozen in two parts that together give airbench's update under any step:
+wants, and the bias is frozen in two parts that together give airbench's update for every step computed in this
+process (a real asynchronous worker's gradients come from another process, without the hook):
 - from epoch E on, a gradient hook makes every backward give the bias a zero gradient, so whatever reads the
-  gradients before the step (--grad-clip's norm, SAM's perturbation and its norm) leaves the bias out;
+  gradients before the step (--grad-clip's norm, SAM's perturbation and its norm) leaves the bias out. So do the
+  measurements taken during training (the sharpness monitors), as they would leave out a parameter without
+  requires_grad: from epoch E they measure the other parameters' curvature;
 - before each step its gradient is dropped, so the optimizer skips it (torch's optimizers skip a parameter
   without a gradient: no momentum from earlier epochs, no weight decay).
 """
@@ -14,6 +17,12 @@ from torch import nn
 
 from basinlab.engine.callbacks import Callback
 from basinlab.errors import ConfigError
+
+
+def zero_gradient(grad: torch.Tensor) -> torch.Tensor:
+    """A zero in place of the gradient; one that keeps the graph when a measurement differentiates the gradient
+    again (create_graph), so a Hessian-vector product sees a zero row instead of failing."""
+    return grad * 0 if grad.requires_grad else torch.zeros_like(grad)
 
 
 class WhitenBiasEpochs(Callback):
@@ -31,7 +40,7 @@ class WhitenBiasEpochs(Callback):
 
     def on_epoch_start(self, run, epoch: int) -> None:
         if epoch >= self.epochs and self.zero_gradient is None:
-            self.zero_gradient = self.bias.register_hook(torch.zeros_like)
+            self.zero_gradient = self.bias.register_hook(zero_gradient)
 
     def on_before_optimizer_step(self, run, optimizer) -> None:
         if run.epoch >= self.epochs:
