@@ -52,8 +52,8 @@ CONFIG = {"model": "mnist", "dataset": "mnist5k", "train-limit": 64, "val-limit"
 ENV = {"basinlab": "0.2.0", "git_commit": "0123456789abcdef0123456789abcdef01234567",
        "started": "2026-12-01T10:11:12"}
 # two resumes, at other commits; a damaged entry (not a mapping) is left out, one without a commit shows "?"
-RESUMES = [{"started": "2026-12-02T08:00:00", "git_commit": "fedcba9876543210fedcba9876543210fedcba98"},
-           "damaged", {"started": "2026-12-03T08:00:00"}]
+RESUMES = [{"started": "2026-12-02T08:00:00", "git_commit": "fedcba9876543210fedcba9876543210fedcba98",
+            "epoch": 1, "batch_in_epoch": 0, "global_step": 12}, "damaged", {"started": "2026-12-03T08:00:00"}]
 EFFECTIVE = {"dataset": "mnist5k", "model": "MNIST convnet (2x conv5x5 16/32, FC 128), norm=batch, 0.22M params",
              "epochs": 3, "batch_size": 32, "train_examples": 64, "val_examples": 500, "optimizer": "SGD",
              "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "wd_filter": "all", "amp": "none",
@@ -197,12 +197,13 @@ def test_the_context_of_each_run_is_its_env_yaml_and_results_csv(folders):
         assert float(row["median train images/s"]["data-value"]) == history["train_images_per_s"].median()
         for column, key in (("basinlab", "basinlab"), ("git commit", "git_commit"), ("started", "started")):
             assert row[column]["text"] == env[key]
-        resumed = [entry["git_commit"][:7] if "git_commit" in entry else "?" for entry in env.get("resumes", [])
+        resumed = [entry.get("git_commit", "?")[:7] + (f" at step {entry['global_step']}" if "global_step" in entry
+                                                       else "") for entry in env.get("resumes", [])
                    if isinstance(entry, dict)]
         assert row["resumed at"]["text"] == ", ".join(resumed)
         assert row["model"]["text"] == effective.get("model", config["model"])
         assert row["folder"]["text"] == str(run.path)
-    assert rows["adjusted"]["resumed at"]["text"] == "fedcba9, ?" and rows["one"]["resumed at"]["text"] == ""
+    assert rows["adjusted"]["resumed at"]["text"] == "fedcba9 at step 12, ?" and rows["one"]["resumed at"]["text"] == ""
 
 
 def _renderers(layout, *tags):

@@ -173,11 +173,18 @@ def test_each_resume_is_recorded_in_env_yaml_with_its_commit_and_threads(tmp_pat
     for epochs in ("2", "3"):
         assert main(["train", "--resume", str(tmp_path / "t"), "--epochs", epochs, "--quiet"]) == 0
     env = yaml.safe_load(env_file.read_text())
-    assert {key: env[key] for key in started} == started
-    assert len(env["resumes"]) == 2
+    kept = [key for key in started if key != "effective"]   # what the run started with stays as it was
+    assert {key: env[key] for key in kept} == {key: started[key] for key in kept}
+    assert env["effective"] == {**started["effective"], "epochs": 3}   # this command's, as config.yaml is
+    assert [(r["epoch"], r["batch_in_epoch"], r["global_step"]) for r in env["resumes"]] == [(1, 0, 2), (2, 0, 4)]
     for resume in env["resumes"]:
         assert resume["threads"] == torch.get_num_threads() and resume["started"] >= started["started"]
         assert resume.get("git_commit") == started.get("git_commit")
+    # a branch (--save NEW from the run's checkpoint) names the commits of the run it continues
+    assert main(["train", "--resume", str(tmp_path / "t" / "last.pt"), "--epochs", "4", "--save", "branch",
+                 "--results-dir", str(tmp_path), "--quiet"]) == 0
+    branch = yaml.safe_load((tmp_path / "branch" / "env.yaml").read_text())
+    assert branch["branched_from_commits"] == ([started["git_commit"]] if "git_commit" in started else [])
     env_file.write_text("- not a mapping\n")
     assert main(["train", "--resume", str(tmp_path / "t"), "--epochs", "4", "--quiet"]) == 0
     assert env_file.read_text() == "- not a mapping\n"

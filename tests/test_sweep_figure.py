@@ -15,15 +15,16 @@ def test_a_setting_without_a_finished_run_is_marked_in_the_figure(tmp_path, monk
 
 
 def test_a_runs_cost_names_the_commit_it_started_at_and_each_resumes(tmp_path):
-    """run_cost (the run time and commits an experiment's README quotes) reads the start's commit and every
-    resume's from env.yaml: a run resumed at a later commit brings that commit into the provenance."""
+    """run_cost (the run time and commits an experiment's README quotes) reads a branch's origin's commits, the
+    start's and every resume's from env.yaml: a run resumed at a later commit brings that commit in."""
     import yaml
     times = "epoch,epoch_time_s,val_time_s\n1,30.0,10.0\n2,60.0,20.0\n"
-    starts = {"a": ("1" * 40, ["2" * 40, "3" * 40]), "b": ("1" * 40, [])}
-    for name, (commit, resumed) in starts.items():
+    envs = {"a": {"git_commit": "1" * 40, "resumes": [{"git_commit": "2" * 40}, {"git_commit": "3" * 40}, "x"]},
+            "b": {"git_commit": "1" * 40, "branched_from_commits": ["0" * 40]},
+            "c": {"resumes": [{"started": "2026-12-07T10:00:00"}]}}   # outside git: no commit, left out
+    for name, env in envs.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.csv").write_text(times)
-        env = {"git_commit": commit, "resumes": [{"git_commit": c} for c in resumed] + ["damaged"]}
         (tmp_path / name / "env.yaml").write_text(yaml.safe_dump(env))
-    spent = summary.run_cost(tmp_path, pd.DataFrame({"run": ["a", "b"]}))
-    assert spent == {"runs": 2, "minutes": 4.0, "commits": ["1111111", "2222222", "3333333"]}
+    spent = summary.run_cost(tmp_path, pd.DataFrame({"run": list(envs)}))
+    assert spent == {"runs": 3, "minutes": 6.0, "commits": ["0000000", "1111111", "2222222", "3333333"]}

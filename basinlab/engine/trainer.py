@@ -95,6 +95,9 @@ class Trainer(CheckpointedState):
                 self.run.abandon()
                 return
             self.run.effective = self._effective_settings()
+            if resume_state is not None:
+                self.run.resumed_at = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                                       "global_step": self.global_step}
             self.run.create(cfg)
         except BaseException:
             self.close_strategy()  # what its setup started ends with the failed setup

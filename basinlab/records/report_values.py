@@ -172,6 +172,22 @@ def resumes_of(env: dict) -> list[dict]:
     return [entry for entry in resumes if isinstance(entry, dict)] if isinstance(resumes, list) else []
 
 
+def run_commits(env: dict) -> list[str]:
+    """The commits a run's epochs came from, in order and without repeats: the run it branched from (its
+    `branched_from_commits`), its start, then each resume (missing ones left out)."""
+    branched = env.get("branched_from_commits")
+    parts = [*(branched if isinstance(branched, list) else []), env.get("git_commit"),
+             *(entry.get("git_commit") for entry in resumes_of(env))]
+    return list(dict.fromkeys(str(commit) for commit in parts if isinstance(commit, str) and commit))
+
+
+def resumed_text(entry: dict) -> str:
+    """'fedcba9 at step 12': a resume's commit (7 characters, '?' if not recorded) and the step it continued
+    from."""
+    commit = str(entry.get("git_commit", "?"))[:7]
+    return f"{commit} at step {entry['global_step']}" if isinstance(entry.get("global_step"), int) else commit
+
+
 def context_row(run: RunData) -> dict:
     """The run's subset, training time, speed, version, commit, start, the commit of each resume and folder (blank
     where not recorded)."""
@@ -185,7 +201,7 @@ def context_row(run: RunData) -> dict:
             "median train images/s": float(speeds.median()) if len(speeds) else None,
             "model": effective.get("model", run.config.get("model")),
             "basinlab": env.get("basinlab"), "git commit": env.get("git_commit"), "started": env.get("started"),
-            "resumed at": ", ".join(str(part.get("git_commit", "?"))[:7] for part in resumes_of(env)) or None,
+            "resumed at": ", ".join(resumed_text(entry) for entry in resumes_of(env)) or None,
             "folder": str(run.path)}
 
 

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from basinlab.config import (
 )
 from basinlab.errors import BasinlabError, ConfigError, WriteError
 from basinlab.records import ResultsTable, TensorBoardLog
+from basinlab.records.environment import environment_facts, origin_commits, record_resume
 from basinlab.records.progress import Progress, StepTable, read_steps
 from basinlab.records.results import read_results
 from basinlab.records.run_safety import (
@@ -126,30 +125,6 @@ class RunLog:
             self.file = None
 
 
-def environment_facts() -> dict:
-    from importlib.metadata import version
-
-    import numpy
-    import torch
-
-    from basinlab._version import __version__
-    facts = {"basinlab": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
-             "numpy": str(numpy.__version__), "pandas": version("pandas"), "platform": platform.platform(),
-             "cuda": torch.version.cuda,
-             "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-             "threads": torch.get_num_threads(), "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-             "command": " ".join(sys.argv),
-             "started": dt.datetime.now().isoformat(timespec="seconds")}
-    try:
-        here = Path(__file__).resolve().parent
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        if commit.returncode == 0:
-            facts["git_commit"] = commit.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return facts
-
-
 @dataclass
 class Run:
     """What `basinlab.train` returns: the folder, its config, history and the trained model."""
@@ -187,6 +162,7 @@ class RunFolder:
         self.title = path.name
         self.report = False  # --report: report.html beside the plots
         self.effective: dict = {}  # the settings the run resolved its options to, written into env.yaml
+        self.resumed_at: dict = {}  # where a resumed run continues (epoch, batch_in_epoch, global_step)
 
     @classmethod
     def open(cls, cfg: TrainConfig, resume: bool, barrier=lambda: None, branch_from: Path | None = None) -> RunFolder:
@@ -256,10 +232,11 @@ class RunFolder:
             facts = environment_facts()
             if self.branch_from is not None:
                 facts["branched_from"] = str(self.branch_from.resolve())
+                facts["branched_from_commits"] = origin_commits(self.branch_from.parent / "env.yaml")
             if self.effective:
                 facts["effective"] = self.effective  # what the run resolved its options to (the report shows it)
             atomic_write_text(self.path / "env.yaml", yaml.safe_dump(facts, sort_keys=False))
-        unrecorded = self._record_resume() if self.resuming else None
+        unrecorded = record_resume(self.path / "env.yaml", self.resumed_at, self.effective) if self.resuming else None
         (self.path / "plots").mkdir(exist_ok=True)
         self.title = f"{self.path.name}: {Path(str(cfg.model)).name}"  # a model file: its name
         self.report = bool(cfg.report)
@@ -277,24 +254,6 @@ class RunFolder:
         self.tensorboard = TensorBoardLog(self.path / "tensorboard", enabled=True)
         atomic_write_text(self.path / "config.yaml", config_to_yaml(cfg))
         self.steps.write_kept()
-
-    def _record_resume(self) -> str | None:
-        """env.yaml gains a `resumes:` entry (when, at which commit, with what threads and versions), so every
-        commit a run's numbers come from is in its record, not only the one it started at. An env.yaml that
-        cannot be read is left as it is: the returned note says so (the resume goes on)."""
-        path = self.path / "env.yaml"
-        try:
-            facts = read_yaml_mapping(path, what="run environment")
-        except ConfigError as exc:
-            return f"this resume is not recorded in env.yaml: {exc}"
-        resumes = facts.get("resumes", [])
-        if not isinstance(resumes, list):
-            return f"this resume is not recorded in env.yaml: its 'resumes' is not a list ({path})"
-        now = environment_facts()
-        keep = ("started", "git_commit", "basinlab", "torch", "threads", "world_size", "command")
-        facts["resumes"] = [*resumes, {key: now[key] for key in keep if key in now}]
-        atomic_write_text(path, yaml.safe_dump(facts, sort_keys=False))
-        return None
 
     def _make_folder(self, cfg: TrainConfig) -> None:
         """The new run's folder by one mkdir, locked; what is there now is checked again (another process may

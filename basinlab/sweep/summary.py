@@ -17,7 +17,7 @@ import pandas as pd
 
 from basinlab.errors import ConfigError
 from basinlab.records.report_data import read_history
-from basinlab.records.report_values import resumes_of
+from basinlab.records.report_values import run_commits
 from basinlab.sweep.spec import SweepSpec
 from basinlab.sweep.state import RESULTS, run_state
 from basinlab.utils.figures import new_figure, save_png
@@ -50,15 +50,16 @@ def run_rows(spec: SweepSpec, results_dir: Path) -> pd.DataFrame:
 
 def run_cost(results_dir: Path, runs: pd.DataFrame) -> dict:
     """What `runs` (run_rows' rows) cost and where they ran: how many, their minutes of training and validation
-    (results.csv's epoch_time_s and val_time_s), and the commits their env.yaml names, the start's and each
-    resume's (7 characters each) — the run time and provenance an experiment's README quotes."""
+    (results.csv's epoch_time_s and val_time_s), and the commits their env.yaml names (a branch's origin's,
+    the start's and each resume's; 7 characters each) — the run time and provenance an experiment's README
+    quotes."""
     from basinlab.config import read_yaml_mapping
     minutes, commits = 0.0, set()
     for run in runs["run"]:
         results = read_history(results_dir / run / RESULTS)
         minutes += float(results[["epoch_time_s", "val_time_s"]].to_numpy().sum()) / 60
         env = read_yaml_mapping(results_dir / run / "env.yaml", what="run environment")
-        commits.update(str(part.get("git_commit"))[:7] for part in [env, *resumes_of(env)])
+        commits.update(commit[:7] for commit in run_commits(env))
     return {"runs": len(runs), "minutes": minutes, "commits": sorted(commits)}
 
 
