@@ -238,6 +238,7 @@ def test_online_norm_tables_and_prose_are_its_per_run_files():
                                       check_dtype=False)
         assert to_markdown(frame) in text, name
     prose = " ".join(text.split())
+    index = " ".join((EXPERIMENTS / "README.md").read_text().split())
     spent = run_cost(sweep, runs)
     assert f"The {spent['runs']} runs that finished took {spent['minutes']:.0f} minutes of run time" in prose
     assert ", ".join(spent["commits"][:-1]) + f" and {spent['commits'][-1]} (each run's `env.yaml`" in prose
@@ -248,6 +249,12 @@ def test_online_norm_tables_and_prose_are_its_per_run_files():
             f"to {-online['low']:.2f}, every seed below)") in prose
     rows = computed["table"][0].set_index("norm")
     assert f"and {-rows.loc['online', 'gap_best_here']:.2f} at the best epoch of the median curves" in prose
+    paper_gaps = -rows.loc[["instance", "group", "layer"], "gap_best_paper"]
+    assert f"the per-sample norms' {paper_gaps.min():.1f}-{paper_gaps.max():.1f} point gaps" in prose
+    assert f"the paper's {paper_gaps.min():.1f}-{paper_gaps.max():.1f} point gaps of the per-sample norms" in index
+    from basinlab.api import make_config
+    memory = 1 / (1 - make_config(preset="onlinenorm-cifar10").afwd)   # afwd decays per sample
+    assert f"a memory of about {memory:,.0f} samples, {memory / 128:.0f} steps of 128" in prose
     per_sample = pairs.loc[["instance", "group", "layer"]]
     assert (f"{-per_sample['high'].max():.2f}-{-per_sample['low'].min():.2f} points behind batch norm on every seed "
             f"(medians: instance {-per_sample.loc['instance', 'median']:.2f}, group "
@@ -263,15 +270,14 @@ def test_online_norm_tables_and_prose_are_its_per_run_files():
     def train_top1(norms, epoch):
         values = train_values(norms, epoch)
         return f"{min(values):.2f}-{max(values):.2f}%"
-    assert max(train_values(["online"], -1)) < min(train_values(["batch"], -1))   # "(every seed)"
+    assert max(train_values(["online"], -1)) < min(train_values(["batch"], -1))   # "every seed lower"
     assert (f"after epoch 1: {train_top1(['instance', 'group', 'layer'], 0)} for them, {train_top1(['batch'], 0)} "
             f"for batch norm)") in prose
-    assert f"final train top-1 is {train_top1(['online'], -1)[:-1]} against batch norm's " \
-           f"{train_top1(['batch'], -1)[:-1]}" in prose
+    assert f"is {train_top1(['online'], -1)[:-1]} against batch norm's {train_top1(['batch'], -1)[:-1]}, every " \
+           "seed lower" in prose
     diverged = rows.loc["none", "diverged_at"].split("; ")
-    assert "overflows in the first epoch (at step " + ", ".join(d.split(", step ")[1].split(" of")[0]
+    assert "becomes NaN in the first epoch (at step " + ", ".join(d.split(", step ")[1].split(" of")[0]
                                                                 for d in diverged[:-1]) in prose
-    index = " ".join((EXPERIMENTS / "README.md").read_text().split())
     assert f"online {-online['median']:.2f} points below after 1,560 steps, median, every seed below" in index
     twice = computed["threads"][0].set_index("run").loc["batch-s0-threads2"]
     moved = twice["final_val_acc1"] - twice["twin_final_val_acc1"]
@@ -288,8 +294,8 @@ def _check_online_norm_checks(folder, checks, runs, pairs, prose, index):
     20-epoch gap; and both the checks and the main runs equal the 2026-12-03 run's (group norm aside)."""
     from basinlab.sweep.summary import run_cost
     spent = run_cost(folder / "runs-checks", checks)
-    assert f"{spent['runs']} runs, {spent['minutes']:.0f} minutes of run time, started at " \
-           f"{', '.join(spent['commits'])};" in prose
+    assert f"{spent['runs']} runs, {spent['minutes']:.0f} minutes of run time; their `env.yaml` files name " \
+           f"{', '.join(spent['commits'])}, where they started" in prose
     checks = checks.set_index("run")
     main = runs.set_index(["norm-mode", "seed"])["final_val_acc1"]
     fp32, decays = checks.loc["online-fp32-s0"], checks.loc["online-decays-4x-s0"]
@@ -313,13 +319,17 @@ def _check_online_norm_checks(folder, checks, runs, pairs, prose, index):
     assert f"with 3x the steps one seed's gap is {-online60['gap_to_batch']:.2f}" in index
     old = pd.read_csv(folder / "summary-2026-12-03.csv").set_index("norm-mode")
     for norm in ("batch", "online", "instance", "layer", "group"):   # 3 seeds: min, median, max are all three
-        seeds = sorted(main[norm])
-        same = seeds == [old.loc[norm, f"final_val_acc1_{s}"] for s in ("min", "median", "max")]
-        assert same == (norm != "group"), norm
+        for column in ("final_val_acc1", "best_val_acc1", "final_val_loss"):
+            seeds = sorted(runs[runs["norm-mode"] == norm][column])
+            same = seeds == [old.loc[norm, f"{column}_{s}"] for s in ("min", "median", "max")]
+            assert same == (norm != "group"), (norm, column)
     old_checks = pd.read_csv(folder / "checks-2026-12-03.csv").set_index("variant")
     assert sorted(f"{variant}-s0" for variant in old_checks.index) == sorted(checks.index)
-    for variant, row in old_checks.iterrows():   # "these four runs equal the 2026-12-03 checks'"
-        assert checks.loc[f"{variant}-s0", "final_val_acc1"] == row["final_val_acc1_median"], variant
+    for variant, row in old_checks.iterrows():   # "these four runs equal the 2026-12-03 checks'", every column said
+        history = pd.read_csv(folder / "runs-checks" / f"{variant}-s0" / "results.csv")
+        now = {"final_val_acc1": history["val_acc1"].iloc[-1], "best_val_acc1": history["val_acc1"].max(),
+               "final_val_loss": history["val_loss"].iloc[-1], "best_val_loss": history["val_loss"].min()}
+        assert now == {column: row[f"{column}_median"] for column in now}, variant
 
 
 def test_online_norm_analysis_of_the_rerun_is_each_committed_run_s_results():
