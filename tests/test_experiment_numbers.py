@@ -388,13 +388,37 @@ def test_bf16_parity_numbers_are_its_per_run_csv():
     text = (ROOT / "docs" / "speed.md").read_text()
     by = {amp: runs[runs["amp"] == amp].set_index("seed") for amp in ("none", "bf16")}
     for amp, label in (("none", "float32 (`--amp none`)"), ("bf16", "bf16 (`--amp bf16`)")):
-        acc = by[amp]["final_val_acc1"]
-        row = f"| {label} | {acc.mean():.2f} ± {acc.std():.2f} ({acc.min():.2f}-{acc.max():.2f}) | {acc.median():.2f} |"
+        acc, speed = by[amp]["final_val_acc1"], by[amp]["train_images_per_s"].median()
+        row = (f"| {label} | {acc.mean():.2f} ± {acc.std():.2f} ({acc.min():.2f}-{acc.max():.2f}) | "
+               f"{acc.median():.2f} | {speed:.0f} |")
         assert row in text, row
+    loss = {amp: by[amp]["final_train_loss"] for amp in by}
+    assert (f"the same train loss ({loss['bf16'].min():.2f}-{loss['bf16'].max():.2f} against "
+            f"{loss['none'].min():.2f}-{loss['none'].max():.2f})") in text
     mean_gap = by["bf16"]["final_val_acc1"].mean() - by["none"]["final_val_acc1"].mean()
     assert f"differ by {mean_gap:+.2f} points" in text
     paired = (by["bf16"]["final_val_acc1"] - by["none"]["final_val_acc1"]).tolist()
     assert "are " + ", ".join(f"{d:+.2f}" for d in paired[:-1]) + f" and {paired[-1]:+.2f} points" in text
+
+
+def test_bf16_parity_summary_is_its_committed_runs():
+    """summary.csv's rows are the committed runs' results.csv (final and best top-1, final train loss, median
+    speeds), each run trained 10 epochs with one thread at the precision and seed its row names."""
+    import yaml
+    folder = EXPERIMENTS / "bf16-parity"
+    summary = pd.read_csv(folder / "summary.csv")
+    assert len(summary) == 6
+    for _, row in summary.iterrows():
+        run = folder / "runs" / f"amp-{row['amp']}-seed{row['seed']}"
+        history = pd.read_csv(run / "results.csv")
+        assert len(history) == 10
+        assert (history["val_acc1"].iloc[-1], history["val_acc1"].max(), history["train_loss"].iloc[-1]) == (
+            row["final_val_acc1"], row["best_val_acc1"], row["final_train_loss"])
+        for column in ("train_images_per_s", "epoch_time_s", "val_time_s"):
+            assert history[column].median() == pytest.approx(row[column], rel=1e-12)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        env = yaml.safe_load((run / "env.yaml").read_text())
+        assert (config["amp"], config["seed"], env["threads"]) == (row["amp"], row["seed"], 1) and env["git_commit"]
 
 
 # ---------------------------------------------------------------------------------------------- per-run files
