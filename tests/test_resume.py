@@ -185,6 +185,8 @@ def test_each_resume_is_recorded_in_env_yaml_with_its_commit_and_threads(tmp_pat
                  "--results-dir", str(tmp_path), "--quiet"]) == 0
     branch = yaml.safe_load((tmp_path / "branch" / "env.yaml").read_text())
     assert branch["branched_from_commits"] == ([started["git_commit"]] if "git_commit" in started else [])
+    assert main(["train", "--resume", str(tmp_path / "t"), "--quiet"]) == 0   # complete: nothing trained
+    assert yaml.safe_load(env_file.read_text()) == env                         # and nothing recorded
     env_file.write_text("- not a mapping\n")
     assert main(["train", "--resume", str(tmp_path / "t"), "--epochs", "4", "--quiet"]) == 0
     assert env_file.read_text() == "- not a mapping\n"

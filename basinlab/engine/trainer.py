@@ -95,7 +95,7 @@ class Trainer(CheckpointedState):
                 self.run.abandon()
                 return
             self.run.effective = self._effective_settings()
-            if resume_state is not None:
+            if resume_state is not None and self.epoch < self.epochs:  # a resume with epochs left to train
                 self.run.resumed_at = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                                        "global_step": self.global_step}
             self.run.create(cfg)

@@ -162,7 +162,7 @@ class RunFolder:
         self.title = path.name
         self.report = False  # --report: report.html beside the plots
         self.effective: dict = {}  # the settings the run resolved its options to, written into env.yaml
-        self.resumed_at: dict = {}  # where a resumed run continues (epoch, batch_in_epoch, global_step)
+        self.resumed_at: dict = {}  # where a resume continues (epoch, batch, step); env.yaml records it
 
     @classmethod
     def open(cls, cfg: TrainConfig, resume: bool, barrier=lambda: None, branch_from: Path | None = None) -> RunFolder:
@@ -236,7 +236,7 @@ class RunFolder:
             if self.effective:
                 facts["effective"] = self.effective  # what the run resolved its options to (the report shows it)
             atomic_write_text(self.path / "env.yaml", yaml.safe_dump(facts, sort_keys=False))
-        unrecorded = record_resume(self.path / "env.yaml", self.resumed_at, self.effective) if self.resuming else None
+        unrecorded = record_resume(self.path / "env.yaml", self.resumed_at, self.effective) if self.resumed_at else None
         (self.path / "plots").mkdir(exist_ok=True)
         self.title = f"{self.path.name}: {Path(str(cfg.model)).name}"  # a model file: its name
         self.report = bool(cfg.report)
