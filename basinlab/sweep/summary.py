@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from basinlab.errors import ConfigError
+from basinlab.records.environment import run_commits
 from basinlab.records.report_data import read_history
-from basinlab.records.report_values import run_commits
 from basinlab.sweep.spec import SweepSpec
 from basinlab.sweep.state import RESULTS, run_state
 from basinlab.utils.figures import new_figure, save_png
@@ -69,6 +69,19 @@ def paired_difference(differences: pd.Series) -> dict:
     return {"n": len(differences), "median": differences.median(), "low": differences.min(),
             "high": differences.max(), "per_seed": " ".join(f"{d:+.2f}" for d in differences),
             "one_sign": bool((differences > 0).all() or (differences < 0).all())}
+
+
+def paired_rows(wide: pd.DataFrame, pairs, names: tuple[str, str]) -> list[dict]:
+    """For each (first, second) of `pairs` that `wide` (one row per seed, one column of final top-1 per setting)
+    has: first minus second on the seeds both finished, as `names[0]`: first, `names[1]`: second and
+    paired_difference's cells; a pair with no such seed gives no row."""
+    rows = []
+    for first, second in pairs:
+        if first in wide.columns and second in wide.columns:
+            differences = (wide[first] - wide[second]).dropna()
+            if len(differences):
+                rows.append({names[0]: first, names[1]: second, **paired_difference(differences)})
+    return rows
 
 
 def paired_cells(row) -> str:

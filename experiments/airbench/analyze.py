@@ -19,7 +19,7 @@ from basinlab.sweep.summary import (
     analysis_arguments,
     cost_line,
     paired_cells,
-    paired_difference,
+    paired_rows,
     run_rows,
     write_table,
 )
@@ -59,15 +59,7 @@ def markdown(rows: pd.DataFrame) -> str:
 def paired(runs: pd.DataFrame) -> pd.DataFrame:
     """Per pair: the first flip's final top-1 minus the second's on each seed both have."""
     wide = runs.pivot_table(index="seed", columns="variant", values="final_val_acc1")
-    rows = []
-    for flip, other in PAIRS:
-        if flip not in wide.columns or other not in wide.columns:
-            continue
-        diff = (wide[flip] - wide[other]).dropna()
-        if diff.empty:
-            continue
-        rows.append({"flip": flip, "minus": other, **paired_difference(diff)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(paired_rows(wide, PAIRS, ("flip", "minus")))
 
 
 def paired_markdown(rows: pd.DataFrame) -> str:

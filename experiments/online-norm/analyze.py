@@ -30,7 +30,7 @@ from basinlab.sweep.summary import (
     analysis_arguments,
     cost_line,
     paired_cells,
-    paired_difference,
+    paired_rows,
     run_rows,
     write_table,
 )
@@ -124,13 +124,7 @@ def markdown(rows: pd.DataFrame) -> str:
 def paired(runs: pd.DataFrame) -> pd.DataFrame:
     """Per norm: its final top-1 minus batch norm's on each seed both finished."""
     wide = runs.pivot_table(index="seed", columns="norm-mode", values="final_val_acc1")
-    rows = []
-    for norm in NORMS[1:]:
-        if norm in wide.columns and "batch" in wide.columns:
-            diff = (wide[norm] - wide["batch"]).dropna()
-            if len(diff):
-                rows.append({"norm": norm, "minus": "batch", **paired_difference(diff)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(paired_rows(wide, [(norm, "batch") for norm in NORMS[1:]], ("norm", "minus")))
 
 
 def paired_markdown(rows: pd.DataFrame) -> str:

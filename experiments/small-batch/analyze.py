@@ -20,7 +20,7 @@ from basinlab.sweep.summary import (
     analysis_arguments,
     cost_line,
     paired_cells,
-    paired_difference,
+    paired_rows,
     run_rows,
     write_table,
 )
@@ -68,16 +68,9 @@ def paired(runs: pd.DataFrame) -> pd.DataFrame:
     wide = runs.pivot_table(index=["variant", "seed"], columns="norm-mode", values="final_val_acc1")
     rows = []
     for variant in BATCHES:
-        if variant not in wide.index.get_level_values(0):
-            continue
-        seeds = wide.loc[variant]
-        for norm, reference in PAIRS:
-            if norm not in seeds.columns or reference not in seeds.columns:
-                continue
-            diff = (seeds[norm] - seeds[reference]).dropna()
-            if diff.empty:
-                continue
-            rows.append({"batch": BATCHES[variant], "norm": norm, "against": reference, **paired_difference(diff)})
+        if variant in wide.index.get_level_values(0):
+            rows += [{"batch": BATCHES[variant], **row}
+                     for row in paired_rows(wide.loc[variant], PAIRS, ("norm", "against"))]
     return pd.DataFrame(rows)
 
 
