@@ -18,7 +18,6 @@ import yaml
 
 from basinlab.config import read_yaml_mapping
 from basinlab.errors import ConfigError
-from basinlab.records.report_values import run_commits
 from basinlab.utils.io import atomic_write_text
 
 RESUME_FACTS = ("started", "git_commit", "basinlab", "torch", "threads", "world_size", "command")
@@ -46,6 +45,22 @@ def environment_facts() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     return facts
+
+
+def resumes_of(env: dict) -> list[dict]:
+    """env.yaml's `resumes:` entries, one per resume (when, at which commit, with what threads), those that are
+    mappings; [] for a run never resumed, or resumed before runs recorded it."""
+    resumes = env.get("resumes")
+    return [entry for entry in resumes if isinstance(entry, dict)] if isinstance(resumes, list) else []
+
+
+def run_commits(env: dict) -> list[str]:
+    """The commits a run's epochs came from, in order and without repeats: the run it branched from (its
+    `branched_from_commits`), its start, then each resume (missing ones left out)."""
+    branched = env.get("branched_from_commits")
+    parts = [*(branched if isinstance(branched, list) else []), env.get("git_commit"),
+             *(entry.get("git_commit") for entry in resumes_of(env))]
+    return list(dict.fromkeys(str(commit) for commit in parts if isinstance(commit, str) and commit))
 
 
 def origin_commits(env_path: Path) -> list[str]:

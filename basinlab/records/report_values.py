@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from basinlab.records.environment import resumes_of
+
 if TYPE_CHECKING:
     from basinlab.records.report_data import RunData
 
@@ -163,22 +165,6 @@ def option_columns(runs: list[RunData]) -> list[str]:
         if len(shown) > 1:
             columns.append(key)
     return columns
-
-
-def resumes_of(env: dict) -> list[dict]:
-    """env.yaml's `resumes:` entries, one per resume (when, at which commit, with what threads), those that are
-    mappings; [] for a run never resumed, or resumed before runs recorded it."""
-    resumes = env.get("resumes")
-    return [entry for entry in resumes if isinstance(entry, dict)] if isinstance(resumes, list) else []
-
-
-def run_commits(env: dict) -> list[str]:
-    """The commits a run's epochs came from, in order and without repeats: the run it branched from (its
-    `branched_from_commits`), its start, then each resume (missing ones left out)."""
-    branched = env.get("branched_from_commits")
-    parts = [*(branched if isinstance(branched, list) else []), env.get("git_commit"),
-             *(entry.get("git_commit") for entry in resumes_of(env))]
-    return list(dict.fromkeys(str(commit) for commit in parts if isinstance(commit, str) and commit))
 
 
 def resumed_text(entry: dict) -> str:

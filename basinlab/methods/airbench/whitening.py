@@ -29,7 +29,7 @@ class WhitenBiasEpochs(Callback):
     def __init__(self, epochs: int):
         self.epochs = epochs
         self.bias = None
-        self.zero_gradient = None  # the hook's handle while the bias is frozen
+        self.hook = None  # zero_gradient's handle while the bias is frozen
 
     def setup(self, run) -> None:
         whiten = getattr(run.model, "whiten", None)
@@ -39,14 +39,14 @@ class WhitenBiasEpochs(Callback):
         self.bias = whiten.bias
 
     def on_epoch_start(self, run, epoch: int) -> None:
-        if epoch >= self.epochs and self.zero_gradient is None:
-            self.zero_gradient = self.bias.register_hook(zero_gradient)
+        if epoch >= self.epochs and self.hook is None:
+            self.hook = self.bias.register_hook(zero_gradient)
 
     def on_before_optimizer_step(self, run, optimizer) -> None:
         if run.epoch >= self.epochs:
             self.bias.grad = None
 
     def on_fit_end(self, run) -> None:
-        if self.zero_gradient is not None:  # the model outlives the run (the Python API returns it)
-            self.zero_gradient.remove()
-            self.zero_gradient = None
+        if self.hook is not None:  # the model outlives the run (the Python API returns it)
+            self.hook.remove()
+            self.hook = None
