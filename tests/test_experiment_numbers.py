@@ -352,7 +352,7 @@ def test_online_norm_analysis_of_the_rerun_is_each_committed_run_s_results():
             assert row["final_val_acc1_median"] == pytest.approx(pd.Series(finals).median())
             assert (row["final_val_acc1_low"], row["final_val_acc1_high"]) == (min(finals), max(finals))
     assert rows.loc["online", "paper_best"] == 92.3 and "| 92.3 (0.26) |" in (sweep.parent / "README.md").read_text()
-    none = rows.loc["none"]  # no normalization: every seed's loss overflows in epoch 1 (exit 3, the sweep's error)
+    none = rows.loc["none"]  # no normalization: every seed's loss becomes NaN in epoch 1 (exit 3, the sweep's error)
     assert (none["n"], none["diverged"], none["failed"]) == (0, 3, 0)
     assert none["diverged_at"].count("epoch 1, step ") == 3 and "non-finite loss at epoch 1" in analyze.markdown(
         rows.reset_index())
